@@ -1,0 +1,49 @@
+# Moltbot: `make run` serves the API on 127.0.0.1:8080, `make test` runs the whole suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# A CPU build of torch for the export path; pip would otherwise take a CUDA build of several GB.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+# Each area adds its own targets and appends to TEST_TARGETS in mk/<area>.mk.
+TEST_TARGETS := test-python
+include $(sort $(wildcard mk/*.mk))
+
+.PHONY: help venv run test test-python system-deps clean
+
+help:
+	@echo "make run    - create .venv, install, serve on 127.0.0.1:\$${MOLTBOT_PORT:-8080}"
+	@echo "make test   - install what the tests need and run the whole suite"
+	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /make /'
+
+$(VENV)/.installed-run: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[cpu,export]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
+	$(PIP) install -q -e ".[cpu,export,test]"
+	touch $@
+
+venv: $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	MOLTBOT_HOST=$${MOLTBOT_HOST:-127.0.0.1} $(VENV)/bin/moltbot serve
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: $(TEST_TARGETS)
+
+test-python: $(VENV)/.installed-test system-deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist data .pytest_cache

@@ -1,0 +1,195 @@
+"""Service settings: one typed object, read from defaults < config file < MOLTBOT_* environment < CLI flags.
+
+Every field maps to the environment variable MOLTBOT_<FIELD NAME IN CAPITALS> and to the CLI flag
+--<field-name-with-dashes>. The config file (MOLTBOT_CONFIG or --config) is JSON or TOML with the same
+field names. The README's settings table is generated from the field docs below (`moltbot settings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "MOLTBOT_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class Settings:
+    # Network
+    host: str = _doc("Address the HTTP (and HTTPS) listeners bind to. `make run` uses 127.0.0.1.", default="0.0.0.0")
+    port: int = _doc("HTTP port.", default=8080)
+    https_port: int = _doc("HTTPS port, served when tls_cert and tls_key are both set.", default=8443)
+    tls_cert: str | None = _doc("PEM certificate (chain) for HTTPS.", default=None)
+    tls_key: str | None = _doc("PEM private key for HTTPS.", default=None)
+
+    # Folders
+    models_dir: Path = _doc("Model configs (`*.json`) and downloaded models.", default=Path("./data/models"))
+    plugins_dir: Path = _doc("Plugins, one folder each.", default=Path("./plugins"))
+    logs_dir: Path = _doc("JSON log file `moltbot.log` (size-rotated).", default=Path("./data/logs"))
+    defaults_dir: Path = _doc(
+        "Where the embedded default models are made once and cached (baked into the image).",
+        default=Path("./data/defaults"),
+    )
+    cache_dir: Path = _doc("ONNX exports of Hugging Face checkpoints, made once and cached.",
+                           default=Path("./data/cache"))
+    default_models: str = _doc(
+        "`auto`: serve the embedded defaults when no model config is found; `on`: always; `off`: never.",
+        default="auto",
+    )
+
+    # Security
+    api_keys: list[str] = _doc("Comma-separated API keys; when any key is set, /v1 routes need one.",
+                               default_factory=list)
+    api_keys_file: Path | None = _doc("File with one API key per line (added to api_keys).", default=None)
+    metrics_require_key: bool = _doc("Protect /metrics with the API keys too.", default=False)
+
+    # Limits
+    max_body_bytes: int = _doc("Largest request body accepted (413 beyond).", default=4 * 1024 * 1024)
+    max_running: int = _doc("Per model: requests decoded together in one batch.", default=32)
+    max_queued: int = _doc("Per model: requests waiting for a batch slot; beyond it 429 with Retry-After.",
+                           default=128)
+    request_timeout: float = _doc("Seconds a request may take in all before it fails with a timeout error.",
+                                  default=300.0)
+    shutdown_timeout: float = _doc("Seconds in-flight requests get to finish after SIGTERM.", default=30.0)
+
+    # Inference
+    device: str = _doc("`cpu` or `cuda` (CUDA execution provider when present, else a warning and the CPU).",
+                       default="cpu")
+    cuda_device_id: int = _doc("GPU index for the CUDA provider.", default=0)
+    gpu_mem_limit: int = _doc("CUDA arena limit in bytes (0: no limit).", default=0)
+    arena_extend_strategy: str = _doc("CUDA arena growth: `kNextPowerOfTwo` or `kSameAsRequested`.",
+                                      default="kNextPowerOfTwo")
+    intra_op_threads: int = _doc("ONNX Runtime threads per session (0: one per core).", default=0)
+    embedding_batch_size: int = _doc("Most inputs embedded in one batch.", default=64)
+    embedding_batch_wait_ms: float = _doc("How long an embedding batch waits to fill.", default=3.0)
+
+    # Plugins
+    plugin_timeout: float = _doc("Default seconds a plugin call may take (504 beyond).", default=30.0)
+    plugin_workers: int = _doc("Threads running blocking plugin code.", default=4)
+
+    # Logging
+    log_level: str = _doc("DEBUG, INFO, WARNING or ERROR.", default="INFO")
+    log_prompts: bool = _doc("Log prompts and outputs (off: only sizes and token counts).", default=False)
+    log_max_bytes: int = _doc("Size at which the log file rotates.", default=10 * 1024 * 1024)
+    log_backups: int = _doc("Rotated log files kept.", default=5)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+    def all_api_keys(self) -> list[str]:
+        keys = [k for k in self.api_keys if k]
+        if self.api_keys_file:
+            try:
+                lines = Path(self.api_keys_file).read_text().splitlines()
+            except OSError as exc:
+                raise SettingsError(f"api_keys_file: cannot read {self.api_keys_file}: {exc.strerror}") from exc
+            keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        return keys
+
+    def validate(self) -> "Settings":
+        for name in ("port", "https_port"):
+            value = getattr(self, name)
+            if not 0 < value < 65536:
+                raise SettingsError(f"{name}: {value} is not a TCP port")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key must be set together")
+        if self.default_models not in ("auto", "on", "off"):
+            raise SettingsError(f"default_models: {self.default_models!r} is not auto, on or off")
+        if self.device not in ("cpu", "cuda"):
+            raise SettingsError(f"device: {self.device!r} is not cpu or cuda")
+        for name in ("max_running", "max_queued", "max_body_bytes", "embedding_batch_size", "plugin_workers"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name}: must be at least 1")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        self.log_level = self.log_level.upper()
+        return self
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> "Settings":
+        """Defaults, then the config file, then MOLTBOT_* variables, then `overrides` (CLI flags)."""
+        environ = dict(os.environ if environ is None else environ)
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        values: dict[str, Any] = {}
+        config_path = overrides.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+        if config_path:
+            values.update(_read_config_file(Path(config_path)))
+        for f in dataclasses.fields(cls):
+            env_value = environ.get(ENV_PREFIX + f.name.upper())
+            if env_value is not None:
+                values[f.name] = env_value
+        values.update(overrides)
+        hints = get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, description) for each field."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if isinstance(default, list):
+                default = ",".join(default)
+            rows.append((ENV_PREFIX + f.name.upper(), "" if default is None else str(default), f.metadata["doc"]))
+        return rows
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}")
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected an object of settings")
+    return data
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    text_hint = str(hint)
+    try:
+        if value is None:
+            return None
+        if "list" in text_hint:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if "Path" in text_hint:
+            return Path(value)
+        if hint is bool or text_hint == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if hint is int or text_hint == "int":
+            return int(value)
+        if hint is float or text_hint == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}: {value!r} is not a valid {text_hint}") from None

@@ -10,7 +10,9 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-# Each area adds its own targets and appends to TEST_TARGETS in mk/<area>.mk.
+# Each area adds its own targets in mk/<area>.mk: install steps the Python suite needs go to TEST_DEPS,
+# suites of their own (e.g. Molecule) to TEST_TARGETS.
+TEST_DEPS :=
 TEST_TARGETS := test-python
 include $(sort $(wildcard mk/*.mk))
 
@@ -42,7 +44,7 @@ system-deps:
 
 test: $(TEST_TARGETS)
 
-test-python: $(VENV)/.installed-test system-deps
+test-python: $(VENV)/.installed-test system-deps $(TEST_DEPS)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:

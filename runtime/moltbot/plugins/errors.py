@@ -1,0 +1,67 @@
+"""Errors of the plugin system; each knows the HTTP status and OpenAI-style error fields it maps to."""
+
+from __future__ import annotations
+
+
+class PluginAPIError(Exception):
+    """Base of the errors a plugin call can end with; the API turns them into JSON errors."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class PluginError(PluginAPIError):
+    """Raise this from a plugin for an expected failure the caller should see (e.g. a refused query).
+
+    The message is returned to the client as is, so it must not contain secrets.
+    """
+
+    status = 422
+    type = "plugin_error"
+    code = "plugin_error"
+
+
+class PluginNotFound(PluginAPIError):
+    status = 404
+    type = "not_found_error"
+    code = "plugin_not_found"
+
+
+class PluginUnavailable(PluginAPIError):
+    """The plugin exists but cannot run: disabled, or its last load failed."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "plugin_unavailable"
+
+
+class PluginInputError(PluginAPIError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_plugin_input"
+
+
+class PluginTimeout(PluginAPIError):
+    status = 504
+    type = "timeout_error"
+    code = "plugin_timeout"
+
+
+class PluginFailed(PluginAPIError):
+    """The plugin raised an unexpected exception; details are in the server log only."""
+
+    status = 500
+    type = "server_error"
+    code = "plugin_failed"
+
+
+class PluginLoadError(Exception):
+    """A plugin folder could not be turned into a running plugin; the message says why."""

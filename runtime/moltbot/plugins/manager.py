@@ -1,0 +1,429 @@
+"""Discovers, loads, reloads and runs the plugins in the plugins folder.
+
+Every plugin folder is imported as its own package under a fresh module name per load, so a reload never
+mixes old and new modules and a failed reload leaves the serving version untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import validators
+
+from .. import metrics
+from .base import BasePlugin
+from .config import DEFAULT_INPUT_SCHEMA, PluginConfig, check_schema, read_config
+from .context import PluginContext, PluginDirectory, PluginModels, _Deadline, _LoopBridge
+from .errors import (
+    PluginAPIError,
+    PluginFailed,
+    PluginInputError,
+    PluginLoadError,
+    PluginNotFound,
+    PluginTimeout,
+    PluginUnavailable,
+)
+
+log = logging.getLogger("moltbot.plugins")
+_generation = itertools.count(1)
+MODULE_PREFIX = "moltbot_plugin_"
+
+
+@dataclass
+class LoadedPlugin:
+    """One successfully loaded version of a plugin."""
+
+    config: PluginConfig
+    instance: BasePlugin
+    module_name: str
+    is_async: bool
+    input_schema: dict[str, Any]
+    validator: Any
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class PluginRecord:
+    """A plugin folder as the manager sees it: what serves now, and what went wrong last."""
+
+    name: str
+    folder: Path
+    config: PluginConfig | None = None
+    serving: LoadedPlugin | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.serving is not None:
+            return "loaded"
+        if self.config is not None and not self.config.enabled:
+            return "disabled"
+        return "error"
+
+    def describe(self) -> dict[str, Any]:
+        config = self.serving.config if self.serving else self.config
+        schema = self.serving.input_schema if self.serving else (config.input_schema if config else None)
+        return {
+            "name": self.name,
+            "version": config.version if config else None,
+            "description": config.description if config else "",
+            "enabled": config.enabled if config else False,
+            "status": self.status,
+            "error": self.error,
+            "timeout": config.timeout if config else None,
+            "input_schema": schema,
+            "loaded_at": self.serving.loaded_at if self.serving else None,
+        }
+
+
+class PluginManager:
+    def __init__(self, settings: Any, models: Any = None):
+        self.settings = settings
+        self.models = models
+        self.plugins_dir = Path(settings.plugins_dir)
+        self.default_timeout = float(settings.plugin_timeout)
+        self.log_prompts = bool(getattr(settings, "log_prompts", False))
+        self._executor = ThreadPoolExecutor(max_workers=int(settings.plugin_workers),
+                                            thread_name_prefix="moltbot-plugin")
+        self._records: dict[Path, PluginRecord] = {}
+        self._reload_lock = asyncio.Lock()
+
+    # ---- discovery and loading
+
+    def data_root(self) -> Path:
+        """Where plugins keep their data: settings.data_dir when the service has one, else next to the cache."""
+        base = getattr(self.settings, "data_dir", None) or Path(self.settings.cache_dir).parent
+        return Path(base) / "plugins"
+
+    def _folders(self) -> list[Path]:
+        if not self.plugins_dir.is_dir():
+            log.warning("plugins folder %s does not exist; no plugins loaded", self.plugins_dir)
+            return []
+        return sorted(p for p in self.plugins_dir.iterdir()
+                      if p.is_dir() and not p.name.startswith((".", "_"))
+                      and ((p / "plugin.py").exists() or (p / "config.json").exists()))
+
+    async def load_all(self) -> list[dict[str, Any]]:
+        """Load every plugin folder; failures are recorded, logged and counted, never raised."""
+        return await self.reload()
+
+    async def reload(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """Load the folders again (all, or the named plugins). A plugin that fails to load keeps serving its
+        previous version; one whose folder is gone is unloaded. Returns one outcome per plugin touched."""
+        async with self._reload_lock:
+            folders = self._folders()
+            if names is not None:
+                known = {r.name for r in self._records.values()} | {f.name for f in folders}
+                missing = sorted(set(names) - known)
+                if missing:
+                    raise PluginNotFound(f"no plugin named {missing[0]!r} in {self.plugins_dir}")
+            outcomes = []
+            for folder in folders:
+                previous = self._records.get(folder)
+                if names is not None and folder.name not in names and not (previous and previous.name in names):
+                    continue
+                record, outcome = await asyncio.to_thread(self._load_folder, folder, previous)
+                owner = next((r for f, r in self._records.items() if f != folder and r.name == record.name), None)
+                if owner is not None:
+                    self._unload(record)
+                    record.error = f"the plugin in {owner.folder.name}/ already uses the name {record.name!r}"
+                    outcome = {"name": record.name, "status": "error", "error": record.error}
+                    self._count_load_error(record.name, record.error)
+                self._records[folder] = record
+                outcomes.append(outcome)
+            for folder, record in list(self._records.items()):
+                if folder not in folders and (names is None or record.name in names):
+                    self._unload(record)
+                    del self._records[folder]
+                    outcomes.append({"name": record.name, "status": "removed", "error": None})
+            return outcomes
+
+    def _load_folder(self, folder: Path, previous: PluginRecord | None) -> tuple[PluginRecord, dict[str, Any]]:
+        old = previous.serving if previous else None
+        try:
+            config = read_config(folder)
+        except PluginLoadError as exc:
+            return self._failed(previous, folder, folder.name, None, str(exc))
+        if not config.enabled:
+            if old is not None:
+                self._close_instance(old)
+                self._drop_modules(old.module_name)
+            log.info("plugin %s is disabled", config.name)
+            record = PluginRecord(config.name, folder, config=config)
+            return record, {"name": config.name, "status": "disabled", "error": None}
+        try:
+            loaded = self._import(folder, config)
+        except PluginLoadError as exc:
+            return self._failed(previous, folder, config.name, config, str(exc))
+        if old is not None:
+            self._close_instance(old)
+            self._drop_modules(old.module_name)
+        log.info("plugin %s %s loaded (%s execute)", config.name, config.version,
+                 "async" if loaded.is_async else "blocking")
+        record = PluginRecord(config.name, folder, config=config, serving=loaded)
+        return record, {"name": config.name, "status": "loaded", "error": None, "version": config.version}
+
+    def _failed(self, previous: PluginRecord | None, folder: Path, name: str, config: PluginConfig | None,
+                error: str) -> tuple[PluginRecord, dict[str, Any]]:
+        self._count_load_error(name, error)
+        if previous is not None and previous.serving is not None and previous.name == name:
+            previous.error = f"reload failed, still serving version {previous.serving.config.version}: {error}"
+            return previous, {"name": name, "status": "kept_previous", "error": error,
+                              "version": previous.serving.config.version}
+        return PluginRecord(name, folder, config=config, error=error), {"name": name, "status": "error",
+                                                                         "error": error}
+
+    @staticmethod
+    def _count_load_error(name: str, error: str) -> None:
+        log.error("plugin %s failed to load: %s", name, error)
+        metrics.PLUGIN_LOAD_ERRORS.labels(plugin=name).inc()
+
+    def _import(self, folder: Path, config: PluginConfig) -> LoadedPlugin:
+        if not (folder / "plugin.py").exists():
+            raise PluginLoadError("plugin.py is missing")
+        package = f"{MODULE_PREFIX}{_safe(config.name)}_{next(_generation)}"
+        try:
+            init = folder / "__init__.py"
+            if init.exists():
+                spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(folder)])
+                package_module = importlib.util.module_from_spec(spec)
+                sys.modules[package] = package_module
+                spec.loader.exec_module(package_module)
+            else:
+                package_module = types.ModuleType(package)
+                package_module.__path__ = [str(folder)]
+                sys.modules[package] = package_module
+            module = importlib.import_module(f"{package}.plugin")
+            cls = _find_plugin_class(module, package, config.class_name)
+            try:
+                instance = cls(dict(config.settings))
+            except Exception as exc:
+                raise PluginLoadError(f"{cls.__name__}.__init__ raised {type(exc).__name__}: {exc}") from None
+            schema = config.input_schema
+            if schema is None:
+                schema = getattr(instance, "input_schema", None) or DEFAULT_INPUT_SCHEMA
+                check_schema(schema)
+            validator = validators.validator_for(schema)(schema)
+        except PluginLoadError:
+            self._drop_modules(package)
+            raise
+        except Exception as exc:  # import errors, syntax errors, anything the plugin's modules raise
+            self._drop_modules(package)
+            where = _plugin_frame(exc, folder)
+            raise PluginLoadError(f"import failed: {type(exc).__name__}: {exc}{where}") from None
+        return LoadedPlugin(config=config, instance=instance, module_name=package,
+                            is_async=inspect.iscoroutinefunction(instance.execute),
+                            input_schema=schema, validator=validator)
+
+    @staticmethod
+    def _drop_modules(package: str) -> None:
+        for module_name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[module_name]
+
+    @staticmethod
+    def _close_instance(loaded: LoadedPlugin) -> None:
+        try:
+            result = loaded.instance.close()
+            if inspect.isawaitable(result):
+                log.warning("plugin %s: close() must be a plain method; its coroutine was not awaited",
+                            loaded.config.name)
+                result.close()
+        except Exception:
+            log.exception("plugin %s: close() failed", loaded.config.name)
+
+    def _unload(self, record: PluginRecord) -> None:
+        if record.serving is not None:
+            self._close_instance(record.serving)
+            self._drop_modules(record.serving.module_name)
+            record.serving = None
+
+    # ---- queries
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [r.describe() for r in sorted(self._records.values(), key=lambda r: (r.name, r.folder.name))]
+
+    def runnable_names(self) -> list[str]:
+        return sorted(r.name for r in self._records.values() if r.serving is not None)
+
+    def _record(self, name: str) -> PluginRecord | None:
+        matches = [r for r in self._records.values() if r.name == name]
+        return next((r for r in matches if r.serving is not None), matches[0] if matches else None)
+
+    def get(self, name: str) -> LoadedPlugin:
+        """The serving version of a plugin, or PluginNotFound / PluginUnavailable."""
+        record = self._record(name)
+        if record is None:
+            raise PluginNotFound(f"no plugin named {name!r}")
+        if record.serving is None:
+            if record.status == "disabled":
+                raise PluginUnavailable(f"plugin {name!r} is disabled in its config.json")
+            raise PluginUnavailable(f"plugin {name!r} failed to load: {record.error}")
+        return record.serving
+
+    # ---- execution
+
+    def validate(self, plugin: LoadedPlugin, payload: Any) -> None:
+        error = next(iter(sorted(plugin.validator.iter_errors(payload), key=_error_rank)), None)
+        if error is None:
+            return
+        param = _error_param(error)
+        where = f"'{param}'" if param else "the input"
+        raise PluginInputError(f"plugin {plugin.config.name!r}: {where}: {error.message}", param=param)
+
+    async def execute(self, name: str, payload: Any, *, request_id: str, depth: int = 0) -> dict[str, Any]:
+        """Validate and run one call; raises a PluginAPIError subclass on any failure."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            plugin = self.get(name)
+            try:
+                self.validate(plugin, payload)
+            except PluginInputError:
+                outcome = "invalid"
+                raise
+            timeout = plugin.config.timeout or self.default_timeout
+            context = self._context(plugin, payload, request_id, timeout, depth)
+            if self.log_prompts:
+                context.logger.info("plugin call input: %s", json.dumps(payload, default=str)[:4000])
+            else:
+                context.logger.info("plugin call (%d bytes of input)", len(json.dumps(payload, default=str)))
+            try:
+                result = await self._run(plugin, context, timeout)
+            except PluginTimeout:
+                outcome = "timeout"
+                raise
+            _check_result(name, result, request_id)
+            outcome = "ok"
+            return result
+        finally:
+            if self._record(name) is not None:
+                elapsed = time.perf_counter() - started
+                metrics.PLUGIN_CALLS.labels(plugin=name, outcome=outcome).inc()
+                metrics.PLUGIN_LATENCY.labels(plugin=name).observe(elapsed)
+
+    def _context(self, plugin: LoadedPlugin, payload: Any, request_id: str, timeout: float,
+                 depth: int) -> PluginContext:
+        name = plugin.config.name
+        deadline = _Deadline(timeout)
+        bridge = _LoopBridge(asyncio.get_running_loop(), deadline, name)
+        data_dir = self.data_root() / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        logger = logging.LoggerAdapter(logging.getLogger(f"moltbot.plugins.{name}"),
+                                       {"plugin": name, "request_id": request_id})
+        return PluginContext(
+            plugin=name, input=payload, request_id=request_id, logger=logger,
+            settings=dict(plugin.config.settings), models=PluginModels(self.models, bridge),
+            plugins=PluginDirectory(self, bridge, request_id, depth), data_dir=data_dir,
+            log_prompts=self.log_prompts, _deadline=deadline,
+        )
+
+    async def _run(self, plugin: LoadedPlugin, context: PluginContext, timeout: float) -> Any:
+        name = plugin.config.name
+        try:
+            if plugin.is_async:
+                return await asyncio.wait_for(plugin.instance.execute(context), timeout)
+            loop = asyncio.get_running_loop()
+            # The thread keeps running after a timeout (threads cannot be killed); the pool bounds how many.
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, plugin.instance.execute, context),
+                                          timeout)
+        except (asyncio.TimeoutError, PluginTimeout):
+            context.logger.warning("plugin call timed out after %.1f s", timeout)
+            raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
+        except PluginAPIError:
+            raise
+        except Exception:
+            context.logger.exception("plugin call raised")
+            raise PluginFailed(f"plugin {name!r} failed (request id {context.request_id}); "
+                               "the server log has the details") from None
+
+    async def close(self) -> None:
+        for record in self._records.values():
+            self._unload(record)
+        self._records.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _find_plugin_class(module: types.ModuleType, package: str, class_name: str | None) -> type[BasePlugin]:
+    if class_name:
+        cls = getattr(module, class_name, None)
+        if not (inspect.isclass(cls) and issubclass(cls, BasePlugin)):
+            raise PluginLoadError(f"plugin.py has no BasePlugin subclass named {class_name!r}")
+        return cls
+    found = [obj for obj in vars(module).values()
+             if inspect.isclass(obj) and issubclass(obj, BasePlugin) and obj is not BasePlugin]
+    own = [c for c in found if c.__module__ == module.__name__] or \
+          [c for c in found if c.__module__.startswith(package + ".")]
+    if not own:
+        raise PluginLoadError("plugin.py defines no subclass of moltbot.plugins.BasePlugin")
+    if len(own) > 1:
+        names = ", ".join(sorted(c.__name__ for c in own))
+        raise PluginLoadError(f"plugin.py defines several BasePlugin subclasses ({names}); "
+                              'name one with "class" in config.json')
+    return own[0]
+
+
+def _plugin_frame(exc: BaseException, folder: Path) -> str:
+    """' (plugin.py line N)' for the deepest traceback frame inside the plugin folder, to point at the bug."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" ({Path(exc.filename).name} line {exc.lineno})"
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = Path(tb.tb_frame.f_code.co_filename)
+        if folder in filename.parents:
+            where = f" ({filename.name} line {tb.tb_lineno})"
+        tb = tb.tb_next
+    return where
+
+
+def _safe(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _error_rank(error: Any) -> tuple[int, str]:
+    # Deepest, then most specific errors first, so the message names the actual field.
+    return (-len(error.absolute_path), str(error.message))
+
+
+def _error_param(error: Any) -> str | None:
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        if missing:
+            path.append(missing[0])
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        patterns = error.schema.get("patternProperties", {})
+        extra = [k for k in error.instance if k not in allowed and not patterns]
+        if extra:
+            path.append(extra[0])
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+def _check_result(name: str, result: Any, request_id: str) -> None:
+    if not isinstance(result, dict):
+        log.error("plugin %s returned %s instead of a dict (request %s)", name, type(result).__name__, request_id)
+        raise PluginFailed(f"plugin {name!r} returned {type(result).__name__}, expected a JSON object "
+                           f"(request id {request_id})")
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        log.error("plugin %s returned a result that is not JSON-serialisable: %s (request %s)", name, exc, request_id)
+        raise PluginFailed(f"plugin {name!r} returned a result that is not JSON-serialisable "
+                           f"(request id {request_id})") from None

@@ -1,0 +1,59 @@
+"""Plugins as OpenAI tools: the `tools` entries a chat request names, and running the model's tool calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from .errors import PluginAPIError, PluginInputError
+from .manager import PluginManager
+
+
+def plugin_tool_specs(manager: PluginManager, names: list[str]) -> list[dict[str, Any]]:
+    """OpenAI `tools` entries for the named plugins; PluginNotFound / PluginUnavailable for one that cannot run."""
+    specs = []
+    for name in names:
+        plugin = manager.get(name)
+        specs.append({
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": plugin.config.description or f"Run the {name} plugin.",
+                "parameters": plugin.input_schema,
+            },
+        })
+    return specs
+
+
+async def run_tool_calls(manager: PluginManager, tool_calls: list[dict[str, Any]],
+                         request_id: str) -> list[dict[str, Any]]:
+    """Run the model's tool calls (concurrently) and return one `role: tool` message per call, in order.
+
+    A failing call does not fail the others: its message carries {"error": {...}} for the model to read.
+    """
+    return list(await asyncio.gather(*(_run_one(manager, call, request_id) for call in tool_calls)))
+
+
+async def _run_one(manager: PluginManager, call: dict[str, Any], request_id: str) -> dict[str, Any]:
+    call_id = call.get("id", "")
+    function = call.get("function") or {}
+    name = function.get("name", "")
+    try:
+        arguments = _arguments(function.get("arguments"))
+        content: dict[str, Any] = await manager.execute(name, arguments, request_id=request_id)
+    except PluginAPIError as exc:
+        content = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    return {"role": "tool", "tool_call_id": call_id, "name": name, "content": json.dumps(content)}
+
+
+def _arguments(raw: Any) -> Any:
+    """Tool call arguments arrive as a JSON string (OpenAI) or already decoded."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise PluginInputError(f"tool call arguments are not valid JSON: {exc.msg}", param="arguments") from None
+    return raw

@@ -1,0 +1,1 @@
+"""The inference engine: model sources, ONNX Runtime sessions, schedulers. Knows nothing of HTTP."""

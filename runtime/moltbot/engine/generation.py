@@ -1,0 +1,390 @@
+"""Text generation over an Optimum-exported decoder (past key/values in, present out), with continuous batching.
+
+One scheduler thread per model owns the ONNX Runtime session. Sequences wait in a bounded queue, join the
+running batch between decode steps (their prompt is prefilled, then their KV cache is merged into the batch's,
+left-padded to a common length) and leave it as soon as they finish or their client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from moltbot import metrics
+from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
+from moltbot.engine.tokenizer import IncrementalDecoder, TextTokenizer
+
+log = logging.getLogger("moltbot.engine")
+
+# Most prompt tokens prefilled in one ONNX Runtime call (bounds the logits tensor of a prefill).
+PREFILL_TOKEN_BUDGET = 4096
+
+
+class QueueFull(Exception):
+    """The model's running batch and queue are both full."""
+
+    def __init__(self, model: str, retry_after: int = 1):
+        super().__init__(f"model {model!r} is at capacity; retry later")
+        self.model = model
+        self.retry_after = retry_after
+
+
+class EngineStopped(Exception):
+    """The model is shutting down and takes no new requests."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass
+class TokenEvent:
+    """What the scheduler hands to the request's side: new text, and once, the finish reason."""
+
+    text: str
+    tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[TokenEvent], None]
+    tokenizer: TextTokenizer
+    id: int = field(default_factory=itertools.count().__next__)
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    admitted_at: float = field(default_factory=time.monotonic)
+    last_token_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.params.seed)
+        self.decoder = IncrementalDecoder(self.tokenizer)
+        self.emitted_chars = 0  # how much of decoder.text has been sent
+        self.holdback = max((len(s) for s in self.params.stop), default=1) - 1
+
+
+class GenerationHandle:
+    """The asyncio side of one request: an async iterator of TokenEvents, cancellable."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.sequences: list[Sequence] = []
+
+    def emit(self, event: TokenEvent) -> None:  # called from the scheduler thread
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def next_event(self) -> TokenEvent:
+        return await self._queue.get()
+
+    def cancel(self) -> None:
+        for seq in self.sequences:
+            seq.cancelled = True
+
+
+class DecoderModel:
+    """The ONNX decoder with its KV cache layout, run one step at a time."""
+
+    def __init__(self, folder: Path, options: DeviceOptions):
+        self.folder = Path(folder)
+        self.session = create_session(self.folder / "model.onnx", options)
+        self.provider = active_provider(self.session)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")),
+                                 key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
+        if not self.past_names:
+            raise ValueError(f"{folder}: model.onnx has no past_key_values inputs; export it with "
+                             "task text-generation-with-past (moltbot models export)")
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        first = inputs[self.past_names[0]]
+        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.kv_dtype = np.float16 if "float16" in first.type else np.float32
+        self.has_position_ids = "position_ids" in inputs
+        self.output_names = ["logits", *self.present_names]
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.kv_heads, 0, self.head_dim)
+        return [np.zeros(shape, dtype=self.kv_dtype) for _ in self.past_names]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+            past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.has_position_ids:
+            feed["position_ids"] = position_ids
+        feed.update(zip(self.past_names, past))
+        logits, *present = self.session.run(self.output_names, feed)
+        return logits, present
+
+
+class Batch:
+    """The running sequences and their KV cache, left-padded to one length."""
+
+    def __init__(self, model: DecoderModel):
+        self.model = model
+        self.rows: list[Sequence] = []
+        self.past: list[np.ndarray] = model.empty_past(0)
+        self.mask = np.zeros((0, 0), dtype=np.int64)
+        self.positions = np.zeros((0,), dtype=np.int64)
+        self.last_tokens = np.zeros((0,), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def merge(self, rows: list[Sequence], past: list[np.ndarray], mask: np.ndarray, positions: np.ndarray,
+              last_tokens: np.ndarray) -> None:
+        if not self.rows:
+            self.rows, self.past, self.mask, self.positions, self.last_tokens = (
+                list(rows), past, mask, positions, last_tokens)
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        self.past = [np.concatenate([_pad_left(a, length, axis=2), _pad_left(b, length, axis=2)])
+                     for a, b in zip(self.past, past)]
+        self.mask = np.concatenate([_pad_left(self.mask, length, axis=1), _pad_left(mask, length, axis=1)])
+        self.positions = np.concatenate([self.positions, positions])
+        self.last_tokens = np.concatenate([self.last_tokens, last_tokens])
+        self.rows.extend(rows)
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only these rows, and drop the leading columns that no remaining row attends to."""
+        index = np.asarray(keep, dtype=np.int64)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask = self.mask[index]
+        self.positions = self.positions[index]
+        self.last_tokens = self.last_tokens[index]
+        start = int(np.argmax(self.mask.any(axis=0))) if len(keep) else self.mask.shape[1]
+        self.past = [np.ascontiguousarray(p[index][:, :, start:, :]) for p in self.past]
+        self.mask = np.ascontiguousarray(self.mask[:, start:])
+
+    def step(self) -> np.ndarray:
+        """One decode step for every row; returns the last-position logits [rows, vocab]."""
+        mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
+        logits, present = self.model.run(self.last_tokens[:, None], mask, self.positions[:, None], self.past)
+        self.past, self.mask = present, mask
+        self.positions = self.positions + 1
+        return logits[:, -1, :]
+
+
+def _pad_left(array: np.ndarray, length: int, axis: int) -> np.ndarray:
+    missing = length - array.shape[axis]
+    if missing <= 0:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (missing, 0)
+    return np.pad(array, widths)
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / params.temperature
+    scaled -= scaled.max()
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        cutoff = int(np.searchsorted(cumulative, params.top_p)) + 1
+        kept = order[:cutoff]
+        kept_probs = probs[kept] / probs[kept].sum()
+        return int(kept[rng.choice(len(kept), p=kept_probs)])
+    return int(rng.choice(len(probs), p=probs))
+
+
+class GenerationScheduler:
+    """Owns one decoder session; admits, batches and steps sequences on its own thread."""
+
+    def __init__(self, name: str, model: DecoderModel, tokenizer: TextTokenizer, context_length: int,
+                 max_running: int, max_queued: int):
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self._waiting: deque[Sequence] = deque()
+        self._batch = Batch(model)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._step_seconds = 0.05  # running estimate, for Retry-After
+        self._thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
+        metrics.MAX_RUNNING.labels(name).set(max_running)
+        metrics.MAX_QUEUED.labels(name).set(max_queued)
+        metrics.QUEUED.labels(name).set(0)
+        metrics.RUNNING.labels(name).set(0)
+        self._thread.start()
+
+    # ---- request side (any thread) -------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, n: int,
+               loop: asyncio.AbstractEventLoop) -> GenerationHandle:
+        handle = GenerationHandle(loop)
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped(self.name)
+            in_system = len(self._waiting) + len(self._batch)
+            if in_system + n > self.max_running + self.max_queued:
+                metrics.REJECTED.labels(self.name).inc()
+                raise QueueFull(self.name, retry_after=self._retry_after())
+            for _ in range(n):
+                seq = Sequence(prompt_ids=prompt_ids, params=params, emit=handle.emit, tokenizer=self.tokenizer)
+                handle.sequences.append(seq)
+                self._waiting.append(seq)
+            metrics.QUEUED.labels(self.name).set(len(self._waiting))
+            metrics.PROMPT_TOKENS.labels(self.name).inc(len(prompt_ids) * n)
+            self._cond.notify()
+        return handle
+
+    def _retry_after(self) -> int:
+        queued_steps = (len(self._waiting) / max(self.max_running, 1) + 1) * 64
+        return max(1, min(60, int(queued_steps * self._step_seconds) + 1))
+
+    def load(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self._batch), len(self._waiting)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            for seq in list(self._waiting) + self._batch.rows:
+                seq.cancelled = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    # ---- scheduler thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not len(self._batch) and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self._waiting and not len(self._batch):
+                    return
+                self._drop_cancelled_waiting()
+                admitted = self._take_admissible()
+            try:
+                if admitted:
+                    self._prefill(admitted)
+                    self._evict_finished()
+                if len(self._batch):
+                    started = time.monotonic()
+                    logits = self._batch.step()
+                    self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.monotonic() - started)
+                    self._advance(self._batch.rows, logits)
+                self._evict_finished()
+            except Exception as exc:  # a failing model must not leave clients waiting forever
+                log.exception("generation failed for model %s", self.name)
+                self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+            with self._cond:
+                metrics.QUEUED.labels(self.name).set(len(self._waiting))
+                metrics.RUNNING.labels(self.name).set(len(self._batch))
+
+    def _drop_cancelled_waiting(self) -> None:
+        kept = deque(s for s in self._waiting if not s.cancelled)
+        for seq in self._waiting:
+            if seq.cancelled:
+                seq.emit(TokenEvent("", 0, "cancelled"))
+        self._waiting = kept
+
+    def _take_admissible(self) -> list[Sequence]:
+        room = self.max_running - len(self._batch)
+        taken, tokens = [], 0
+        while self._waiting and len(taken) < room:
+            nxt = self._waiting[0]
+            if taken and tokens + len(nxt.prompt_ids) > PREFILL_TOKEN_BUDGET:
+                break
+            tokens += len(nxt.prompt_ids)
+            taken.append(self._waiting.popleft())
+        return taken
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        length = max(len(s.prompt_ids) for s in seqs)
+        ids = np.full((len(seqs), length), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), length), dtype=np.int64)
+        for row, seq in enumerate(seqs):
+            ids[row, length - len(seq.prompt_ids):] = seq.prompt_ids
+            mask[row, length - len(seq.prompt_ids):] = 1
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        logits, present = self.model.run(ids, mask, positions, self.model.empty_past(len(seqs)))
+        self._batch.merge(seqs, present, mask, mask.sum(axis=1), np.zeros(len(seqs), dtype=np.int64))
+        first_row = len(self._batch) - len(seqs)
+        self._advance(seqs, logits[:, -1, :], row_offset=first_row)
+
+    def _advance(self, rows: list[Sequence], logits: np.ndarray, row_offset: int = 0) -> None:
+        """Sample the next token of each row, emit its text, and mark finished rows."""
+        now = time.monotonic()
+        for i, seq in enumerate(rows):
+            if seq.finish_reason:
+                continue
+            if seq.cancelled:
+                seq.finish_reason = "cancelled"
+                seq.emit(TokenEvent("", 0, "cancelled"))
+                continue
+            token = sample(logits[i], seq.params, seq.rng)
+            self._batch.last_tokens[row_offset + i] = token
+            if seq.last_token_at is None:
+                metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - seq.admitted_at)
+            else:
+                metrics.INTER_TOKEN_LATENCY.labels(self.name).observe(now - seq.last_token_at)
+            seq.last_token_at = now
+            metrics.GENERATION_TOKENS.labels(self.name).inc()
+            finish = None
+            if token in self.tokenizer.eos_token_ids and not seq.params.ignore_eos:
+                finish = "stop"
+            else:
+                seq.generated.append(token)
+                seq.decoder.push(token)
+                if len(seq.generated) >= seq.params.max_tokens:
+                    finish = "length"
+                elif len(seq.prompt_ids) + len(seq.generated) >= self.context_length:
+                    finish = "length"
+            text = seq.decoder.text
+            stop_at = _find_stop(text, seq.params.stop, seq.emitted_chars)
+            if stop_at is not None:
+                text, finish = text[:stop_at], "stop"
+            safe_end = len(text) if finish else max(seq.emitted_chars, len(text) - seq.holdback)
+            delta = text[seq.emitted_chars:safe_end]
+            seq.emitted_chars = safe_end
+            seq.finish_reason = finish
+            seq.emit(TokenEvent(delta, 1, finish))
+
+    def _evict_finished(self) -> None:
+        keep = [i for i, s in enumerate(self._batch.rows) if not s.finish_reason and not s.cancelled]
+        if len(keep) != len(self._batch):
+            for seq in self._batch.rows:
+                if seq.cancelled and not seq.finish_reason:
+                    seq.finish_reason = "cancelled"
+                    seq.emit(TokenEvent("", 0, "cancelled"))
+            self._batch.keep(keep)
+
+    def _fail_all(self, message: str) -> None:
+        with self._cond:
+            victims = list(self._batch.rows)
+            self._batch = Batch(self.model)
+        for seq in victims:
+            if not seq.finish_reason:
+                seq.finish_reason = "error"
+                seq.emit(TokenEvent(message, 0, "error"))
+
+
+def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
+    if not stops:
+        return None
+    search_from = max(0, emitted - max(len(s) for s in stops))
+    found = [i for i in (text.find(s, search_from) for s in stops) if i >= 0]
+    return min(found) if found else None

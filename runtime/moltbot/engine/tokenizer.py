@@ -1,0 +1,130 @@
+"""Tokenizer and chat template of an exported model, with the `tokenizers` library and jinja2 (no transformers)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+
+class TemplateError(ValueError):
+    """The chat template refused the messages (e.g. roles in an order it does not accept)."""
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class TextTokenizer:
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = _read_json(folder / "tokenizer_config.json")
+        special = _read_json(folder / "special_tokens_map.json")
+        generation = _read_json(folder / "generation_config.json")
+        model_config = _read_json(folder / "config.json")
+
+        def token(name: str) -> str | None:
+            return _token_content(config.get(name)) or _token_content(special.get(name))
+
+        self.bos_token = token("bos_token")
+        self.eos_token = token("eos_token")
+        self.pad_token = token("pad_token")
+        self.eos_token_ids = set()
+        for source in (generation.get("eos_token_id"), model_config.get("eos_token_id")):
+            if isinstance(source, int):
+                self.eos_token_ids.add(source)
+            elif isinstance(source, list):
+                self.eos_token_ids.update(source)
+        if self.eos_token and self.tokenizer.token_to_id(self.eos_token) is not None:
+            self.eos_token_ids.add(self.tokenizer.token_to_id(self.eos_token))
+        self.pad_token_id = (self.tokenizer.token_to_id(self.pad_token) if self.pad_token else None) or 0
+        self.max_length = int(config.get("model_max_length") or 0) or None
+        if self.max_length and self.max_length > 10**7:  # transformers' "no limit" sentinel
+            self.max_length = None
+
+        template = config.get("chat_template")
+        if (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text()
+        elif (folder / "chat_template.json").exists():
+            template = _read_json(folder / "chat_template.json").get("chat_template")
+        if isinstance(template, list):  # named templates: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self._template = None
+        if template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[jinja2.ext.loopcontrols])
+            env.globals["raise_exception"] = _raise_exception
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
+                x, indent=indent, ensure_ascii=ensure_ascii)
+            self._template = env.from_string(template)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> str:
+        if self._template is None:
+            # No template: a plain transcript, as a base model would continue it.
+            lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
+            return "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "")
+        try:
+            return self._template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                bos_token=self.bos_token or "", eos_token=self.eos_token or "", pad_token=self.pad_token or "",
+            )
+        except TemplateError:
+            raise
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"the model's chat template failed: {exc}") from exc
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: TextTokenizer):
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tokenizer.decode(self._ids)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.text = text[len(self.text):], text
+        return delta
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}

@@ -1,0 +1,43 @@
+"""Moltbot environment: one Docker host (runtime + monitoring) or a Kubernetes scale-out.
+
+Reads the stack's `moltbot:*` config (stack_config.py), composes the components and exports the URLs.
+"""
+
+import pulumi
+import pulumi_docker as docker
+
+import stack_config
+from docker_monitoring import DockerMonitoring
+from docker_runtime import MoltbotContainer
+from docker_storage import DockerStorage
+from k8s_monitoring import OperatorMonitoring
+from k8s_runtime import MoltbotKubernetes
+
+settings = stack_config.load()
+
+if settings.platform == "docker":
+    # Without moltbot:dockerHost the default provider talks to the local engine (DOCKER_HOST or the socket).
+    provider = docker.Provider("docker-host", host=settings.docker_host) if settings.docker_host else None
+    on_host = pulumi.ResourceOptions(providers=[provider] if provider else None)
+    storage = DockerStorage(
+        "storage", prefix="moltbot",
+        host_data_sets=["models", "plugins", "logs"],
+        volume_data_sets=["prometheus", "alertmanager", "grafana"] if settings.monitoring else [],
+        data_dir=settings.data_dir, opts=on_host)
+    runtime = MoltbotContainer("moltbot", settings, storage, opts=on_host)
+    pulumi.export("url", runtime.url)
+    pulumi.export("container", runtime.container.name)
+    pulumi.export("network", storage.network.name)
+    if settings.monitoring:
+        monitoring = DockerMonitoring("monitoring", settings, storage, prefix="moltbot", opts=on_host)
+        pulumi.export("prometheusUrl", monitoring.prometheus_url)
+        pulumi.export("alertmanagerUrl", monitoring.alertmanager_url)
+        pulumi.export("grafanaUrl", monitoring.grafana_url)
+else:
+    # The default Kubernetes provider uses the current kubeconfig context (KUBECONFIG, kubernetes:context).
+    cluster = MoltbotKubernetes("moltbot", settings)
+    pulumi.export("url", cluster.url)
+    pulumi.export("namespace", cluster.namespace.metadata.name)
+    if settings.prometheus_operator:
+        OperatorMonitoring("moltbot", settings, cluster.labels,
+                           opts=pulumi.ResourceOptions(depends_on=[cluster.service]))

@@ -1,0 +1,146 @@
+"""DockerMonitoring: Prometheus, Alertmanager, Grafana, node exporter (and the DCGM exporter on GPU hosts).
+
+The configuration comes from the repository's monitoring/ folder and is uploaded into the containers
+(not bind-mounted), so the same program works against a remote engine (moltbot:dockerHost=ssh://...):
+a changed file changes the upload and Pulumi replaces that container.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+import yaml
+
+from docker_storage import DockerStorage
+from stack_config import ConfigError, Settings
+
+
+def config_uploads(source: Path, target: str, skip: tuple[str, ...] = ()) -> list[docker.ContainerUploadArgs]:
+    """Every file under `source` (sorted, so plans are stable) as an upload below `target`.
+
+    Folders named in `skip` (promtool's rule tests) and `*.example` files stay behind.
+    """
+    uploads = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        relative = path.relative_to(source).as_posix()
+        if relative.split("/")[0] in skip or path.suffix == ".example":
+            continue
+        uploads.append(docker.ContainerUploadArgs(file=f"{target}/{relative}", content=path.read_text()))
+    return uploads
+
+
+def scrape_targets(gpu: bool) -> list[docker.ContainerUploadArgs]:
+    """file_sd target lists for prometheus.yml's jobs: the stack's containers by their network aliases."""
+    targets = {"moltbot": "moltbot:8080", "node": "node-exporter:9100", "alertmanager": "alertmanager:9093"}
+    if gpu:
+        targets["dcgm"] = "dcgm-exporter:9400"
+    return [
+        docker.ContainerUploadArgs(
+            file=f"/etc/prometheus/targets/{job}.yml",
+            content=yaml.safe_dump([{"targets": [target], "labels": {"stack": pulumi.get_stack()}}]),
+        )
+        for job, target in targets.items()
+    ]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ConfigError(f"moltbot:monitoringDir: {what} {path} is missing")
+    return path
+
+
+class DockerMonitoring(pulumi.ComponentResource):
+    def __init__(self, name: str, settings: Settings, storage: DockerStorage, prefix: str,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("moltbot:docker:Monitoring", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        monitoring = settings.monitoring_dir
+        bind = settings.monitoring_bind_address
+        _require(monitoring / "prometheus" / "prometheus.yml", "the Prometheus configuration")
+        _require(monitoring / "alertmanager" / "alertmanager.yml", "the Alertmanager configuration")
+        _require(monitoring / "grafana" / "provisioning", "Grafana's provisioning folder")
+        _require(monitoring / "grafana" / "dashboards", "Grafana's dashboards folder")
+        log_opts = {"max-size": "10m", "max-file": "3"}
+
+        def service(alias: str, **kwargs) -> docker.Container:
+            return docker.Container(
+                f"{name}-{alias}",
+                name=f"{prefix}-{alias}",
+                hostname=alias,
+                networks_advanced=storage.attach(alias),
+                restart="unless-stopped",
+                log_driver="json-file",
+                log_opts=log_opts,
+                labels=[docker.ContainerLabelArgs(label="com.moltbot.component", value=alias)],
+                opts=child,
+                **kwargs,
+            )
+
+        self.prometheus = service(
+            "prometheus",
+            image=settings.images["prometheusImage"],
+            command=[
+                "--config.file=/etc/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                "--storage.tsdb.retention.time=15d",
+                "--web.enable-lifecycle",
+            ],
+            ports=[docker.ContainerPortArgs(internal=9090, external=settings.prometheus_port, ip=bind)],
+            volumes=[storage.mount("prometheus", "/prometheus")],
+            uploads=config_uploads(monitoring / "prometheus", "/etc/prometheus", skip=("tests",))
+            + scrape_targets(settings.gpu),
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD", "wget", "-q", "-O-", "http://127.0.0.1:9090/-/ready"], interval="15s", retries=3),
+        )
+        self.alertmanager = service(
+            "alertmanager",
+            image=settings.images["alertmanagerImage"],
+            command=["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager"],
+            ports=[docker.ContainerPortArgs(internal=9093, external=settings.alertmanager_port, ip=bind)],
+            volumes=[storage.mount("alertmanager", "/alertmanager")],
+            uploads=config_uploads(monitoring / "alertmanager", "/etc/alertmanager"),
+        )
+        grafana_env = pulumi.Output.secret(settings.grafana_admin_password).apply(lambda password: [
+            "GF_SECURITY_ADMIN_USER=admin",
+            f"GF_SECURITY_ADMIN_PASSWORD={password}",
+            "GF_USERS_ALLOW_SIGN_UP=false",
+            "GF_AUTH_ANONYMOUS_ENABLED=false",
+        ])
+        self.grafana = service(
+            "grafana",
+            image=settings.images["grafanaImage"],
+            envs=grafana_env,
+            ports=[docker.ContainerPortArgs(internal=3000, external=settings.grafana_port, ip=bind)],
+            volumes=[storage.mount("grafana", "/var/lib/grafana")],
+            uploads=config_uploads(monitoring / "grafana" / "provisioning", "/etc/grafana/provisioning")
+            + config_uploads(monitoring / "grafana" / "dashboards", "/var/lib/grafana/dashboards"),
+        )
+        # Host metrics: the host's root file system read-only at /host, and the host's process table.
+        self.node_exporter = service(
+            "node-exporter",
+            image=settings.images["nodeExporterImage"],
+            command=["--path.rootfs=/host"],
+            pid_mode="host",
+            mounts=[docker.ContainerMountArgs(
+                type="bind", source="/", target="/host", read_only=True,
+                bind_options=docker.ContainerMountBindOptionsArgs(propagation="rslave"),
+            )],
+        )
+        self.dcgm_exporter = None
+        if settings.gpu:
+            self.dcgm_exporter = service(
+                "dcgm-exporter",
+                image=settings.images["dcgmExporterImage"],
+                gpus="all",
+                capabilities=docker.ContainerCapabilitiesArgs(adds=["SYS_ADMIN"]),
+            )
+        self.prometheus_url = pulumi.Output.from_input(settings.url(bind, settings.prometheus_port))
+        self.alertmanager_url = pulumi.Output.from_input(settings.url(bind, settings.alertmanager_port))
+        self.grafana_url = pulumi.Output.from_input(settings.url(bind, settings.grafana_port))
+        self.register_outputs({
+            "prometheusUrl": self.prometheus_url,
+            "alertmanagerUrl": self.alertmanager_url,
+            "grafanaUrl": self.grafana_url,
+        })

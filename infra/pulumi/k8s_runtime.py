@@ -1,0 +1,202 @@
+"""MoltbotKubernetes: the runtime as a scaled-out Deployment with its storage, config, Service and autoscaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi_kubernetes.core.v1 import (
+    ConfigMapVolumeSourceArgs, ContainerArgs, ContainerPortArgs, EnvVarArgs, EnvVarSourceArgs, ExecActionArgs,
+    HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs, LifecycleHandlerArgs, PersistentVolumeClaimSpecArgs,
+    PersistentVolumeClaimVolumeSourceArgs, PodSpecArgs, PodTemplateSpecArgs, ProbeArgs, ResourceRequirementsArgs,
+    SecretKeySelectorArgs, SecretVolumeSourceArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs,
+    VolumeMountArgs, VolumeResourceRequirementsArgs, EmptyDirVolumeSourceArgs,
+)
+from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
+
+from stack_config import ConfigError, Settings, container_env
+
+CONFIGMAP_LIMIT_BYTES = 1024 * 1024
+# Seconds the pod stays in the Service's endpoints after deletion starts, so that no new request
+# arrives once the runtime has begun draining on SIGTERM.
+PRE_STOP_SLEEP_SECONDS = 10
+
+
+def text_files(folder: Path | None, pattern: str, key: str) -> dict[str, str]:
+    """Relative path -> text of each file under `folder` matching `pattern` (caches skipped)."""
+    if folder is None:
+        return {}
+    files = {}
+    for path in sorted(folder.rglob(pattern)):
+        relative = path.relative_to(folder)
+        if not path.is_file() or "__pycache__" in relative.parts or path.suffix == ".pyc":
+            continue
+        try:
+            files[relative.as_posix()] = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key}: {path} is not a text file; a ConfigMap holds text only") from None
+    size = sum(len(text.encode()) for text in files.values())
+    if size > CONFIGMAP_LIMIT_BYTES:
+        raise ConfigError(f"{key}: {folder} holds {size} bytes, more than a ConfigMap's 1 MiB")
+    return files
+
+
+def configmap_key(relative: str) -> str:
+    """ConfigMap keys cannot hold '/': plugin files are flattened and mapped back to paths by `items`."""
+    return relative.replace("/", "__")
+
+
+class MoltbotKubernetes(pulumi.ComponentResource):
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("moltbot:kubernetes:Runtime", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {**settings.labels, "app.kubernetes.io/instance": name}
+
+        def meta(object_name: str, **extra) -> ObjectMetaArgs:
+            return ObjectMetaArgs(name=object_name, namespace=settings.namespace, labels=labels, **extra)
+
+        self.namespace = k8s.core.v1.Namespace(
+            f"{name}-namespace", metadata=ObjectMetaArgs(name=settings.namespace, labels=settings.labels),
+            opts=child)
+        in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
+
+        model_configs = text_files(settings.model_configs_dir, "*.json", "moltbot:modelConfigsDir")
+        plugin_files = text_files(settings.plugins_dir, "*", "moltbot:pluginsDir")
+        self.model_configs = k8s.core.v1.ConfigMap(
+            f"{name}-model-configs", metadata=meta(f"{name}-model-configs"),
+            data={configmap_key(k): v for k, v in model_configs.items()}, opts=in_namespace)
+        self.plugins = k8s.core.v1.ConfigMap(
+            f"{name}-plugins", metadata=meta(f"{name}-plugins"),
+            data={configmap_key(k): v for k, v in plugin_files.items()}, opts=in_namespace)
+
+        self.models_pvc = k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-models", metadata=meta(f"{name}-models"),
+            spec=PersistentVolumeClaimSpecArgs(
+                # Every replica mounts the same models, so the claim must be shareable across nodes.
+                access_modes=[settings.models_access_mode],
+                storage_class_name=settings.storage_class,
+                resources=VolumeResourceRequirementsArgs(requests={"storage": settings.models_storage}),
+            ),
+            opts=in_namespace)
+
+        env = [EnvVarArgs(name=k, value=v) for k, v in container_env(settings).items()]
+        self.api_keys_secret = None
+        if settings.api_keys is not None:
+            self.api_keys_secret = k8s.core.v1.Secret(
+                f"{name}-api-keys", metadata=meta(f"{name}-api-keys"), type="Opaque",
+                string_data={"api-keys": settings.api_keys.apply(lambda keys: ",".join(keys))},
+                opts=in_namespace)
+            env.append(EnvVarArgs(name="MOLTBOT_API_KEYS", value_from=EnvVarSourceArgs(
+                secret_key_ref=SecretKeySelectorArgs(name=self.api_keys_secret.metadata.name, key="api-keys"))))
+
+        volumes = [
+            VolumeArgs(name="models", persistent_volume_claim=PersistentVolumeClaimVolumeSourceArgs(
+                claim_name=self.models_pvc.metadata.name)),
+            VolumeArgs(name="model-configs", config_map=ConfigMapVolumeSourceArgs(
+                name=self.model_configs.metadata.name)),
+            VolumeArgs(name="plugins", config_map=ConfigMapVolumeSourceArgs(
+                name=self.plugins.metadata.name,
+                items=[KeyToPathArgs(key=configmap_key(k), path=k) for k in plugin_files])),
+            # Logs go to stdout too (collected by the cluster); the file copy is per pod.
+            VolumeArgs(name="logs", empty_dir=EmptyDirVolumeSourceArgs(size_limit="1Gi")),
+        ]
+        mounts = [
+            VolumeMountArgs(name="models", mount_path="/app/models"),
+            VolumeMountArgs(name="plugins", mount_path="/app/plugins", read_only=True),
+            VolumeMountArgs(name="logs", mount_path="/app/logs"),
+        ] + [
+            VolumeMountArgs(name="model-configs", mount_path=f"/app/models/{config_name}",
+                            sub_path=configmap_key(config_name), read_only=True)
+            for config_name in model_configs
+        ]
+        self.tls_secret = None
+        if settings.tls_cert is not None:
+            self.tls_secret = k8s.core.v1.Secret(
+                f"{name}-tls", metadata=meta(f"{name}-tls"), type="kubernetes.io/tls",
+                string_data={"tls.crt": settings.tls_cert, "tls.key": settings.tls_key}, opts=in_namespace)
+            volumes.append(VolumeArgs(name="tls", secret=SecretVolumeSourceArgs(
+                secret_name=self.tls_secret.metadata.name, default_mode=0o400)))
+            mounts.append(VolumeMountArgs(name="tls", mount_path="/app/tls", read_only=True))
+            env += [EnvVarArgs(name="MOLTBOT_TLS_CERT", value="/app/tls/tls.crt"),
+                    EnvVarArgs(name="MOLTBOT_TLS_KEY", value="/app/tls/tls.key")]
+
+        resources = {"cpu": f"{settings.cpus:g}", "memory": settings.memory_quantity}
+        if settings.gpu:
+            resources["nvidia.com/gpu"] = "1"
+        container = ContainerArgs(
+            name="moltbot",
+            image=settings.image,
+            image_pull_policy="IfNotPresent",
+            env=env,
+            ports=[ContainerPortArgs(name="http", container_port=8080),
+                   ContainerPortArgs(name="https", container_port=8443)],
+            volume_mounts=mounts,
+            resources=ResourceRequirementsArgs(requests=resources, limits=resources),
+            # /health answers as soon as the server runs; model loading may take minutes on first start.
+            startup_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/health", port="http"),
+                                    period_seconds=5, failure_threshold=60),
+            liveness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/health", port="http"),
+                                     period_seconds=10, timeout_seconds=5, failure_threshold=3),
+            readiness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/ready", port="http"),
+                                      period_seconds=5, timeout_seconds=3, failure_threshold=2),
+            lifecycle=LifecycleArgs(pre_stop=LifecycleHandlerArgs(
+                exec_=ExecActionArgs(command=["sleep", str(PRE_STOP_SLEEP_SECONDS)]))),
+        )
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment", metadata=meta(name),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=settings.replicas,
+                selector=LabelSelectorArgs(match_labels=labels),
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1)),
+                template=PodTemplateSpecArgs(
+                    metadata=ObjectMetaArgs(labels=labels),
+                    spec=PodSpecArgs(
+                        containers=[container],
+                        volumes=volumes,
+                        # preStop sleep, then SIGTERM: the runtime drains (shutdown_timeout) and exits 0.
+                        termination_grace_period_seconds=settings.termination_grace_seconds,
+                    ),
+                ),
+            ),
+            opts=in_namespace)
+
+        self.service = k8s.core.v1.Service(
+            f"{name}-service", metadata=meta(name),
+            spec=ServiceSpecArgs(
+                type=settings.service_type,
+                selector=labels,
+                ports=[ServicePortArgs(name="http", port=settings.http_port, target_port="http"),
+                       ServicePortArgs(name="https", port=settings.https_port, target_port="https")],
+            ),
+            opts=in_namespace)
+
+        self.autoscaler = k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa", metadata=meta(name),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=self.deployment.metadata.name),
+                min_replicas=settings.replicas,
+                max_replicas=settings.max_replicas,
+                metrics=[k8s.autoscaling.v2.MetricSpecArgs(
+                    type="Resource",
+                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                        name="cpu",
+                        target=k8s.autoscaling.v2.MetricTargetArgs(
+                            type="Utilization", average_utilization=settings.target_cpu_utilization)),
+                )],
+            ),
+            opts=in_namespace)
+
+        self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb", metadata=meta(name),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1, selector=LabelSelectorArgs(match_labels=labels)),
+            opts=in_namespace)
+
+        self.labels = labels
+        self.url = self.service.metadata.name.apply(
+            lambda service: f"http://{service}.{settings.namespace}.svc.cluster.local:{settings.http_port}")
+        self.register_outputs({"url": self.url, "deployment": self.deployment.metadata.name})

@@ -1,0 +1,350 @@
+"""The stack's settings: every `moltbot:*` config key read, checked and turned into one typed object.
+
+The key names are shared with the Ansible `moltbot` role (see README.md for the mapping). Every check
+raises ConfigError with the key's full name, so `pulumi up` stops before touching a host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+PROJECT_DIR = Path(__file__).resolve().parent
+CPU_IMAGE = "moltbot:latest"
+GPU_IMAGE = "moltbot:gpu"
+
+# Pinned public images for the monitoring services; each one can be overridden by its config key.
+DEFAULT_IMAGES = {
+    "prometheusImage": "prom/prometheus:v2.55.1",
+    "alertmanagerImage": "prom/alertmanager:v0.28.1",
+    "grafanaImage": "grafana/grafana:11.6.0",
+    "nodeExporterImage": "prom/node-exporter:v1.9.1",
+    "dcgmExporterImage": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04",
+}
+
+# Variables the program sets itself from dedicated keys; `moltbot:env` may not override them.
+MANAGED_ENV = {
+    "MOLTBOT_HOST": "moltbot:bindAddress (the container always listens on 0.0.0.0)",
+    "MOLTBOT_PORT": "moltbot:httpPort",
+    "MOLTBOT_HTTPS_PORT": "moltbot:httpsPort",
+    "MOLTBOT_API_KEYS": "moltbot:apiKeys",
+    "MOLTBOT_TLS_CERT": "moltbot:tlsCert",
+    "MOLTBOT_TLS_KEY": "moltbot:tlsKey",
+    "MOLTBOT_MODELS_DIR": "the models volume (/app/models)",
+    "MOLTBOT_PLUGINS_DIR": "the plugins volume (/app/plugins)",
+    "MOLTBOT_LOGS_DIR": "the logs volume (/app/logs)",
+    "MOLTBOT_DEVICE": "moltbot:gpu",
+}
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_MEMORY_FACTORS = {"b": 1, "": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MIN_MEMORY_BYTES = 256 * 1024**2
+
+
+class ConfigError(ValueError):
+    """A `moltbot:*` config value cannot be used; the message names the key and what to set instead."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    platform: str
+    image: str
+    http_port: int
+    https_port: int
+    bind_address: str
+    public_host: str
+    data_dir: str | None
+    cpus: float
+    memory_bytes: int
+    gpu: bool
+    api_keys: pulumi.Output | None  # secret Output of list[str]
+    tls_cert: pulumi.Output | None  # PEM text
+    tls_key: pulumi.Output | None  # secret PEM text
+    env: dict[str, str]
+    docker_host: str | None
+    monitoring: bool
+    monitoring_bind_address: str
+    monitoring_dir: Path
+    grafana_admin_password: pulumi.Output | None
+    prometheus_port: int
+    alertmanager_port: int
+    grafana_port: int
+    images: dict[str, str]
+    namespace: str
+    replicas: int
+    max_replicas: int
+    target_cpu_utilization: int
+    models_storage: str
+    models_access_mode: str
+    storage_class: str | None
+    prometheus_operator: bool
+    operator_labels: dict[str, str]
+    model_configs_dir: Path | None
+    plugins_dir: Path | None
+    service_type: str
+    termination_grace_seconds: int
+    labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "moltbot"})
+
+    def url(self, bind: str, port: int) -> str:
+        """What a user opens: the bind address, or the public host when published on every interface."""
+        host = self.public_host if bind in ("0.0.0.0", "::") else bind
+        return f"http://{host}:{port}"
+
+    @property
+    def memory_mb(self) -> int:
+        """Docker's `memory` limit is in MiB."""
+        return self.memory_bytes // 1024**2
+
+    @property
+    def memory_quantity(self) -> str:
+        """The same limit as a Kubernetes quantity."""
+        return f"{self.memory_mb}Mi"
+
+
+def parse_memory(key: str, text: str) -> int:
+    """Bytes from a Docker-style size (`512m`, `4g`, `4GiB`; binary units like `docker run -m`)."""
+    match = _MEMORY.match(str(text))
+    if not match:
+        raise ConfigError(f"{key}: {text!r} is not a memory size; use a number with b, k, m or g (e.g. 4g, 512m)")
+    value = int(float(match.group(1)) * _MEMORY_FACTORS[match.group(2).lower()])
+    if value < MIN_MEMORY_BYTES:
+        raise ConfigError(f"{key}: {text!r} is below the 256m the runtime needs to load its models")
+    return value
+
+
+def _port(config: pulumi.Config, name: str, default: int) -> int:
+    value = _int(config, name, default)
+    if not 0 < value < 65536:
+        raise ConfigError(f"moltbot:{name}: {value} is not a TCP port (1-65535)")
+    return value
+
+
+def _int(config: pulumi.Config, name: str, default: int) -> int:
+    raw = config.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"moltbot:{name}: {raw!r} is not a whole number") from None
+
+
+def _bool(config: pulumi.Config, name: str, default: bool) -> bool:
+    raw = config.get(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(f"moltbot:{name}: {raw!r} is not true or false")
+
+
+def _api_keys(raw: str) -> list[str]:
+    """A JSON list (`--path` or structured config) or one comma-separated string, like MOLTBOT_API_KEYS."""
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            keys = json.loads(text)
+        except ValueError:
+            raise ConfigError("moltbot:apiKeys: starts with '[' but is not a JSON list of strings") from None
+        if not all(isinstance(k, str) for k in keys):
+            raise ConfigError("moltbot:apiKeys: the list must hold strings only")
+    else:
+        keys = text.split(",")
+    keys = [k.strip() for k in keys if k.strip()]
+    for key in keys:
+        if "," in key or any(ch.isspace() for ch in key):
+            raise ConfigError("moltbot:apiKeys: a key may not contain commas or white space")
+    return keys
+
+
+def _project_path(config: pulumi.Config, name: str, default: str | None) -> Path | None:
+    raw = config.get(name) or default
+    if raw is None:
+        return None
+    path = Path(raw)
+    path = path if path.is_absolute() else (PROJECT_DIR / path).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"moltbot:{name}: {path} is not a folder")
+    return path
+
+
+def _string_map(config: pulumi.Config, name: str) -> dict[str, str]:
+    raw = config.get_object(name) or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(f"moltbot:{name}: must be an object of string values")
+    return raw
+
+
+def _env(config: pulumi.Config) -> dict[str, str]:
+    raw = config.get_object("env") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("moltbot:env: must be an object of NAME: value pairs")
+    env = {}
+    for name, value in raw.items():
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"moltbot:env: {name!r} is not a valid environment variable name")
+        if name in MANAGED_ENV:
+            raise ConfigError(f"moltbot:env: {name} is set by the program; use {MANAGED_ENV[name]} instead")
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"moltbot:env: {name} must be a string, number or boolean")
+        env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def load(config: pulumi.Config | None = None) -> Settings:
+    """Reads the `moltbot` namespace of the current stack's config."""
+    config = config or pulumi.Config("moltbot")
+
+    platform = config.get("platform") or "docker"
+    if platform not in ("docker", "kubernetes"):
+        raise ConfigError(f"moltbot:platform: {platform!r} is not docker or kubernetes")
+
+    gpu = _bool(config, "gpu", False)
+    image = config.get("image") or (GPU_IMAGE if gpu else CPU_IMAGE)
+    if gpu and image == CPU_IMAGE:
+        raise ConfigError(
+            f"moltbot:gpu is true but moltbot:image is {CPU_IMAGE}, the CPU-only image; "
+            f"set moltbot:image to {GPU_IMAGE} (built with `make image-gpu`) or moltbot:gpu to false"
+        )
+
+    cpus_raw = config.get("cpus") or "2"
+    try:
+        cpus = float(cpus_raw)
+    except ValueError:
+        raise ConfigError(f"moltbot:cpus: {cpus_raw!r} is not a number of CPUs (e.g. 2 or 1.5)") from None
+    if cpus <= 0:
+        raise ConfigError(f"moltbot:cpus: {cpus_raw!r} must be more than 0")
+
+    http_port = _port(config, "httpPort", 8080)
+    https_port = _port(config, "httpsPort", 8443)
+    if http_port == https_port:
+        raise ConfigError(f"moltbot:httpPort and moltbot:httpsPort are both {http_port}")
+
+    tls_cert, tls_key = config.get("tlsCert"), config.get_secret("tlsKey")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("moltbot:tlsCert and moltbot:tlsKey must be set together (PEM text, the key as a secret)")
+    if tls_cert is not None and "-----BEGIN" not in tls_cert:
+        raise ConfigError("moltbot:tlsCert: expected PEM text (pulumi config set moltbot:tlsCert < cert.pem)")
+
+    namespace = config.get("namespace") or "moltbot"
+    if not _K8S_NAME.match(namespace) or len(namespace) > 63:
+        raise ConfigError(f"moltbot:namespace: {namespace!r} is not a valid Kubernetes namespace name")
+    service_type = config.get("serviceType") or "ClusterIP"
+    if service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        raise ConfigError(f"moltbot:serviceType: {service_type!r} is not ClusterIP, NodePort or LoadBalancer")
+
+    raw_keys = config.get_secret("apiKeys")
+    api_keys = raw_keys.apply(_api_keys) if raw_keys is not None else None
+    bind_address = config.get("bindAddress") or "127.0.0.1"
+    exposed = (bind_address not in ("127.0.0.1", "::1", "localhost")) if platform == "docker" \
+        else service_type != "ClusterIP"
+    if api_keys is None and exposed:
+        where = f"on {bind_address}" if platform == "docker" else f"through a {service_type} Service"
+        raise ConfigError(
+            f"moltbot:apiKeys: required when the API is published {where}; "
+            "set it with `pulumi config set --secret moltbot:apiKeys KEY1,KEY2`"
+        )
+
+    monitoring = _bool(config, "monitoring", platform == "docker")
+    grafana_password = config.get_secret("grafanaAdminPassword")
+    if monitoring and platform == "docker" and grafana_password is None:
+        raise ConfigError(
+            "moltbot:grafanaAdminPassword: required with moltbot:monitoring; "
+            "set it with `pulumi config set --secret moltbot:grafanaAdminPassword`"
+        )
+
+    replicas = _int(config, "replicas", 3)
+    if replicas < 1:
+        raise ConfigError(f"moltbot:replicas: {replicas} must be at least 1")
+    max_replicas = _int(config, "maxReplicas", max(replicas, 10))
+    if max_replicas < replicas:
+        raise ConfigError(f"moltbot:maxReplicas: {max_replicas} is below moltbot:replicas ({replicas})")
+    target_cpu = _int(config, "targetCpuUtilization", 70)
+    if not 1 <= target_cpu <= 100:
+        raise ConfigError(f"moltbot:targetCpuUtilization: {target_cpu} is not a percentage (1-100)")
+
+    docker_host = config.get("dockerHost")
+    if docker_host is not None and not re.match(r"^(ssh|tcp|unix)://", docker_host):
+        raise ConfigError(f"moltbot:dockerHost: {docker_host!r} must start with ssh://, tcp:// or unix://")
+
+    data_dir = config.get("dataDir")
+    if data_dir is not None and not data_dir.startswith("/"):
+        raise ConfigError(f"moltbot:dataDir: {data_dir!r} must be an absolute path on the Docker host")
+
+    models_storage = config.get("modelsStorage") or "20Gi"
+    if not re.match(r"^\d+(Mi|Gi|Ti)$", models_storage):
+        raise ConfigError(f"moltbot:modelsStorage: {models_storage!r} is not a size like 20Gi")
+    access_mode = config.get("modelsAccessMode") or "ReadWriteMany"
+    if access_mode not in ("ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"):
+        raise ConfigError(f"moltbot:modelsAccessMode: {access_mode!r} is not a PersistentVolume access mode")
+    if access_mode == "ReadWriteOncePod" and replicas > 1:
+        raise ConfigError("moltbot:modelsAccessMode: ReadWriteOncePod allows one pod, but moltbot:replicas "
+                          f"is {replicas}")
+
+    # With an ssh:// or tcp:// engine the URLs name that host; on the local engine, localhost.
+    remote = re.match(r"^(?:ssh|tcp)://(?:[^@/]*@)?([^:/]+)", docker_host or "")
+    public_host = config.get("publicHost") or (remote.group(1) if remote else "localhost")
+
+    return Settings(
+        platform=platform,
+        image=image,
+        http_port=http_port,
+        https_port=https_port,
+        bind_address=bind_address,
+        public_host=public_host,
+        data_dir=data_dir.rstrip("/") if data_dir else None,
+        cpus=cpus,
+        memory_bytes=parse_memory("moltbot:memory", config.get("memory") or "4g"),
+        gpu=gpu,
+        api_keys=api_keys,
+        tls_cert=pulumi.Output.from_input(tls_cert) if tls_cert is not None else None,
+        tls_key=tls_key,
+        env=_env(config),
+        docker_host=docker_host,
+        monitoring=monitoring,
+        monitoring_bind_address=config.get("monitoringBindAddress") or "127.0.0.1",
+        monitoring_dir=_project_path(config, "monitoringDir", "../../monitoring"),
+        grafana_admin_password=grafana_password,
+        prometheus_port=_port(config, "prometheusPort", 9090),
+        alertmanager_port=_port(config, "alertmanagerPort", 9093),
+        grafana_port=_port(config, "grafanaPort", 3000),
+        images={key: config.get(key) or default for key, default in DEFAULT_IMAGES.items()},
+        namespace=namespace,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        target_cpu_utilization=target_cpu,
+        models_storage=models_storage,
+        models_access_mode=access_mode,
+        storage_class=config.get("storageClass"),
+        prometheus_operator=_bool(config, "prometheusOperator", False),
+        operator_labels=_string_map(config, "operatorLabels"),
+        model_configs_dir=_project_path(config, "modelConfigsDir", None),
+        plugins_dir=_project_path(config, "pluginsDir", None),
+        service_type=service_type,
+        termination_grace_seconds=_int(config, "terminationGracePeriodSeconds", 60),
+    )
+
+
+def container_env(settings: Settings) -> dict[str, Any]:
+    """MOLTBOT_* variables common to both platforms (API keys and TLS are added by each platform)."""
+    env = {
+        "MOLTBOT_HOST": "0.0.0.0",
+        "MOLTBOT_PORT": "8080",
+        "MOLTBOT_HTTPS_PORT": "8443",
+        "MOLTBOT_MODELS_DIR": "/app/models",
+        "MOLTBOT_PLUGINS_DIR": "/app/plugins",
+        "MOLTBOT_LOGS_DIR": "/app/logs",
+        "MOLTBOT_DEVICE": "cuda" if settings.gpu else "cpu",
+    }
+    env.update(settings.env)
+    return env

@@ -1,0 +1,222 @@
+"""Starts real monitoring components (Debian's prometheus, node exporter, alertmanager) on 127.0.0.1 for tests.
+
+Every process listens on a free local port, keeps its data in a temp dir and is stopped by its fixture;
+every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MONITORING = REPO / "monitoring"
+PROMETHEUS_DIR = MONITORING / "prometheus"
+DASHBOARDS_DIR = MONITORING / "grafana" / "dashboards"
+RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+
+T = TypeVar("T")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make system-deps` (scripts/install-system-deps.sh)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Calls probe until it returns something truthy; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except (OSError, ValueError) as error:  # not up yet, or an answer we cannot read yet
+            last_error = error
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped with SIGTERM (then SIGKILL) on stop()."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def assert_running(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+
+def start_node_exporter(work_dir: Path) -> tuple[ManagedProcess, str]:
+    address = f"127.0.0.1:{free_port()}"
+    exporter = ManagedProcess("node-exporter", [require_binary("prometheus-node-exporter"),
+                                                f"--web.listen-address={address}"], work_dir)
+    wait_until(lambda: exporter.assert_running() or http_get(f"http://{address}/metrics")[0] == 200, 20,
+               "node exporter /metrics")
+    return exporter, address
+
+
+def prometheus_test_config(work_dir: Path, address: str, targets: dict[str, list[str]],
+                           rule_files: list[Path], interval: str = "1s") -> Path:
+    """Writes the project's prometheus.yml with short intervals, its own address and file_sd target files.
+
+    Scrape jobs, rule files and service discovery stay those of monitoring/prometheus/prometheus.yml.
+    """
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        if job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": [address]}]
+    (work_dir / "rules").mkdir(exist_ok=True)
+    for rule_file in rule_files:
+        shutil.copy(rule_file, work_dir / "rules" / rule_file.name)
+    (work_dir / "targets").mkdir(exist_ok=True)
+    for job, addresses in targets.items():
+        (work_dir / "targets" / f"{job}.yml").write_text(yaml.safe_dump([{"targets": addresses}]))
+    path = work_dir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Prometheus:
+    def __init__(self, work_dir: Path, targets: dict[str, list[str]], rule_files: list[Path]):
+        self.address = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{self.address}"
+        config = prometheus_test_config(work_dir, self.address, targets, rule_files)
+        self.process = ManagedProcess("prometheus", [
+            require_binary("prometheus"), f"--config.file={config}", f"--web.listen-address={self.address}",
+            f"--storage.tsdb.path={work_dir / 'data'}", "--storage.tsdb.retention.time=1h",
+        ], work_dir)
+        wait_until(lambda: self.process.assert_running() or http_get(f"{self.url}/-/ready")[0] == 200, 30,
+                   "Prometheus /-/ready")
+
+    def api(self, path: str, **params: str) -> object:
+        """GETs /api/v1/<path>; raises AssertionError with Prometheus' message when it reports an error."""
+        status, body = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        answer = json.loads(body)
+        assert answer.get("status") == "success", f"{path} {params}: HTTP {status}: {answer}"
+        return answer["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for_up(self, job: str, timeout: float = 30) -> None:
+        wait_until(lambda: self.value(f'min(up{{job="{job}"}})') == 1.0, timeout, f'up{{job="{job}"}} == 1')
+
+    def alerts(self, name: str) -> list[dict]:
+        return [alert for alert in self.api("alerts")["alerts"] if alert["labels"]["alertname"] == name]
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    """(rule name, PromQL) for every recording and alerting rule."""
+    expressions = []
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                expressions.append((rule.get("alert") or rule["record"], rule["expr"]))
+    return expressions
+
+
+def all_alerts() -> list[dict]:
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"] if "alert" in rule]
+
+
+# Values Grafana would put in for its built-in variables when a panel is drawn.
+GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "30s", "__range": "1h"}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+_LABEL_VALUES = re.compile(r"^label_values\((.+),\s*(\w+)\)$", re.S)
+
+
+def grafana_to_promql(expr: str, variables: set[str]) -> str:
+    """PromQL that Prometheus can run for a dashboard expression: built-ins get typical values, the dashboard's
+    own variables ".*" (their "All" value). An unknown variable is an error in the dashboard."""
+    def substitute(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name in GRAFANA_BUILTINS:
+            return GRAFANA_BUILTINS[name]
+        assert name in variables, f"unknown variable ${name} in {expr!r}"
+        return ".*"
+
+    promql = _VARIABLE.sub(substitute, expr)
+    label_values = _LABEL_VALUES.match(promql.strip())
+    if label_values:  # Grafana's variable query function: the same series, grouped by the label
+        promql = f"group by ({label_values.group(2)}) ({label_values.group(1)})"
+    assert "$" not in promql, promql
+    return promql
+
+
+def _panels(panels: list[dict]) -> list[dict]:
+    flat = []
+    for panel in panels:
+        flat.append(panel)
+        flat.extend(_panels(panel.get("panels", [])))
+    return flat
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """(panel or variable title, PromQL ready for Prometheus) for every query of a dashboard JSON file."""
+    model = json.loads(path.read_text())
+    variables = {variable["name"] for variable in model["templating"]["list"]}
+    queries = []
+    for panel in _panels(model["panels"]):
+        for target in panel.get("targets", []):
+            queries.append((f'{panel["title"]} [{target["refId"]}]', grafana_to_promql(target["expr"], variables)))
+    for variable in model["templating"]["list"]:
+        if variable["type"] == "query":
+            queries.append((f'variable {variable["name"]}', grafana_to_promql(variable["query"], variables)))
+    return queries

@@ -20,7 +20,8 @@ from stack_config import ConfigError, Settings
 def config_uploads(source: Path, target: str, skip: tuple[str, ...] = ()) -> list[docker.ContainerUploadArgs]:
     """Every file under `source` (sorted, so plans are stable) as an upload below `target`.
 
-    Folders named in `skip` (promtool's rule tests) and `*.example` files stay behind.
+    Top-level names in `skip` (promtool's rule tests, the GPU dashboard on CPU hosts) and `*.example`
+    files stay behind.
     """
     uploads = []
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
@@ -107,6 +108,8 @@ class DockerMonitoring(pulumi.ComponentResource):
             f"GF_SECURITY_ADMIN_PASSWORD={password}",
             "GF_USERS_ALLOW_SIGN_UP=false",
             "GF_AUTH_ANONYMOUS_ENABLED=false",
+            # Read by the datasource provisioning file (monitoring/grafana/provisioning/datasources/).
+            "PROMETHEUS_URL=http://prometheus:9090",
         ])
         self.grafana = service(
             "grafana",
@@ -115,7 +118,8 @@ class DockerMonitoring(pulumi.ComponentResource):
             ports=[docker.ContainerPortArgs(internal=3000, external=settings.grafana_port, ip=bind)],
             volumes=[storage.mount("grafana", "/var/lib/grafana")],
             uploads=config_uploads(monitoring / "grafana" / "provisioning", "/etc/grafana/provisioning")
-            + config_uploads(monitoring / "grafana" / "dashboards", "/var/lib/grafana/dashboards"),
+            + config_uploads(monitoring / "grafana" / "dashboards", "/var/lib/grafana/dashboards/moltbot",
+                             skip=() if settings.gpu else ("moltbot-gpu.json",)),
         )
         # Host metrics: the host's root file system read-only at /host, and the host's process table.
         self.node_exporter = service(

@@ -214,7 +214,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if gpu and image == CPU_IMAGE:
         raise ConfigError(
             f"moltbot:gpu is true but moltbot:image is {CPU_IMAGE}, the CPU-only image; "
-            f"set moltbot:image to {GPU_IMAGE} (built with `make image-gpu`) or moltbot:gpu to false"
+            f"set moltbot:image to {GPU_IMAGE} (built with `make image VARIANT=gpu`) or moltbot:gpu to false"
         )
 
     cpus_raw = config.get("cpus") or "2"
@@ -243,8 +243,9 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
         raise ConfigError(f"moltbot:serviceType: {service_type!r} is not ClusterIP, NodePort or LoadBalancer")
 
-    raw_keys = config.get_secret("apiKeys")
-    api_keys = raw_keys.apply(_api_keys) if raw_keys is not None else None
+    # Read as plain text to check it now (before any resource is declared), then kept as a secret Output.
+    keys = _api_keys(config.get("apiKeys") or "")
+    api_keys = pulumi.Output.secret(keys) if keys else None
     bind_address = config.get("bindAddress") or "127.0.0.1"
     exposed = (bind_address not in ("127.0.0.1", "::1", "localhost")) if platform == "docker" \
         else service_type != "ClusterIP"

@@ -1,0 +1,77 @@
+"""Bad `moltbot:*` config stops the program with an error that names the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_stack
+from stack_config import ConfigError, parse_memory
+
+
+@pytest.mark.parametrize("stack, overrides, drop, message", [
+    ("dev", {"moltbot:gpu": "true"}, (),
+     r"moltbot:gpu is true but moltbot:image is moltbot:latest, the CPU-only image; set moltbot:image to moltbot:gpu"),
+    ("dev", {"moltbot:memory": "lots"}, (), r"moltbot:memory: 'lots' is not a memory size"),
+    ("dev", {"moltbot:memory": "64m"}, (), r"moltbot:memory: '64m' is below the 256m"),
+    ("dev", {"moltbot:cpus": "two"}, (), r"moltbot:cpus: 'two' is not a number of CPUs"),
+    ("dev", {"moltbot:cpus": "0"}, (), r"moltbot:cpus: '0' must be more than 0"),
+    ("k8s", {"moltbot:replicas": "0"}, (), r"moltbot:replicas: 0 must be at least 1"),
+    ("k8s", {"moltbot:replicas": "three"}, (), r"moltbot:replicas: 'three' is not a whole number"),
+    ("k8s", {"moltbot:maxReplicas": "2"}, (), r"moltbot:maxReplicas: 2 is below moltbot:replicas \(3\)"),
+    ("k8s", {"moltbot:modelsAccessMode": "ReadWriteOncePod"}, (), r"ReadWriteOncePod allows one pod"),
+    ("k8s", {"moltbot:namespace": "Moltbot_Prod"}, (), r"moltbot:namespace: 'Moltbot_Prod' is not a valid"),
+    ("k8s", {"moltbot:serviceType": "LoadBalancer"}, ("moltbot:apiKeys",),
+     r"moltbot:apiKeys: required when the API is published through a LoadBalancer Service"),
+    ("dev", {"moltbot:platform": "nomad"}, (), r"moltbot:platform: 'nomad' is not docker or kubernetes"),
+    ("dev", {"moltbot:httpPort": "70000"}, (), r"moltbot:httpPort: 70000 is not a TCP port"),
+    ("dev", {"moltbot:httpsPort": "8080"}, (), r"moltbot:httpPort and moltbot:httpsPort are both 8080"),
+    ("dev", {"moltbot:gpu": "maybe"}, (), r"moltbot:gpu: 'maybe' is not true or false"),
+    ("prod", {}, ("moltbot:apiKeys",), r"moltbot:apiKeys: required when the API is published on 0.0.0.0; "
+                                         r"set it with `pulumi config set --secret moltbot:apiKeys"),
+    ("dev", {}, ("moltbot:grafanaAdminPassword",), r"moltbot:grafanaAdminPassword: required with moltbot:monitoring"),
+    ("dev", {"moltbot:tlsCert": "-----BEGIN CERTIFICATE-----\n"}, (),
+     r"moltbot:tlsCert and moltbot:tlsKey must be set together"),
+    ("dev", {"moltbot:tlsCert": "/etc/ssl/cert.pem", "moltbot:tlsKey": "k"}, (), r"moltbot:tlsCert: expected PEM text"),
+    ("dev", {"moltbot:env": '{"MOLTBOT_PORT": "9000"}'}, (),
+     r"moltbot:env: MOLTBOT_PORT is set by the program; use moltbot:httpPort instead"),
+    ("dev", {"moltbot:env": '{"BAD NAME": "x"}'}, (), r"moltbot:env: 'BAD NAME' is not a valid environment"),
+    ("dev", {"moltbot:env": '{"MOLTBOT_X": {"nested": 1}}'}, (), r"moltbot:env: MOLTBOT_X must be a string"),
+    ("dev", {"moltbot:dataDir": "data/moltbot"}, (), r"moltbot:dataDir: 'data/moltbot' must be an absolute path"),
+    ("dev", {"moltbot:dockerHost": "gpu-1:2375"}, (), r"moltbot:dockerHost: 'gpu-1:2375' must start with ssh://"),
+    ("dev", {"moltbot:monitoringDir": "/nonexistent/monitoring"}, (), r"moltbot:monitoringDir: .* is not a folder"),
+    ("k8s", {"moltbot:modelsStorage": "20GB"}, (), r"moltbot:modelsStorage: '20GB' is not a size like 20Gi"),
+], ids=lambda value: None)
+def test_invalid_config_is_refused_with_a_clear_error(stack, overrides, drop, message):
+    with pytest.raises(ConfigError, match=message):
+        run_stack(stack, overrides=overrides, drop=drop)
+
+
+def test_api_keys_with_white_space_are_refused():
+    with pytest.raises(ConfigError, match=r"moltbot:apiKeys: a key may not contain commas or white space"):
+        run_stack("dev", overrides={"moltbot:apiKeys": '["good", "has space"]'})
+
+
+def test_an_empty_api_key_list_is_refused_on_a_public_bind():
+    with pytest.raises(ConfigError, match=r"moltbot:apiKeys: required when the API is published on 0.0.0.0"):
+        run_stack("prod", overrides={"moltbot:apiKeys": " , "})
+
+
+def test_api_keys_as_a_json_list_reach_the_container():
+    run = run_stack("dev", overrides={"moltbot:apiKeys": '["alpha", "beta"]'})
+    envs = run.one("docker:index/container:Container", "moltbot-container").inputs["envs"]
+    assert "MOLTBOT_API_KEYS=alpha,beta" in envs
+
+
+def test_missing_monitoring_files_are_named(tmp_path):
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "prometheus.yml").write_text("global: {}\n")
+    with pytest.raises(ConfigError, match=r"the Alertmanager configuration .*alertmanager.yml is missing"):
+        run_stack("dev", overrides={"moltbot:monitoringDir": str(tmp_path)})
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("4g", 4 * 1024**3), ("512m", 512 * 1024**2), ("4GiB", 4 * 1024**3), ("1.5g", int(1.5 * 1024**3)),
+    ("268435456", 256 * 1024**2), (" 2 G ", 2 * 1024**3),
+])
+def test_memory_sizes_use_docker_binary_units(text, expected):
+    assert parse_memory("moltbot:memory", text) == expected

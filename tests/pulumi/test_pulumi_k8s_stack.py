@@ -1,0 +1,150 @@
+"""The Kubernetes stack (Pulumi.k8s.yaml) as the program declares it, under Pulumi's mock engine."""
+
+from __future__ import annotations
+
+import yaml
+
+from conftest import PROGRAM_DIR, SECRETS, StackRun, run_stack
+
+MONITORING_DIR = PROGRAM_DIR.parent.parent / "monitoring"
+PLUGINS_DIR = PROGRAM_DIR.parent.parent / "plugins"
+LABELS = {"app.kubernetes.io/name": "moltbot", "app.kubernetes.io/instance": "moltbot"}
+
+
+def pod_spec(run: StackRun) -> dict:
+    return run.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").inputs["spec"]["template"]["spec"]
+
+
+def test_k8s_declares_exactly_the_scale_out_resources(k8s_stack: StackRun):
+    assert k8s_stack.summary() == sorted([
+        ("moltbot:kubernetes:Runtime", "moltbot"),
+        ("kubernetes:core/v1:Namespace", "moltbot-namespace"),
+        ("kubernetes:core/v1:ConfigMap", "moltbot-model-configs"),
+        ("kubernetes:core/v1:ConfigMap", "moltbot-plugins"),
+        ("kubernetes:core/v1:PersistentVolumeClaim", "moltbot-models"),
+        ("kubernetes:core/v1:Secret", "moltbot-api-keys"),
+        ("kubernetes:apps/v1:Deployment", "moltbot-deployment"),
+        ("kubernetes:core/v1:Service", "moltbot-service"),
+        ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "moltbot-hpa"),
+        ("kubernetes:policy/v1:PodDisruptionBudget", "moltbot-pdb"),
+        ("moltbot:kubernetes:Monitoring", "moltbot"),
+        ("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "moltbot-servicemonitor"),
+        ("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "moltbot-rules"),
+    ])
+    runtime_urn = k8s_stack.urn_of("moltbot:kubernetes:Runtime", "moltbot")
+    monitoring_urn = k8s_stack.urn_of("moltbot:kubernetes:Monitoring", "moltbot")
+    for declared in k8s_stack.resources:
+        if declared.type.startswith("kubernetes:monitoring.coreos.com"):
+            assert declared.parent == monitoring_urn, declared.name
+        elif declared.type.startswith("kubernetes:"):
+            assert declared.parent == runtime_urn, declared.name
+            if declared.type != "kubernetes:core/v1:Namespace":
+                assert declared.inputs["metadata"]["namespace"] == "moltbot", declared.name
+
+
+def test_deployment(k8s_stack: StackRun):
+    deployment = k8s_stack.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").inputs
+    assert deployment["metadata"]["name"] == "moltbot"
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["selector"]["matchLabels"] == LABELS
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    spec = pod_spec(k8s_stack)
+    assert spec["terminationGracePeriodSeconds"] == 60
+    (container,) = spec["containers"]
+    assert container["image"] == "moltbot:latest"
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}, {"name": "https", "containerPort": 8443}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "4096Mi"},
+                                      "limits": {"cpu": "2", "memory": "4096Mi"}}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MOLTBOT_DEVICE"]["value"] == "cpu"
+    assert env["MOLTBOT_MODELS_DIR"]["value"] == "/app/models"
+    assert env["MOLTBOT_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "moltbot-api-keys", "key": "api-keys"}
+    assert "value" not in env["MOLTBOT_API_KEYS"], "keys come from the Secret, never inline"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {"/app/models": "models", "/app/plugins": "plugins", "/app/logs": "logs"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "moltbot-models"}
+    assert volumes["plugins"]["configMap"]["name"] == "moltbot-plugins"
+
+
+def test_api_keys_secret_is_a_pulumi_secret(k8s_stack: StackRun):
+    secret = k8s_stack.one("kubernetes:core/v1:Secret", "moltbot-api-keys")
+    assert secret.has_secret
+    assert secret.inputs["stringData"] == {"api-keys": SECRETS["moltbot:apiKeys"]}
+    assert not k8s_stack.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").has_secret
+
+
+def test_models_claim_service_autoscaler_and_budget(k8s_stack: StackRun):
+    claim = k8s_stack.one("kubernetes:core/v1:PersistentVolumeClaim", "moltbot-models").inputs["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]
+    assert claim["resources"]["requests"] == {"storage": "20Gi"}
+    service = k8s_stack.one("kubernetes:core/v1:Service", "moltbot-service").inputs
+    assert service["metadata"]["name"] == "moltbot", "the Prometheus job label is the Service name"
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"] == LABELS
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", 8080, "http"), ("https", 8443, "https")]
+    hpa = k8s_stack.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "moltbot-hpa").inputs["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "moltbot"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
+    assert hpa["metrics"][0]["resource"] == {"name": "cpu", "target": {"type": "Utilization",
+                                                                        "averageUtilization": 70}}
+    pdb = k8s_stack.one("kubernetes:policy/v1:PodDisruptionBudget", "moltbot-pdb").inputs["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": LABELS}}
+
+
+def test_plugins_configmap_carries_the_repository_plugins(k8s_stack: StackRun):
+    plugin_files = sorted(p.relative_to(PLUGINS_DIR).as_posix() for p in PLUGINS_DIR.rglob("*")
+                          if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    assert plugin_files, "plugins/ holds the built-in plugins"
+    data = k8s_stack.one("kubernetes:core/v1:ConfigMap", "moltbot-plugins").inputs["data"]
+    items = pod_spec(k8s_stack)["volumes"][2]["configMap"]["items"]
+    assert sorted(item["path"] for item in items) == plugin_files
+    for item in items:
+        assert data[item["key"]] == (PLUGINS_DIR / item["path"]).read_text()
+
+
+def test_model_configs_become_files_in_the_models_folder(tmp_path):
+    (tmp_path / "chat.json").write_text('{"name": "chat", "task": "chat"}')
+    (tmp_path / "embed.json").write_text('{"name": "embed", "task": "embeddings"}')
+    run = run_stack("k8s", overrides={"moltbot:modelConfigsDir": str(tmp_path)})
+    data = run.one("kubernetes:core/v1:ConfigMap", "moltbot-model-configs").inputs["data"]
+    assert data == {"chat.json": '{"name": "chat", "task": "chat"}',
+                    "embed.json": '{"name": "embed", "task": "embeddings"}'}
+    mounts = pod_spec(run)["containers"][0]["volumeMounts"]
+    assert {(m["mountPath"], m["subPath"]) for m in mounts if m["name"] == "model-configs"} == {
+        ("/app/models/chat.json", "chat.json"), ("/app/models/embed.json", "embed.json")}
+
+
+def test_operator_resources_from_the_monitoring_rules(k8s_stack: StackRun):
+    monitor = k8s_stack.one("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "moltbot-servicemonitor").inputs
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"] == {"matchLabels": LABELS}
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    rule = k8s_stack.one("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "moltbot-rules").inputs
+    expected = yaml.safe_load((MONITORING_DIR / "prometheus/rules/moltbot.yml").read_text())["groups"]
+    assert rule["spec"]["groups"] == expected
+
+
+def test_gpu_cluster_requests_a_gpu_and_adds_the_gpu_rules():
+    run = run_stack("k8s", overrides={"moltbot:gpu": "true", "moltbot:image": "registry.local/moltbot:gpu"})
+    container = pod_spec(run)["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert {e["name"]: e.get("value") for e in container["env"]}["MOLTBOT_DEVICE"] == "cuda"
+    groups = run.one("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "moltbot-rules").inputs["spec"]["groups"]
+    gpu_groups = yaml.safe_load((MONITORING_DIR / "prometheus/rules/gpu.yml").read_text())["groups"]
+    assert groups[-len(gpu_groups):] == gpu_groups
+
+
+def test_without_the_operator_no_custom_resources():
+    run = run_stack("k8s", overrides={"moltbot:prometheusOperator": "false"})
+    assert not [r for r in run.resources if "monitoring.coreos.com" in r.type]
+
+
+def test_k8s_outputs(k8s_stack: StackRun):
+    assert k8s_stack.outputs == {"url": "http://moltbot.moltbot.svc.cluster.local:8080", "namespace": "moltbot"}

@@ -111,7 +111,7 @@ class PluginDirectory:
 @dataclass
 class PluginContext:
     """Everything `execute` gets. `settings` (alias `config`) are the plugin's resolved settings;
-    `data_dir` is a folder the plugin may write (indexes, caches)."""
+    `data_dir` is a folder the plugin may write (indexes, caches), kept across restarts and reloads."""
 
     plugin: str
     input: dict[str, Any]
@@ -120,9 +120,16 @@ class PluginContext:
     settings: dict[str, Any]
     models: PluginModels
     plugins: PluginDirectory
-    data_dir: Path
+    data_root: Path
     log_prompts: bool = False
     _deadline: _Deadline = field(default=None, repr=False)  # type: ignore[assignment]
+
+    @property
+    def data_dir(self) -> Path:
+        """This plugin's own folder under the data root, created on first use."""
+        path = self.data_root / self.plugin
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def config(self) -> dict[str, Any]:

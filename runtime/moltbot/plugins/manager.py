@@ -319,14 +319,12 @@ class PluginManager:
         name = plugin.config.name
         deadline = _Deadline(timeout)
         bridge = _LoopBridge(asyncio.get_running_loop(), deadline, name)
-        data_dir = self.data_root() / name
-        data_dir.mkdir(parents=True, exist_ok=True)
         logger = logging.LoggerAdapter(logging.getLogger(f"moltbot.plugins.{name}"),
                                        {"plugin": name, "request_id": request_id})
         return PluginContext(
             plugin=name, input=payload, request_id=request_id, logger=logger,
             settings=dict(plugin.config.settings), models=PluginModels(self.models, bridge),
-            plugins=PluginDirectory(self, bridge, request_id, depth), data_dir=data_dir,
+            plugins=PluginDirectory(self, bridge, request_id, depth), data_root=self.data_root(),
             log_prompts=self.log_prompts, _deadline=deadline,
         )
 

@@ -59,6 +59,7 @@ class TokenEvent:
     text: str
     tokens: int
     finish_reason: str | None = None
+    index: int = 0  # which of the request's n sequences
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Sequence:
     params: SamplingParams
     emit: Callable[[TokenEvent], None]
     tokenizer: TextTokenizer
+    index: int = 0
     id: int = field(default_factory=itertools.count().__next__)
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -232,9 +234,10 @@ class GenerationScheduler:
         self._thread.start()
 
     # ---- request side (any thread) -------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], params: SamplingParams, n: int,
-               loop: asyncio.AbstractEventLoop) -> GenerationHandle:
-        handle = GenerationHandle(loop)
+    def submit(self, prompt_ids: list[int], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop,
+               handle: GenerationHandle | None = None) -> GenerationHandle:
+        """Queue n sequences of one prompt. Passing an earlier handle adds them to it (indexes run on)."""
+        handle = handle or GenerationHandle(loop)
         with self._cond:
             if self._stopping:
                 raise EngineStopped(self.name)
@@ -242,8 +245,10 @@ class GenerationScheduler:
             if in_system + n > self.max_running + self.max_queued:
                 metrics.REJECTED.labels(self.name).inc()
                 raise QueueFull(self.name, retry_after=self._retry_after())
-            for _ in range(n):
-                seq = Sequence(prompt_ids=prompt_ids, params=params, emit=handle.emit, tokenizer=self.tokenizer)
+            first = len(handle.sequences)
+            for index in range(first, first + n):
+                seq = Sequence(prompt_ids=prompt_ids, params=params, emit=handle.emit, tokenizer=self.tokenizer,
+                               index=index)
                 handle.sequences.append(seq)
                 self._waiting.append(seq)
             metrics.QUEUED.labels(self.name).set(len(self._waiting))
@@ -298,7 +303,7 @@ class GenerationScheduler:
         kept = deque(s for s in self._waiting if not s.cancelled)
         for seq in self._waiting:
             if seq.cancelled:
-                seq.emit(TokenEvent("", 0, "cancelled"))
+                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
         self._waiting = kept
 
     def _take_admissible(self) -> list[Sequence]:
@@ -333,7 +338,7 @@ class GenerationScheduler:
                 continue
             if seq.cancelled:
                 seq.finish_reason = "cancelled"
-                seq.emit(TokenEvent("", 0, "cancelled"))
+                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
                 continue
             token = sample(logits[i], seq.params, seq.rng)
             self._batch.last_tokens[row_offset + i] = token
@@ -361,7 +366,7 @@ class GenerationScheduler:
             delta = text[seq.emitted_chars:safe_end]
             seq.emitted_chars = safe_end
             seq.finish_reason = finish
-            seq.emit(TokenEvent(delta, 1, finish))
+            seq.emit(TokenEvent(delta, 1, finish, seq.index))
 
     def _evict_finished(self) -> None:
         keep = [i for i, s in enumerate(self._batch.rows) if not s.finish_reason and not s.cancelled]
@@ -369,7 +374,7 @@ class GenerationScheduler:
             for seq in self._batch.rows:
                 if seq.cancelled and not seq.finish_reason:
                     seq.finish_reason = "cancelled"
-                    seq.emit(TokenEvent("", 0, "cancelled"))
+                    seq.emit(TokenEvent("", 0, "cancelled", seq.index))
             self._batch.keep(keep)
 
     def _fail_all(self, message: str) -> None:
@@ -379,7 +384,7 @@ class GenerationScheduler:
         for seq in victims:
             if not seq.finish_reason:
                 seq.finish_reason = "error"
-                seq.emit(TokenEvent(message, 0, "error"))
+                seq.emit(TokenEvent(message, 0, "error", seq.index))
 
 
 def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:

@@ -1,0 +1,1 @@
+"""The HTTP layer: thin routes over the serving layer (serving_*.py), schemas in protocol.py."""

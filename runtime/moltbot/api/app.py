@@ -1,0 +1,183 @@
+"""The Sanic application: middleware (request ids, API keys, metrics, access log), error handlers, and the
+model-loading lifecycle. Routes live in routes.py; the work in serving.py and the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+
+from sanic import Request, Sanic
+from sanic.exceptions import (BadRequest, HeaderNotFound, MethodNotAllowed, NotFound, PayloadTooLarge,
+                              RequestTimeout, SanicException)
+from sanic.response import HTTPResponse
+from sanic.response import json as json_response
+
+from moltbot import READY_LINE, metrics
+from moltbot.api import routes
+from moltbot.api.access import observe
+from moltbot.api.errors import APIError, error_body
+from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
+from moltbot.engine.registry import ModelRegistry
+from moltbot.settings import Settings
+
+log = logging.getLogger("moltbot.api")
+
+OPEN_PATHS = ("/health", "/ready", "/openapi.json")
+
+
+@dataclass
+class ServiceState:
+    status: str = "loading"  # loading | ready | draining
+    process_started: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    on_ready: list = field(default_factory=list)  # callbacks(port) once ready
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+def create_app(settings: Settings, registry: ModelRegistry | None = None, name: str = "moltbot",
+               process_started: float | None = None) -> Sanic:
+    app = Sanic(name, configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.WEBSOCKET_MAX_SIZE = settings.max_body_bytes
+    app.config.RESPONSE_TIMEOUT = settings.request_timeout + 30  # our own timeout answers first, as JSON
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_timeout
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.ACCESS_LOG = False
+    app.config.NOISY_EXCEPTIONS = False
+    app.config.MOTD = False
+
+    registry = registry or ModelRegistry(settings)
+    app.ctx.settings = settings
+    app.ctx.registry = registry
+    app.ctx.serving = OpenAIServing(registry, settings)
+    app.ctx.state = ServiceState(process_started=process_started or time.monotonic())
+    app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()]
+    # Requests being handled; weak, so that a handler cancelled by a client going away is not counted forever.
+    app.ctx.active = weakref.WeakSet()
+    metrics.IN_FLIGHT.set_function(lambda: len(app.ctx.active))
+    app.blueprint(routes.bp)
+
+    app.on_request(_start_request)
+    app.on_response(_finish_request)
+    app.error_handler.add(Exception, _handle_error)
+    app.after_server_start(_start_loading)
+    app.before_server_stop(_stop_models)
+    return app
+
+
+# ---- middleware -------------------------------------------------------------------------------------
+async def _start_request(request: Request) -> HTTPResponse | None:
+    incoming = request.headers.get("x-request-id", "")
+    request.ctx.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    request.ctx.started = time.monotonic()
+    request.ctx.stats = RequestStats()
+    request.app.ctx.active.add(request)
+    request.ctx.counted = True
+    if _needs_key(request) and not _authorised(request):
+        raise APIError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'",
+                       code="invalid_api_key")
+    return None
+
+
+def _needs_key(request: Request) -> bool:
+    if not request.app.ctx.api_keys:
+        return False
+    path = request.path
+    if path.startswith("/v1/") or path == "/v1":
+        return True
+    return path == "/metrics" and request.app.ctx.settings.metrics_require_key
+
+
+def _authorised(request: Request) -> bool:
+    header = request.headers.get("authorization", "")
+    offered = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not offered:
+        return False
+    candidate = offered.encode()
+    # Compare against every key, always, so the time taken says nothing about which one nearly matched.
+    matched = False
+    for key in request.app.ctx.api_keys:
+        matched |= hmac.compare_digest(candidate, key)
+    return matched
+
+
+async def _finish_request(request: Request, response: HTTPResponse) -> None:
+    response.headers["x-request-id"] = getattr(request.ctx, "request_id", "") or uuid.uuid4().hex
+    if response.content_type and response.content_type.startswith("text/event-stream"):
+        return  # a stream: observed by observe_stream_end when it ends
+    observe(request, response.status)
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, APIError):
+        response = json_response(exc.body(), status=exc.status, headers=exc.headers)
+    elif isinstance(exc, UpstreamResponse):
+        response = json_response(exc.body, status=exc.status)
+    elif isinstance(exc, NotFound):
+        response = json_response(error_body(f"No route for {request.method} {request.path}",
+                                            "not_found_error", code="route_not_found"), status=404)
+    elif isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", []) or []))
+        response = json_response(error_body(f"Method {request.method} is not allowed on {request.path}",
+                                            "invalid_request_error", code="method_not_allowed"),
+                                 status=405, headers={"Allow": allowed} if allowed else None)
+    elif isinstance(exc, PayloadTooLarge):
+        limit = request.app.ctx.settings.max_body_bytes
+        response = json_response(error_body(f"The request body is larger than {limit} bytes",
+                                            "invalid_request_error", code="payload_too_large"), status=413)
+    elif isinstance(exc, (BadRequest, HeaderNotFound, RequestTimeout)) or (
+            isinstance(exc, SanicException) and 400 <= exc.status_code < 500):
+        response = json_response(error_body(str(exc) or "Bad request", "invalid_request_error",
+                                            code="bad_request"), status=exc.status_code)
+    else:
+        request_id = getattr(request.ctx, "request_id", None) if request else None
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = json_response(error_body(f"Internal server error (request id {request_id})", "server_error",
+                                            code="internal_error"), status=500)
+    return response
+
+
+# ---- lifecycle -------------------------------------------------------------------------------------
+async def _start_loading(app: Sanic) -> None:
+    app.add_task(_load_models(app), name="load-models")
+
+
+async def _load_models(app: Sanic) -> None:
+    state: ServiceState = app.ctx.state
+    registry: ModelRegistry = app.ctx.registry
+    await asyncio.to_thread(registry.load_all)
+    plugins = getattr(app.ctx, "plugins", None)
+    if plugins is not None:
+        await plugins.load_all()
+    if state.status != "loading":
+        return  # shutting down meanwhile
+    if not registry.models and registry.failures:
+        log.error("no model could be loaded; the service stays not ready (see the errors above)")
+        return
+    state.status = "ready"
+    state.ready_at = time.monotonic()
+    metrics.READY.set(1)
+    metrics.STARTUP_SECONDS.set(state.ready_at - state.process_started)
+    port = app.ctx.settings.port
+    log.info("ready in %.2f s with models %s", state.ready_at - state.process_started, registry.model_names(),
+             extra={"startup_seconds": round(state.ready_at - state.process_started, 3),
+                    "models": registry.model_names()})
+    for callback in state.on_ready:
+        callback(port)
+
+
+async def _stop_models(app: Sanic) -> None:
+    await app.ctx.registry.close()
+
+
+def print_ready_line(port: int) -> None:
+    print(READY_LINE.format(port=port), flush=True)

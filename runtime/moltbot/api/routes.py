@@ -1,0 +1,190 @@
+"""Thin routes: parse the request, hand it to the serving layer, send what it returns."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from pydantic import BaseModel, ValidationError
+from sanic import Blueprint, Request, Websocket
+from sanic.response import HTTPResponse, raw
+from sanic.response import json as json_response
+
+from moltbot import metrics
+from moltbot.api.access import observe
+from moltbot.api.errors import APIError, from_validation_error
+from moltbot.api.openapi import openapi_document
+from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
+
+bp = Blueprint("openai")
+
+
+def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
+    """The JSON body validated against `schema` (415 / 400 otherwise)."""
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise APIError(415, "Send the request body as JSON with Content-Type: application/json",
+                       code="unsupported_media_type")
+    try:
+        body = json.loads(request.body or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc)
+
+
+def serving(request: Request) -> OpenAIServing:
+    if not request.app.ctx.state.ready:
+        raise APIError(503, "The models are still loading; retry shortly", code="not_ready",
+                       headers={"Retry-After": "2"})
+    return request.app.ctx.serving
+
+
+def stats(request: Request) -> RequestStats:
+    return request.ctx.stats
+
+
+# ---- probes and metrics ----------------------------------------------------------------------------
+@bp.get("/health")
+async def health(request: Request) -> HTTPResponse:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/ready")
+async def ready(request: Request) -> HTTPResponse:
+    state = request.app.ctx.state
+    registry = request.app.ctx.registry
+    body: dict[str, Any] = {"status": state.status, "models": registry.model_names(),
+                            "failed": registry.failures}
+    return json_response(body, status=200 if state.ready else 503)
+
+
+@bp.get("/metrics")
+async def metrics_route(request: Request) -> HTTPResponse:
+    body, content_type = metrics.render()
+    return raw(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+async def openapi(request: Request) -> HTTPResponse:
+    return json_response(openapi_document())
+
+
+# ---- OpenAI API ------------------------------------------------------------------------------------
+@bp.get("/v1/models")
+async def list_models(request: Request) -> HTTPResponse:
+    return json_response(serving(request).list_models())
+
+
+@bp.get("/v1/models/<name:path>")
+async def get_model(request: Request, name: str) -> HTTPResponse:
+    for card in serving(request).list_models()["data"]:
+        if card["id"] == name:
+            return json_response(card)
+    raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+
+
+@bp.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> HTTPResponse | None:
+    req = parse(request, ChatCompletionRequest)
+    srv = serving(request)
+    if req.stream:
+        return await stream_sse(request, await srv.chat_stream(req, stats(request)))
+    return json_response(await srv.chat(req, stats(request)))
+
+
+@bp.post("/v1/completions")
+async def completions(request: Request) -> HTTPResponse | None:
+    req = parse(request, CompletionRequest)
+    srv = serving(request)
+    if req.stream:
+        return await stream_sse(request, await srv.completion_stream(req, stats(request)))
+    return json_response(await srv.completion(req, stats(request)))
+
+
+@bp.post("/v1/embeddings")
+async def embeddings(request: Request) -> HTTPResponse:
+    req = parse(request, EmbeddingRequest)
+    return json_response(await serving(request).embeddings(req, stats(request)))
+
+
+async def stream_sse(request: Request, chunks: AsyncIterator[dict | str]) -> None:
+    """Server-sent events: one `data:` line per chunk, then `data: [DONE]`. Errors after the first byte
+    are sent as a last `data: {"error": ...}` event, since the status line is already out."""
+    response = await request.respond(content_type="text/event-stream",
+                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    status = 499  # unless it ends: the client went away
+    try:
+        try:
+            async for chunk in chunks:
+                line = chunk if isinstance(chunk, str) else "data: " + json.dumps(chunk, separators=(",", ":"))
+                if line.strip() == "data: [DONE]":
+                    continue
+                await response.send(line + "\n\n")
+            status = 200
+        except APIError as exc:
+            status = exc.status
+            await response.send("data: " + json.dumps(exc.body()) + "\n\n")
+        except UpstreamResponse as exc:
+            status = exc.status
+            await response.send("data: " + json.dumps(exc.body) + "\n\n")
+        await response.send("data: [DONE]\n\n")
+        await response.eof()
+    finally:
+        observe(request, status)
+
+
+# ---- WebSocket ---------------------------------------------------------------------------------------
+@bp.websocket("/v1/ws")
+async def websocket(request: Request, ws: Websocket) -> None:
+    """Each text message is a chat-completion request (JSON); the answer is a series of
+    {"type": "chunk", "data": <chat.completion.chunk>} messages and one {"type": "done", "data":
+    <chat.completion>}; failures are {"type": "error", "error": {...}}. The socket stays open for more."""
+    async for message in ws:
+        try:
+            await _ws_handle(request, ws, message)
+        except APIError as exc:
+            await ws.send(json.dumps({"type": "error", **exc.body(), "status": exc.status}))
+        except UpstreamResponse as exc:
+            await ws.send(json.dumps({"type": "error", **exc.body, "status": exc.status}))
+
+
+async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:
+    try:
+        body = json.loads(message)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"The message is not valid JSON: {exc}", code="invalid_json")
+    if not isinstance(body, dict):
+        raise APIError(400, "The message must be a JSON object", code="invalid_json")
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc)
+    srv = serving(request)
+    chunks = await srv.chat_stream(req, RequestStats())
+    content: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    model, usage, chunk_id = req.model, None, None
+    async for chunk in chunks:
+        if isinstance(chunk, str):  # a service model's SSE line
+            if chunk.strip() == "data: [DONE]":
+                continue
+            chunk = json.loads(chunk[len("data:"):])
+        await ws.send(json.dumps({"type": "chunk", "data": chunk}))
+        chunk_id, model = chunk.get("id", chunk_id), chunk.get("model", model)
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices", []):
+            content[choice["index"]] = content.get(choice["index"], "") + (choice["delta"].get("content") or "")
+            if choice.get("finish_reason"):
+                reasons[choice["index"]] = choice["finish_reason"]
+    final = {"id": chunk_id, "object": "chat.completion", "model": model,
+             "choices": [{"index": i, "message": {"role": "assistant", "content": content[i]},
+                          "finish_reason": reasons.get(i)} for i in sorted(content)]}
+    if usage:
+        final["usage"] = usage
+    await ws.send(json.dumps({"type": "done", "data": final}))

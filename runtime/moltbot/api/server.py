@@ -1,0 +1,74 @@
+"""Runs the app in this one process: HTTP, and HTTPS beside it when a certificate is set. On SIGTERM or SIGINT
+it stops accepting, turns /ready to 503, lets in-flight requests finish (up to shutdown_timeout) and returns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+
+from sanic import Sanic
+
+from moltbot import metrics
+from moltbot.api.app import create_app, print_ready_line
+from moltbot.settings import Settings
+
+log = logging.getLogger("moltbot.api")
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def serve(settings: Settings, process_started: float | None = None, app: Sanic | None = None) -> None:
+    app = app or create_app(settings, process_started=process_started)
+    app.ctx.state.on_ready.append(print_ready_line)
+    servers = [await app.create_server(settings.host, settings.port, access_log=False)]
+    if settings.tls_enabled:
+        servers.append(await app.create_server(settings.host, settings.https_port, ssl=tls_context(settings),
+                                               access_log=False))
+    await servers[0].startup()
+    await servers[0].before_start()
+    for server in servers:
+        await server
+    log.info("listening", extra={"http": f"{settings.host}:{settings.port}",
+                                 "https": f"{settings.host}:{settings.https_port}" if settings.tls_enabled else None})
+    await servers[0].after_start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await drain(app, servers, settings.shutdown_timeout)
+
+
+async def drain(app: Sanic, servers: list, timeout: float) -> None:
+    state = app.ctx.state
+    state.status = "draining"
+    metrics.READY.set(0)
+    log.info("draining: no new connections; waiting up to %.0f s for requests in flight", timeout)
+    for server in servers:
+        server.server.close()
+    deadline = time.monotonic() + timeout
+    connections = [c for s in servers for c in s.connections]
+    while time.monotonic() < deadline:
+        connections = [c for s in servers for c in s.connections if not c.close_if_idle()]
+        if not connections:
+            break
+        await asyncio.sleep(0.05)
+    for conn in connections:
+        if getattr(conn, "websocket", None):
+            conn.websocket.fail_connection(code=1001)
+        else:
+            conn.abort()
+    if connections:
+        log.warning("%d connection(s) cut at the shutdown timeout", len(connections))
+    await servers[0].before_stop()
+    await servers[0].after_stop()
+    log.info("stopped")

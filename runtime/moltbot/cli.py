@@ -1,0 +1,184 @@
+"""`moltbot` command line: serve, models (pull, export, defaults), settings, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from moltbot.settings import Settings, SettingsError
+
+
+def process_started_monotonic() -> float:
+    """When this process started, on the time.monotonic() clock (Linux; else: now)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(age, 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON or TOML settings file (also MOLTBOT_CONFIG)")
+    for f in dataclasses.fields(Settings):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="VALUE",
+                            help=f"{f.metadata['doc']} (MOLTBOT_{f.name.upper()})")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = {f.name for f in dataclasses.fields(Settings)} | {"config"}
+    return Settings.load({k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    started = process_started_monotonic()
+    settings = _settings(args)
+    import asyncio
+
+    from moltbot import logs
+    from moltbot.api.server import serve
+
+    logs.configure(settings.log_level, settings.logs_dir, settings.log_max_bytes, settings.log_backups)
+    try:
+        asyncio.run(serve(settings, process_started=started))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"moltbot: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from moltbot.engine.config import ModelConfig, ModelConfigError
+    from moltbot.engine.sources import ModelSourceError, fetch_remote
+
+    settings = _settings(args)
+    try:
+        config = ModelConfig.from_dict(json.loads(Path(args.config_file).read_text()), source=args.config_file)
+    except (OSError, ValueError, ModelConfigError) as exc:
+        print(f"moltbot: {args.config_file}: {exc}", file=sys.stderr)
+        return 2
+    if config.type != "remote":
+        print(f"moltbot: {args.config_file}: type is {config.type}; only remote models are pulled", file=sys.stderr)
+        return 2
+    bar = _ProgressBar(config.name)
+    try:
+        folder = fetch_remote(config, settings.models_dir, progress=bar)
+    except ModelSourceError as exc:
+        bar.close()
+        print(f"moltbot: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    print(folder)
+    return 0
+
+
+class _ProgressBar:
+    def __init__(self, label: str):
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2 and done != total:
+            return
+        self.last = now
+        if total:
+            filled = int(30 * done / total)
+            line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done / 1e6:.1f}/{total / 1e6:.1f} MB"
+        else:
+            line = f"{self.label} {done / 1e6:.1f} MB"
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    from moltbot.export.__main__ import main as export_main
+
+    return export_main([args.source, args.output, "--task", args.task, "--dtype", args.dtype, "--device", args.device])
+
+
+def cmd_models_defaults(args: argparse.Namespace) -> int:
+    from moltbot.export.defaults import main as defaults_main
+
+    output = args.output or str(_settings(args).defaults_dir)
+    return defaults_main([output] + (["--force"] if args.force else []))
+
+
+def cmd_models_check(args: argparse.Namespace) -> int:
+    from moltbot.engine.config import read_model_configs
+
+    settings = _settings(args)
+    configs, errors = read_model_configs(settings.models_dir)
+    for config in configs:
+        print(f"ok     {config.name} ({config.type}, {config.task}) from {config.source}")
+    for _, error in errors:
+        print(f"error  {error}")
+    return 1 if errors else 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    print("| Variable | Default | Meaning |\n|---|---|---|")
+    for env, default, doc in Settings.documentation():
+        print(f"| `{env}` | `{default}` | {doc} |" if default else f"| `{env}` | | {doc} |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moltbot", description="Self-hosted AI assistant runtime.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible API")
+    _add_setting_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="model configs, downloads and exports")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="download a `remote` model config's archive into the models dir")
+    pull.add_argument("config_file")
+    _add_setting_flags(pull)
+    pull.set_defaults(func=cmd_models_pull)
+    export = models_sub.add_parser("export", help="export a Hugging Face checkpoint to ONNX (needs the export extra)")
+    export.add_argument("source")
+    export.add_argument("output")
+    export.add_argument("--task", choices=["chat", "embeddings"], default="chat")
+    export.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    export.add_argument("--device", default="cpu")
+    export.set_defaults(func=cmd_models_export)
+    defaults = models_sub.add_parser("defaults", help="make the embedded default models (needs the export extra)")
+    defaults.add_argument("--output", help="folder (default: the defaults_dir setting)")
+    defaults.add_argument("--force", action="store_true", help="make them again even if present")
+    _add_setting_flags(defaults)
+    defaults.set_defaults(func=cmd_models_defaults)
+    check = models_sub.add_parser("check", help="validate the model configs in the models dir")
+    _add_setting_flags(check)
+    check.set_defaults(func=cmd_models_check)
+
+    settings = sub.add_parser("settings", help="print the settings table (markdown)")
+    settings.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"moltbot: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Where a model's files come from: a local folder (ONNX export, or a PyTorch checkpoint exported once), or a
+remote archive downloaded with resume, verified and unpacked atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from moltbot.engine.config import ModelConfig
+
+SOURCE_MARKER = ".moltbot-source.json"
+CHUNK = 1 << 20
+
+
+class ModelSourceError(RuntimeError):
+    """The model's files cannot be had; the message says what went wrong."""
+
+
+def is_onnx_export(folder: Path) -> bool:
+    return (folder / "model.onnx").exists() and (folder / "tokenizer.json").exists()
+
+
+def is_pytorch_checkpoint(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(
+        any(folder.glob(pattern)) for pattern in ("*.safetensors", "pytorch_model*.bin"))
+
+
+def resolve_local(folder: Path, task: str, cache_dir: Path) -> Path:
+    """The ONNX folder to serve: `folder` itself, or its cached export when it holds a PyTorch checkpoint."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelSourceError(f"{folder}: no such model folder")
+    if is_onnx_export(folder):
+        return folder
+    if not is_pytorch_checkpoint(folder):
+        raise ModelSourceError(f"{folder}: neither an ONNX export (model.onnx + tokenizer.json) nor a "
+                               "Hugging Face checkpoint (config.json + weights)")
+    stamp = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            stamp.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+    target = Path(cache_dir) / "exports" / f"{folder.name}-{task}-{stamp.hexdigest()[:16]}"
+    if is_onnx_export(target):
+        return target
+    export_to(folder, target, task)
+    return target
+
+
+def export_to(src: Path, dst: Path, task: str) -> None:
+    """Export with Optimum in a child process, so that this process never imports torch."""
+    cmd = [sys.executable, "-m", "moltbot.export", str(src), str(dst), "--task", task]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise ModelSourceError(f"exporting {src} to ONNX failed: {' / '.join(tail)}")
+
+
+def fetch_remote(config: ModelConfig, models_dir: Path,
+                 progress: Callable[[int, int | None], None] | None = None,
+                 timeout: float = 30.0) -> Path:
+    """Download config.url into models_dir/<name>, verified against config.sha256. Idempotent.
+
+    The transfer goes to models_dir/.downloads/<sha256>.part and resumes from there (HTTP Range) when it was
+    interrupted; the model folder appears only once the archive is complete, verified and unpacked.
+    """
+    models_dir = Path(models_dir)
+    target = models_dir / config.name.replace("/", "--")
+    expected = config.sha256.lower()
+    marker = target / SOURCE_MARKER
+    if marker.exists():
+        try:
+            if json.loads(marker.read_text()).get("sha256") == expected:
+                return target
+        except ValueError:
+            pass
+    downloads = models_dir / ".downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    part = downloads / f"{expected}.part"
+    _download(config.url, part, progress, timeout)
+    actual = _sha256(part)
+    if actual != expected:
+        part.unlink(missing_ok=True)
+        raise ModelSourceError(f"{config.url}: sha256 mismatch (expected {expected}, got {actual}); "
+                               "the download was discarded")
+    _unpack_atomically(part, target, {"url": config.url, "sha256": expected})
+    part.unlink(missing_ok=True)
+    return target
+
+
+def _download(url: str, part: Path, progress, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code == 416 and have:  # nothing left to fetch
+                return
+            if response.status_code not in (200, 206):
+                raise ModelSourceError(f"{url}: HTTP {response.status_code} {response.reason_phrase}")
+            if response.status_code == 200:
+                have = 0  # the server ignored the range: start again
+            total = response.headers.get("content-length")
+            total = int(total) + have if total is not None else None
+            with part.open("ab" if have else "wb") as fh:
+                done = have
+                for chunk in response.iter_bytes(CHUNK):
+                    fh.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            if total is not None and done < total:
+                raise ModelSourceError(f"{url}: transfer interrupted at {done} of {total} bytes; "
+                                       "run again to resume")
+    except httpx.HTTPError as exc:
+        size = part.stat().st_size if part.exists() else 0
+        raise ModelSourceError(f"{url}: download failed after {size} bytes ({type(exc).__name__}: {exc}); "
+                               "run again to resume") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unpack_atomically(archive: Path, target: Path, meta: dict) -> None:
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _extract(archive, work)
+        entries = [p for p in work.iterdir()]
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else work
+        if root is not work:  # the archive holds one top folder: serve its contents
+            for item in root.iterdir():
+                item.rename(work / item.name)
+            root.rmdir()
+        (work / SOURCE_MARKER).write_text(json.dumps(meta))
+        work.chmod(0o755)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            work.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    _check_member(name, dest)
+                zf.extractall(dest)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")  # refuses absolute paths, .. and device files
+        else:
+            raise ModelSourceError(f"{archive.name}: not a tar or zip archive")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise ModelSourceError(f"cannot unpack the model archive: {exc}") from exc
+
+
+def _check_member(name: str, dest: Path) -> None:
+    resolved = (dest / name).resolve()
+    if not str(resolved).startswith(str(dest.resolve()) + os.sep) and resolved != dest.resolve():
+        raise ModelSourceError(f"archive member {name!r} would land outside the model folder")

@@ -220,3 +220,90 @@ def dashboard_queries(path: Path) -> list[tuple[str, str]]:
         if variable["type"] == "query":
             queries.append((f'variable {variable["name"]}', grafana_to_promql(variable["query"], variables)))
     return queries
+
+
+FILEBEAT_DIR = MONITORING / "filebeat"
+_ENV_REFERENCE = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
+# Go reference-time tokens used by filebeat.yml's timestamp layouts, as strptime directives.
+_GO_LAYOUT_TOKENS = [("2006", "%Y"), ("01", "%m"), ("02", "%d"), ("15", "%H"), ("04", "%M"), ("05", "%S"),
+                     (".000", ".%f")]
+
+
+def expand_filebeat_env(value: str, env: dict[str, str]) -> str:
+    """Filebeat's ${NAME:default} expansion."""
+    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1), m.group(2) if m.group(2) is not None else ""), value)
+
+
+def go_layout_to_strptime(layout: str) -> str:
+    converted = layout
+    for token, directive in _GO_LAYOUT_TOKENS:
+        converted = converted.replace(token, directive)
+    assert not re.search(r"\d", converted), f"layout {layout!r} uses Go tokens this check does not know"
+    return converted
+
+
+def _pop_path(event: dict, dotted: str) -> object:
+    node = event
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.get(key)
+        if not isinstance(node, dict):
+            raise KeyError(dotted)
+    return node.pop(leaf)
+
+
+def _put_path(event: dict, dotted: str, value: object) -> None:
+    node = event
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def apply_filebeat_input(input_config: dict, line: str) -> dict:
+    """What Filebeat makes of one log line with this input's ndjson parser and processors.
+
+    Covers the parser and processor types filebeat.yml uses (ndjson, add_fields, drop_fields, timestamp,
+    rename); any other type fails, so the check cannot silently skip a step.
+    """
+    import datetime
+
+    event: dict = {"message": line}
+    for parser in input_config.get("parsers", []):
+        (kind, options), = parser.items()
+        assert kind == "ndjson", kind
+        _put_path(event, options["target"], json.loads(line))
+    for processor in input_config.get("processors", []):
+        (kind, options), = processor.items()
+        if kind == "add_fields":
+            for key, value in options["fields"].items():
+                _put_path(event, f'{options["target"]}.{key}', value)
+        elif kind == "drop_fields":
+            for field in options["fields"]:
+                try:
+                    _pop_path(event, field)
+                except KeyError:
+                    assert options.get("ignore_missing"), field
+        elif kind == "timestamp":
+            raw = _pop_path(event, options["field"])
+            _put_path(event, options["field"], raw)
+            parsed = None
+            for layout in options["layouts"]:
+                try:
+                    parsed = datetime.datetime.strptime(raw, go_layout_to_strptime(layout))
+                    break
+                except ValueError:
+                    continue
+            assert parsed is not None, f"no layout of {options['layouts']} parses {raw!r}"
+            event["@timestamp"] = parsed.replace(tzinfo=datetime.timezone.utc)
+        elif kind == "rename":
+            for field in options["fields"]:
+                try:
+                    value = _pop_path(event, field["from"])
+                except KeyError:
+                    assert options.get("ignore_missing"), field
+                    continue
+                _put_path(event, field["to"], value)
+        else:
+            raise AssertionError(f"processor {kind} is not covered by this check")
+    return event

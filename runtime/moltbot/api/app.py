@@ -148,7 +148,7 @@ async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
 
 # ---- lifecycle -------------------------------------------------------------------------------------
 async def _start_loading(app: Sanic) -> None:
-    app.add_task(_load_models(app), name="load-models")
+    app.ctx.loading = asyncio.get_running_loop().create_task(_load_models(app), name="load-models")
 
 
 async def _load_models(app: Sanic) -> None:

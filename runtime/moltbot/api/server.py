@@ -28,14 +28,13 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 async def serve(settings: Settings, process_started: float | None = None, app: Sanic | None = None) -> None:
     app = app or create_app(settings, process_started=process_started)
     app.ctx.state.on_ready.append(print_ready_line)
+    # create_server binds and listens at once; requests are handled once startup() has run.
     servers = [await app.create_server(settings.host, settings.port, access_log=False)]
     if settings.tls_enabled:
         servers.append(await app.create_server(settings.host, settings.https_port, ssl=tls_context(settings),
                                                access_log=False))
     await servers[0].startup()
     await servers[0].before_start()
-    for server in servers:
-        await server
     log.info("listening", extra={"http": f"{settings.host}:{settings.port}",
                                  "https": f"{settings.host}:{settings.https_port}" if settings.tls_enabled else None})
     await servers[0].after_start()

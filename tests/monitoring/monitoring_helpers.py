@@ -307,3 +307,71 @@ def apply_filebeat_input(input_config: dict, line: str) -> dict:
         else:
             raise AssertionError(f"processor {kind} is not covered by this check")
     return event
+
+
+class WebhookReceiver:
+    """Records the JSON bodies Alertmanager POSTs to it, by URL path."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[str, dict]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alert_names(self, path: str) -> set[str]:
+        return {alert["labels"]["alertname"] for got_path, body in self.received if got_path == path
+                for alert in body["alerts"]}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class Alertmanager:
+    """The project's alertmanager.yml with its webhook URLs pointed at `receiver` and short group waits."""
+
+    def __init__(self, work_dir: Path, receiver: WebhookReceiver):
+        config = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
+        for item in config["receivers"]:
+            for webhook in item.get("webhook_configs", []):
+                webhook["url"] = receiver.url + urllib.parse.urlparse(webhook["url"]).path
+        for route in [config["route"], *config["route"].get("routes", [])]:
+            if "group_wait" in route:
+                route["group_wait"] = "1s"
+        path = work_dir / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.address = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{self.address}"
+        self.process = ManagedProcess("alertmanager", [
+            require_binary("prometheus-alertmanager"), f"--config.file={path}",
+            f"--storage.path={work_dir / 'alertmanager-data'}", f"--web.listen-address={self.address}",
+            "--cluster.listen-address=",
+        ], work_dir)
+        wait_until(lambda: self.process.assert_running() or http_get(f"{self.url}/-/ready")[0] == 200, 30,
+                   "Alertmanager /-/ready")
+
+    def post_alerts(self, alerts: list[dict]) -> None:
+        request = urllib.request.Request(f"{self.url}/api/v2/alerts", data=json.dumps(alerts).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+    def alerts(self) -> list[dict]:
+        return json.loads(http_get(f"{self.url}/api/v2/alerts")[1])
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -1,0 +1,17 @@
+# infra/pulumi/: the Pulumi programs (Docker host and Kubernetes). Their tests (tests/pulumi/) run in the
+# root pytest run on Pulumi's mock engine (no Pulumi CLI or provider plugins needed) plus the real Docker
+# engine for the declared runtime container, which uses moltbot:latest (`make image`, built on demand).
+.PHONY: pulumi-deps test-pulumi
+TEST_DEPS += pulumi-deps
+
+# After the test extras: pulumi pins protobuf<7, which the runtime's onnx/onnxruntime accept (pip check).
+$(VENV)/.installed-pulumi: requirements/pulumi.txt $(VENV)/.installed-test
+	$(PIP) install -q -r requirements/pulumi.txt
+	$(PIP) check
+	touch $@
+
+pulumi-deps: $(VENV)/.installed-pulumi
+
+## test-pulumi           - only the Pulumi tests (mock engine; the runtime container on the real Docker engine)
+test-pulumi: $(VENV)/.installed-test system-deps pulumi-deps
+	$(VENV)/bin/pytest tests/pulumi $(PYTEST_ARGS)

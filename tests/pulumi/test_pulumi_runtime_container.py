@@ -1,0 +1,151 @@
+"""The runtime container the dev stack declares really runs: same image, env, ports, volumes, healthcheck, limits.
+
+The container's arguments are taken from what the program registered with the (mocked) Pulumi engine and
+given to the real Docker engine, with two local changes: ports go to free ports on 127.0.0.1 and the named
+volumes become temporary host folders, so the test touches nothing of a real deployment.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from conftest import SECRETS, run_stack
+
+pytestmark = pytest.mark.docker
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_LINE = "AI Assistant service ready on port 8080"
+# Every argument the program may give the runtime container; a new one must be carried over below.
+TRANSLATED = {"name", "hostname", "image", "envs", "ports", "volumes", "uploads", "networksAdvanced",
+              "healthcheck", "restart", "gpus", "cpus", "memory", "logDriver", "logOpts", "stopSignal",
+              "stopTimeout", "destroyGraceSeconds", "labels", "wait", "waitTimeout"}
+DURATION = re.compile(r"^(\d+)(ms|s|m)$")
+
+
+def nanoseconds(duration: str) -> int:
+    value, unit = DURATION.match(duration).groups()
+    return int(value) * {"ms": 10**6, "s": 10**9, "m": 60 * 10**9}[unit]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, key: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    subprocess.run(["bash", str(REPO_ROOT / "scripts/ensure-docker.sh")], check=True, timeout=120)
+    client = docker.from_env(version="auto", timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def runtime_image(engine: docker.DockerClient) -> str:
+    """moltbot:latest, built by `make image` (mk/image.mk) when this machine has none yet."""
+    declared = run_stack("dev").one("docker:index/container:Container", "moltbot-container").inputs["image"]
+    try:
+        engine.images.get(declared)
+    except docker.errors.ImageNotFound:
+        subprocess.run(["make", "image"], cwd=REPO_ROOT, check=True, timeout=1800)
+        engine.images.get(declared)
+    return declared
+
+
+def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_image, tmp_path):
+    declared = run_stack("dev").one("docker:index/container:Container", "moltbot-container").inputs
+    assert set(declared) <= TRANSLATED, f"not carried over to the real run: {set(declared) - TRANSLATED}"
+    assert declared["image"] == runtime_image
+
+    suffix = uuid.uuid4().hex[:8]
+    ports = {f"{p['internal']}/tcp": ("127.0.0.1", free_port()) for p in declared["ports"]}
+    volumes = {}
+    for volume in declared["volumes"]:
+        host_dir = tmp_path / Path(volume["containerPath"]).name
+        host_dir.mkdir()
+        volumes[str(host_dir)] = {"bind": volume["containerPath"], "mode": "ro" if volume["readOnly"] else "rw"}
+    check = declared["healthcheck"]
+    network = engine.networks.create(f"{declared['networksAdvanced'][0]['name']}-test-{suffix}", driver="bridge")
+    aliases = declared["networksAdvanced"][0]["aliases"]
+    container = None
+    try:
+        container = engine.containers.run(
+            declared["image"],
+            name=f"{declared['name']}-pulumi-test-{suffix}",
+            hostname=declared["hostname"],
+            detach=True,
+            environment=declared["envs"],
+            ports=ports,
+            volumes=volumes,
+            network=network.name,
+            networking_config={network.name: engine.api.create_endpoint_config(aliases=aliases)},
+            healthcheck={
+                "test": check["tests"],
+                "interval": nanoseconds(check["interval"]),
+                "timeout": nanoseconds(check["timeout"]),
+                "retries": int(check["retries"]),
+                "start_period": nanoseconds(check["startPeriod"]),
+            },
+            restart_policy={"Name": declared["restart"]},
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+            if declared.get("gpus") else None,
+            nano_cpus=int(float(declared["cpus"]) * 10**9),
+            mem_limit=f"{int(declared['memory'])}m",
+            log_config=docker.types.LogConfig(type=declared["logDriver"], config=declared["logOpts"]),
+            stop_signal=declared["stopSignal"],
+            labels={label["label"]: label["value"] for label in declared["labels"]},
+        )
+        http_port = ports["8080/tcp"][1]
+        base = f"http://127.0.0.1:{http_port}"
+
+        deadline = time.monotonic() + 180
+        while READY_LINE not in container.logs().decode(errors="replace"):
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "no ready line within 180 s:\n" + container.logs().decode()[-3000:]
+            time.sleep(0.5)
+        assert http_get(f"{base}/ready") == 200
+
+        # The env carried the API keys (a Pulumi secret): /v1 needs one of them.
+        assert http_get(f"{base}/v1/models") == 401
+        assert http_get(f"{base}/v1/models", key=SECRETS["moltbot:apiKeys"].split(",")[1]) == 200
+
+        # The declared healthcheck passes in this image (first probe after one interval).
+        deadline = time.monotonic() + nanoseconds(check["interval"]) / 10**9 * 3 + 30
+        while (health := engine.api.inspect_container(container.id)["State"]["Health"]["Status"]) != "healthy":
+            assert health != "unhealthy", engine.api.inspect_container(container.id)["State"]["Health"]
+            assert time.monotonic() < deadline, f"still {health}"
+            time.sleep(1)
+
+        settings = engine.api.inspect_container(container.id)["HostConfig"]
+        assert settings["RestartPolicy"]["Name"] == "unless-stopped"
+        assert settings["NanoCpus"] == 2 * 10**9 and settings["Memory"] == 4096 * 1024**2
+        assert (tmp_path / "logs" / "moltbot.log").stat().st_size > 0, "the runtime logs into the logs volume"
+
+        # SIGTERM (the declared stop signal) drains and exits 0 within the declared stop timeout.
+        container.stop(timeout=int(declared["stopTimeout"]))
+        assert engine.api.inspect_container(container.id)["State"]["ExitCode"] == 0
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        network.remove()

@@ -1,0 +1,86 @@
+"""SQL assistant: a question in plain language becomes one read-only SELECT, run with row and time limits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from moltbot.plugins import BasePlugin, PluginError
+
+from .guard import (
+    check_statement,
+    extract_sql,
+    postgres_run,
+    postgres_schema,
+    sqlite_run,
+    sqlite_schema,
+)
+
+SYSTEM_PROMPT = """You translate questions into SQL for a {dialect} database.
+Write exactly one read-only SELECT statement (a WITH ... SELECT is fine). Never modify data.
+Use only these tables and columns:
+
+{schema}
+
+Reply with the SQL only, in a ```sql fenced block."""
+
+
+class SqlAssistantPlugin(BasePlugin):
+    def __init__(self, config):
+        super().__init__(config)
+        self.database = str(config.get("database") or "")
+        self.max_rows = int(config.get("max_rows", 200))
+        self.timeout = float(config.get("timeout_seconds", 5))
+        self.chat_model = config.get("chat_model") or None
+        self.max_tokens = int(config.get("max_tokens", 256))
+        self.schema_max_chars = int(config.get("schema_max_chars", 6000))
+        if self.max_rows < 1 or self.timeout <= 0:
+            raise ValueError("max_rows must be at least 1 and timeout_seconds above 0")
+
+    def _target(self, context) -> tuple[str, Any]:
+        """('postgresql', url) or ('sqlite', path); a relative SQLite path is in the plugin's data folder."""
+        database = self.database
+        if not database:
+            raise PluginError("no database configured: set settings.database in the plugin's config.json "
+                              "(or the SQL_ASSISTANT_DATABASE environment variable)", code="database_missing")
+        if database.startswith(("postgresql://", "postgres://")):
+            return "postgresql", database
+        path = Path(database.removeprefix("sqlite:///") if database.startswith("sqlite:///") else
+                    database.removeprefix("sqlite:"))
+        return "sqlite", path if path.is_absolute() else context.data_dir / path
+
+    def schema(self, context) -> tuple[str, str]:
+        dialect, target = self._target(context)
+        text = sqlite_schema(target, self.schema_max_chars) if dialect == "sqlite" else \
+            postgres_schema(target, self.schema_max_chars)
+        return ("SQLite" if dialect == "sqlite" else "PostgreSQL"), text
+
+    def execute(self, context):
+        request = context.input
+        max_rows = min(int(request.get("max_rows") or self.max_rows), self.max_rows)
+        result: dict[str, Any] = {}
+        if "question" in request:
+            dialect, schema = self.schema(context)
+            messages = [{"role": "system", "content": SYSTEM_PROMPT.format(dialect=dialect, schema=schema)},
+                        {"role": "user", "content": request["question"]}]
+            reply = context.models.chat(messages, model=self.chat_model, max_tokens=self.max_tokens,
+                                        temperature=0.0)
+            text = reply.get("content") or ""
+            sql = extract_sql(text)
+            if sql is None:
+                raise PluginError(f"the model did not write a SELECT statement; it replied: {text[:300]!r}",
+                                  code="no_sql")
+            result.update(question=request["question"], model=reply.get("model"))
+            if context.log_prompts:
+                context.logger.info("model wrote SQL: %s", sql)
+        else:
+            sql = request["sql"]
+        statement = check_statement(sql)
+        dialect, target = self._target(context)
+        started = time.perf_counter()
+        run = sqlite_run if dialect == "sqlite" else postgres_run
+        rows = run(target, statement, max_rows, min(self.timeout, max(context.time_left(), 0.1)))
+        result.update(sql=statement, columns=rows.columns, rows=rows.rows, row_count=len(rows.rows),
+                      truncated=rows.truncated, elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
+        return result

@@ -64,6 +64,9 @@ class Settings:
     request_timeout: float = _doc("Seconds a request may take in all before it fails with a timeout error.",
                                   default=300.0)
     shutdown_timeout: float = _doc("Seconds in-flight requests get to finish after SIGTERM.", default=30.0)
+    shutdown_delay: float = _doc(
+        "Seconds after SIGTERM during which /ready answers 503 while new connections are still accepted "
+        "(lets a load balancer take the instance out first).", default=0.0)
 
     # Inference
     device: str = _doc("`cpu` or `cuda` (CUDA execution provider when present, else a warning and the CPU).",

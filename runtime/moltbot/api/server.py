@@ -44,13 +44,16 @@ async def serve(settings: Settings, process_started: float | None = None, app: S
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await drain(app, servers, settings.shutdown_timeout)
+    await drain(app, servers, settings.shutdown_timeout, settings.shutdown_delay)
 
 
-async def drain(app: Sanic, servers: list, timeout: float) -> None:
+async def drain(app: Sanic, servers: list, timeout: float, delay: float) -> None:
     state = app.ctx.state
     state.status = "draining"
     metrics.READY.set(0)
+    if delay > 0:
+        log.info("draining: /ready answers 503; new connections accepted for %.1f s more", delay)
+        await asyncio.sleep(delay)
     log.info("draining: no new connections; waiting up to %.0f s for requests in flight", timeout)
     for server in servers:
         server.server.close()

@@ -14,10 +14,14 @@ def plugins_root(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def registry():
-    from plugin_models import InterimRegistry, defaults_dir
+def registry(tmp_path_factory):
+    import asyncio
 
-    return InterimRegistry(defaults_dir())
+    from plugin_models import real_registry
+
+    registry = real_registry(tmp_path_factory.mktemp("models"))
+    yield registry
+    asyncio.run(registry.close())
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from moltbot.engine.embedding import EncoderModel
-from moltbot.engine.sessions import DeviceOptions
+from moltbot.engine.registry import ModelRegistry
 from moltbot.export.defaults import ensure_defaults
+from moltbot.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,25 +20,14 @@ def defaults_dir() -> Path:
     return folder
 
 
-class InterimRegistry:
-    """Real all-MiniLM-L6-v2 embeddings through the engine's ONNX encoder; chat answers come from `replies`."""
-
-    def __init__(self, folder: Path):
-        self.encoder = EncoderModel(folder / "all-minilm-l6-v2", DeviceOptions())
-        self.replies: list[str] = []
-
-    def model_names(self, task: str | None = None) -> list[str]:
-        names = {"chat": ["tiny-chat"], "embeddings": ["all-minilm-l6-v2"]}
-        return names[task] if task else names["chat"] + names["embeddings"]
-
-    async def embed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
-        return self.encoder.embed(texts).tolist()
-
-    async def chat(self, messages: list[dict], *, model: str | None = None, max_tokens: int = 256,
-                   temperature: float = 0.0, tools: list | None = None, **kw: Any) -> dict:
-        content = self.replies.pop(0) if self.replies else "no scripted reply"
-        return {"content": content, "finish_reason": "stop", "model": model or "tiny-chat",
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+def real_registry(models_dir: Path) -> ModelRegistry:
+    """The service's registry serving the embedded defaults: tiny-chat and all-MiniLM-L6-v2 on ONNX Runtime."""
+    settings = Settings(models_dir=models_dir, defaults_dir=defaults_dir(), default_models="on",
+                        plugins_dir=models_dir).validate()
+    registry = ModelRegistry(settings)
+    registry.load_all()
+    assert sorted(registry.model_names()) == ["all-minilm-l6-v2", "tiny-chat"], registry.failures
+    return registry
 
 
 class RecordingModels:

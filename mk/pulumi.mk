@@ -13,5 +13,5 @@ $(VENV)/.installed-pulumi: requirements/pulumi.txt $(VENV)/.installed-test
 pulumi-deps: $(VENV)/.installed-pulumi
 
 ## test-pulumi           - only the Pulumi tests (mock engine; the runtime container on the real Docker engine)
-test-pulumi: $(VENV)/.installed-test system-deps pulumi-deps
+test-pulumi: $(VENV)/.installed-test system-deps pulumi-deps image
 	$(VENV)/bin/pytest tests/pulumi $(PYTEST_ARGS)

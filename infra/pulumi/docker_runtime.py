@@ -6,7 +6,7 @@ import pulumi
 import pulumi_docker as docker
 
 from docker_storage import DockerStorage
-from stack_config import Settings, container_env
+from stack_config import Settings, container_env, text_files
 
 # The image's Python answers the healthcheck, so it needs no curl.
 HEALTHCHECK_COMMAND = [
@@ -14,24 +14,37 @@ HEALTHCHECK_COMMAND = [
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)",
 ]
 TLS_DIR = "/app/tls"
+RUNTIME_UID = "10001"  # the image's `moltbot` user (Dockerfile; moltbot_data_owner in the Ansible role)
 
 
 class MoltbotContainer(pulumi.ComponentResource):
-    """The runtime container: ports 8080/8443, models/plugins/logs, MOLTBOT_* env, limits, healthcheck."""
+    """The runtime container: port 8080 (8443 with TLS), models/plugins/logs, MOLTBOT_* env, limits, healthcheck."""
 
     def __init__(self, name: str, settings: Settings, storage: DockerStorage,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("moltbot:docker:Runtime", name, None, opts)
         env = container_env(settings)
-        uploads = []
+        # Model configs and plugin folders from the machine running `pulumi up` (like the Ansible role's
+        # moltbot_model_configs / moltbot_plugins), copied into the volumes when the container is created.
+        uploads = [
+            docker.ContainerUploadArgs(file=f"/app/models/{relative}", content=text)
+            for relative, text in text_files(settings.model_configs_dir, "*.json", "moltbot:modelConfigsDir").items()
+        ] + [
+            docker.ContainerUploadArgs(file=f"/app/plugins/{relative}", content=text)
+            for relative, text in text_files(settings.plugins_dir, "*", "moltbot:pluginsDir").items()
+        ]
+        ports = [docker.ContainerPortArgs(internal=8080, external=settings.http_port, ip=settings.bind_address)]
         if settings.tls_cert is not None:
             env["MOLTBOT_TLS_CERT"] = f"{TLS_DIR}/cert.pem"
             env["MOLTBOT_TLS_KEY"] = f"{TLS_DIR}/key.pem"
-            uploads = [
+            uploads += [
                 docker.ContainerUploadArgs(file=f"{TLS_DIR}/cert.pem", content=settings.tls_cert),
+                # Readable by the service user only (the image's user 10001, which the runtime runs as).
                 docker.ContainerUploadArgs(file=f"{TLS_DIR}/key.pem", content=settings.tls_key,
-                                           permissions="0400"),
+                                           permissions="0400", owner=RUNTIME_UID),
             ]
+            ports.append(docker.ContainerPortArgs(internal=8443, external=settings.https_port,
+                                                  ip=settings.bind_address))
         plain_envs = [f"{key}={value}" for key, value in env.items()]
         envs: pulumi.Input[list[str]] = plain_envs
         if settings.api_keys is not None:
@@ -44,10 +57,7 @@ class MoltbotContainer(pulumi.ComponentResource):
             image=settings.image,
             hostname=name,
             envs=envs,
-            ports=[
-                docker.ContainerPortArgs(internal=8080, external=settings.http_port, ip=settings.bind_address),
-                docker.ContainerPortArgs(internal=8443, external=settings.https_port, ip=settings.bind_address),
-            ],
+            ports=ports,
             volumes=[
                 storage.mount("models", "/app/models"),
                 storage.mount("plugins", "/app/plugins"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -15,31 +14,12 @@ from pulumi_kubernetes.core.v1 import (
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 
-from stack_config import ConfigError, Settings, container_env
+from stack_config import Settings, container_env, text_files
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 # Seconds the pod stays in the Service's endpoints after deletion starts, so that no new request
 # arrives once the runtime has begun draining on SIGTERM.
 PRE_STOP_SLEEP_SECONDS = 10
-
-
-def text_files(folder: Path | None, pattern: str, key: str) -> dict[str, str]:
-    """Relative path -> text of each file under `folder` matching `pattern` (caches skipped)."""
-    if folder is None:
-        return {}
-    files = {}
-    for path in sorted(folder.rglob(pattern)):
-        relative = path.relative_to(folder)
-        if not path.is_file() or "__pycache__" in relative.parts or path.suffix == ".pyc":
-            continue
-        try:
-            files[relative.as_posix()] = path.read_text()
-        except UnicodeDecodeError:
-            raise ConfigError(f"{key}: {path} is not a text file; a ConfigMap holds text only") from None
-    size = sum(len(text.encode()) for text in files.values())
-    if size > CONFIGMAP_LIMIT_BYTES:
-        raise ConfigError(f"{key}: {folder} holds {size} bytes, more than a ConfigMap's 1 MiB")
-    return files
 
 
 def configmap_key(relative: str) -> str:
@@ -61,8 +41,9 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             opts=child)
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
 
-        model_configs = text_files(settings.model_configs_dir, "*.json", "moltbot:modelConfigsDir")
-        plugin_files = text_files(settings.plugins_dir, "*", "moltbot:pluginsDir")
+        model_configs = text_files(settings.model_configs_dir, "*.json", "moltbot:modelConfigsDir",
+                                   max_bytes=CONFIGMAP_LIMIT_BYTES)
+        plugin_files = text_files(settings.plugins_dir, "*", "moltbot:pluginsDir", max_bytes=CONFIGMAP_LIMIT_BYTES)
         self.model_configs = k8s.core.v1.ConfigMap(
             f"{name}-model-configs", metadata=meta(f"{name}-model-configs"),
             data={configmap_key(k): v for k, v in model_configs.items()}, opts=in_namespace)
@@ -168,8 +149,9 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             spec=ServiceSpecArgs(
                 type=settings.service_type,
                 selector=labels,
-                ports=[ServicePortArgs(name="http", port=settings.http_port, target_port="http"),
-                       ServicePortArgs(name="https", port=settings.https_port, target_port="https")],
+                ports=[ServicePortArgs(name="http", port=settings.http_port, target_port="http")]
+                + ([ServicePortArgs(name="https", port=settings.https_port, target_port="https")]
+                   if settings.tls_cert is not None else []),
             ),
             opts=in_namespace)
 

@@ -66,7 +66,7 @@ class Settings:
     gpu: bool
     api_keys: pulumi.Output | None  # secret Output of list[str]
     tls_cert: pulumi.Output | None  # PEM text
-    tls_key: pulumi.Output | None  # secret PEM text
+    tls_key: pulumi.Output | None  # PEM text, secret
     env: dict[str, str]
     docker_host: str | None
     monitoring: bool
@@ -178,6 +178,23 @@ def _project_path(config: pulumi.Config, name: str, default: str | None) -> Path
     return path
 
 
+def _pem(config: pulumi.Config, name: str, label: str) -> str | None:
+    """PEM text, given inline (`pulumi config set --secret moltbot:tlsKey < key.pem`) or as the path of a
+    file on the machine running `pulumi up` (like the Ansible role's controller paths)."""
+    raw = config.get(name)
+    if not raw:
+        return None
+    if "-----BEGIN" not in raw:
+        path = Path(raw) if Path(raw).is_absolute() else PROJECT_DIR / raw
+        try:
+            raw = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"moltbot:{name}: neither PEM text nor a readable PEM file ({path}: {exc})") from None
+    if f"-----BEGIN {label}" not in raw and not (label == "PRIVATE KEY" and "PRIVATE KEY-----" in raw):
+        raise ConfigError(f"moltbot:{name}: no '-----BEGIN {label}' block in it")
+    return raw
+
+
 def _string_map(config: pulumi.Config, name: str) -> dict[str, str]:
     raw = config.get_object(name) or {}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
@@ -230,11 +247,9 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if http_port == https_port:
         raise ConfigError(f"moltbot:httpPort and moltbot:httpsPort are both {http_port}")
 
-    tls_cert, tls_key = config.get("tlsCert"), config.get_secret("tlsKey")
+    tls_cert, tls_key = _pem(config, "tlsCert", "CERTIFICATE"), _pem(config, "tlsKey", "PRIVATE KEY")
     if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("moltbot:tlsCert and moltbot:tlsKey must be set together (PEM text, the key as a secret)")
-    if tls_cert is not None and "-----BEGIN" not in tls_cert:
-        raise ConfigError("moltbot:tlsCert: expected PEM text (pulumi config set moltbot:tlsCert < cert.pem)")
+        raise ConfigError("moltbot:tlsCert and moltbot:tlsKey must be set together")
 
     namespace = config.get("namespace") or "moltbot"
     if not _K8S_NAME.match(namespace) or len(namespace) > 63:
@@ -309,7 +324,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
         gpu=gpu,
         api_keys=api_keys,
         tls_cert=pulumi.Output.from_input(tls_cert) if tls_cert is not None else None,
-        tls_key=tls_key,
+        tls_key=pulumi.Output.secret(tls_key) if tls_key is not None else None,
         env=_env(config),
         docker_host=docker_host,
         monitoring=monitoring,
@@ -334,6 +349,25 @@ def load(config: pulumi.Config | None = None) -> Settings:
         service_type=service_type,
         termination_grace_seconds=_int(config, "terminationGracePeriodSeconds", 60),
     )
+
+
+def text_files(folder: Path | None, pattern: str, key: str, max_bytes: int | None = None) -> dict[str, str]:
+    """Relative path -> text of each file under `folder` matching `pattern` (caches skipped)."""
+    if folder is None:
+        return {}
+    files = {}
+    for path in sorted(folder.rglob(pattern)):
+        relative = path.relative_to(folder)
+        if not path.is_file() or "__pycache__" in relative.parts or path.suffix == ".pyc":
+            continue
+        try:
+            files[relative.as_posix()] = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key}: {path} is not a text file; only text files are carried") from None
+    size = sum(len(text.encode()) for text in files.values())
+    if max_bytes is not None and size > max_bytes:
+        raise ConfigError(f"{key}: {folder} holds {size} bytes of text, more than a ConfigMap's {max_bytes}")
+    return files
 
 
 def container_env(settings: Settings) -> dict[str, Any]:

@@ -51,8 +51,8 @@ def test_dev_runtime_container(dev_stack: StackRun):
     runtime = dev_stack.one(CONTAINER, "moltbot-container").inputs
     assert runtime["image"] == "moltbot:latest"
     assert runtime["name"] == "moltbot"
-    assert [(p["internal"], p["external"], p["ip"]) for p in runtime["ports"]] == [
-        (8080, 8080, "127.0.0.1"), (8443, 8443, "127.0.0.1")]
+    # 8443 is published only with TLS (test_tls_...).
+    assert [(p["internal"], p["external"], p["ip"]) for p in runtime["ports"]] == [(8080, 8080, "127.0.0.1")]
     assert [(v["containerPath"], v["volumeName"]) for v in runtime["volumes"]] == [
         ("/app/models", "moltbot-models"), ("/app/plugins", "moltbot-plugins"), ("/app/logs", "moltbot-logs")]
     assert runtime["restart"] == "unless-stopped"
@@ -183,16 +183,42 @@ def test_local_engine_uses_the_default_provider(dev_stack: StackRun):
     assert all("docker-host" not in r.provider for r in dev_stack.resources)
 
 
-def test_tls_material_is_uploaded_and_the_key_kept_secret():
-    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-    key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
-    run = run_stack("dev", overrides={"moltbot:tlsCert": cert, "moltbot:tlsKey": key},
-                    drop=("moltbot:apiKeys",))
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
+
+def test_tls_material_is_uploaded_the_key_kept_secret_and_8443_published():
+    run = run_stack("dev", overrides={"moltbot:tlsCert": CERT, "moltbot:tlsKey": KEY},
+                    drop=("moltbot:apiKeys", "moltbot:pluginsDir"))
     runtime = run.one(CONTAINER, "moltbot-container")
     assert runtime.has_secret
-    assert uploads_of(runtime) == {"/app/tls/cert.pem": cert, "/app/tls/key.pem": key}
+    assert uploads_of(runtime) == {"/app/tls/cert.pem": CERT, "/app/tls/key.pem": KEY}
+    key_upload = next(u for u in runtime.inputs["uploads"] if u["file"] == "/app/tls/key.pem")
+    assert key_upload["permissions"] == "0400" and key_upload["owner"] == "10001"
     env = env_of(runtime)
     assert env["MOLTBOT_TLS_CERT"] == "/app/tls/cert.pem" and env["MOLTBOT_TLS_KEY"] == "/app/tls/key.pem"
+    assert [(p["internal"], p["external"]) for p in runtime.inputs["ports"]] == [(8080, 8080), (8443, 8443)]
+
+
+def test_tls_files_are_read_from_paths_like_the_ansible_role(tmp_path):
+    (tmp_path / "fullchain.pem").write_text(CERT)
+    (tmp_path / "privkey.pem").write_text(KEY)
+    run = run_stack("dev", overrides={"moltbot:tlsCert": str(tmp_path / "fullchain.pem"),
+                                      "moltbot:tlsKey": str(tmp_path / "privkey.pem")})
+    uploads = uploads_of(run.one(CONTAINER, "moltbot-container"))
+    assert uploads["/app/tls/cert.pem"] == CERT and uploads["/app/tls/key.pem"] == KEY
+
+
+def test_plugins_and_model_configs_are_copied_into_the_volumes(dev_stack: StackRun, tmp_path):
+    plugins_dir = PROGRAM_DIR.parent.parent / "plugins"
+    expected = {f"/app/plugins/{p.relative_to(plugins_dir).as_posix()}": p.read_text()
+                for p in plugins_dir.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert expected and uploads_of(dev_stack.one(CONTAINER, "moltbot-container")) == expected
+
+    (tmp_path / "assistant.json").write_text('{"name": "assistant"}')
+    run = run_stack("dev", overrides={"moltbot:modelConfigsDir": str(tmp_path)}, drop=("moltbot:pluginsDir",))
+    assert uploads_of(run.one(CONTAINER, "moltbot-container")) == {"/app/models/assistant.json": '{"name": "assistant"}'}
 
 
 def test_monitoring_off_leaves_only_the_runtime():

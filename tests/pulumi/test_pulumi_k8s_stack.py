@@ -85,8 +85,7 @@ def test_models_claim_service_autoscaler_and_budget(k8s_stack: StackRun):
     service = k8s_stack.one("kubernetes:core/v1:Service", "moltbot-service").inputs
     assert service["metadata"]["name"] == "moltbot", "the Prometheus job label is the Service name"
     assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"] == LABELS
-    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
-        ("http", 8080, "http"), ("https", 8443, "https")]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", 8080, "http")]
     hpa = k8s_stack.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "moltbot-hpa").inputs["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "moltbot"}
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
@@ -148,3 +147,18 @@ def test_without_the_operator_no_custom_resources():
 
 def test_k8s_outputs(k8s_stack: StackRun):
     assert k8s_stack.outputs == {"url": "http://moltbot.moltbot.svc.cluster.local:8080", "namespace": "moltbot"}
+
+
+def test_tls_becomes_a_tls_secret_mounted_into_the_pods():
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n"
+    run = run_stack("k8s", overrides={"moltbot:tlsCert": cert, "moltbot:tlsKey": key})
+    secret = run.one("kubernetes:core/v1:Secret", "moltbot-tls")
+    assert secret.has_secret and secret.inputs["type"] == "kubernetes.io/tls"
+    assert secret.inputs["stringData"] == {"tls.crt": cert, "tls.key": key}
+    container = pod_spec(run)["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["MOLTBOT_TLS_CERT"], env["MOLTBOT_TLS_KEY"]) == ("/app/tls/tls.crt", "/app/tls/tls.key")
+    assert {"name": "tls", "mountPath": "/app/tls", "readOnly": True} in container["volumeMounts"]
+    ports = run.one("kubernetes:core/v1:Service", "moltbot-service").inputs["spec"]["ports"]
+    assert [p["name"] for p in ports] == ["http", "https"]

@@ -7,8 +7,11 @@ volumes become temporary host folders, so the test touches nothing of a real dep
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import socket
+import tarfile
 import subprocess
 import time
 import urllib.error
@@ -24,6 +27,7 @@ from conftest import SECRETS, run_stack
 pytestmark = pytest.mark.docker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PLUGINS_DIR = REPO_ROOT / "plugins"
 READY_LINE = "AI Assistant service ready on port 8080"
 # Every argument the program may give the runtime container; a new one must be carried over below.
 TRANSLATED = {"name", "hostname", "image", "envs", "ports", "volumes", "uploads", "networksAdvanced",
@@ -52,6 +56,25 @@ def http_get(url: str, key: str | None = None) -> int:
         return error.code
 
 
+def http_get_body(url: str, key: str) -> str:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read().decode()
+
+
+def upload_archive(uploads: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for upload in uploads:
+            data = upload["content"].encode()
+            entry = tarfile.TarInfo(upload["file"].lstrip("/"))
+            entry.size = len(data)
+            entry.mode = int(upload.get("permissions", "0644"), 8)
+            entry.uid = int(upload.get("owner", "0"))
+            archive.addfile(entry, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="session")
 def engine() -> docker.DockerClient:
     subprocess.run(["bash", str(REPO_ROOT / "scripts/ensure-docker.sh")], check=True, timeout=120)
@@ -78,7 +101,7 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
     assert declared["image"] == runtime_image
 
     suffix = uuid.uuid4().hex[:8]
-    ports = {f"{p['internal']}/tcp": ("127.0.0.1", free_port()) for p in declared["ports"]}
+    ports = {f"{int(p['internal'])}/tcp": ("127.0.0.1", free_port()) for p in declared["ports"]}
     volumes = {}
     for volume in declared["volumes"]:
         host_dir = tmp_path / Path(volume["containerPath"]).name
@@ -89,11 +112,10 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
     aliases = declared["networksAdvanced"][0]["aliases"]
     container = None
     try:
-        container = engine.containers.run(
+        container = engine.containers.create(
             declared["image"],
             name=f"{declared['name']}-pulumi-test-{suffix}",
             hostname=declared["hostname"],
-            detach=True,
             environment=declared["envs"],
             ports=ports,
             volumes=volumes,
@@ -115,6 +137,9 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
             stop_signal=declared["stopSignal"],
             labels={label["label"]: label["value"] for label in declared["labels"]},
         )
+        # Like the provider: each upload is a tar entry with its full path, extracted at / before the start.
+        assert container.put_archive("/", upload_archive(declared["uploads"]))
+        container.start()
         http_port = ports["8080/tcp"][1]
         base = f"http://127.0.0.1:{http_port}"
 
@@ -129,6 +154,15 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
         # The env carried the API keys (a Pulumi secret): /v1 needs one of them.
         assert http_get(f"{base}/v1/models") == 401
         assert http_get(f"{base}/v1/models", key=SECRETS["moltbot:apiKeys"].split(",")[1]) == 200
+
+        # The uploads landed in the plugins volume (here a host folder), and the runtime found those plugins.
+        for upload in declared["uploads"]:
+            assert (tmp_path / upload["file"].removeprefix("/app/")).read_text() == upload["content"]
+        plugin_names = {json.loads((PLUGINS_DIR / folder / "config.json").read_text())["name"]
+                        for folder in {u["file"].split("/")[3] for u in declared["uploads"]}}
+        assert plugin_names, "the dev stack uploads the built-in plugins"
+        listed = json.loads(http_get_body(f"{base}/v1/plugins", key=SECRETS["moltbot:apiKeys"].split(",")[0]))
+        assert plugin_names <= {plugin["name"] for plugin in listed["data"]}
 
         # The declared healthcheck passes in this image (first probe after one interval).
         deadline = time.monotonic() + nanoseconds(check["interval"]) / 10**9 * 3 + 30

@@ -1,4 +1,10 @@
+"""Fixtures of the plugin tests: a plugins folder per test and the service's real model registry."""
+
+import asyncio
+
 import pytest
+
+from plugin_models import RecordingModels, real_registry
 
 
 @pytest.fixture
@@ -14,12 +20,9 @@ def plugins_root(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory):
-    import asyncio
-
-    from plugin_models import real_registry
-
-    registry = real_registry(tmp_path_factory.mktemp("models"))
+def registry(tmp_path_factory, defaults_dir):
+    """The model registry over the embedded defaults (`defaults_dir` comes from tests/conftest.py)."""
+    registry = real_registry(tmp_path_factory.mktemp("models"), defaults_dir)
     yield registry
     asyncio.run(registry.close())
 
@@ -27,6 +30,4 @@ def registry(tmp_path_factory):
 @pytest.fixture
 def models(registry):
     """The real models behind a recorder of the calls plugins make."""
-    from plugin_models import RecordingModels
-
     return RecordingModels(registry)

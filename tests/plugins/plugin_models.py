@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from moltbot.engine.registry import ModelRegistry
-from moltbot.export.defaults import ensure_defaults
 from moltbot.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def defaults_dir() -> Path:
-    """The embedded default models, made once (about 20 s) and cached like the service does."""
-    folder = Path(os.environ.get("MOLTBOT_DEFAULTS_DIR") or REPO / "data" / "defaults")
-    ensure_defaults(folder, log=lambda message: None)
-    return folder
-
-
-def real_registry(models_dir: Path) -> ModelRegistry:
+def real_registry(models_dir: Path, defaults_dir: Path) -> ModelRegistry:
     """The service's registry serving the embedded defaults: tiny-chat and all-MiniLM-L6-v2 on ONNX Runtime."""
-    settings = Settings(models_dir=models_dir, defaults_dir=defaults_dir(), default_models="on",
+    settings = Settings(models_dir=models_dir, defaults_dir=defaults_dir, default_models="on",
                         plugins_dir=models_dir).validate()
     registry = ModelRegistry(settings)
     registry.load_all()

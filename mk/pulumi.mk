@@ -5,7 +5,7 @@
 TEST_DEPS += pulumi-deps
 
 # After the test extras: pulumi pins protobuf<7, which the runtime's onnx/onnxruntime accept (pip check).
-$(VENV)/.installed-pulumi: requirements/pulumi.txt $(VENV)/.installed-test
+$(VENV)/.installed-pulumi: requirements/pulumi.txt infra/pulumi/requirements.txt $(VENV)/.installed-test
 	$(PIP) install -q -r requirements/pulumi.txt
 	$(PIP) check
 	touch $@

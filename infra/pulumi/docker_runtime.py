@@ -13,7 +13,7 @@ HEALTHCHECK_COMMAND = [
     "CMD", "python", "-c",
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)",
 ]
-TLS_DIR = "/app/tls"
+TLS_DIR = "/app/tls"  # file names as in the Ansible role and the Kubernetes TLS Secret
 RUNTIME_UID = "10001"  # the image's `moltbot` user (Dockerfile; moltbot_data_owner in the Ansible role)
 
 
@@ -35,12 +35,12 @@ class MoltbotContainer(pulumi.ComponentResource):
         ]
         ports = [docker.ContainerPortArgs(internal=8080, external=settings.http_port, ip=settings.bind_address)]
         if settings.tls_cert is not None:
-            env["MOLTBOT_TLS_CERT"] = f"{TLS_DIR}/cert.pem"
-            env["MOLTBOT_TLS_KEY"] = f"{TLS_DIR}/key.pem"
+            env["MOLTBOT_TLS_CERT"] = f"{TLS_DIR}/tls.crt"
+            env["MOLTBOT_TLS_KEY"] = f"{TLS_DIR}/tls.key"
             uploads += [
-                docker.ContainerUploadArgs(file=f"{TLS_DIR}/cert.pem", content=settings.tls_cert),
+                docker.ContainerUploadArgs(file=f"{TLS_DIR}/tls.crt", content=settings.tls_cert),
                 # Readable by the service user only (the image's user 10001, which the runtime runs as).
-                docker.ContainerUploadArgs(file=f"{TLS_DIR}/key.pem", content=settings.tls_key,
+                docker.ContainerUploadArgs(file=f"{TLS_DIR}/tls.key", content=settings.tls_key,
                                            permissions="0400", owner=RUNTIME_UID),
             ]
             ports.append(docker.ContainerPortArgs(internal=8443, external=settings.https_port,
@@ -73,7 +73,7 @@ class MoltbotContainer(pulumi.ComponentResource):
             cpus=f"{settings.cpus:g}",
             memory=settings.memory_mb,
             log_driver="json-file",
-            log_opts={"max-size": "10m", "max-file": "5"},
+            log_opts={"max-size": "10m", "max-file": "3"},
             # SIGTERM drains in-flight requests (shutdown_timeout, 30 s by default) before exiting.
             stop_signal="SIGTERM",
             stop_timeout=45,

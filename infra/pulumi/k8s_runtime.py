@@ -10,13 +10,15 @@ from pulumi_kubernetes.core.v1 import (
     HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs, LifecycleHandlerArgs, PersistentVolumeClaimSpecArgs,
     PersistentVolumeClaimVolumeSourceArgs, PodSpecArgs, PodTemplateSpecArgs, ProbeArgs, ResourceRequirementsArgs,
     SecretKeySelectorArgs, SecretVolumeSourceArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs,
-    VolumeMountArgs, VolumeResourceRequirementsArgs, EmptyDirVolumeSourceArgs,
+    VolumeMountArgs, VolumeResourceRequirementsArgs, EmptyDirVolumeSourceArgs, SecurityContextArgs,
+    PodSecurityContextArgs, CapabilitiesArgs,
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 
 from stack_config import Settings, container_env, text_files
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
+RUNTIME_UID = 10001  # the image's `moltbot` user
 # Seconds the pod stays in the Service's endpoints after deletion starts, so that no new request
 # arrives once the runtime has begun draining on SIGTERM.
 PRE_STOP_SLEEP_SECONDS = 10
@@ -81,11 +83,14 @@ class MoltbotKubernetes(pulumi.ComponentResource):
                 items=[KeyToPathArgs(key=configmap_key(k), path=k) for k in plugin_files])),
             # Logs go to stdout too (collected by the cluster); the file copy is per pod.
             VolumeArgs(name="logs", empty_dir=EmptyDirVolumeSourceArgs(size_limit="1Gi")),
+            # The root file system is read-only; the runtime's scratch space.
+            VolumeArgs(name="tmp", empty_dir=EmptyDirVolumeSourceArgs(size_limit="512Mi")),
         ]
         mounts = [
             VolumeMountArgs(name="models", mount_path="/app/models"),
             VolumeMountArgs(name="plugins", mount_path="/app/plugins", read_only=True),
             VolumeMountArgs(name="logs", mount_path="/app/logs"),
+            VolumeMountArgs(name="tmp", mount_path="/tmp"),
         ] + [
             VolumeMountArgs(name="model-configs", mount_path=f"/app/models/{config_name}",
                             sub_path=configmap_key(config_name), read_only=True)
@@ -97,7 +102,7 @@ class MoltbotKubernetes(pulumi.ComponentResource):
                 f"{name}-tls", metadata=meta(f"{name}-tls"), type="kubernetes.io/tls",
                 string_data={"tls.crt": settings.tls_cert, "tls.key": settings.tls_key}, opts=in_namespace)
             volumes.append(VolumeArgs(name="tls", secret=SecretVolumeSourceArgs(
-                secret_name=self.tls_secret.metadata.name, default_mode=0o400)))
+                secret_name=self.tls_secret.metadata.name, default_mode=0o440)))
             mounts.append(VolumeMountArgs(name="tls", mount_path="/app/tls", read_only=True))
             env += [EnvVarArgs(name="MOLTBOT_TLS_CERT", value="/app/tls/tls.crt"),
                     EnvVarArgs(name="MOLTBOT_TLS_KEY", value="/app/tls/tls.key")]
@@ -121,6 +126,9 @@ class MoltbotKubernetes(pulumi.ComponentResource):
                                      period_seconds=10, timeout_seconds=5, failure_threshold=3),
             readiness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/ready", port="http"),
                                       period_seconds=5, timeout_seconds=3, failure_threshold=2),
+            security_context=SecurityContextArgs(
+                allow_privilege_escalation=False, read_only_root_filesystem=True,
+                capabilities=CapabilitiesArgs(drop=["ALL"])),
             lifecycle=LifecycleArgs(pre_stop=LifecycleHandlerArgs(
                 exec_=ExecActionArgs(command=["sleep", str(PRE_STOP_SLEEP_SECONDS)]))),
         )
@@ -136,6 +144,11 @@ class MoltbotKubernetes(pulumi.ComponentResource):
                     metadata=ObjectMetaArgs(labels=labels),
                     spec=PodSpecArgs(
                         containers=[container],
+                        # The image's service user; fsGroup makes the claim and the TLS Secret readable to it
+                        # (the image's entrypoint only fixes ownership when started as root).
+                        security_context=PodSecurityContextArgs(
+                            run_as_user=RUNTIME_UID, run_as_group=RUNTIME_UID, fs_group=RUNTIME_UID,
+                            run_as_non_root=True),
                         volumes=volumes,
                         # preStop sleep, then SIGTERM: the runtime drains (shutdown_timeout) and exits 0.
                         termination_grace_period_seconds=settings.termination_grace_seconds,

@@ -43,7 +43,7 @@ MANAGED_ENV = {
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _MEMORY_FACTORS = {"b": 1, "": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^MOLTBOT_[A-Z0-9_]+$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MIN_MEMORY_BYTES = 256 * 1024**2
 
@@ -209,7 +209,8 @@ def _env(config: pulumi.Config) -> dict[str, str]:
     env = {}
     for name, value in raw.items():
         if not _ENV_NAME.match(name):
-            raise ConfigError(f"moltbot:env: {name!r} is not a valid environment variable name")
+            raise ConfigError(f"moltbot:env: {name!r} is not a MOLTBOT_* variable name (the runtime's settings; "
+                              "the Ansible role's moltbot_env has the same rule)")
         if name in MANAGED_ENV:
             raise ConfigError(f"moltbot:env: {name} is set by the program; use {MANAGED_ENV[name]} instead")
         if isinstance(value, (dict, list)) or value is None:

@@ -59,7 +59,7 @@ def test_dev_runtime_container(dev_stack: StackRun):
     assert "gpus" not in runtime
     assert runtime["cpus"] == "2" and runtime["memory"] == 4096
     assert runtime["logDriver"] == "json-file"
-    assert runtime["logOpts"] == {"max-size": "10m", "max-file": "5"}
+    assert runtime["logOpts"] == {"max-size": "10m", "max-file": "3"}
     assert runtime["healthcheck"]["tests"][:2] == ["CMD", "python"]
     assert "http://127.0.0.1:8080/health" in runtime["healthcheck"]["tests"][-1]
     assert runtime["wait"] is True
@@ -192,11 +192,11 @@ def test_tls_material_is_uploaded_the_key_kept_secret_and_8443_published():
                     drop=("moltbot:apiKeys", "moltbot:pluginsDir"))
     runtime = run.one(CONTAINER, "moltbot-container")
     assert runtime.has_secret
-    assert uploads_of(runtime) == {"/app/tls/cert.pem": CERT, "/app/tls/key.pem": KEY}
-    key_upload = next(u for u in runtime.inputs["uploads"] if u["file"] == "/app/tls/key.pem")
+    assert uploads_of(runtime) == {"/app/tls/tls.crt": CERT, "/app/tls/tls.key": KEY}
+    key_upload = next(u for u in runtime.inputs["uploads"] if u["file"] == "/app/tls/tls.key")
     assert key_upload["permissions"] == "0400" and key_upload["owner"] == "10001"
     env = env_of(runtime)
-    assert env["MOLTBOT_TLS_CERT"] == "/app/tls/cert.pem" and env["MOLTBOT_TLS_KEY"] == "/app/tls/key.pem"
+    assert env["MOLTBOT_TLS_CERT"] == "/app/tls/tls.crt" and env["MOLTBOT_TLS_KEY"] == "/app/tls/tls.key"
     assert [(p["internal"], p["external"]) for p in runtime.inputs["ports"]] == [(8080, 8080), (8443, 8443)]
 
 
@@ -206,7 +206,7 @@ def test_tls_files_are_read_from_paths_like_the_ansible_role(tmp_path):
     run = run_stack("dev", overrides={"moltbot:tlsCert": str(tmp_path / "fullchain.pem"),
                                       "moltbot:tlsKey": str(tmp_path / "privkey.pem")})
     uploads = uploads_of(run.one(CONTAINER, "moltbot-container"))
-    assert uploads["/app/tls/cert.pem"] == CERT and uploads["/app/tls/key.pem"] == KEY
+    assert uploads["/app/tls/tls.crt"] == CERT and uploads["/app/tls/tls.key"] == KEY
 
 
 def test_plugins_and_model_configs_are_copied_into_the_volumes(dev_stack: StackRun, tmp_path):

@@ -65,7 +65,11 @@ def test_deployment(k8s_stack: StackRun):
     assert env["MOLTBOT_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "moltbot-api-keys", "key": "api-keys"}
     assert "value" not in env["MOLTBOT_API_KEYS"], "keys come from the Secret, never inline"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts == {"/app/models": "models", "/app/plugins": "plugins", "/app/logs": "logs"}
+    assert mounts == {"/app/models": "models", "/app/plugins": "plugins", "/app/logs": "logs", "/tmp": "tmp"}
+    assert spec["securityContext"] == {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                                       "runAsNonRoot": True}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "moltbot-models"}
     assert volumes["plugins"]["configMap"]["name"] == "moltbot-plugins"

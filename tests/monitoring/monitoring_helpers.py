@@ -45,16 +45,16 @@ def free_port() -> int:
 def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
     """Calls probe until it returns something truthy; fails the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            result = probe()
-            if result:
-                return result
+            last = probe()
+            if last:
+                return last
         except (OSError, ValueError) as error:  # not up yet, or an answer we cannot read yet
-            last_error = error
+            last = error
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last result: {last!r})")
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_stack
+from pulumi_harness import run_stack
 from stack_config import ConfigError, parse_memory
 
 

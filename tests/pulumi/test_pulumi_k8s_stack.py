@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from conftest import PROGRAM_DIR, SECRETS, StackRun, run_stack
+from pulumi_harness import PROGRAM_DIR, SECRETS, StackRun, run_stack
 
 MONITORING_DIR = PROGRAM_DIR.parent.parent / "monitoring"
 PLUGINS_DIR = PROGRAM_DIR.parent.parent / "plugins"

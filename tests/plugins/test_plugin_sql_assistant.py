@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from moltbot.plugins.errors import PluginError, PluginInputError
 from moltbot.plugins.manager import PluginManager
 
-from plugin_helpers import BUILTIN_PLUGINS, make_app, make_settings
+from plugin_helpers import BUILTIN_PLUGINS, make_app, make_settings, plugin_module
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +120,7 @@ async def test_writes_are_refused_and_the_database_is_unchanged(sql, statement, 
 async def test_the_connection_itself_refuses_writes_that_pass_the_text_check(sql):
     """Below the text check: the read-only connection and authorizer stop writes and side channels."""
     manager, database = sql
-    guard = sys.modules[type(manager.get("sql_assistant").instance).__module__.rsplit(".", 1)[0] + ".guard"]
+    guard = plugin_module(manager, "sql_assistant", "guard")
     before = digest(database)
     for statement in ("DELETE FROM orders", "INSERT INTO customers VALUES (9, 'Eve', 'Paris')",
                       "CREATE TABLE t (x)", "PRAGMA journal_mode = DELETE", "ATTACH DATABASE ':memory:' AS m"):
@@ -152,11 +151,8 @@ async def test_a_missing_database_is_a_clear_error(tmp_path, monkeypatch):
     await manager.close()
 
 
-def test_sql_is_found_in_model_replies():
-    guard_path = BUILTIN_PLUGINS / "sql_assistant" / "guard.py"
-    namespace: dict = {}
-    exec(compile(guard_path.read_text(), str(guard_path), "exec"), namespace)
-    extract = namespace["extract_sql"]
+async def test_sql_is_found_in_model_replies(sql):
+    extract = plugin_module(sql[0], "sql_assistant", "guard").extract_sql
     assert extract("Here you go:\n```sql\nSELECT name FROM customers;\n```\nDone.") == "SELECT name FROM customers;"
     assert extract("```\nselect 1\n```") == "select 1"
     assert extract("The query is SELECT COUNT(*) FROM orders") == "SELECT COUNT(*) FROM orders"

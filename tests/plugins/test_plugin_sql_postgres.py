@@ -1,0 +1,120 @@
+"""sql_assistant against a real PostgreSQL server (Debian's postgresql, a throwaway cluster on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from moltbot.plugins.errors import PluginError
+from moltbot.plugins.manager import PluginManager
+
+from plugin_helpers import BUILTIN_PLUGINS, make_settings, plugin_module
+
+pytestmark = pytest.mark.anyio
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    assert found, "PostgreSQL is not installed: run `make plugins-system-deps` (apt-get install postgresql)"
+    return Path(found[-1]).parent
+
+
+def as_postgres(*command: str) -> None:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user when we are root."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bindir = postgres_bin()
+    home = Path(tempfile.mkdtemp(prefix="moltbot-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = home / "data"
+    as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", "owner", "-A", "trust", "--no-sync")
+    as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "log"), "start", "-o",
+                f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off")
+    try:
+        admin = f"postgresql://owner@127.0.0.1:{port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE shop")
+        url = f"postgresql://owner@127.0.0.1:{port}/shop"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, city text NOT NULL)")
+            conn.execute("INSERT INTO customers VALUES (1, 'Ada', 'London'), (2, 'Grace', 'New York'), "
+                         "(3, 'Linus', 'Helsinki')")
+            conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer REFERENCES customers, "
+                         "total numeric(10, 2) NOT NULL)")
+            conn.execute("INSERT INTO orders SELECT i, 1 + i % 3, i * 15 FROM generate_series(1, 30) AS i")
+        yield url
+    finally:
+        as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def pg_sql(tmp_path, models, monkeypatch, postgres_url):
+    # The table owner (a superuser here): read-only must hold even for a role that could write.
+    monkeypatch.setenv("SQL_ASSISTANT_DATABASE", postgres_url)
+    manager = PluginManager(make_settings(BUILTIN_PLUGINS, tmp_path), models=models)
+    await manager.reload(["sql_assistant"])
+    yield manager
+    await manager.close()
+
+
+def customer_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT COUNT(*) FROM customers").fetchone()[0]
+
+
+async def test_postgres_select_rows_types_and_limits(pg_sql):
+    result = await pg_sql.execute("sql_assistant", {"sql": "SELECT name, city FROM customers ORDER BY id"},
+                                  request_id="t")
+    assert result["columns"] == ["name", "city"] and result["rows"][0] == ["Ada", "London"]
+    totals = await pg_sql.execute("sql_assistant", {"sql": "SELECT id, total FROM orders ORDER BY id", "max_rows": 4},
+                                  request_id="t")
+    assert totals["rows"] == [[1, "15.00"], [2, "30.00"], [3, "45.00"], [4, "60.00"]] and totals["truncated"] is True
+
+
+async def test_postgres_writes_are_refused_by_the_read_only_transaction(pg_sql, postgres_url):
+    manager = pg_sql
+    guard = plugin_module(manager, "sql_assistant", "guard")
+    with pytest.raises(PluginError, match="more than one statement"):
+        await manager.execute("sql_assistant", {"sql": "SELECT 1; DELETE FROM customers"}, request_id="t")
+    # Past the text check, the server's read-only transaction is what refuses.
+    for statement in ("DELETE FROM customers", "CREATE TABLE t (x int)",
+                      "WITH gone AS (DELETE FROM customers RETURNING id) SELECT * FROM gone",
+                      "SELECT * INTO copy_of_customers FROM customers"):
+        with pytest.raises(PluginError) as refused:
+            guard.postgres_run(postgres_url, statement, 10, 5.0)
+        assert refused.value.code == "write_refused", statement
+    assert customer_count(postgres_url) == 3
+
+
+async def test_postgres_time_limit_schema_and_model_wiring(pg_sql, models):
+    guard = plugin_module(pg_sql, "sql_assistant", "guard")
+    with pytest.raises(PluginError, match="longer than 0.5 s") as slow:
+        guard.postgres_run(os.environ["SQL_ASSISTANT_DATABASE"], "SELECT pg_sleep(3)", 10, 0.5)
+    assert slow.value.code == "query_timeout"
+    try:
+        await pg_sql.execute("sql_assistant", {"question": "How many orders does Ada have?"}, request_id="t")
+    except PluginError as exc:  # the default chat model writes noise; only a guarded failure is acceptable
+        assert exc.code in {"no_sql", "write_refused", "sql_error"}
+    [call] = models.chat_calls
+    system = call["messages"][0]["content"]
+    assert "PostgreSQL database" in system
+    assert "CREATE TABLE customers (id integer, name text, city text);" in system
+    assert "CREATE TABLE orders (id integer, customer_id integer, total numeric);" in system

@@ -19,6 +19,7 @@ from stack_config import Settings, container_env, text_files
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 RUNTIME_UID = 10001  # the image's `moltbot` user
+APP_LABELS = {"app.kubernetes.io/name": "moltbot"}
 # Seconds the pod stays in the Service's endpoints after deletion starts, so that no new request
 # arrives once the runtime has begun draining on SIGTERM.
 PRE_STOP_SLEEP_SECONDS = 10
@@ -33,13 +34,13 @@ class MoltbotKubernetes(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("moltbot:kubernetes:Runtime", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        labels = {**settings.labels, "app.kubernetes.io/instance": name}
+        labels = {**APP_LABELS, "app.kubernetes.io/instance": name}
 
         def meta(object_name: str, **extra) -> ObjectMetaArgs:
             return ObjectMetaArgs(name=object_name, namespace=settings.namespace, labels=labels, **extra)
 
         self.namespace = k8s.core.v1.Namespace(
-            f"{name}-namespace", metadata=ObjectMetaArgs(name=settings.namespace, labels=settings.labels),
+            f"{name}-namespace", metadata=ObjectMetaArgs(name=settings.namespace, labels=APP_LABELS),
             opts=child)
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
 

@@ -6,9 +6,10 @@ raises ConfigError with the key's full name, so `pulumi up` stops before touchin
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,6 @@ class Settings:
     plugins_dir: Path | None
     service_type: str
     termination_grace_seconds: int
-    labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "moltbot"})
 
     def url(self, bind: str, port: int) -> str:
         """What a user opens: the bind address, or the public host when published on every interface."""
@@ -124,6 +124,15 @@ def _port(config: pulumi.Config, name: str, default: int) -> int:
     if not 0 < value < 65536:
         raise ConfigError(f"moltbot:{name}: {value} is not a TCP port (1-65535)")
     return value
+
+
+def _ip(config: pulumi.Config, name: str) -> str:
+    """A host address to publish ports on; loopback unless set."""
+    raw = config.get(name) or "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ConfigError(f"moltbot:{name}: {raw!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
 
 
 def _int(config: pulumi.Config, name: str, default: int) -> int:
@@ -229,9 +238,9 @@ def load(config: pulumi.Config | None = None) -> Settings:
 
     gpu = _bool(config, "gpu", False)
     image = config.get("image") or (GPU_IMAGE if gpu else CPU_IMAGE)
-    if gpu and image == CPU_IMAGE:
+    if gpu and image.rsplit("/", 1)[-1] == CPU_IMAGE:
         raise ConfigError(
-            f"moltbot:gpu is true but moltbot:image is {CPU_IMAGE}, the CPU-only image; "
+            f"moltbot:gpu is true but moltbot:image is {image}, the CPU-only image; "
             f"set moltbot:image to {GPU_IMAGE} (built with `make image VARIANT=gpu`) or moltbot:gpu to false"
         )
 
@@ -262,8 +271,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
     # Read as plain text to check it now (before any resource is declared), then kept as a secret Output.
     keys = _api_keys(config.get("apiKeys") or "")
     api_keys = pulumi.Output.secret(keys) if keys else None
-    bind_address = config.get("bindAddress") or "127.0.0.1"
-    exposed = (bind_address not in ("127.0.0.1", "::1", "localhost")) if platform == "docker" \
+    bind_address = _ip(config, "bindAddress")
+    exposed = not ipaddress.ip_address(bind_address).is_loopback if platform == "docker" \
         else service_type != "ClusterIP"
     if api_keys is None and exposed:
         where = f"on {bind_address}" if platform == "docker" else f"through a {service_type} Service"
@@ -329,7 +338,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
         env=_env(config),
         docker_host=docker_host,
         monitoring=monitoring,
-        monitoring_bind_address=config.get("monitoringBindAddress") or "127.0.0.1",
+        monitoring_bind_address=_ip(config, "monitoringBindAddress"),
         monitoring_dir=_project_path(config, "monitoringDir", "../../monitoring"),
         grafana_admin_password=grafana_password,
         prometheus_port=_port(config, "prometheusPort", 9090),

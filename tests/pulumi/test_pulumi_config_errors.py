@@ -11,6 +11,8 @@ from stack_config import ConfigError, parse_memory
 @pytest.mark.parametrize("stack, overrides, drop, message", [
     ("dev", {"moltbot:gpu": "true"}, (),
      r"moltbot:gpu is true but moltbot:image is moltbot:latest, the CPU-only image; set moltbot:image to moltbot:gpu"),
+    ("k8s", {"moltbot:gpu": "true", "moltbot:image": "registry.local/team/moltbot:latest"}, (),
+     r"moltbot:image is registry.local/team/moltbot:latest, the CPU-only image"),
     ("dev", {"moltbot:memory": "lots"}, (), r"moltbot:memory: 'lots' is not a memory size"),
     ("dev", {"moltbot:memory": "64m"}, (), r"moltbot:memory: '64m' is below the 256m"),
     ("dev", {"moltbot:cpus": "two"}, (), r"moltbot:cpus: 'two' is not a number of CPUs"),
@@ -22,6 +24,8 @@ from stack_config import ConfigError, parse_memory
     ("k8s", {"moltbot:namespace": "Moltbot_Prod"}, (), r"moltbot:namespace: 'Moltbot_Prod' is not a valid"),
     ("k8s", {"moltbot:serviceType": "LoadBalancer"}, ("moltbot:apiKeys",),
      r"moltbot:apiKeys: required when the API is published through a LoadBalancer Service"),
+    ("dev", {"moltbot:bindAddress": "localhost"}, (), r"moltbot:bindAddress: 'localhost' is not an IP address"),
+    ("prod", {"moltbot:monitoringBindAddress": "10.0.0"}, (), r"moltbot:monitoringBindAddress: '10.0.0' is not an IP"),
     ("dev", {"moltbot:platform": "nomad"}, (), r"moltbot:platform: 'nomad' is not docker or kubernetes"),
     ("dev", {"moltbot:httpPort": "70000"}, (), r"moltbot:httpPort: 70000 is not a TCP port"),
     ("dev", {"moltbot:httpsPort": "8080"}, (), r"moltbot:httpPort and moltbot:httpsPort are both 8080"),

@@ -16,7 +16,7 @@ import pytest
 from monitoring_helpers import (DASHBOARDS_DIR, RULE_FILES, Prometheus, dashboard_queries, rule_expressions,
                                 start_node_exporter, wait_until)
 
-DCGM_SAMPLE = Path(__file__).parent / "data" / "dcgm-exporter-metrics.prom"
+DCGM_SAMPLE = Path(__file__).parent / "samples" / "dcgm-exporter-metrics.prom"
 # cAdvisor cannot run here: its container panels may be empty, but must still parse and run.
 NO_DATA_HERE = ("container_",)
 

@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(check)
     check.set_defaults(func=cmd_models_check)
 
+    from moltbot.plugins.cli import add_subcommands as add_plugin_commands
+
+    add_plugin_commands(sub)
+
     settings = sub.add_parser("settings", help="print the settings table (markdown)")
     settings.set_defaults(func=cmd_settings)
     return parser

@@ -27,10 +27,10 @@ def observe(request: Request, status: int) -> None:
     stats: RequestStats = request.ctx.stats
     if route in ("/health", "/ready", "/metrics") and status < 400:
         return  # probes and scrapes would drown the log
-    access_log.info(
-        "%s %s %s", request.method, request.path, status,
-        extra={"request_id": request.ctx.request_id, "method": request.method, "route": route,
-               "status": status, "latency_ms": round(elapsed * 1000, 2), "model": stats.model,
-               "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-               "client": request.client_ip},
-    )
+    fields = {"request_id": request.ctx.request_id, "method": request.method, "route": route,
+              "status": status, "latency_ms": round(elapsed * 1000, 2), "model": stats.model,
+              "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+              "client": request.client_ip}
+    if stats.prompt is not None:  # the log_prompts setting
+        fields.update(prompt=stats.prompt, output=stats.output)
+    access_log.info("%s %s %s", request.method, request.path, status, extra=fields)

@@ -18,11 +18,12 @@ from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
 from moltbot import READY_LINE, metrics
-from moltbot.api import routes
+from moltbot.api import plugin_routes, routes
 from moltbot.api.access import observe
 from moltbot.api.errors import APIError, error_body
 from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
 from moltbot.engine.registry import ModelRegistry
+from moltbot.plugins.manager import PluginManager
 from moltbot.settings import Settings
 
 log = logging.getLogger("moltbot.api")
@@ -58,12 +59,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.ctx.settings = settings
     app.ctx.registry = registry
     app.ctx.serving = OpenAIServing(registry, settings)
+    app.ctx.plugins = PluginManager(settings, models=registry)
     app.ctx.state = ServiceState(process_started=process_started or time.monotonic())
     app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()]
     # Requests being handled; weak, so that a handler cancelled by a client going away is not counted forever.
     app.ctx.active = weakref.WeakSet()
     metrics.IN_FLIGHT.set_function(lambda: len(app.ctx.active))
     app.blueprint(routes.bp)
+    app.blueprint(plugin_routes.bp)
 
     app.on_request(_start_request)
     app.on_response(_finish_request)
@@ -155,9 +158,7 @@ async def _load_models(app: Sanic) -> None:
     state: ServiceState = app.ctx.state
     registry: ModelRegistry = app.ctx.registry
     await asyncio.to_thread(registry.load_all)
-    plugins = getattr(app.ctx, "plugins", None)
-    if plugins is not None:
-        await plugins.load_all()
+    await app.ctx.plugins.load_all()
     if state.status != "loading":
         return  # shutting down meanwhile
     if not registry.models and registry.failures:
@@ -176,6 +177,7 @@ async def _load_models(app: Sanic) -> None:
 
 
 async def _stop_models(app: Sanic) -> None:
+    await app.ctx.plugins.close()
     await app.ctx.registry.close()
 
 

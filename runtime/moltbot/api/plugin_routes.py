@@ -7,21 +7,17 @@ import time
 from typing import Any
 
 from sanic import Blueprint, Request, response
-from sanic.exceptions import BadRequest
 
+from moltbot.api.errors import api_error
+from moltbot.api.openapi import add_paths
 from moltbot.plugins.errors import PluginAPIError
 from moltbot.plugins.manager import PluginManager
 
 bp = Blueprint("plugins")
 
 
-def _error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> response.HTTPResponse:
-    return response.json({"error": {"message": message, "type": type, "param": param, "code": code}}, status=status)
-
-
 def _from_exception(exc: PluginAPIError) -> response.HTTPResponse:
-    return _error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
+    return api_error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
 
 
 def _request_id(request: Request) -> str:
@@ -38,7 +34,7 @@ def _json_body(request: Request) -> tuple[Any, response.HTTPResponse | None]:
     try:
         return json.loads(request.body), None
     except (ValueError, UnicodeDecodeError) as exc:
-        return None, _error(400, f"request body is not valid JSON: {exc}", code="invalid_json")
+        return None, api_error(400, f"request body is not valid JSON: {exc}", code="invalid_json")
 
 
 @bp.get("/v1/plugins")
@@ -55,7 +51,8 @@ async def reload_plugins(request: Request) -> response.HTTPResponse:
     names = body.get("names") if isinstance(body, dict) else None
     if not isinstance(body, dict) or (names is not None and not (
             isinstance(names, list) and all(isinstance(n, str) for n in names))):
-        return _error(400, "body must be an object with an optional list of plugin names in 'names'", param="names")
+        return api_error(400, "body must be an object with an optional list of plugin names in 'names'",
+                         param="names")
     try:
         outcomes = await _manager(request).reload(names)
     except PluginAPIError as exc:
@@ -85,3 +82,25 @@ async def execute_plugin(request: Request, name: str) -> response.HTTPResponse:
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "result": result,
     })
+
+
+_ERROR = {"description": "Error",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+_OBJECT = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+add_paths({
+    "/v1/plugins": {"get": {
+        "summary": "List the plugins: name, version, description, enabled, status (loaded, error, disabled), "
+                   "load error, timeout, input schema",
+        "responses": {"200": _OBJECT, "401": _ERROR}}},
+    "/v1/plugins/reload": {"post": {
+        "summary": "Load the plugin folders again (all, or {\"names\": [...]}); a failed reload keeps the "
+                   "previous version serving",
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}}}}}}},
+        "responses": {"200": _OBJECT, "400": _ERROR, "401": _ERROR, "404": _ERROR}}},
+    "/v1/plugins/{name}/execute": {"post": {
+        "summary": "Run a plugin; the body is its input, validated against its input_schema",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {"200": _OBJECT, **{str(s): _ERROR for s in (400, 401, 404, 409, 422, 500, 504)}}}},
+})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, AsyncIterator
 
 from pydantic import BaseModel, ValidationError
@@ -16,6 +17,8 @@ from moltbot.api.errors import APIError, from_validation_error
 from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
+from moltbot.api.tool_calls import chat_with_plugin_tools, names_plugins
+from moltbot.plugins.errors import PluginAPIError
 
 bp = Blueprint("openai")
 
@@ -93,9 +96,26 @@ async def get_model(request: Request, name: str) -> HTTPResponse:
 async def chat_completions(request: Request) -> HTTPResponse | None:
     req = parse(request, ChatCompletionRequest)
     srv = serving(request)
+    plugins = request.app.ctx.plugins
+    if names_plugins(req, plugins):
+        reply = await chat_with_plugin_tools(srv, plugins, req, stats(request), request.ctx.request_id)
+        if req.stream:
+            return await stream_sse(request, _as_chunks(reply))
+        return json_response(reply)
     if req.stream:
         return await stream_sse(request, await srv.chat_stream(req, stats(request)))
     return json_response(await srv.chat(req, stats(request)))
+
+
+async def _as_chunks(reply: dict) -> AsyncIterator[dict]:
+    """A finished chat.completion as one streamed chunk per choice (the plugin-tool path runs to the end)."""
+    for choice in reply["choices"]:
+        delta = {"role": "assistant", "content": choice["message"].get("content") or ""}
+        if choice["message"].get("tool_calls"):
+            delta["tool_calls"] = choice["message"]["tool_calls"]
+        yield {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+               "model": reply["model"], "choices": [{"index": choice["index"], "delta": delta, "logprobs": None,
+                                                     "finish_reason": choice["finish_reason"]}]}
 
 
 @bp.post("/v1/completions")
@@ -144,7 +164,9 @@ async def stream_sse(request: Request, chunks: AsyncIterator[dict | str]) -> Non
 async def websocket(request: Request, ws: Websocket) -> None:
     """Each text message is a chat-completion request (JSON); the answer is a series of
     {"type": "chunk", "data": <chat.completion.chunk>} messages and one {"type": "done", "data":
-    <chat.completion>}; failures are {"type": "error", "error": {...}}. The socket stays open for more."""
+    <chat.completion>}; failures are {"type": "error", "error": {...}}. A plugin call,
+    {"type": "plugin", "name": ..., "input": {...}}, gets {"type": "plugin_result", "plugin": ..., "result": {...}}.
+    The socket stays open for more."""
     async for message in ws:
         try:
             await _ws_handle(request, ws, message)
@@ -152,6 +174,9 @@ async def websocket(request: Request, ws: Websocket) -> None:
             await ws.send(json.dumps({"type": "error", **exc.body(), "status": exc.status}))
         except UpstreamResponse as exc:
             await ws.send(json.dumps({"type": "error", **exc.body, "status": exc.status}))
+        except PluginAPIError as exc:
+            await ws.send(json.dumps({"type": "error", "status": exc.status, "error": {
+                "message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}))
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:
@@ -161,12 +186,25 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
         raise APIError(400, f"The message is not valid JSON: {exc}", code="invalid_json")
     if not isinstance(body, dict):
         raise APIError(400, "The message must be a JSON object", code="invalid_json")
+    request_id = f"{request.ctx.request_id}-{uuid.uuid4().hex[:8]}"
+    plugins = request.app.ctx.plugins
+    if body.get("type") == "plugin":
+        name, payload = body.get("name"), body.get("input", {})
+        if not isinstance(name, str):
+            raise APIError(400, "A plugin message needs 'name' (a string)", param="name")
+        result = await plugins.execute(name, payload, request_id=request_id)
+        await ws.send(json.dumps({"type": "plugin_result", "plugin": name, "request_id": request_id,
+                                  "result": result}))
+        return
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise from_validation_error(exc)
     srv = serving(request)
-    chunks = await srv.chat_stream(req, RequestStats())
+    if names_plugins(req, plugins):
+        chunks = _as_chunks(await chat_with_plugin_tools(srv, plugins, req, RequestStats(), request_id))
+    else:
+        chunks = await srv.chat_stream(req, RequestStats())
     content: dict[int, str] = {}
     reasons: dict[int, str] = {}
     model, usage, chunk_id = req.model, None, None

@@ -31,6 +31,8 @@ class RequestStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    prompt: str | None = None  # only with the log_prompts setting
+    output: str | None = None
 
 
 class UpstreamResponse(Exception):
@@ -108,21 +110,28 @@ class OpenAIServing:
                                 seed=req.seed, ignore_eos=req.ignore_eos)
         return Generation(served, ids, params, req.n)
 
-    def plan_chat(self, req: ChatCompletionRequest, served: ServedModel, tools: list[dict] | None = None
-                  ) -> Generation:
+    def plan_chat(self, req: ChatCompletionRequest, served: ServedModel, stats: RequestStats,
+                  tools: list[dict] | None = None) -> Generation:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
         try:
             prompt = served.tokenizer.render_chat(messages, add_generation_prompt=True, tools=tools)
         except TemplateError as exc:
             raise APIError(400, str(exc), param="messages")
+        self._record_prompt(stats, [prompt])
         return self.plan(served, [prompt], req, req.token_limit, add_special_tokens=False)
 
-    def plan_completion(self, req: CompletionRequest, served: ServedModel) -> Generation:
+    def plan_completion(self, req: CompletionRequest, served: ServedModel, stats: RequestStats) -> Generation:
         if req.echo or req.suffix:
             raise APIError(400, "echo and suffix are not supported by this server",
                            param="echo" if req.echo else "suffix")
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        self._record_prompt(stats, prompts)
         return self.plan(served, prompts, req, req.token_limit, add_special_tokens=True)
+
+    def _record_prompt(self, stats: RequestStats, prompts: list[str]) -> None:
+        if self.settings.log_prompts:
+            stats.prompt = "\n".join(prompts)
+            stats.output = ""
 
     # ---- running ----------------------------------------------------------------------------------
     def start(self, gen: Generation) -> GenerationHandle:
@@ -171,6 +180,8 @@ class OpenAIServing:
             if event.finish_reason:
                 reasons[event.index] = event.finish_reason
         stats.completion_tokens = tokens
+        if stats.output is not None:
+            stats.output = "\n".join(texts)
         return texts, reasons, tokens
 
     # ---- chat -------------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward(served, "chat/completions", req)
-        gen = self.plan_chat(req, served)
+        gen = self.plan_chat(req, served, stats)
         texts, reasons, tokens = await self.complete(gen, stats)
         return {
             "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": served.name,
@@ -195,7 +206,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward_stream(served, "chat/completions", req)
-        gen = self.plan_chat(req, served)
+        gen = self.plan_chat(req, served, stats)
         handle = self.start(gen)
         return self._chat_chunks(gen, handle, req, stats)
 
@@ -211,6 +222,8 @@ class OpenAIServing:
         async for event in self.events(handle, gen.n):
             tokens += event.tokens
             stats.completion_tokens = tokens
+            if stats.output is not None:
+                stats.output += event.text
             if event.text or event.finish_reason:
                 delta = {"content": event.text} if event.text else {}
                 yield {**base, "choices": [{"index": event.index, "delta": delta, "logprobs": None,
@@ -224,7 +237,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward(served, "completions", req)
-        gen = self.plan_completion(req, served)
+        gen = self.plan_completion(req, served, stats)
         texts, reasons, tokens = await self.complete(gen, stats)
         return {
             "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.name,
@@ -238,7 +251,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward_stream(served, "completions", req)
-        gen = self.plan_completion(req, served)
+        gen = self.plan_completion(req, served, stats)
         handle = self.start(gen)
         return self._completion_chunks(gen, handle, req, stats)
 
@@ -250,6 +263,8 @@ class OpenAIServing:
         async for event in self.events(handle, len(gen.prompts) * gen.n):
             tokens += event.tokens
             stats.completion_tokens = tokens
+            if stats.output is not None:
+                stats.output += event.text
             if event.text or event.finish_reason:
                 yield {**base, "choices": [{"index": event.index, "text": event.text, "logprobs": None,
                                             "finish_reason": event.finish_reason}]}

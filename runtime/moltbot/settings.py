@@ -114,9 +114,11 @@ class Settings:
             raise SettingsError(f"default_models: {self.default_models!r} is not auto, on or off")
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device: {self.device!r} is not cpu or cuda")
-        for name in ("max_running", "max_queued", "max_body_bytes", "embedding_batch_size", "plugin_workers"):
+        for name in ("max_running", "max_body_bytes", "embedding_batch_size", "plugin_workers"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1")
+        if self.max_queued < 0:
+            raise SettingsError("max_queued: must be 0 or more")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         self.log_level = self.log_level.upper()
@@ -195,4 +197,4 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"{name}: {value!r} is not a valid {text_hint}") from None
+        raise SettingsError(f"{name}: {value!r} is not a valid {getattr(hint, '__name__', text_hint)}") from None

@@ -74,10 +74,10 @@ class ModelConfig:
                 raise ModelConfigError(f"{where}: url must be http:// or https://")
             if not re.fullmatch(r"[0-9a-fA-F]{64}", data["sha256"]):
                 raise ModelConfigError(f"{where}: sha256 must be 64 hexadecimal digits")
-        for int_field in ("max_tokens", "max_running", "max_queued"):
+        for int_field, least in (("max_tokens", 1), ("max_running", 1), ("max_queued", 0)):
             value = data.get(int_field)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ModelConfigError(f"{where}: '{int_field}' must be a positive integer")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise ModelConfigError(f"{where}: '{int_field}' must be an integer of at least {least}")
         temperature = data.get("temperature", 0.7)
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
             raise ModelConfigError(f"{where}: 'temperature' must be a number from 0 to 2")

@@ -156,7 +156,7 @@ class ModelRegistry:
         scheduler = GenerationScheduler(
             config.name, decoder, tokenizer, context_length=context,
             max_running=config.max_running or self.settings.max_running,
-            max_queued=config.max_queued or self.settings.max_queued)
+            max_queued=self.settings.max_queued if config.max_queued is None else config.max_queued)
         return ServedModel(config, provider=decoder.provider, scheduler=scheduler, tokenizer=tokenizer,
                            context_length=context)
 

@@ -1,4 +1,4 @@
-"""config.json of a plugin: what the plugin is, its settings (secrets resolved from the environment) and input schema."""
+"""A plugin's config.json: what the plugin is, its settings (secrets from the environment), its input schema."""
 
 from __future__ import annotations
 

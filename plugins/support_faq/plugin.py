@@ -69,7 +69,8 @@ class SupportFaqPlugin(BasePlugin):
         try:
             stat = self.faq_path.stat()
         except OSError as exc:
-            raise PluginError(f"FAQ file {self.faq_path.name} cannot be read: {exc.strerror}", code="faq_missing")
+            raise PluginError(f"FAQ file {self.faq_path.name} cannot be read: {exc.strerror}",
+                              code="faq_missing") from None
         key = (stat.st_mtime_ns, stat.st_size, self.embedding_model)
         if key == self._cache_key:
             return

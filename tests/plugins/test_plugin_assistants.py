@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from moltbot.plugins.manager import PluginManager
-
 from plugin_helpers import BUILTIN_PLUGINS, make_app, make_settings
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,6 @@ import pytest
 
 from moltbot.plugins.errors import PluginError
 from moltbot.plugins.manager import PluginManager
-
 from plugin_helpers import BUILTIN_PLUGINS, make_app, make_settings, write_pdf
 
 pytestmark = pytest.mark.anyio

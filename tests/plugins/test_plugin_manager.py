@@ -12,7 +12,6 @@ import pytest
 
 from moltbot import metrics
 from moltbot.plugins.manager import PluginManager
-
 from plugin_helpers import make_app, make_settings, write_plugin
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +92,8 @@ async def test_broken_plugins_are_listed_counted_and_do_not_stop_the_others(plug
             def __init__(self, config):
                 raise ValueError("needs a database")
     ''', {})
-    write_plugin(plugins_root, "no_secret", README_EXAMPLE, {"settings": {"api_key": {"env": "MOLTBOT_TEST_UNSET_KEY"}}})
+    write_plugin(plugins_root, "no_secret", README_EXAMPLE,
+                 {"settings": {"api_key": {"env": "MOLTBOT_TEST_UNSET_KEY"}}})
     write_plugin(plugins_root, "bad_schema", README_EXAMPLE, {"input_schema": {"type": "no-such-type"}})
     write_plugin(plugins_root, "no_config", README_EXAMPLE)
     before = {n: load_errors(n) for n in ("import_error", "syntax_error", "bad_json", "no_class", "init_raises")}

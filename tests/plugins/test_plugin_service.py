@@ -56,6 +56,7 @@ def test_plugins_in_the_running_service(server_factory, tmp_path):
         again = client.post("/v1/plugins/custom_plugin/execute", json={}, headers=auth).json()
         assert again["version"] == "1.1.0" and again["result"]["has_key"] is False
 
+        assert "/v1/plugins/{name}/execute" in client.get("/openapi.json").json()["paths"]
         metrics = client.get("/metrics").text
         assert 'moltbot_plugin_load_errors_total{plugin="broken"} 1.0' in metrics
         assert 'moltbot_plugin_calls_total{outcome="ok",plugin="custom_plugin"} 2.0' in metrics

@@ -12,7 +12,6 @@ import pytest
 
 from moltbot.plugins.errors import PluginError, PluginInputError
 from moltbot.plugins.manager import PluginManager
-
 from plugin_helpers import BUILTIN_PLUGINS, make_app, make_settings, plugin_module
 
 pytestmark = pytest.mark.anyio
@@ -157,7 +156,8 @@ async def test_sql_is_found_in_model_replies(sql):
     assert extract("```\nselect 1\n```") == "select 1"
     assert extract("The query is SELECT COUNT(*) FROM orders") == "SELECT COUNT(*) FROM orders"
     assert extract("I cannot help with that.") is None
-    assert extract("Use: with totals AS (SELECT 1) SELECT * FROM totals") == "with totals AS (SELECT 1) SELECT * FROM totals"
+    with_clause = "with totals AS (SELECT 1) SELECT * FROM totals"
+    assert extract(f"Use: {with_clause}") == with_clause
 
 
 async def test_question_prompts_the_chat_model_with_the_schema(sql, models):

@@ -15,7 +15,6 @@ import pytest
 
 from moltbot.plugins.errors import PluginError
 from moltbot.plugins.manager import PluginManager
-
 from plugin_helpers import BUILTIN_PLUGINS, make_settings, plugin_module
 
 pytestmark = pytest.mark.anyio

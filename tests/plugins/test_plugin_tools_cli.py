@@ -11,7 +11,6 @@ from moltbot.plugins.cli import add_subcommands
 from moltbot.plugins.errors import PluginNotFound
 from moltbot.plugins.manager import PluginManager
 from moltbot.plugins.tools import plugin_tool_specs, run_tool_calls
-
 from plugin_helpers import make_settings, write_plugin
 
 WEATHER = '''

@@ -11,7 +11,7 @@ from moltbot.plugins.cli import add_subcommands
 from moltbot.plugins.errors import PluginNotFound
 from moltbot.plugins.manager import PluginManager
 from moltbot.plugins.tools import plugin_tool_specs, run_tool_calls
-from plugin_helpers import make_settings, write_plugin
+from plugin_helpers import BUILTIN_PLUGINS, make_settings, write_plugin
 
 WEATHER = '''
 from moltbot.plugins import BasePlugin
@@ -90,3 +90,17 @@ def test_plugins_test_reports_a_load_error(plugins_root, capsys):
     assert cli(["plugins", "test", "broken", "--dir", str(plugins_root)]) == 1
     error = json.loads(capsys.readouterr().err)["error"]
     assert "failed to load" in error["message"] and "nothing_here_at_all" in error["message"]
+
+
+def test_plugins_test_with_the_models(tmp_path, monkeypatch, capsys, defaults_dir):
+    monkeypatch.setenv("MOLTBOT_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("MOLTBOT_DEFAULTS_DIR", str(defaults_dir))
+    monkeypatch.setenv("MOLTBOT_CACHE_DIR", str(tmp_path / "cache"))
+    question = '{"question": "How much does shipping cost?"}'
+    assert cli(["plugins", "test", "support_faq", "--dir", str(BUILTIN_PLUGINS), "--input", question]) == 1
+    assert "no models are available" in json.loads(capsys.readouterr().err)["error"]["message"]
+
+    assert cli(["plugins", "test", "support_faq", "--dir", str(BUILTIN_PLUGINS), "--input", question,
+                "--models"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["matched_question"] == "How much does shipping cost?" and result["score"] > 0.99

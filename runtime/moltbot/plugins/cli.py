@@ -45,6 +45,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     test.add_argument("name")
     test.add_argument("--dir", type=Path, default=None, help="plugins folder (default: the plugins_dir setting)")
     test.add_argument("--input", default="{}", help="the input as JSON, or @FILE to read it from a file")
+    test.add_argument("--models", action="store_true",
+                      help="load the configured models (or the embedded defaults) so context.models works")
     test.set_defaults(func=run_test)
 
 
@@ -103,16 +105,24 @@ def run_test(args: argparse.Namespace) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"error: --input: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run_once(_plugins_dir(args.dir), args.name, payload))
+    return asyncio.run(_run_once(_plugins_dir(args.dir), args.name, payload, args.models))
 
 
-async def _run_once(root: Path, name: str, payload: Any) -> int:
+async def _run_once(root: Path, name: str, payload: Any, with_models: bool) -> int:
     from moltbot.settings import Settings
 
     from .manager import PluginManager
 
     settings = Settings.load({"plugins_dir": root})
-    manager = PluginManager(settings)
+    registry = None
+    if with_models:
+        from moltbot.engine.registry import ModelRegistry
+
+        registry = ModelRegistry(settings)
+        await asyncio.to_thread(registry.load_all)
+        for failure in registry.failures:
+            print(f"warning: model {failure['model']} not loaded: {failure['error']}", file=sys.stderr)
+    manager = PluginManager(settings, models=registry)
     try:
         try:
             await manager.reload([name])
@@ -125,3 +135,5 @@ async def _run_once(root: Path, name: str, payload: Any) -> int:
         return 0
     finally:
         await manager.close()
+        if registry is not None:
+            await registry.close()

@@ -81,6 +81,14 @@ class ManagedProcess:
         if self.process.poll() is not None:
             pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
 
+    def wait_ready(self, url: str, timeout: float) -> None:
+        """Waits for `url` to answer 200; stops the process (no leftovers) if it never does."""
+        try:
+            wait_until(lambda: self.assert_running() or http_get(url)[0] == 200, timeout, f"{self.name} at {url}")
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self, timeout: float = 15) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -97,8 +105,7 @@ def start_node_exporter(work_dir: Path) -> tuple[ManagedProcess, str]:
     address = f"127.0.0.1:{free_port()}"
     exporter = ManagedProcess("node-exporter", [require_binary("prometheus-node-exporter"),
                                                 f"--web.listen-address={address}"], work_dir)
-    wait_until(lambda: exporter.assert_running() or http_get(f"http://{address}/metrics")[0] == 200, 20,
-               "node exporter /metrics")
+    exporter.wait_ready(f"http://{address}/metrics", 20)
     return exporter, address
 
 
@@ -134,8 +141,7 @@ class Prometheus:
             require_binary("prometheus"), f"--config.file={config}", f"--web.listen-address={self.address}",
             f"--storage.tsdb.path={work_dir / 'data'}", "--storage.tsdb.retention.time=1h",
         ], work_dir)
-        wait_until(lambda: self.process.assert_running() or http_get(f"{self.url}/-/ready")[0] == 200, 30,
-                   "Prometheus /-/ready")
+        self.process.wait_ready(f"{self.url}/-/ready", 30)
 
     def api(self, path: str, **params: str) -> object:
         """GETs /api/v1/<path>; raises AssertionError with Prometheus' message when it reports an error."""
@@ -361,8 +367,7 @@ class Alertmanager:
             f"--storage.path={work_dir / 'alertmanager-data'}", f"--web.listen-address={self.address}",
             "--cluster.listen-address=",
         ], work_dir)
-        wait_until(lambda: self.process.assert_running() or http_get(f"{self.url}/-/ready")[0] == 200, 30,
-                   "Alertmanager /-/ready")
+        self.process.wait_ready(f"{self.url}/-/ready", 30)
 
     def post_alerts(self, alerts: list[dict]) -> None:
         request = urllib.request.Request(f"{self.url}/api/v2/alerts", data=json.dumps(alerts).encode(),

@@ -1,0 +1,115 @@
+# Moltbot container image: one Dockerfile, two variants (build with `make image`, see mk/image.mk).
+#   VARIANT=cpu  ONNX Runtime for the CPU, no CUDA at all                 (make image             -> moltbot:latest)
+#   VARIANT=gpu  onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries    (make image VARIANT=gpu -> moltbot:gpu)
+#                from PyPI's nvidia-* wheels; run it with `docker run --gpus all` (NVIDIA Container Toolkit).
+# BASE_IMAGE: any Debian 12 (bookworm) image with apt; `make image` builds an equivalent one with debootstrap
+# where the public one can't be pulled.
+# Build context: the repository plus two folders `make image` prepares:
+#   build/default-models  the embedded default models, made on the build host with the project's own environment
+#                         (`moltbot models defaults --output build/default-models`: it needs torch, which a docker
+#                         build can only get from PyPI as a CUDA build of several GB);
+#   build/image-ca        extra CA certificates the build host trusts (TLS-intercepting proxies); used by pip in the
+#                         build stages only, never copied into the final image. Usually empty.
+# The final image carries the serving path only: no torch, transformers or optimum, no pip, no compilers.
+
+ARG BASE_IMAGE=debian:bookworm-slim
+ARG VARIANT=cpu
+
+FROM ${BASE_IMAGE} AS python-base
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+
+# Dependencies first (they change rarely), in a venv that has no pip of its own: pip and the build tools live
+# in /opt/build-tools and install into it with --python.
+FROM python-base AS deps
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+COPY build/image-ca/ /usr/local/share/ca-certificates/build-host/
+RUN update-ca-certificates >/dev/null
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_DEFAULT_TIMEOUT=120
+RUN python3 -m venv /opt/build-tools \
+ && /opt/build-tools/bin/pip install -q "pip>=24" "setuptools>=69" wheel \
+ && python3 -m venv --without-pip /opt/moltbot/venv
+COPY pyproject.toml /src/pyproject.toml
+ARG VARIANT
+# The runtime's dependencies and the variant's extra, read from pyproject.toml; the gpu variant adds the
+# onnxruntime-gpu extras that pull the CUDA and cuDNN wheels (the version stays the one pyproject pins).
+RUN case "$VARIANT" in \
+      cpu) variant_packages="" ;; \
+      gpu) variant_packages="onnxruntime-gpu[cuda,cudnn]" ;; \
+      *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1 ;; \
+    esac \
+ && python3 -c 'import sys, tomllib; project = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; print("\n".join(project["dependencies"] + project["optional-dependencies"][sys.argv[1]]))' \
+      "$VARIANT" >/tmp/requirements.txt \
+ && /opt/build-tools/bin/pip --python /opt/moltbot/venv/bin/python install -q -r /tmp/requirements.txt $variant_packages \
+ && if /opt/moltbot/venv/bin/python -c 'import torch' 2>/dev/null || /opt/moltbot/venv/bin/python -c 'import transformers' 2>/dev/null; then \
+      echo "torch or transformers got into the serving environment" >&2; exit 1; \
+    fi
+
+# The moltbot package itself (changes often): its installed files are staged under /staging so that the final
+# image gets them as one small layer on top of the dependencies.
+FROM deps AS app
+COPY README.md /src/README.md
+COPY runtime /src/runtime
+RUN /opt/build-tools/bin/pip wheel -q --no-deps --no-build-isolation -w /tmp/wheels /src \
+ && /opt/build-tools/bin/pip --python /opt/moltbot/venv/bin/python install -q --no-deps /tmp/wheels/moltbot-*.whl \
+ && /opt/moltbot/venv/bin/python -c 'import importlib.metadata as md, os; print("\n".join(os.path.realpath(f.locate()).lstrip("/") for f in md.distribution("moltbot").files))' \
+      >/tmp/moltbot-files \
+ && mkdir /staging \
+ && tar -C / -cf - -T /tmp/moltbot-files | tar -C /staging -xf -
+
+# Per-variant settings.
+FROM python-base AS runtime-cpu
+ENV MOLTBOT_DEVICE=cpu
+FROM python-base AS runtime-gpu
+ENV MOLTBOT_DEVICE=cuda \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+FROM runtime-${VARIANT}
+RUN groupadd --gid 10001 moltbot \
+ && useradd --uid 10001 --gid 10001 --no-log-init --home-dir /app --no-create-home --shell /usr/sbin/nologin moltbot \
+ && mkdir -p /app/models /app/plugins /app/logs \
+ && chown moltbot:moltbot /app /app/models /app/plugins /app/logs
+# The folders are the three volumes. The cache (ONNX exports of mounted checkpoints, plugin data) lives in the
+# models volume so that it survives the container and works with --read-only. Draining after SIGTERM is kept
+# under `docker stop`'s default 10 s grace; raise both (--stop-timeout, MOLTBOT_SHUTDOWN_TIMEOUT) for long requests.
+ENV PATH=/opt/moltbot/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/app \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MOLTBOT_HOST=0.0.0.0 \
+    MOLTBOT_PORT=8080 \
+    MOLTBOT_HTTPS_PORT=8443 \
+    MOLTBOT_MODELS_DIR=/app/models \
+    MOLTBOT_PLUGINS_DIR=/app/plugins \
+    MOLTBOT_LOGS_DIR=/app/logs \
+    MOLTBOT_DEFAULTS_DIR=/opt/moltbot/defaults \
+    MOLTBOT_CACHE_DIR=/app/models/.cache \
+    MOLTBOT_SHUTDOWN_TIMEOUT=8
+COPY build/default-models/ /opt/moltbot/defaults/
+COPY --from=deps /opt/moltbot/venv /opt/moltbot/venv
+ARG VARIANT
+# The gpu variant: make the CUDA and cuDNN libraries from the nvidia-* wheels known to the dynamic loader.
+RUN nvidia_libs="$(find /opt/moltbot/venv/lib/python3*/site-packages/nvidia -mindepth 2 -maxdepth 2 -type d -name lib 2>/dev/null || true)" \
+ && if [ "$VARIANT" = gpu ]; then \
+      [ -n "$nvidia_libs" ] || { echo "the gpu variant has no CUDA libraries" >&2; exit 1; }; \
+      echo "$nvidia_libs" >/etc/ld.so.conf.d/moltbot-nvidia.conf && ldconfig; \
+    elif [ -n "$nvidia_libs" ]; then \
+      echo "the cpu variant must not carry CUDA libraries: $nvidia_libs" >&2; exit 1; \
+    fi
+COPY --from=app /staging/ /
+COPY scripts/image-entrypoint.sh /usr/local/bin/moltbot-entrypoint
+WORKDIR /app
+VOLUME ["/app/models", "/app/plugins", "/app/logs"]
+EXPOSE 8080 8443
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["/opt/moltbot/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('MOLTBOT_PORT', '8080'), timeout=4)"]
+ENTRYPOINT ["/usr/local/bin/moltbot-entrypoint"]
+CMD ["moltbot", "serve"]

@@ -1,0 +1,38 @@
+# Container image (Dockerfile, scripts/image-build.sh):
+#   make image                   the cpu variant as moltbot:latest
+#   make image VARIANT=gpu       the gpu variant as moltbot:gpu
+#   make image-archive           docker save of moltbot:latest to build/images/moltbot-latest.tar
+# BASE_IMAGE (default debian:bookworm-slim): where it can't be pulled (no registry), an equivalent Debian 12 base
+# is built here with debootstrap (scripts/build-base-image.sh, cached as local/debian:bookworm-slim).
+# The default models baked into the image are made on this host with the project's venv (they need torch).
+
+VARIANT ?= cpu
+BASE_IMAGE ?= debian:bookworm-slim
+IMAGE_DEFAULT_MODELS := build/default-models
+IMAGE_ARCHIVE := build/images/moltbot-latest.tar
+# The export code that makes the default models: when it changes, they are made again.
+IMAGE_DEFAULTS_SOURCES := $(wildcard runtime/moltbot/export/*.py)
+
+# The image tests (tests/image) run the image built here.
+TEST_DEPS += image
+
+.PHONY: image image-archive image-default-models
+
+## image              - build the container image (VARIANT=cpu|gpu, BASE_IMAGE=...)
+## image-archive      - save moltbot:latest to build/images/moltbot-latest.tar
+
+$(IMAGE_DEFAULT_MODELS)/.made: $(VENV)/.installed-run $(IMAGE_DEFAULTS_SOURCES)
+	$(VENV)/bin/moltbot models defaults --output $(IMAGE_DEFAULT_MODELS) $(if $(wildcard $@),--force)
+	touch $@
+
+image-default-models: $(IMAGE_DEFAULT_MODELS)/.made
+
+image: $(IMAGE_DEFAULT_MODELS)/.made system-deps
+	VARIANT="$(VARIANT)" BASE_IMAGE="$(BASE_IMAGE)" bash scripts/image-build.sh
+
+image-archive:
+	$(MAKE) --no-print-directory image VARIANT=cpu
+	mkdir -p $(dir $(IMAGE_ARCHIVE))
+	docker save moltbot:latest -o $(IMAGE_ARCHIVE).part
+	mv $(IMAGE_ARCHIVE).part $(IMAGE_ARCHIVE)
+	@echo "image-archive: $(IMAGE_ARCHIVE) ($$(du -m $(IMAGE_ARCHIVE) | cut -f1) MB)"

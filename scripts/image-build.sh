@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds the Moltbot container image from the root Dockerfile (`make image` calls this).
+#   VARIANT=cpu|gpu        (default cpu)
+#   IMAGE_TAG              (default moltbot:latest for cpu, moltbot:gpu for gpu)
+#   BASE_IMAGE             (default debian:bookworm-slim). When it is neither here nor pullable (machines that reach
+#                          no container registry) and it is the default, an equivalent base is built locally with
+#                          debootstrap (scripts/build-base-image.sh, cached as LOCAL_BASE_IMAGE) and used instead.
+#   DEFAULT_MODELS_DIR     (default build/default-models) the embedded default models, made beforehand by
+#                          `moltbot models defaults --output build/default-models`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+variant="${VARIANT:-cpu}"
+case "$variant" in
+  cpu) tag="${IMAGE_TAG:-moltbot:latest}" ;;
+  gpu) tag="${IMAGE_TAG:-moltbot:gpu}" ;;
+  *) echo "image-build: VARIANT must be cpu or gpu, not '$variant'" >&2; exit 2 ;;
+esac
+public_base="debian:bookworm-slim"
+base="${BASE_IMAGE:-$public_base}"
+local_base="${LOCAL_BASE_IMAGE:-local/debian:bookworm-slim}"
+models_dir="${DEFAULT_MODELS_DIR:-build/default-models}"
+
+if [ "$models_dir" != build/default-models ]; then
+  # The Dockerfile copies build/default-models; a folder elsewhere is mirrored there first.
+  mkdir -p build/default-models
+  cp -a --remove-destination "$models_dir/." build/default-models/
+fi
+for model in tiny-chat all-minilm-l6-v2; do
+  if [ ! -f "build/default-models/$model/model.onnx" ] || [ ! -f "build/default-models/$model/moltbot-export.json" ]; then
+    echo "image-build: build/default-models/$model is missing or incomplete; make it first with" >&2
+    echo "  .venv/bin/moltbot models defaults --output build/default-models   (or run \`make image\`)" >&2
+    exit 1
+  fi
+done
+
+if docker image inspect "$base" >/dev/null 2>&1; then
+  echo "image-build: base image $base (present here)"
+elif timeout 300 docker pull -q "$base" >/dev/null 2>&1; then
+  echo "image-build: base image $base (pulled)"
+elif [ "$base" = "$public_base" ]; then
+  echo "image-build: $public_base can't be pulled here (no container registry reachable);"
+  echo "image-build: using an equivalent Debian 12 base built locally with debootstrap: $local_base"
+  base="$(bash scripts/build-base-image.sh "$local_base" | tail -n 1)"
+else
+  echo "image-build: base image $base is neither here nor pullable" >&2
+  exit 1
+fi
+
+# Extra CA certificates this host trusts (TLS-intercepting proxies between the build and PyPI); the build
+# stages use them for pip, the final image never contains them.
+rm -rf build/image-ca
+mkdir -p build/image-ca
+find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} build/image-ca/ \; 2>/dev/null || true
+
+version="$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "image-build: building $tag (VARIANT=$variant, BASE_IMAGE=$base)"
+started=$SECONDS
+# The classic builder: CI's docker.io 20.10 client has no buildx, and the Dockerfile needs no BuildKit feature.
+if ! DOCKER_BUILDKIT=0 docker build --network host \
+    --build-arg VARIANT="$variant" --build-arg BASE_IMAGE="$base" \
+    --label org.opencontainers.image.title=moltbot \
+    --label org.opencontainers.image.version="$version" \
+    --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.base.name="$base" \
+    --label io.moltbot.variant="$variant" \
+    -t "$tag" . 2>&1 |
+    sed -u -e '/^DEPRECATED: The legacy builder/d' -e '/BuildKit is currently disabled/d' \
+        -e '/Install the buildx component/d' -e '/docs.docker.com\/go\/buildx/d' -e '/^ *$/d'; then
+  echo "image-build: docker build of $tag failed" >&2
+  exit 1
+fi
+size_mb="$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f", $1/1e6}')"
+echo "image-build: built $tag in $((SECONDS - started)) s, $size_mb MB"

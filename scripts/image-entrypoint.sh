@@ -1,0 +1,21 @@
+#!/bin/sh
+# Container entrypoint (installed as /usr/local/bin/moltbot-entrypoint). Started as root, it hands the writable
+# volume folders to the service user when they are not writable by it (an operator's `mkdir -p /data/moltbot/...`
+# makes them root-owned), then replaces itself with the command run as that user, so the runtime is PID 1 and
+# gets SIGTERM from `docker stop` directly. Started with `--user`, it changes nothing and just runs the command.
+set -eu
+service_user="${MOLTBOT_USER:-moltbot}"
+
+if [ "$(id -u)" = 0 ]; then
+  uid="$(id -u "$service_user")"
+  gid="$(id -g "$service_user")"
+  for dir in "${MOLTBOT_LOGS_DIR:-/app/logs}" "${MOLTBOT_MODELS_DIR:-/app/models}"; do
+    [ -d "$dir" ] || continue
+    if ! setpriv --reuid="$uid" --regid="$gid" --clear-groups test -w "$dir"; then
+      echo "moltbot-entrypoint: $dir is not writable by $service_user ($uid:$gid); changing its owner to $uid:$gid" >&2
+      chown "$uid:$gid" "$dir"
+    fi
+  done
+  exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs --inh-caps=-all -- "$@"
+fi
+exec "$@"

@@ -42,10 +42,10 @@ def serve_dcgm_sample() -> ThreadingHTTPServer:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("prometheus-queries")
-    exporter, exporter_address = start_node_exporter(work_dir)
     dcgm = serve_dcgm_sample()
-    server = None
+    exporter = server = None
     try:
+        exporter, exporter_address = start_node_exporter(work_dir)
         server = Prometheus(work_dir, {"node": [exporter_address], "dcgm": [f"127.0.0.1:{dcgm.server_port}"]},
                             RULE_FILES)
         server.wait_for_up("node")
@@ -57,7 +57,8 @@ def prometheus(tmp_path_factory):
         if server:
             server.stop()
         dcgm.shutdown()
-        exporter.stop()
+        if exporter:
+            exporter.stop()
 
 
 @pytest.mark.parametrize("name, expr", rule_expressions(), ids=[name for name, _ in rule_expressions()])

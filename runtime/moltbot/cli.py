@@ -104,7 +104,13 @@ class _ProgressBar:
 def cmd_models_export(args: argparse.Namespace) -> int:
     from moltbot.export.__main__ import main as export_main
 
-    return export_main([args.source, args.output, "--task", args.task, "--dtype", args.dtype, "--device", args.device])
+    code = export_main([args.source, args.output, "--task", args.task, "--dtype", args.dtype,
+                        "--device", args.device])
+    if code or not args.quantize:
+        return code
+    from moltbot.export.quantize import main as quantize_main
+
+    return quantize_main([args.output, args.output])
 
 
 def cmd_models_defaults(args: argparse.Namespace) -> int:
@@ -153,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--task", choices=["chat", "embeddings"], default="chat")
     export.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     export.add_argument("--device", default="cpu")
+    export.add_argument("--quantize", choices=["int8"], help="also quantise the export (CPU, dynamic int8)")
     export.set_defaults(func=cmd_models_export)
     defaults = models_sub.add_parser("defaults", help="make the embedded default models (needs the export extra)")
     defaults.add_argument("--output", help="folder (default: the defaults_dir setting)")

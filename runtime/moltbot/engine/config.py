@@ -7,7 +7,8 @@ context length for chat models), temperature (default when a request sets none),
 - local: path (an Optimum ONNX export, or a Hugging Face PyTorch checkpoint exported once and cached);
 - remote: url (http/https archive of a model folder: .tar.gz, .tgz, .tar or .zip) and sha256;
 - service: base_url, model (the upstream name), api_key_env (variable holding the upstream key).
-Optional for local and remote: device (cpu | cuda), max_running, max_queued (override the service settings).
+Optional for local and remote: device (cpu | cuda), max_running, max_queued (override the service settings),
+quantize (`int8`: ONNX Runtime dynamic quantisation of the MatMul weights, made once and cached; CPU).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ModelConfig:
     device: str | None = None
     max_running: int | None = None
     max_queued: int | None = None
+    quantize: str | None = None
     description: str = ""
     source: str = ""  # the file it came from
 
@@ -81,6 +83,10 @@ class ModelConfig:
         temperature = data.get("temperature", 0.7)
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
             raise ModelConfigError(f"{where}: 'temperature' must be a number from 0 to 2")
+        if data.get("quantize") not in (None, "int8"):
+            raise ModelConfigError(f"{where}: quantize must be int8 (or left out)")
+        if data.get("quantize") and data["type"] == "service":
+            raise ModelConfigError(f"{where}: a service model cannot be quantised here")
         if data.get("device") not in (None, "cpu", "cuda"):
             raise ModelConfigError(f"{where}: device must be cpu or cuda")
         return cls(**{**data, "temperature": float(temperature), "task": task}, source=source)

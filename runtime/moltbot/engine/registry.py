@@ -20,7 +20,7 @@ from moltbot.engine.embedding import EmbeddingBatcher, EncoderModel
 from moltbot.engine.generation import DecoderModel, GenerationScheduler, SamplingParams
 from moltbot.engine.service import ServiceClient
 from moltbot.engine.sessions import DeviceOptions
-from moltbot.engine.sources import ModelSourceError, fetch_remote, resolve_local
+from moltbot.engine.sources import ModelSourceError, fetch_remote, quantized, resolve_local
 from moltbot.engine.tokenizer import TextTokenizer
 from moltbot.settings import Settings
 
@@ -142,6 +142,8 @@ class ModelRegistry:
         else:
             folder = Path(config.path)
         folder = resolve_local(folder, config.task, self.settings.cache_dir)
+        if config.quantize == "int8":
+            folder = quantized(folder, self.settings.cache_dir)
         options = self._device_options(config)
         if config.task == "embeddings":
             encoder = EncoderModel(folder, options)

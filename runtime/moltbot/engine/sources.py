@@ -59,11 +59,24 @@ def resolve_local(folder: Path, task: str, cache_dir: Path) -> Path:
 
 def export_to(src: Path, dst: Path, task: str) -> None:
     """Export with Optimum in a child process, so that this process never imports torch."""
-    cmd = [sys.executable, "-m", "moltbot.export", str(src), str(dst), "--task", task]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    _run_export_step(["moltbot.export", str(src), str(dst), "--task", task], f"exporting {src} to ONNX")
+
+
+def quantized(folder: Path, cache_dir: Path) -> Path:
+    """The int8 copy of an ONNX model folder, made once (in a child process) and cached."""
+    onnx_file = folder / "model.onnx"
+    stamp = hashlib.sha256(f"{folder.resolve()}:{onnx_file.stat().st_size}:{onnx_file.stat().st_mtime_ns}".encode())
+    target = Path(cache_dir) / "quantized" / f"{folder.name}-int8-{stamp.hexdigest()[:16]}"
+    if not is_onnx_export(target):
+        _run_export_step(["moltbot.export.quantize", str(folder), str(target)], f"quantising {folder} to int8")
+    return target
+
+
+def _run_export_step(module_args: list[str], what: str) -> None:
+    result = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ModelSourceError(f"exporting {src} to ONNX failed: {' / '.join(tail)}")
+        raise ModelSourceError(f"{what} failed: {' / '.join(tail)}")
 
 
 def fetch_remote(config: ModelConfig, models_dir: Path,

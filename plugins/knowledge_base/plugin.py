@@ -184,15 +184,25 @@ class KnowledgeBasePlugin(BasePlugin):
         passages = self._search(context)
         if not passages:
             raise PluginError("the knowledge base is empty: run the ingest action first", code="empty_index")
-        sources = "\n\n".join(
-            f"[{n}] (source: {p['source']}{', ' + p['location'] if p['location'] else ''})\n{p['text']}"
-            for n, p in enumerate(passages, 1))
-        messages = [
-            {"role": "system", "content": ANSWER_SYSTEM_PROMPT},
-            {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {context.input['query']}"},
-        ]
-        reply = context.models.chat(messages, model=self.chat_model, max_tokens=self.max_answer_tokens,
-                                    temperature=0.0)
+        while True:
+            sources = "\n\n".join(
+                f"[{n}] (source: {p['source']}{', ' + p['location'] if p['location'] else ''})\n{p['text']}"
+                for n, p in enumerate(passages, 1))
+            messages = [
+                {"role": "system", "content": ANSWER_SYSTEM_PROMPT},
+                {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {context.input['query']}"},
+            ]
+            try:
+                reply = context.models.chat(messages, model=self.chat_model, max_tokens=self.max_answer_tokens,
+                                            temperature=0.0)
+                break
+            except PluginError as exc:
+                # A prompt too long for the model's context: fewer passages, down to one.
+                if exc.code != "model_error" or len(passages) == 1:
+                    raise
+                context.logger.info("prompt too long with %d passages; trying %d", len(passages),
+                                    len(passages) // 2)
+                passages = passages[:len(passages) // 2]
         text = reply.get("content") or ""
         cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", text) if 1 <= int(n) <= len(passages)})
         return {

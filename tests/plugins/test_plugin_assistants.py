@@ -102,3 +102,18 @@ async def test_code_assistant_uses_the_template_of_each_task(builtins, models):
 
     _, reply = await app.asgi_client.post("/v1/plugins/code_assistant/execute", json={"task": "golf", "code": "x"})
     assert reply.status == 400 and reply.json["error"]["param"] == "task"
+
+
+async def test_a_model_the_service_does_not_serve_is_a_clear_error(tmp_path, models):
+    root = tmp_path / "plugins"
+    shutil.copytree(BUILTIN_PLUGINS / "code_assistant", root / "code_assistant")
+    config = json.loads((root / "code_assistant" / "config.json").read_text())
+    config["settings"]["chat_model"] = "llama-70b-not-here"
+    (root / "code_assistant" / "config.json").write_text(json.dumps(config))
+    manager = PluginManager(make_settings(root, tmp_path), models=models)
+    await manager.load_all()
+    _, reply = await make_app(manager).asgi_client.post("/v1/plugins/code_assistant/execute",
+                                                        json={"task": "explain", "code": "x = 1"})
+    assert reply.status == 422
+    assert reply.json["error"]["code"] == "model_not_found" and "llama-70b-not-here" in reply.json["error"]["message"]
+    await manager.close()

@@ -145,6 +145,12 @@ async def test_answer_grounds_the_chat_model_on_cited_passages(kb, models):
     assert result["citations"][0]["source"] == "sales/product_pricing.pdf"
     assert all(1 <= n <= 3 for n in result["cited"]) and result["model"] == models.chat_replies[0]["model"]
 
+    # More passages than the model's context holds (tiny-chat: 2048 tokens): fewer are sent, not an error.
+    wide = await run(manager, action="answer", query="What does the Pro plan cost?", top_k=12)
+    attempts = models.chat_calls[1:]
+    assert len(attempts) >= 2 and "[12]" in attempts[0]["messages"][1]["content"]
+    assert len(wide["citations"]) < 12 and wide["answer"] == models.chat_replies[-1]["content"]
+
 
 async def test_ingest_speed_on_a_larger_folder(kb):
     """Reported, not asserted against a clock: 4 copies of the set, every chunk embedded by the real model."""

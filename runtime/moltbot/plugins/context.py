@@ -6,9 +6,10 @@ import asyncio
 import logging
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 from .errors import PluginError, PluginTimeout
 
@@ -58,6 +59,17 @@ class _LoopBridge:
             raise PluginTimeout(f"plugin '{self._plugin}' ran out of time") from None
 
 
+@contextmanager
+def _model_errors() -> Iterator[None]:
+    """The registry's refusals as errors the plugin (and its caller) can act on."""
+    try:
+        yield
+    except KeyError as exc:  # the registry's ModelNotFound
+        raise PluginError(f"model {exc.args[0] if exc.args else ''} is not served", code="model_not_found") from None
+    except ValueError as exc:  # e.g. a prompt longer than the model's context
+        raise PluginError(f"the model refused the request: {exc}", code="model_error") from None
+
+
 class PluginModels:
     """The served models. `chat`/`embed` block (for plain `execute`); `achat`/`aembed` are awaitable."""
 
@@ -74,10 +86,14 @@ class PluginModels:
         return list(self._require().model_names(task))
 
     async def achat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-        return await self._require().chat(messages, **kwargs)
+        registry = self._require()
+        with _model_errors():
+            return await registry.chat(messages, **kwargs)
 
     async def aembed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
-        return await self._require().embed(texts, model=model)
+        registry = self._require()
+        with _model_errors():
+            return await registry.embed(texts, model=model)
 
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         return self._bridge.wait(lambda: self.achat(messages, **kwargs))

@@ -109,7 +109,7 @@ class KnowledgeBasePlugin(BasePlugin):
         seen: set[str] = set()
         report = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0, "errors": []}
         started = time.perf_counter()
-        timing = {"embed": 0.0}
+        timing = {"embed": 0.0, "last_flush": 0.0}
         # Chunks of several small files are embedded together: one model call per embed_batch chunks.
         pending: list[tuple[str, FileState, bool, list[tuple[str | None, str]]]] = []
 
@@ -118,7 +118,8 @@ class KnowledgeBasePlugin(BasePlugin):
             began = time.perf_counter()
             vectors = np.concatenate([self._embed(context, texts[i:i + self.embed_batch])
                                       for i in range(0, len(texts), self.embed_batch)]) if texts else None
-            timing["embed"] += time.perf_counter() - began
+            timing["last_flush"] = time.perf_counter() - began
+            timing["embed"] += timing["last_flush"]
             offset = 0
             for relative, state, is_update, chunks in pending:
                 part = vectors[offset:offset + len(chunks)] if chunks else np.zeros((0, 0), dtype=np.float32)
@@ -129,7 +130,8 @@ class KnowledgeBasePlugin(BasePlugin):
             pending.clear()
 
         for path in on_disk:
-            if context.time_left() < 1:
+            # Stop while there is time to store what is done: the next ingest continues from there.
+            if context.time_left() < max(1.0, 3 * timing["last_flush"]):
                 report["stopped_early"] = "out of time; run ingest again to continue where it stopped"
                 break
             relative = path.relative_to(root).as_posix()

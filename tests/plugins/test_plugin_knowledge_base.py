@@ -162,3 +162,28 @@ async def test_ingest_speed_on_a_larger_folder(kb):
     assert report["chunks"] == report["total"]["chunks"] >= 50
     print(f"\nknowledge_base bulk ingest: {report['chunks']} chunks from {report['added']} files in "
           f"{report['seconds']} s = {report['chunks_per_second']} chunks/s (embedding {report['embed_seconds']} s)")
+
+
+async def test_an_ingest_out_of_time_stops_cleanly_and_the_next_one_continues(tmp_path, models):
+    root = tmp_path / "plugins"
+    shutil.copytree(BUILTIN_PLUGINS / "knowledge_base", root / "knowledge_base")
+    config = json.loads((root / "knowledge_base" / "config.json").read_text())
+    config["timeout"] = 4
+    config["settings"]["embed_batch"] = 4
+    (root / "knowledge_base" / "config.json").write_text(json.dumps(config))
+    manager = PluginManager(make_settings(root, tmp_path), models=models)
+    await manager.load_all()
+    documents = manager.data_root() / "knowledge_base" / "documents"
+    for copy in range(3):
+        copy_documents(documents / f"copy_{copy}")
+    runs = []
+    for _ in range(20):
+        report = await run(manager, action="ingest")
+        runs.append(report)
+        if "stopped_early" not in report:
+            break
+    assert "stopped_early" in runs[0] and 0 < runs[0]["added"] < 30
+    assert "stopped_early" not in runs[-1] and sum(r["added"] for r in runs) == 30
+    assert runs[-1]["total"]["files"] == 30
+    print(f"\nknowledge_base: 30 files ingested in {len(runs)} calls of at most 4 s")
+    await manager.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -315,9 +316,6 @@ async def test_reload_swaps_versions_and_keeps_the_previous_one_when_the_new_one
     assert await manager.execute("versioned", {}, request_id="r") == {"value": "three"}
     assert manager.describe()[0]["name"] == "added"
 
-    for path in folder.iterdir():
-        path.unlink() if path.is_file() else None
-    import shutil
     shutil.rmtree(folder)
     outcomes = await manager.reload()
     assert {"name": "versioned", "status": "removed", "error": None} in outcomes
@@ -433,4 +431,34 @@ async def test_context_gives_logger_data_dir_other_plugins_and_a_bounded_call_de
     assert "use the `a`-prefixed method" in caplog.text
     with pytest.raises(PluginError, match="no models are available"):
         await manager.execute("wants_models", {}, request_id="r")
+    await manager.close()
+
+
+async def test_watching_the_folder_reloads_edited_new_and_removed_plugins(plugins_root, tmp_path):
+    folder = write_plugin(plugins_root, "versioned", VERSIONED, {"version": "1"})
+    (folder / "helper.py").write_text("VALUE = 'one'\n")
+    manager = await started(plugins_root, tmp_path)
+    manager.start_watching(0.05)
+
+    async def until(condition) -> None:
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if condition():
+                return
+        raise AssertionError(f"not seen: {manager.describe()}")
+
+    await asyncio.sleep(0.2)
+    (folder / "helper.py").write_text("VALUE = 'two'\n")
+    (folder / "config.json").write_text(json.dumps({"version": "2"}))
+    await until(lambda: manager.describe()[0]["version"] == "2")
+    assert await manager.execute("versioned", {}, request_id="r") == {"value": "two"}
+
+    write_plugin(plugins_root, "newcomer", README_EXAMPLE, {})
+    await until(lambda: "newcomer" in manager.runnable_names())
+    (folder / "helper.py").write_text("VALUE = (\n")  # broken: version 2 keeps serving
+    await until(lambda: "still serving version 2" in (manager.describe()[1]["error"] or ""))
+    assert await manager.execute("versioned", {}, request_id="r") == {"value": "two"}
+
+    shutil.rmtree(folder)
+    await until(lambda: manager.runnable_names() == ["newcomer"])
     await manager.close()

@@ -100,6 +100,7 @@ class PluginManager:
                                             thread_name_prefix="moltbot-plugin")
         self._records: dict[Path, PluginRecord] = {}
         self._reload_lock = asyncio.Lock()
+        self._watcher: asyncio.Task | None = None
 
     # ---- discovery and loading
 
@@ -116,8 +117,13 @@ class PluginManager:
                       and ((p / "plugin.py").exists() or (p / "config.json").exists()))
 
     async def load_all(self) -> list[dict[str, Any]]:
-        """Load every plugin folder; failures are recorded, logged and counted, never raised."""
-        return await self.reload()
+        """Load every plugin folder; failures are recorded, logged and counted, never raised. With the
+        plugin_watch_interval setting above 0, changed folders are then reloaded on their own."""
+        outcomes = await self.reload()
+        interval = float(getattr(self.settings, "plugin_watch_interval", 0) or 0)
+        if interval > 0 and self._watcher is None:
+            self.start_watching(interval)
+        return outcomes
 
     async def reload(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """Load the folders again (all, or the named plugins). A plugin that fails to load keeps serving its
@@ -149,6 +155,40 @@ class PluginManager:
                     del self._records[folder]
                     outcomes.append({"name": record.name, "status": "removed", "error": None})
             return outcomes
+
+    # ---- watching the folder
+
+    def _fingerprints(self) -> dict[Path, tuple]:
+        """(file, mtime, size) of every file in every plugin folder, to notice edits, new and removed plugins."""
+        prints = {}
+        for folder in self._folders():
+            try:
+                files = sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns, p.stat().st_size)
+                               for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            except OSError:  # changing under our feet (being copied or deleted): next round
+                files = [("<changing>", 0, 0)]
+            prints[folder] = tuple(files)
+        return prints
+
+    def start_watching(self, interval: float) -> asyncio.Task:
+        """Reload a plugin when its folder changes (polled every `interval` seconds) until close()."""
+        async def watch() -> None:
+            seen = await asyncio.to_thread(self._fingerprints)
+            while True:
+                await asyncio.sleep(interval)
+                current = await asyncio.to_thread(self._fingerprints)
+                changed = [f for f in current.keys() | seen.keys() if current.get(f) != seen.get(f)]
+                if changed:
+                    names = sorted({self._records[f].name if f in self._records else f.name for f in changed})
+                    log.info("plugin folders changed: reloading %s", ", ".join(names))
+                    try:
+                        await self.reload(names)
+                    except Exception:  # a watcher that dies would silently stop reloading
+                        log.exception("reloading changed plugins failed")
+                    seen = current
+
+        self._watcher = asyncio.get_running_loop().create_task(watch(), name="plugin-watcher")
+        return self._watcher
 
     def _load_folder(self, folder: Path, previous: PluginRecord | None) -> tuple[PluginRecord, dict[str, Any]]:
         old = previous.serving if previous else None
@@ -347,6 +387,8 @@ class PluginManager:
                                "the server log has the details") from None
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         for record in self._records.values():
             self._unload(record)
         self._records.clear()

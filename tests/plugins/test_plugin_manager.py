@@ -8,6 +8,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -437,8 +438,10 @@ async def test_context_gives_logger_data_dir_other_plugins_and_a_bounded_call_de
 async def test_watching_the_folder_reloads_edited_new_and_removed_plugins(plugins_root, tmp_path):
     folder = write_plugin(plugins_root, "versioned", VERSIONED, {"version": "1"})
     (folder / "helper.py").write_text("VALUE = 'one'\n")
-    manager = await started(plugins_root, tmp_path)
-    manager.start_watching(0.05)
+    # plugin_watch_interval above 0 (MOLTBOT_PLUGIN_WATCH_INTERVAL) makes load_all start watching.
+    settings = SimpleNamespace(**vars(make_settings(plugins_root, tmp_path)), plugin_watch_interval=0.05)
+    manager = PluginManager(settings)
+    await manager.load_all()
 
     async def until(condition) -> None:
         for _ in range(200):

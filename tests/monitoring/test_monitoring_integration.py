@@ -8,6 +8,7 @@ expression, labels and annotations stay those of monitoring/prometheus/rules/mol
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -34,6 +35,33 @@ PANELS_WITH_DATA = [
 ]
 
 
+ECHO_PLUGIN = '''
+from moltbot.plugins import BasePlugin
+
+
+class EchoPlugin(BasePlugin):
+    def execute(self, context):
+        if context.input.get("fail"):
+            raise RuntimeError("asked to fail")
+        return {"text": context.input["text"]}
+'''
+
+
+def write_test_plugins(plugins_dir: Path) -> None:
+    """`echo` (fails on request) and `broken` (a syntax error: counted as a plugin load error)."""
+    for name, source in (("echo", ECHO_PLUGIN), ("broken", "def execute(:\n")):
+        folder = plugins_dir / name
+        folder.mkdir(parents=True)
+        (folder / "__init__.py").write_text("")
+        (folder / "plugin.py").write_text(source)
+        (folder / "config.json").write_text(json.dumps({
+            "name": name, "version": "1.0.0", "description": f"{name} plugin of the monitoring test",
+            "class": f"{name.capitalize()}Plugin", "enabled": True, "timeout": 5,
+            "input_schema": {"type": "object", "required": ["text"], "properties": {
+                "text": {"type": "string"}, "fail": {"type": "boolean"}}},
+        }))
+
+
 class Runtime:
     """`moltbot serve` on a free 127.0.0.1 port with temp logs, models and plugins dirs."""
 
@@ -43,7 +71,7 @@ class Runtime:
         env = {key: value for key, value in os.environ.items() if not key.startswith("MOLTBOT_")}
         env.update(MOLTBOT_LOGS_DIR=str(self.logs_dir), MOLTBOT_MODELS_DIR=str(work_dir / "models"),
                    MOLTBOT_PLUGINS_DIR=str(work_dir / "plugins"))
-        (work_dir / "plugins").mkdir()
+        write_test_plugins(work_dir / "plugins")
         self.output: list[str] = []
         self.ready = threading.Event()
         # cwd: the checkout, so the default models cache (./data/defaults) is shared with the other tests.
@@ -163,6 +191,27 @@ def test_runtime_dashboard_and_recording_rules_show_live_data(stack):
     for group in prometheus.api("rules")["groups"]:
         for rule in group["rules"]:
             assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+
+
+def test_plugin_calls_and_load_errors_reach_the_dashboard_and_the_alerts(stack):
+    prometheus, runtime = stack["prometheus"], stack["runtime"]
+    calls = 'sum(moltbot_plugin_calls_total{job="moltbot", plugin="echo"})'
+    with httpx.Client(base_url=runtime.url, timeout=30) as client:
+        for payload in ({"text": "a"}, {"text": "b"}, {"text": "c", "fail": True}):
+            answer = client.post("/v1/plugins/echo/execute", json=payload)
+            assert (answer.status_code == 200) == ("fail" not in payload), answer.text
+            wait_until(lambda: prometheus.value(calls), 30, "plugin calls counted")  # see the first call alone
+    wait_until(lambda: prometheus.value(calls) == 3, 30, "3 plugin calls counted")
+    outcomes = {item["metric"]["outcome"]: float(item["value"][1]) for item in
+                prometheus.query('moltbot_plugin_calls_total{job="moltbot", plugin="echo"}')}
+    assert outcomes == {"ok": 2.0, "error": 1.0}
+    queries = dict(dashboard_queries(DASHBOARDS_DIR / "moltbot-runtime.json"))
+    for panel in ("Plugin calls [A]", "Plugin error ratio [A]", "Plugin duration p95 [A]", "Plugin load errors [A]"):
+        wait_until(lambda: prometheus.query(queries[panel]), 30, f"data in {panel}")
+    # The broken plugin's counter was 1 from the first scrape on: the `unless ... offset 30m` term catches it.
+    alerts = wait_until(lambda: [item for item in prometheus.alerts("MoltbotPluginLoadFailed")
+                                 if item["state"] == "firing"], 30, "MoltbotPluginLoadFailed firing")
+    assert [item["labels"]["plugin"] for item in alerts] == ["broken"]
 
 
 def test_runtime_log_file_fits_the_filebeat_pipeline(stack):

@@ -136,3 +136,12 @@ def test_exactly_one_output_is_enabled_and_hosts_tls_and_secrets_come_from_the_e
     assert outputs["elasticsearch"]["index"].startswith("moltbot-logs-")
     assert any(re.fullmatch(pattern.replace("*", ".*"), "moltbot-logs-2026.11.30")
                for pattern in TEMPLATE["index_patterns"])
+
+
+def test_ansible_template_rendering_leaves_the_file_unchanged():
+    """The Ansible filebeat role renders this file as a Jinja template: nothing in it may look like Jinja."""
+    import jinja2
+
+    text = (FILEBEAT_DIR / "filebeat.yml").read_text()
+    rendered = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(text).render()
+    assert rendered == text

@@ -159,16 +159,17 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
         for upload in declared["uploads"]:
             assert (tmp_path / upload["file"].removeprefix("/app/")).read_text() == upload["content"]
         plugin_names = {json.loads((PLUGINS_DIR / folder / "config.json").read_text())["name"]
-                        for folder in {u["file"].split("/")[3] for u in declared["uploads"]}}
+                        for folder in {u["file"].split("/")[3] for u in declared["uploads"]
+                                       if u["file"].endswith("/config.json")}}
         assert plugin_names, "the dev stack uploads the built-in plugins"
         listed = json.loads(http_get_body(f"{base}/v1/plugins", key=SECRETS["moltbot:apiKeys"].split(",")[0]))
         assert plugin_names <= {plugin["name"] for plugin in listed["data"]}
 
         # The declared healthcheck passes in this image (first probe after one interval).
         deadline = time.monotonic() + nanoseconds(check["interval"]) / 10**9 * 3 + 30
-        while (health := engine.api.inspect_container(container.id)["State"]["Health"]["Status"]) != "healthy":
-            assert health != "unhealthy", engine.api.inspect_container(container.id)["State"]["Health"]
-            assert time.monotonic() < deadline, f"still {health}"
+        while (health := engine.api.inspect_container(container.id)["State"]["Health"])["Status"] != "healthy":
+            assert health["Status"] != "unhealthy" and time.monotonic() < deadline, \
+                f"healthcheck {health['Status']}; last probes: {health['Log'][-2:]}"
             time.sleep(1)
 
         settings = engine.api.inspect_container(container.id)["HostConfig"]

@@ -263,6 +263,10 @@ def host_dashboard() -> dashboard.Dashboard:
                           "counts; cAdvisor).", "bytes",
                           [('sum by (instance, name) (container_memory_working_set_bytes{job="cadvisor", name!=""})',
                             "{{instance}} {{name}}")]))
+        .with_panel(graph("Containers by state", "Containers per state as the Docker engine reports them "
+                          "(dockerd metrics-addr, job=\"docker\").", "none",
+                          [('sum by (instance, state) (engine_daemon_container_states_containers{job="docker"})',
+                            "{{instance}} {{state}}")], span=24))
     )
 
 

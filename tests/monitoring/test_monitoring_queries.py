@@ -17,8 +17,9 @@ from monitoring_helpers import (DASHBOARDS_DIR, RULE_FILES, Prometheus, dashboar
                                 start_node_exporter, wait_until)
 
 DCGM_SAMPLE = Path(__file__).parent / "samples" / "dcgm-exporter-metrics.prom"
-# cAdvisor cannot run here: its container panels may be empty, but must still parse and run.
-NO_DATA_HERE = ("container_",)
+# cAdvisor does not run here and the shared Docker engine has no metrics-addr: their container panels may
+# be empty, but must still parse and run.
+NO_DATA_HERE = ('job="cadvisor"', 'job="docker"')
 
 
 def serve_dcgm_sample() -> ThreadingHTTPServer:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -464,4 +466,26 @@ async def test_watching_the_folder_reloads_edited_new_and_removed_plugins(plugin
 
     shutil.rmtree(folder)
     await until(lambda: manager.runnable_names() == ["newcomer"])
+    await manager.close()
+
+
+async def test_reload_sees_edits_of_the_same_size_in_the_same_second(plugins_root, tmp_path, monkeypatch):
+    """Bytecode caches are keyed on mtime (seconds) and size: plugins must be compiled from source each load."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    folder = write_plugin(plugins_root, "versioned", VERSIONED, {})
+    manager = await started(plugins_root, tmp_path)
+    for value in range(1000, 1010):
+        (folder / "helper.py").write_text(f"VALUE = {value}\n")
+        os.utime(folder / "helper.py", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        await manager.reload()
+        assert await manager.execute("versioned", {}, request_id="r") == {"value": value}
+    assert not (folder / "__pycache__").exists()  # nothing written into the operator's folder
+    await manager.close()
+
+
+async def test_syntax_errors_name_file_and_line_once(plugins_root, tmp_path):
+    write_plugin(plugins_root, "typo", "from moltbot.plugins import BasePlugin\nclass P(BasePlugin)\n", {})
+    manager = await started(plugins_root, tmp_path)
+    [status] = manager.describe()
+    assert status["error"] == "import failed: SyntaxError: expected ':' (plugin.py line 2)"
     await manager.close()

@@ -24,6 +24,7 @@ from typing import Any
 from jsonschema import validators
 
 from .. import metrics
+from . import importer
 from .base import BasePlugin
 from .config import DEFAULT_INPUT_SCHEMA, PluginConfig, check_schema, read_config
 from .context import PluginContext, PluginDirectory, PluginModels, _Deadline, _LoopBridge
@@ -36,10 +37,11 @@ from .errors import (
     PluginTimeout,
     PluginUnavailable,
 )
+from .importer import MODULE_PREFIX, package_spec
 
 log = logging.getLogger("moltbot.plugins")
 _generation = itertools.count(1)
-MODULE_PREFIX = "moltbot_plugin_"
+importer.install()
 
 
 @dataclass
@@ -237,7 +239,7 @@ class PluginManager:
         try:
             init = folder / "__init__.py"
             if init.exists():
-                spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(folder)])
+                spec = package_spec(package, init)
                 package_module = importlib.util.module_from_spec(spec)
                 sys.modules[package] = package_module
                 spec.loader.exec_module(package_module)
@@ -261,8 +263,7 @@ class PluginManager:
             raise
         except Exception as exc:  # import errors, syntax errors, anything the plugin's modules raise
             self._drop_modules(package)
-            where = _plugin_frame(exc, folder)
-            raise PluginLoadError(f"import failed: {type(exc).__name__}: {exc}{where}") from None
+            raise PluginLoadError(f"import failed: {_describe(exc, folder)}") from None
         return LoadedPlugin(config=config, instance=instance, module_name=package,
                             is_async=inspect.iscoroutinefunction(instance.execute),
                             input_schema=schema, validator=validator)
@@ -414,10 +415,16 @@ def _find_plugin_class(module: types.ModuleType, package: str, class_name: str |
     return own[0]
 
 
+def _describe(exc: BaseException, folder: Path) -> str:
+    """The error and where in the plugin it happened: the file and line of a syntax error, or of the deepest
+    traceback frame inside the plugin folder."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({Path(exc.filename or 'plugin.py').name} line {exc.lineno})"
+    return f"{type(exc).__name__}: {exc}{_plugin_frame(exc, folder)}"
+
+
 def _plugin_frame(exc: BaseException, folder: Path) -> str:
     """' (plugin.py line N)' for the deepest traceback frame inside the plugin folder, to point at the bug."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f" ({Path(exc.filename).name} line {exc.lineno})"
     where = ""
     tb = exc.__traceback__
     while tb is not None:

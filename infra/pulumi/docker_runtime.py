@@ -74,10 +74,10 @@ class MoltbotContainer(pulumi.ComponentResource):
             memory=settings.memory_mb,
             log_driver="json-file",
             log_opts={"max-size": "10m", "max-file": "3"},
-            # SIGTERM drains in-flight requests (shutdown_timeout, 30 s by default) before exiting.
+            # SIGTERM drains in-flight requests (MOLTBOT_SHUTDOWN_TIMEOUT) before exiting; Docker kills later.
             stop_signal="SIGTERM",
-            stop_timeout=45,
-            destroy_grace_seconds=45,
+            stop_timeout=settings.shutdown_timeout + 15,
+            destroy_grace_seconds=settings.shutdown_timeout + 15,
             labels=[docker.ContainerLabelArgs(label="com.moltbot.component", value="runtime")],
             # `pulumi up` returns once /health answers, or fails after the timeout (model load included).
             wait=True,

@@ -15,14 +15,11 @@ from pulumi_kubernetes.core.v1 import (
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 
-from stack_config import Settings, container_env, text_files
+from stack_config import PRE_STOP_SLEEP_SECONDS, Settings, container_env, text_files
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 RUNTIME_UID = 10001  # the image's `moltbot` user
 APP_LABELS = {"app.kubernetes.io/name": "moltbot"}
-# Seconds the pod stays in the Service's endpoints after deletion starts, so that no new request
-# arrives once the runtime has begun draining on SIGTERM.
-PRE_STOP_SLEEP_SECONDS = 10
 
 
 def configmap_key(relative: str) -> str:

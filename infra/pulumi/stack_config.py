@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ _MEMORY_FACTORS = {"b": 1, "": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 10
 _ENV_NAME = re.compile(r"^MOLTBOT_[A-Z0-9_]+$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MIN_MEMORY_BYTES = 256 * 1024**2
+# The image drains for 8 s (to fit `docker stop`'s default 10 s); these stacks give the runtime's own default.
+DEFAULT_SHUTDOWN_TIMEOUT = 30
+# Seconds a Kubernetes pod stays in the Service's endpoints after deletion starts (preStop sleep), so that no
+# new request arrives once the runtime has begun draining on SIGTERM.
+PRE_STOP_SLEEP_SECONDS = 10
 
 
 class ConfigError(ValueError):
@@ -91,6 +97,7 @@ class Settings:
     plugins_dir: Path | None
     service_type: str
     termination_grace_seconds: int
+    shutdown_timeout: int  # seconds the runtime drains after SIGTERM (MOLTBOT_SHUTDOWN_TIMEOUT)
 
     def url(self, bind: str, port: int) -> str:
         """What a user opens: the bind address, or the public host when published on every interface."""
@@ -307,6 +314,19 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if data_dir is not None and not data_dir.startswith("/"):
         raise ConfigError(f"moltbot:dataDir: {data_dir!r} must be an absolute path on the Docker host")
 
+    env = _env(config)
+    raw_shutdown = env.setdefault("MOLTBOT_SHUTDOWN_TIMEOUT", str(DEFAULT_SHUTDOWN_TIMEOUT))
+    try:
+        shutdown_timeout = math.ceil(float(raw_shutdown))
+    except ValueError:
+        raise ConfigError(f"moltbot:env: MOLTBOT_SHUTDOWN_TIMEOUT {raw_shutdown!r} is not a number of seconds") from None
+    grace = _int(config, "terminationGracePeriodSeconds", PRE_STOP_SLEEP_SECONDS + shutdown_timeout + 20)
+    if grace < PRE_STOP_SLEEP_SECONDS + shutdown_timeout + 5:
+        raise ConfigError(
+            f"moltbot:terminationGracePeriodSeconds: {grace} leaves no time to drain; it needs the preStop sleep "
+            f"({PRE_STOP_SLEEP_SECONDS} s) + MOLTBOT_SHUTDOWN_TIMEOUT ({shutdown_timeout} s) + 5 s"
+        )
+
     models_storage = config.get("modelsStorage") or "20Gi"
     if not re.match(r"^\d+(Mi|Gi|Ti)$", models_storage):
         raise ConfigError(f"moltbot:modelsStorage: {models_storage!r} is not a size like 20Gi")
@@ -335,7 +355,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
         api_keys=api_keys,
         tls_cert=pulumi.Output.from_input(tls_cert) if tls_cert is not None else None,
         tls_key=pulumi.Output.secret(tls_key) if tls_key is not None else None,
-        env=_env(config),
+        env=env,
         docker_host=docker_host,
         monitoring=monitoring,
         monitoring_bind_address=_ip(config, "monitoringBindAddress"),
@@ -357,7 +377,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
         model_configs_dir=_project_path(config, "modelConfigsDir", None),
         plugins_dir=_project_path(config, "pluginsDir", None),
         service_type=service_type,
-        termination_grace_seconds=_int(config, "terminationGracePeriodSeconds", 60),
+        termination_grace_seconds=grace,
+        shutdown_timeout=shutdown_timeout,
     )
 
 

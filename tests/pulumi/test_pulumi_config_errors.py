@@ -26,6 +26,11 @@ from stack_config import ConfigError, parse_memory
      r"moltbot:apiKeys: required when the API is published through a LoadBalancer Service"),
     ("dev", {"moltbot:bindAddress": "localhost"}, (), r"moltbot:bindAddress: 'localhost' is not an IP address"),
     ("prod", {"moltbot:monitoringBindAddress": "10.0.0"}, (), r"moltbot:monitoringBindAddress: '10.0.0' is not an IP"),
+    ("k8s", {"moltbot:terminationGracePeriodSeconds": "30"}, (),
+     r"moltbot:terminationGracePeriodSeconds: 30 leaves no time to drain; it needs the preStop sleep \(10 s\) "
+     r"\+ MOLTBOT_SHUTDOWN_TIMEOUT \(30 s\) \+ 5 s"),
+    ("dev", {"moltbot:env": '{"MOLTBOT_SHUTDOWN_TIMEOUT": "soon"}'}, (),
+     r"MOLTBOT_SHUTDOWN_TIMEOUT 'soon' is not a number of seconds"),
     ("dev", {"moltbot:platform": "nomad"}, (), r"moltbot:platform: 'nomad' is not docker or kubernetes"),
     ("dev", {"moltbot:httpPort": "70000"}, (), r"moltbot:httpPort: 70000 is not a TCP port"),
     ("dev", {"moltbot:httpsPort": "8080"}, (), r"moltbot:httpPort and moltbot:httpsPort are both 8080"),

@@ -73,8 +73,19 @@ def test_dev_runtime_container(dev_stack: StackRun):
         "MOLTBOT_LOGS_DIR": "/app/logs",
         "MOLTBOT_DEVICE": "cpu",
         "MOLTBOT_LOG_LEVEL": "DEBUG",
+        "MOLTBOT_SHUTDOWN_TIMEOUT": "30",
         "MOLTBOT_API_KEYS": SECRETS["moltbot:apiKeys"],
     }
+    # Docker sends SIGTERM, then waits the drain time plus a margin before it kills.
+    assert runtime["stopSignal"] == "SIGTERM" and runtime["stopTimeout"] == 45
+    assert runtime["destroyGraceSeconds"] == 45
+
+
+def test_a_longer_drain_gets_a_longer_stop_timeout():
+    run = run_stack("dev", overrides={"moltbot:env": '{"MOLTBOT_SHUTDOWN_TIMEOUT": "120"}'})
+    runtime = run.one(CONTAINER, "moltbot-container")
+    assert runtime.inputs["stopTimeout"] == 135
+    assert "MOLTBOT_SHUTDOWN_TIMEOUT=120" in runtime.inputs["envs"]
 
 
 def test_secrets_stay_secret(dev_stack: StackRun):

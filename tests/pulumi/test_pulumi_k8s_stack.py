@@ -62,6 +62,8 @@ def test_deployment(k8s_stack: StackRun):
     env = {e["name"]: e for e in container["env"]}
     assert env["MOLTBOT_DEVICE"]["value"] == "cpu"
     assert env["MOLTBOT_MODELS_DIR"]["value"] == "/app/models"
+    # 60 s grace = 10 s preStop sleep + 30 s drain + margin.
+    assert env["MOLTBOT_SHUTDOWN_TIMEOUT"]["value"] == "30"
     assert env["MOLTBOT_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "moltbot-api-keys", "key": "api-keys"}
     assert "value" not in env["MOLTBOT_API_KEYS"], "keys come from the Secret, never inline"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}

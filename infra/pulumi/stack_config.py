@@ -319,7 +319,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
     try:
         shutdown_timeout = math.ceil(float(raw_shutdown))
     except ValueError:
-        raise ConfigError(f"moltbot:env: MOLTBOT_SHUTDOWN_TIMEOUT {raw_shutdown!r} is not a number of seconds") from None
+        raise ConfigError(
+            f"moltbot:env: MOLTBOT_SHUTDOWN_TIMEOUT {raw_shutdown!r} is not a number of seconds") from None
     grace = _int(config, "terminationGracePeriodSeconds", PRE_STOP_SLEEP_SECONDS + shutdown_timeout + 20)
     if grace < PRE_STOP_SLEEP_SECONDS + shutdown_timeout + 5:
         raise ConfigError(

@@ -229,7 +229,8 @@ def test_plugins_and_model_configs_are_copied_into_the_volumes(dev_stack: StackR
 
     (tmp_path / "assistant.json").write_text('{"name": "assistant"}')
     run = run_stack("dev", overrides={"moltbot:modelConfigsDir": str(tmp_path)}, drop=("moltbot:pluginsDir",))
-    assert uploads_of(run.one(CONTAINER, "moltbot-container")) == {"/app/models/assistant.json": '{"name": "assistant"}'}
+    assert uploads_of(run.one(CONTAINER, "moltbot-container")) == {
+        "/app/models/assistant.json": '{"name": "assistant"}'}
 
 
 def test_monitoring_off_leaves_only_the_runtime():

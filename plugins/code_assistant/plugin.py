@@ -67,7 +67,8 @@ class CodeAssistantPlugin(BasePlugin):
         request = context.input
         messages, language = self.build_messages(request["task"], request["code"], request.get("language"),
                                                  request.get("framework"), request.get("focus"))
-        reply = await context.models.achat(messages, model=self.chat_model, max_tokens=self.max_tokens,
+        max_tokens = min(request.get("max_tokens", self.max_tokens), self.max_tokens)
+        reply = await context.models.achat(messages, model=self.chat_model, max_tokens=max_tokens,
                                            temperature=self.temperature)
         return {"task": request["task"], "language": language, "text": reply.get("content", ""),
                 "finish_reason": reply.get("finish_reason"), "model": reply.get("model"), "usage": reply.get("usage")}

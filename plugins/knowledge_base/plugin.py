@@ -195,8 +195,8 @@ class KnowledgeBasePlugin(BasePlugin):
                 {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {context.input['query']}"},
             ]
             try:
-                reply = context.models.chat(messages, model=self.chat_model, max_tokens=self.max_answer_tokens,
-                                            temperature=0.0)
+                max_tokens = min(context.input.get("max_tokens", self.max_answer_tokens), self.max_answer_tokens)
+                reply = context.models.chat(messages, model=self.chat_model, max_tokens=max_tokens, temperature=0.0)
                 break
             except PluginError as exc:
                 # A prompt too long for the model's context: fewer passages, down to one.

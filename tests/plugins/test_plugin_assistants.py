@@ -80,7 +80,8 @@ async def test_code_assistant_uses_the_template_of_each_task(builtins, models):
                 "review": "Review the following python code as in a pull request"}
     for task, opening in expected.items():
         _, reply = await app.asgi_client.post("/v1/plugins/code_assistant/execute",
-                                              json={"task": task, "code": code, "focus": "integer overflow"})
+                                              json={"task": task, "code": code, "focus": "integer overflow",
+                                                    "max_tokens": 24})
         assert reply.status == 200, reply.body
         call = models.chat_calls[-1]
         system, user = call["messages"]
@@ -90,14 +91,14 @@ async def test_code_assistant_uses_the_template_of_each_task(builtins, models):
         result = reply.json["result"]
         assert result["task"] == task and result["language"] == "python"
         assert result["text"] == models.chat_replies[-1]["content"]
-        assert call["max_tokens"] == 512 and call["temperature"] == 0.2
+        assert call["max_tokens"] == 24 and call["temperature"] == 0.2
     assert len(models.chat_calls) == 3
 
     go = 'package main\nfunc main() {\n    x := 1\n}\n'
-    await builtins.execute("code_assistant", {"task": "tests", "code": go}, request_id="t")
+    await builtins.execute("code_assistant", {"task": "tests", "code": go, "max_tokens": 8}, request_id="t")
     assert "go code using the testing package" in models.chat_calls[-1]["messages"][1]["content"]
     await builtins.execute("code_assistant", {"task": "tests", "code": "foo bar", "language": "Elixir",
-                                              "framework": "ExUnit"}, request_id="t")
+                                              "framework": "ExUnit", "max_tokens": 8}, request_id="t")
     assert "elixir code using ExUnit" in models.chat_calls[-1]["messages"][1]["content"]
 
     _, reply = await app.asgi_client.post("/v1/plugins/code_assistant/execute", json={"task": "golf", "code": "x"})
@@ -113,7 +114,8 @@ async def test_a_model_the_service_does_not_serve_is_a_clear_error(tmp_path, mod
     manager = PluginManager(make_settings(root, tmp_path), models=models)
     await manager.load_all()
     _, reply = await make_app(manager).asgi_client.post("/v1/plugins/code_assistant/execute",
-                                                        json={"task": "explain", "code": "x = 1"})
+                                                        json={"task": "explain", "code": "x = 1", "max_tokens": 4000})
+    assert models.chat_calls[-1]["max_tokens"] == 512  # capped by the plugin's own max_tokens
     assert reply.status == 422
     assert reply.json["error"]["code"] == "model_not_found" and "llama-70b-not-here" in reply.json["error"]["message"]
     await manager.close()

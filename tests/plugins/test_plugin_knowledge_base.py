@@ -130,7 +130,7 @@ async def test_answer_grounds_the_chat_model_on_cited_passages(kb, models):
     await run(manager, action="ingest")
     _, reply = await app.asgi_client.post("/v1/plugins/knowledge_base/execute",
                                           json={"action": "answer", "query": "What does the Pro plan cost?",
-                                                "top_k": 3})
+                                                "top_k": 3, "max_tokens": 1000})
     assert reply.status == 200, reply.body
     result = reply.json["result"]
     [call] = models.chat_calls
@@ -139,14 +139,14 @@ async def test_answer_grounds_the_chat_model_on_cited_passages(kb, models):
     assert user["content"].startswith("Sources:\n[1] (source: sales/product_pricing.pdf, page 1)")
     assert "25 euros per user" in user["content"] and user["content"].endswith("Question: What does the Pro plan cost?")
     assert "[3]" in user["content"] and "[4]" not in user["content"]
-    assert call["temperature"] == 0.0 and call["max_tokens"] == 256
+    assert call["temperature"] == 0.0 and call["max_tokens"] == 256  # capped by max_answer_tokens
     assert result["answer"] == models.chat_replies[0]["content"]
     assert [c["ref"] for c in result["citations"]] == [1, 2, 3]
     assert result["citations"][0]["source"] == "sales/product_pricing.pdf"
     assert all(1 <= n <= 3 for n in result["cited"]) and result["model"] == models.chat_replies[0]["model"]
 
     # More passages than the model's context holds (tiny-chat: 2048 tokens): fewer are sent, not an error.
-    wide = await run(manager, action="answer", query="What does the Pro plan cost?", top_k=12)
+    wide = await run(manager, action="answer", query="What does the Pro plan cost?", top_k=12, max_tokens=16)
     attempts = models.chat_calls[1:]
     assert len(attempts) >= 2 and "[12]" in attempts[0]["messages"][1]["content"]
     assert len(wide["citations"]) < 12 and wide["answer"] == models.chat_replies[-1]["content"]

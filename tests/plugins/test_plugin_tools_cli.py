@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -104,3 +107,18 @@ def test_plugins_test_with_the_models(tmp_path, monkeypatch, capsys, defaults_di
                 "--models"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["matched_question"] == "How much does shipping cost?" and result["score"] > 0.99
+
+
+def test_the_moltbot_command_runs_plugins_new_and_test(tmp_path):
+    def moltbot(*args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOLTBOT_")}
+        return subprocess.run([sys.executable, "-m", "moltbot", "plugins", *args], capture_output=True, text=True,
+                              env={**env, "MOLTBOT_PLUGINS_DIR": str(tmp_path / "plugins"),
+                                   "MOLTBOT_CACHE_DIR": str(tmp_path / "cache")}, timeout=120)
+
+    created = moltbot("new", "hello")
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "plugins" / "hello" / "plugin.py").exists()
+    ran = moltbot("test", "hello", "--input", '{"name": "Moltbot"}')
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"message": "Hello, Moltbot!"}

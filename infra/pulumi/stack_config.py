@@ -6,6 +6,7 @@ raises ConfigError with the key's full name, so `pulumi up` stops before touchin
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import math
@@ -53,6 +54,17 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30
 # Seconds a Kubernetes pod stays in the Service's endpoints after deletion starts (preStop sleep), so that no
 # new request arrives once the runtime has begun draining on SIGTERM.
 PRE_STOP_SLEEP_SECONDS = 10
+
+
+# Every key this program reads (README.md documents each one); any other `moltbot:*` key is a typo.
+KNOWN_KEYS = frozenset({
+    "platform", "image", "httpPort", "httpsPort", "bindAddress", "publicHost", "dataDir", "cpus", "memory",
+    "gpu", "apiKeys", "tlsCert", "tlsKey", "env", "modelConfigsDir", "pluginsDir", "dockerHost", "monitoring",
+    "grafanaAdminPassword", "monitoringBindAddress", "prometheusPort", "alertmanagerPort", "grafanaPort",
+    "monitoringDir", "namespace", "replicas", "maxReplicas", "targetCpuUtilization", "serviceType",
+    "modelsStorage", "modelsAccessMode", "storageClass", "terminationGracePeriodSeconds", "prometheusOperator",
+    "operatorLabels", *DEFAULT_IMAGES,
+})
 
 
 class ConfigError(ValueError):
@@ -235,8 +247,21 @@ def _env(config: pulumi.Config) -> dict[str, str]:
     return env
 
 
+def _reject_unknown_keys() -> None:
+    """Pulumi ignores keys nobody reads, so a misspelt key would silently fall back to its default."""
+    # The engine hands a program its config either way: set in-process, or as PULUMI_CONFIG.
+    present = set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
+    for full_key in sorted(present):
+        namespace, _, key = full_key.partition(":")
+        if namespace == "moltbot" and key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = f"; did you mean moltbot:{close[0]}?" if close else "; the settings are listed in README.md"
+            raise ConfigError(f"{full_key} is not a setting of this program{hint}")
+
+
 def load(config: pulumi.Config | None = None) -> Settings:
     """Reads the `moltbot` namespace of the current stack's config."""
+    _reject_unknown_keys()
     config = config or pulumi.Config("moltbot")
 
     platform = config.get("platform") or "docker"

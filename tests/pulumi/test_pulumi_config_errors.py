@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
-from pulumi_harness import run_stack
-from stack_config import ConfigError, parse_memory
+from pulumi_harness import PROGRAM_DIR, run_stack
+from stack_config import KNOWN_KEYS, ConfigError, parse_memory
 
 
 @pytest.mark.parametrize("stack, overrides, drop, message", [
@@ -31,6 +34,9 @@ from stack_config import ConfigError, parse_memory
      r"\+ MOLTBOT_SHUTDOWN_TIMEOUT \(30 s\) \+ 5 s"),
     ("dev", {"moltbot:env": '{"MOLTBOT_SHUTDOWN_TIMEOUT": "soon"}'}, (),
      r"MOLTBOT_SHUTDOWN_TIMEOUT 'soon' is not a number of seconds"),
+    ("dev", {"moltbot:bindAdress": "0.0.0.0"}, (),
+     r"moltbot:bindAdress is not a setting of this program; did you mean moltbot:bindAddress\?"),
+    ("dev", {"moltbot:colour": "blue"}, (), r"moltbot:colour is not a setting of this program; the settings are"),
     ("dev", {"moltbot:platform": "nomad"}, (), r"moltbot:platform: 'nomad' is not docker or kubernetes"),
     ("dev", {"moltbot:httpPort": "70000"}, (), r"moltbot:httpPort: 70000 is not a TCP port"),
     ("dev", {"moltbot:httpsPort": "8080"}, (), r"moltbot:httpPort and moltbot:httpsPort are both 8080"),
@@ -88,3 +94,21 @@ def test_missing_monitoring_files_are_named(tmp_path):
 ])
 def test_memory_sizes_use_docker_binary_units(text, expected):
     assert parse_memory("moltbot:memory", text) == expected
+
+
+def test_misspelt_keys_are_found_in_the_config_the_cli_passes(monkeypatch):
+    # The Pulumi CLI hands the program its config as PULUMI_CONFIG.
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({"moltbot:imgae": "moltbot:latest", "aws:region": "x"}))
+    with pytest.raises(ConfigError, match=r"moltbot:imgae is not a setting of this program; did you mean "
+                                          r"moltbot:image\?"):
+        run_stack("dev")
+
+
+def test_readme_documents_exactly_the_keys_the_program_reads():
+    readme = (PROGRAM_DIR / "README.md").read_text()
+    documented = set()
+    for line in readme.splitlines():
+        if line.startswith("| `moltbot:"):
+            first_cell = line.split("|")[1]
+            documented |= set(re.findall(r"`(?:moltbot:)?([A-Za-z]+)`", first_cell))
+    assert documented == KNOWN_KEYS

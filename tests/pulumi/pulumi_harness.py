@@ -19,7 +19,8 @@ import pulumi
 import yaml
 from pulumi.runtime import mocks, rpc
 
-PROGRAM_DIR = Path(__file__).resolve().parents[2] / "infra" / "pulumi"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROGRAM_DIR = REPO_ROOT / "infra" / "pulumi"
 if str(PROGRAM_DIR) not in sys.path:
     sys.path.insert(0, str(PROGRAM_DIR))
 

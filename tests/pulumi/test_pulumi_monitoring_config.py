@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,14 +17,9 @@ import pytest
 import yaml
 
 from pulumi_harness import run_stack
+from real_engine import free_port
 
 CONTAINER = "docker:index/container:Container"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_uploads(container, prefix: str, root: Path) -> None:

@@ -10,23 +10,19 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import tarfile
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import docker
 import pytest
 
-from pulumi_harness import SECRETS, run_stack
+from pulumi_harness import REPO_ROOT, SECRETS, run_stack
+from real_engine import free_port, http_body, http_get
 
 pytestmark = pytest.mark.docker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGINS_DIR = REPO_ROOT / "plugins"
 READY_LINE = "AI Assistant service ready on port 8080"
 # Every argument the program may give the runtime container; a new one must be carried over below.
@@ -41,27 +37,6 @@ def nanoseconds(duration: str) -> int:
     return int(value) * {"ms": 10**6, "s": 10**9, "m": 60 * 10**9}[unit]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(url: str, key: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def http_get_body(url: str, key: str) -> str:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.read().decode()
-
-
 def upload_archive(uploads: list[dict]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -73,26 +48,6 @@ def upload_archive(uploads: list[dict]) -> bytes:
             entry.uid = int(upload.get("owner", "0"))
             archive.addfile(entry, io.BytesIO(data))
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="session")
-def engine() -> docker.DockerClient:
-    subprocess.run(["bash", str(REPO_ROOT / "scripts/ensure-docker.sh")], check=True, timeout=120)
-    client = docker.from_env(version="auto", timeout=120)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def runtime_image(engine: docker.DockerClient) -> str:
-    """moltbot:latest, built by `make image` (mk/image.mk) when this machine has none yet."""
-    declared = run_stack("dev").one("docker:index/container:Container", "moltbot-container").inputs["image"]
-    try:
-        engine.images.get(declared)
-    except docker.errors.ImageNotFound:
-        subprocess.run(["make", "image"], cwd=REPO_ROOT, check=True, timeout=1800)
-        engine.images.get(declared)
-    return declared
 
 
 def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_image, tmp_path):
@@ -162,7 +117,7 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
                         for folder in {u["file"].split("/")[3] for u in declared["uploads"]
                                        if u["file"].endswith("/config.json")}}
         assert plugin_names, "the dev stack uploads the built-in plugins"
-        listed = json.loads(http_get_body(f"{base}/v1/plugins", key=SECRETS["moltbot:apiKeys"].split(",")[0]))
+        listed = json.loads(http_body(f"{base}/v1/plugins", key=SECRETS["moltbot:apiKeys"].split(",")[0]))
         assert plugin_names <= {plugin["name"] for plugin in listed["data"]}
 
         # The declared healthcheck passes in this image (first probe after one interval).

@@ -92,7 +92,10 @@ class GenerationHandle:
         self.sequences: list[Sequence] = []
 
     def emit(self, event: TokenEvent) -> None:  # called from the scheduler thread
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
 
     async def next_event(self) -> TokenEvent:
         return await self._queue.get()
@@ -121,27 +124,71 @@ class DecoderModel:
         self.kv_dtype = np.float16 if "float16" in first.type else np.float32
         self.has_position_ids = "position_ids" in inputs
         self.output_names = ["logits", *self.present_names]
+        # IO binding into our own reusable buffers works on the CPU provider; elsewhere ORT allocates outputs.
+        self.binds_host_buffers = self.provider == "CPUExecutionProvider"
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
         return [np.zeros(shape, dtype=self.kv_dtype) for _ in self.past_names]
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-            past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _feed(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> dict:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.has_position_ids:
             feed["position_ids"] = position_ids
+        return feed
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+            past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = self._feed(input_ids, attention_mask, position_ids)
         feed.update(zip(self.past_names, past))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, present
 
+    def run_into(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                 past: list[np.ndarray], present: list[np.ndarray]) -> np.ndarray:
+        """One step with the new KV cache written into `present` (preallocated, contiguous); returns logits."""
+        binding = self.session.io_binding()
+        for name, value in self._feed(input_ids, attention_mask, position_ids).items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, array in zip(self.past_names, past):
+            binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        binding.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
+        for name, array in zip(self.present_names, present):
+            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+
+class KVBuffers:
+    """Two sets of flat buffers, one per past tensor: a step reads the KV cache from one set and writes the
+    grown cache into the other. Reusing warm memory avoids allocating (and page-faulting) ~100 MB per step."""
+
+    def __init__(self, model: DecoderModel):
+        self.model = model
+        self.sets: list[list[np.ndarray]] = [[], []]
+        self.current = 0
+
+    def views(self, which: int, batch: int, length: int) -> list[np.ndarray]:
+        shape = (batch, self.model.kv_heads, length, self.model.head_dim)
+        needed = int(np.prod(shape))
+        buffers = self.sets[which]
+        if not buffers or buffers[0].size < needed:
+            size = max(needed, int(1.5 * buffers[0].size) if buffers else needed)
+            buffers = self.sets[which] = [np.empty(size, dtype=self.model.kv_dtype) for _ in self.model.past_names]
+        return [b[:needed].reshape(shape) for b in buffers]
+
 
 class Batch:
-    """The running sequences and their KV cache, left-padded to one length."""
+    """The running sequences and their KV cache, left-padded to one length.
+
+    Rows that finish stay until the next rebuild (a cheap wasted row beats a copy of the whole cache per
+    finished sequence); `rebuild` drops them and adds newly prefilled rows in one copy into the idle buffers.
+    """
 
     def __init__(self, model: DecoderModel):
         self.model = model
         self.rows: list[Sequence] = []
+        self.buffers = KVBuffers(model)
         self.past: list[np.ndarray] = model.empty_past(0)
         self.mask = np.zeros((0, 0), dtype=np.int64)
         self.positions = np.zeros((0,), dtype=np.int64)
@@ -150,47 +197,60 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def merge(self, rows: list[Sequence], past: list[np.ndarray], mask: np.ndarray, positions: np.ndarray,
-              last_tokens: np.ndarray) -> None:
-        if not self.rows:
-            self.rows, self.past, self.mask, self.positions, self.last_tokens = (
-                list(rows), past, mask, positions, last_tokens)
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        self.past = [np.concatenate([_pad_left(a, length, axis=2), _pad_left(b, length, axis=2)])
-                     for a, b in zip(self.past, past)]
-        self.mask = np.concatenate([_pad_left(self.mask, length, axis=1), _pad_left(mask, length, axis=1)])
-        self.positions = np.concatenate([self.positions, positions])
-        self.last_tokens = np.concatenate([self.last_tokens, last_tokens])
-        self.rows.extend(rows)
+    def live(self) -> int:
+        return sum(1 for s in self.rows if not s.finish_reason)
 
-    def keep(self, keep: list[int]) -> None:
-        """Keep only these rows, and drop the leading columns that no remaining row attends to."""
-        index = np.asarray(keep, dtype=np.int64)
-        self.rows = [self.rows[i] for i in keep]
-        self.mask = self.mask[index]
-        self.positions = self.positions[index]
-        self.last_tokens = self.last_tokens[index]
-        start = int(np.argmax(self.mask.any(axis=0))) if len(keep) else self.mask.shape[1]
-        self.past = [np.ascontiguousarray(p[index][:, :, start:, :]) for p in self.past]
-        self.mask = np.ascontiguousarray(self.mask[:, start:])
+    def rebuild(self, keep: list[int], new_rows: list[Sequence], new_past: list[np.ndarray] | None,
+                new_mask: np.ndarray | None, new_tokens: np.ndarray | None) -> None:
+        """Keep rows `keep`, append `new_rows` (prefilled: their KV, mask and first tokens), trim the columns
+        that no row attends to any more."""
+        kept_mask = self.mask[keep]
+        start = int(np.argmax(kept_mask.any(axis=0))) if len(keep) and kept_mask.any() else kept_mask.shape[1]
+        kept_len = kept_mask.shape[1] - start
+        new_len = new_mask.shape[1] if new_rows else 0
+        length = max(kept_len, new_len)
+        rows = len(keep) + len(new_rows)
+        idle = 1 - self.buffers.current
+        target = self.buffers.views(idle, rows, length) if self.model.binds_host_buffers else [
+            np.empty((rows, self.model.kv_heads, length, self.model.head_dim), self.model.kv_dtype)
+            for _ in self.model.past_names]
+        mask = np.zeros((rows, length), dtype=np.int64)
+        for dst, src in zip(target, self.past):
+            dst[:, :, : length - kept_len].fill(0)  # padding: masked out, but must not hold NaN garbage
+            for out_row, row in enumerate(keep):
+                dst[out_row, :, length - kept_len:] = src[row, :, start:]
+        mask[: len(keep), length - kept_len:] = kept_mask[:, start:]
+        if new_rows:
+            offset = len(keep)
+            for dst, src in zip(target, new_past):
+                dst[offset:, :, : length - new_len].fill(0)
+                dst[offset:, :, length - new_len:] = src
+            mask[offset:, length - new_len:] = new_mask
+        self.buffers.current = idle
+        self.past = target
+        self.mask = mask
+        self.rows = [self.rows[i] for i in keep] + list(new_rows)
+        keep_index = np.asarray(keep, dtype=np.int64)
+        self.positions = np.concatenate([self.positions[keep_index], new_mask.sum(axis=1) if new_rows else []]
+                                        ).astype(np.int64)
+        self.last_tokens = np.concatenate([self.last_tokens[keep_index],
+                                           new_tokens if new_rows else []]).astype(np.int64)
 
     def step(self) -> np.ndarray:
         """One decode step for every row; returns the last-position logits [rows, vocab]."""
-        mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
-        logits, present = self.model.run(self.last_tokens[:, None], mask, self.positions[:, None], self.past)
+        rows, length = self.mask.shape
+        mask = np.concatenate([self.mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
+        if self.model.binds_host_buffers:
+            idle = 1 - self.buffers.current
+            present = self.buffers.views(idle, rows, length + 1)
+            logits = self.model.run_into(self.last_tokens[:, None], mask, self.positions[:, None], self.past,
+                                         present)
+            self.buffers.current = idle
+        else:
+            logits, present = self.model.run(self.last_tokens[:, None], mask, self.positions[:, None], self.past)
         self.past, self.mask = present, mask
         self.positions = self.positions + 1
         return logits[:, -1, :]
-
-
-def _pad_left(array: np.ndarray, length: int, axis: int) -> np.ndarray:
-    missing = length - array.shape[axis]
-    if missing <= 0:
-        return array
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (missing, 0)
-    return np.pad(array, widths)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -223,6 +283,7 @@ class GenerationScheduler:
         self.max_queued = max_queued
         self._waiting: deque[Sequence] = deque()
         self._batch = Batch(model)
+        self._admitting = 0  # taken from the queue, being prefilled
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
@@ -241,7 +302,7 @@ class GenerationScheduler:
         with self._cond:
             if self._stopping:
                 raise EngineStopped(self.name)
-            in_system = len(self._waiting) + len(self._batch)
+            in_system = len(self._waiting) + self._admitting + self._batch.live()
             if in_system + n > self.max_running + self.max_queued:
                 metrics.REJECTED.labels(self.name).inc()
                 raise QueueFull(self.name, retry_after=self._retry_after())
@@ -261,8 +322,9 @@ class GenerationScheduler:
         return max(1, min(60, int(queued_steps * self._step_seconds) + 1))
 
     def load(self) -> tuple[int, int]:
+        """(running, queued) sequences."""
         with self._cond:
-            return len(self._batch), len(self._waiting)
+            return self._batch.live(), len(self._waiting)
 
     def stop(self) -> None:
         with self._cond:
@@ -276,28 +338,30 @@ class GenerationScheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not len(self._batch) and not self._stopping:
+                while not self._waiting and not self._batch.live() and not self._stopping:
                     self._cond.wait()
-                if self._stopping and not self._waiting and not len(self._batch):
+                if self._stopping and not self._waiting and not self._batch.live():
                     return
                 self._drop_cancelled_waiting()
                 admitted = self._take_admissible()
+                self._admitting = len(admitted)
             try:
-                if admitted:
-                    self._prefill(admitted)
-                    self._evict_finished()
-                if len(self._batch):
+                self._mark_cancelled()
+                self._rebuild_if_due(admitted)
+                with self._cond:
+                    self._admitting = 0
+                if self._batch.live():
                     started = time.monotonic()
                     logits = self._batch.step()
                     self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.monotonic() - started)
-                    self._advance(self._batch.rows, logits)
-                self._evict_finished()
+                    self._batch.last_tokens = self._advance(self._batch.rows, logits, self._batch.last_tokens)
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
                 self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
             with self._cond:
+                self._admitting = 0
                 metrics.QUEUED.labels(self.name).set(len(self._waiting))
-                metrics.RUNNING.labels(self.name).set(len(self._batch))
+                metrics.RUNNING.labels(self.name).set(self._batch.live())
 
     def _drop_cancelled_waiting(self) -> None:
         kept = deque(s for s in self._waiting if not s.cancelled)
@@ -307,7 +371,7 @@ class GenerationScheduler:
         self._waiting = kept
 
     def _take_admissible(self) -> list[Sequence]:
-        room = self.max_running - len(self._batch)
+        room = self.max_running - self._batch.live()
         taken, tokens = [], 0
         while self._waiting and len(taken) < room:
             nxt = self._waiting[0]
@@ -317,7 +381,31 @@ class GenerationScheduler:
             taken.append(self._waiting.popleft())
         return taken
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
+    def _mark_cancelled(self) -> None:
+        """A client that went away frees its row now: it is no longer stepped, and leaves at the next rebuild."""
+        for seq in self._batch.rows:
+            if seq.cancelled and not seq.finish_reason:
+                seq.finish_reason = "cancelled"
+                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
+
+    def _rebuild_if_due(self, admitted: list[Sequence]) -> None:
+        """Prefill newcomers and, when worth a copy of the cache, drop finished rows (one copy for both)."""
+        finished = len(self._batch) - self._batch.live()
+        if not admitted and not (finished and finished * 4 >= len(self._batch)):
+            return
+        keep = [i for i, seq in enumerate(self._batch.rows) if not seq.finish_reason]
+        new_past = new_mask = new_tokens = None
+        if admitted:
+            new_past, new_mask, new_tokens = self._prefill(admitted)
+            alive = [i for i, seq in enumerate(admitted) if not seq.finish_reason]
+            if len(alive) != len(admitted):  # finished with their first token
+                admitted = [admitted[i] for i in alive]
+                new_past = [p[alive] for p in new_past]
+                new_mask, new_tokens = new_mask[alive], new_tokens[alive]
+        self._batch.rebuild(keep, admitted, new_past, new_mask, new_tokens)
+
+    def _prefill(self, seqs: list[Sequence]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Run the prompts (left-padded, together) and sample each one's first token."""
         length = max(len(s.prompt_ids) for s in seqs)
         ids = np.full((len(seqs), length), self.tokenizer.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(seqs), length), dtype=np.int64)
@@ -326,22 +414,18 @@ class GenerationScheduler:
             mask[row, length - len(seq.prompt_ids):] = 1
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         logits, present = self.model.run(ids, mask, positions, self.model.empty_past(len(seqs)))
-        self._batch.merge(seqs, present, mask, mask.sum(axis=1), np.zeros(len(seqs), dtype=np.int64))
-        first_row = len(self._batch) - len(seqs)
-        self._advance(seqs, logits[:, -1, :], row_offset=first_row)
+        tokens = self._advance(seqs, logits[:, -1, :], np.zeros(len(seqs), dtype=np.int64))
+        return present, mask, tokens
 
-    def _advance(self, rows: list[Sequence], logits: np.ndarray, row_offset: int = 0) -> None:
-        """Sample the next token of each row, emit its text, and mark finished rows."""
+    def _advance(self, rows: list[Sequence], logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Sample the next token of each live row, emit its text, mark finished rows; returns the tokens."""
+        tokens = tokens.copy()
         now = time.monotonic()
         for i, seq in enumerate(rows):
             if seq.finish_reason:
                 continue
-            if seq.cancelled:
-                seq.finish_reason = "cancelled"
-                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
-                continue
             token = sample(logits[i], seq.params, seq.rng)
-            self._batch.last_tokens[row_offset + i] = token
+            tokens[i] = token
             if seq.last_token_at is None:
                 metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - seq.admitted_at)
             else:
@@ -367,15 +451,7 @@ class GenerationScheduler:
             seq.emitted_chars = safe_end
             seq.finish_reason = finish
             seq.emit(TokenEvent(delta, 1, finish, seq.index))
-
-    def _evict_finished(self) -> None:
-        keep = [i for i, s in enumerate(self._batch.rows) if not s.finish_reason and not s.cancelled]
-        if len(keep) != len(self._batch):
-            for seq in self._batch.rows:
-                if seq.cancelled and not seq.finish_reason:
-                    seq.finish_reason = "cancelled"
-                    seq.emit(TokenEvent("", 0, "cancelled", seq.index))
-            self._batch.keep(keep)
+        return tokens
 
     def _fail_all(self, message: str) -> None:
         with self._cond:

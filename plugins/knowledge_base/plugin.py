@@ -109,29 +109,40 @@ class KnowledgeBasePlugin(BasePlugin):
         seen: set[str] = set()
         report = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0, "errors": []}
         started = time.perf_counter()
-        timing = {"embed": 0.0, "last_flush": 0.0}
+        timing = {"embed": 0.0, "slowest_batch": 0.0}
         # Chunks of several small files are embedded together: one model call per embed_batch chunks.
         pending: list[tuple[str, FileState, bool, list[tuple[str | None, str]]]] = []
 
+        def out_of_time() -> bool:
+            """Stop while there is time to store what is done; the next ingest continues from there."""
+            return context.time_left() < 1.0 + 2 * timing["slowest_batch"]
+
         def flush() -> None:
+            """Embed the pending files' chunks and store every file whose chunks all got embedded."""
             texts = [text for *_, chunks in pending for _, text in chunks]
-            began = time.perf_counter()
-            vectors = np.concatenate([self._embed(context, texts[i:i + self.embed_batch])
-                                      for i in range(0, len(texts), self.embed_batch)]) if texts else None
-            timing["last_flush"] = time.perf_counter() - began
-            timing["embed"] += timing["last_flush"]
+            parts = []
+            for i in range(0, len(texts), self.embed_batch):
+                if out_of_time():
+                    report["stopped_early"] = "out of time; run ingest again to continue where it stopped"
+                    break
+                began = time.perf_counter()
+                parts.append(self._embed(context, texts[i:i + self.embed_batch]))
+                took = time.perf_counter() - began
+                timing["embed"] += took
+                timing["slowest_batch"] = max(timing["slowest_batch"], took)
+            vectors = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
             offset = 0
             for relative, state, is_update, chunks in pending:
-                part = vectors[offset:offset + len(chunks)] if chunks else np.zeros((0, 0), dtype=np.float32)
+                if offset + len(chunks) > len(vectors):
+                    break  # not embedded in time: left for the next ingest
+                index.replace(relative, state, chunks, vectors[offset:offset + len(chunks)])
                 offset += len(chunks)
-                index.replace(relative, state, chunks, part)
                 report["updated" if is_update else "added"] += 1
                 report["chunks"] += len(chunks)
             pending.clear()
 
         for path in on_disk:
-            # Stop while there is time to store what is done: the next ingest continues from there.
-            if context.time_left() < max(1.0, 3 * timing["last_flush"]):
+            if "stopped_early" in report or out_of_time():
                 report["stopped_early"] = "out of time; run ingest again to continue where it stopped"
                 break
             relative = path.relative_to(root).as_posix()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import pytest
 from moltbot.plugins.errors import PluginError
 from moltbot.plugins.manager import PluginManager
 from plugin_helpers import BUILTIN_PLUGINS, make_app, make_settings, write_pdf
+from plugin_models import RecordingModels
 
 pytestmark = pytest.mark.anyio
 DATA = Path(__file__).parent / "data" / "knowledge_base"
@@ -164,26 +166,34 @@ async def test_ingest_speed_on_a_larger_folder(kb):
           f"{report['seconds']} s = {report['chunks_per_second']} chunks/s (embedding {report['embed_seconds']} s)")
 
 
-async def test_an_ingest_out_of_time_stops_cleanly_and_the_next_one_continues(tmp_path, models):
+class SlowEmbeddings(RecordingModels):
+    """The real embeddings, each call made 0.4 s slower, so that an ingest outlasts its timeout on any machine."""
+
+    async def embed(self, texts, *, model=None):
+        await asyncio.sleep(0.4)
+        return await super().embed(texts, model=model)
+
+
+async def test_an_ingest_out_of_time_stops_cleanly_and_the_next_one_continues(tmp_path, registry):
     root = tmp_path / "plugins"
     shutil.copytree(BUILTIN_PLUGINS / "knowledge_base", root / "knowledge_base")
     config = json.loads((root / "knowledge_base" / "config.json").read_text())
-    config["timeout"] = 4
+    config["timeout"] = 5
     config["settings"]["embed_batch"] = 4
     (root / "knowledge_base" / "config.json").write_text(json.dumps(config))
-    manager = PluginManager(make_settings(root, tmp_path), models=models)
+    manager = PluginManager(make_settings(root, tmp_path), models=SlowEmbeddings(registry))
     await manager.load_all()
     documents = manager.data_root() / "knowledge_base" / "documents"
     for copy in range(3):
         copy_documents(documents / f"copy_{copy}")
     runs = []
-    for _ in range(20):
-        report = await run(manager, action="ingest")
+    for _ in range(25):
+        report = await run(manager, action="ingest")  # a timeout (504) here would fail the test
         runs.append(report)
         if "stopped_early" not in report:
             break
     assert "stopped_early" in runs[0] and 0 < runs[0]["added"] < 30
     assert "stopped_early" not in runs[-1] and sum(r["added"] for r in runs) == 30
-    assert runs[-1]["total"]["files"] == 30
-    print(f"\nknowledge_base: 30 files ingested in {len(runs)} calls of at most 4 s")
+    assert runs[-1]["total"]["files"] == 30 and sum(r["chunks"] for r in runs) == runs[-1]["total"]["chunks"]
+    print(f"\nknowledge_base: 30 files ingested in {len(runs)} calls of at most 5 s")
     await manager.close()

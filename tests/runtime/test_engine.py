@@ -155,3 +155,20 @@ def test_int8_quantised_model_stays_close_to_fp32(chat_dir, tmp_path):
     assert correlation > 0.85
     unrelated = np.corrcoef(logits["fp32"].ravel(), np.roll(logits["int8"], 1, axis=0).ravel())[0, 1]
     assert unrelated < correlation - 0.3
+
+
+def test_device_resident_kv_path_gives_the_same_tokens(chat_dir):
+    """The path CUDA takes (KV cache as OrtValues bound back step to step), run here on the CPU device."""
+    tokenizer = TextTokenizer(chat_dir)
+    results = {}
+    for resident in (False, True):
+        model = DecoderModel(chat_dir, DeviceOptions())
+        model.binds_host_buffers = not resident
+        sched = GenerationScheduler("resident", model, tokenizer, context_length=2048, max_running=4, max_queued=4)
+
+        async def scenario():
+            return await asyncio.gather(*(run(sched, tokenizer.encode(p), 16) for p in PROMPTS))
+
+        results[resident] = [tokens for tokens, _ in asyncio.run(scenario())]
+        sched.stop()
+    assert results[True] == results[False]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime as ort
 
 from moltbot import metrics
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
@@ -124,8 +125,11 @@ class DecoderModel:
         self.kv_dtype = np.float16 if "float16" in first.type else np.float32
         self.has_position_ids = "position_ids" in inputs
         self.output_names = ["logits", *self.present_names]
-        # IO binding into our own reusable buffers works on the CPU provider; elsewhere ORT allocates outputs.
+        # Where the KV cache lives between steps. On the CPU: our own reusable host buffers, bound with IO
+        # binding. On CUDA: OrtValues on the device (ORT allocates the presents there, they are bound back as
+        # the next step's past), so only token ids go in and logits come out each step.
         self.binds_host_buffers = self.provider == "CPUExecutionProvider"
+        self.device = ("cuda", options.cuda_device_id) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
@@ -157,6 +161,29 @@ class DecoderModel:
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
+
+    def run_resident(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                     past: list) -> tuple[np.ndarray, list]:
+        """One step with the KV cache as OrtValues on self.device; the presents stay there too."""
+        binding = self.session.io_binding()
+        for name, value in self._feed(input_ids, attention_mask, position_ids).items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in zip(self.past_names, self.to_device(past)):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, *self.device)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
+
+    def to_device(self, values: list) -> list:
+        return [v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(v), *self.device) for v in values]
+
+    @staticmethod
+    def to_host(values: list) -> list[np.ndarray]:
+        return [v.numpy() if isinstance(v, ort.OrtValue) else v for v in values]
 
 
 class KVBuffers:
@@ -215,7 +242,7 @@ class Batch:
             np.empty((rows, self.model.kv_heads, length, self.model.head_dim), self.model.kv_dtype)
             for _ in self.model.past_names]
         mask = np.zeros((rows, length), dtype=np.int64)
-        for dst, src in zip(target, self.past):
+        for dst, src in zip(target, self.model.to_host(self.past)):
             dst[:, :, : length - kept_len].fill(0)  # padding: masked out, but must not hold NaN garbage
             for out_row, row in enumerate(keep):
                 dst[out_row, :, length - kept_len:] = src[row, :, start:]
@@ -227,7 +254,7 @@ class Batch:
                 dst[offset:, :, length - new_len:] = src
             mask[offset:, length - new_len:] = new_mask
         self.buffers.current = idle
-        self.past = target
+        self.past = target if self.model.binds_host_buffers else self.model.to_device(target)
         self.mask = mask
         self.rows = [self.rows[i] for i in keep] + list(new_rows)
         keep_index = np.asarray(keep, dtype=np.int64)
@@ -247,7 +274,8 @@ class Batch:
                                          present)
             self.buffers.current = idle
         else:
-            logits, present = self.model.run(self.last_tokens[:, None], mask, self.positions[:, None], self.past)
+            logits, present = self.model.run_resident(self.last_tokens[:, None], mask, self.positions[:, None],
+                                                      self.past)
         self.past, self.mask = present, mask
         self.positions = self.positions + 1
         return logits[:, -1, :]

@@ -375,8 +375,8 @@ async def test_blocking_execute_runs_in_a_bounded_pool_off_the_event_loop(plugin
     beat.cancel()
     assert all(r["thread"].startswith("moltbot-plugin") for r in results)
     assert max(r["peak"] for r in results) == 2  # never more threads than plugin_workers
-    assert 0.55 < elapsed < 2.0  # 4 calls of 0.3 s on 2 workers: two rounds
-    assert ticks > 20  # the loop kept running while the plugin code blocked
+    assert elapsed > 0.55  # 4 calls of 0.3 s on 2 workers: at least two rounds
+    assert ticks >= 10  # the loop kept running while the plugin code blocked
     await manager.close()
 
 

@@ -5,6 +5,7 @@
 #   BASE_IMAGE             (default debian:bookworm-slim). When it is neither here nor pullable (machines that reach
 #                          no container registry) and it is the default, an equivalent base is built locally with
 #                          debootstrap (scripts/build-base-image.sh, cached as LOCAL_BASE_IMAGE) and used instead.
+#   IMAGE_BUILD_FLAGS      extra `docker build` flags, e.g. --no-cache
 #   DEFAULT_MODELS_DIR     (default build/default-models) the embedded default models, made beforehand by
 #                          `moltbot models defaults --output build/default-models`.
 set -euo pipefail
@@ -55,6 +56,7 @@ find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} build/im
 
 version="$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+previous_id="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
 echo "image-build: building $tag (VARIANT=$variant, BASE_IMAGE=$base)"
 started=$SECONDS
 # The classic builder: CI's docker.io 20.10 client has no buildx, and the Dockerfile needs no BuildKit feature.
@@ -65,11 +67,17 @@ if ! DOCKER_BUILDKIT=0 docker build --network host \
     --label org.opencontainers.image.revision="$revision" \
     --label org.opencontainers.image.base.name="$base" \
     --label io.moltbot.variant="$variant" \
-    -t "$tag" . 2>&1 |
+    ${IMAGE_BUILD_FLAGS:-} -t "$tag" . 2>&1 |
     sed -u -e '/^DEPRECATED: The legacy builder/d' -e '/BuildKit is currently disabled/d' \
-        -e '/Install the buildx component/d' -e '/docs.docker.com\/go\/buildx/d' -e '/^ *$/d'; then
+        -e '/Install the buildx component/d' -e '/^ *environment-variable\.$/d' -e '/docs.docker.com\/go\/buildx/d' -e '/^ *$/d'; then
   echo "image-build: docker build of $tag failed" >&2
   exit 1
+fi
+# The image this build replaced is now untagged: remove it (only its own layers go) unless a container uses it.
+current_id="$(docker image inspect -f '{{.Id}}' "$tag")"
+if [ -n "$previous_id" ] && [ "$previous_id" != "$current_id" ] &&
+   [ "$(docker image inspect -f '{{len .RepoTags}}' "$previous_id" 2>/dev/null)" = 0 ]; then
+  docker rmi "$previous_id" >/dev/null 2>&1 || true
 fi
 size_mb="$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f", $1/1e6}')"
 echo "image-build: built $tag in $((SECONDS - started)) s, $size_mb MB"

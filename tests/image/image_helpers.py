@@ -69,9 +69,10 @@ class Container:
             logs = self.logs()
             if logs.count(READY_LINE) >= count:
                 return time.monotonic() - self.run_started
-            state = self.state()
-            if state["Status"] in ("exited", "dead") and state.get("RestartCount", 0) == 0 and count == 1:
-                raise AssertionError(f"{self.name} exited with {state['ExitCode']} before it was ready:\n{logs}")
+            status, restarts = self.inspect("{{.State.Status}} {{.RestartCount}}").split()
+            if status in ("exited", "dead") or int(restarts) >= count:
+                raise AssertionError(f"{self.name} stopped before it was ready ({status}, restarts: {restarts}):\n"
+                                     f"{logs}")
             time.sleep(POLL_S)
         raise AssertionError(f"{self.name}: no {count}x '{READY_LINE}' within {timeout} s:\n{self.logs()}")
 

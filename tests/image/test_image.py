@@ -120,6 +120,7 @@ def test_docker_stop_drains_and_exits_0_within_10_s(run_container):
     elapsed = time.monotonic() - started
     state = container.state()
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{container.logs()[-3000:]}"
+    print(f"\ndocker stop: {elapsed:.2f} s")
     assert elapsed < 10, f"docker stop took {elapsed:.1f} s"
     assert "draining" in container.logs()
 
@@ -171,7 +172,7 @@ def test_cpu_and_memory_limits(run_container):
         embeddings = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["limits"] * 16})
         assert embeddings.status_code == 200, embeddings.text
     state = container.state()
-    assert state["Running"] and not state["OOMKilled"] and state["RestartCount"] == 0
+    assert state["Running"] and not state["OOMKilled"] and container.inspect("{{.RestartCount}}") == "0"
 
 
 def test_serves_with_no_network_at_all(run_container):

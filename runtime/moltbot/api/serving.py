@@ -16,6 +16,7 @@ import numpy as np
 from moltbot.api.errors import APIError
 from moltbot.api.protocol import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList,
                                   new_id, now)
+from moltbot.api.tool_parser import parse_tool_calls
 from moltbot.engine.generation import EngineStopped, GenerationHandle, QueueFull, SamplingParams, TokenEvent
 from moltbot.engine.registry import ModelNotFound, ModelRegistry, ServedModel
 from moltbot.engine.service import UpstreamError
@@ -190,15 +191,19 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward(served, "chat/completions", req)
-        gen = self.plan_chat(req, served, stats)
+        gen = self.plan_chat(req, served, stats, tools=_tool_dicts(req))
         texts, reasons, tokens = await self.complete(gen, stats)
-        return {
-            "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": served.name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": reason}
-                        for i, (text, reason) in enumerate(zip(texts, reasons))],
-            "usage": _usage(stats.prompt_tokens, tokens),
-        }
+        choices = []
+        for i, (text, reason) in enumerate(zip(texts, reasons)):
+            message = {"role": "assistant", "content": text}
+            if req.tools:
+                content, calls = parse_tool_calls(text)
+                if calls:
+                    message, reason = {"role": "assistant", "content": content or None, "tool_calls": calls}, \
+                        "tool_calls"
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
+        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": served.name,
+                "choices": choices, "usage": _usage(stats.prompt_tokens, tokens)}
 
     async def chat_stream(self, req: ChatCompletionRequest, stats: RequestStats) -> AsyncIterator[dict]:
         """chat.completion.chunk objects; `served` checks and planning happen before the first one."""
@@ -206,7 +211,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward_stream(served, "chat/completions", req)
-        gen = self.plan_chat(req, served, stats)
+        gen = self.plan_chat(req, served, stats, tools=_tool_dicts(req))
         handle = self.start(gen)
         return self._chat_chunks(gen, handle, req, stats)
 
@@ -320,6 +325,11 @@ class OpenAIServing:
         except UpstreamError as exc:
             raise UpstreamResponse(exc.status, exc.body)
         return _prepend(first, stream)
+
+
+def _tool_dicts(req: ChatCompletionRequest) -> list[dict] | None:
+    """The request's tools as the chat template expects them (as transformers passes them)."""
+    return [tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None
 
 
 def _usage(prompt: int, completion: int) -> dict:

@@ -251,7 +251,7 @@ class PluginManager:
             cls = _find_plugin_class(module, package, config.class_name)
             try:
                 instance = cls(dict(config.settings))
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise PluginLoadError(f"{cls.__name__}.__init__ raised {type(exc).__name__}: {exc}") from None
             schema = config.input_schema
             if schema is None:
@@ -261,7 +261,7 @@ class PluginManager:
         except PluginLoadError:
             self._drop_modules(package)
             raise
-        except Exception as exc:  # import errors, syntax errors, anything the plugin's modules raise
+        except (Exception, SystemExit) as exc:  # import and syntax errors, anything the plugin's modules raise
             self._drop_modules(package)
             raise PluginLoadError(f"import failed: {_describe(exc, folder)}") from None
         return LoadedPlugin(config=config, instance=instance, module_name=package,
@@ -372,7 +372,7 @@ class PluginManager:
         name = plugin.config.name
         try:
             if plugin.is_async:
-                return await asyncio.wait_for(plugin.instance.execute(context), timeout)
+                return await asyncio.wait_for(_no_exit(plugin.instance.execute(context)), timeout)
             loop = asyncio.get_running_loop()
             # The thread keeps running after a timeout (threads cannot be killed); the pool bounds how many.
             return await asyncio.wait_for(loop.run_in_executor(self._executor, plugin.instance.execute, context),
@@ -382,7 +382,7 @@ class PluginManager:
             raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
         except PluginAPIError:
             raise
-        except Exception:
+        except (Exception, SystemExit):  # sys.exit() in a plugin must not end the service either
             context.logger.exception("plugin call raised")
             raise PluginFailed(f"plugin {name!r} failed (request id {context.request_id}); "
                                "the server log has the details") from None
@@ -394,6 +394,14 @@ class PluginManager:
             self._unload(record)
         self._records.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _no_exit(call: Any) -> Any:
+    """SystemExit escaping an asyncio task would stop the event loop, and with it the service."""
+    try:
+        return await call
+    except SystemExit as exc:
+        raise RuntimeError(f"the plugin called sys.exit({exc.code})") from None
 
 
 def _find_plugin_class(module: types.ModuleType, package: str, class_name: str | None) -> type[BasePlugin]:

@@ -100,6 +100,7 @@ async def test_broken_plugins_are_listed_counted_and_do_not_stop_the_others(plug
                  {"settings": {"api_key": {"env": "MOLTBOT_TEST_UNSET_KEY"}}})
     write_plugin(plugins_root, "bad_schema", README_EXAMPLE, {"input_schema": {"type": "no-such-type"}})
     write_plugin(plugins_root, "no_config", README_EXAMPLE)
+    write_plugin(plugins_root, "exits", "import sys\nsys.exit(3)\n", {})
     before = {n: load_errors(n) for n in ("import_error", "syntax_error", "bad_json", "no_class", "init_raises")}
 
     manager = await started(plugins_root, tmp_path)
@@ -114,6 +115,7 @@ async def test_broken_plugins_are_listed_counted_and_do_not_stop_the_others(plug
         "no_secret": "environment variable MOLTBOT_TEST_UNSET_KEY is not set",
         "bad_schema": "input_schema is not a valid JSON Schema",
         "no_config": "config.json is missing",
+        "exits": "import failed: SystemExit: 3 (plugin.py line 2)",
     }
     for name, text in expected_errors.items():
         assert status[name]["status"] == "error", name
@@ -236,6 +238,20 @@ async def test_exceptions_give_500_with_plugin_and_request_id_but_no_traceback(p
             def execute(self, context):
                 return ["not", "a", "dict"]
     ''', {})
+    write_plugin(plugins_root, "quits", '''
+        import sys
+        from moltbot.plugins import BasePlugin
+        class Quits(BasePlugin):
+            def execute(self, context):
+                sys.exit(1)
+    ''', {})
+    write_plugin(plugins_root, "quits_async", '''
+        import sys
+        from moltbot.plugins import BasePlugin
+        class QuitsAsync(BasePlugin):
+            async def execute(self, context):
+                sys.exit(1)
+    ''', {})
     write_plugin(plugins_root, "refuses", '''
         from moltbot.plugins import BasePlugin, PluginError
         class Refuses(BasePlugin):
@@ -253,6 +269,10 @@ async def test_exceptions_give_500_with_plugin_and_request_id_but_no_traceback(p
     assert request_id in error["message"]
     assert "Traceback" not in reply.body.decode() and "internal detail" not in reply.body.decode()
     assert "internal detail" in caplog.text  # the details go to the log, with the traceback
+
+    for name in ("quits", "quits_async"):
+        _, reply = await app.asgi_client.post(f"/v1/plugins/{name}/execute", json={})
+        assert reply.status == 500 and reply.json["error"]["code"] == "plugin_failed", name
 
     _, reply = await app.asgi_client.post("/v1/plugins/bad_result/execute", json={})
     assert reply.status == 500 and "returned list" in reply.json["error"]["message"]

@@ -107,3 +107,30 @@ def test_plugin_tools_are_run_and_their_results_fed_back(server_factory, tmp_pat
         assert 'moltbot_plugin_calls_total{outcome="ok",plugin="echo"} 1.0' in metrics
     finally:
         upstream.close()
+
+
+def test_plugins_are_callable_over_the_websocket(server_factory, tmp_path):
+    import asyncio
+
+    import websockets
+
+    plugin_dir = tmp_path / "srv" / "plugins" / "echo"
+    plugin_dir.mkdir(parents=True)
+    for name, text in ECHO_PLUGIN.items():
+        (plugin_dir / name).write_text(text)
+    srv = server_factory("srv")
+
+    async def scenario():
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/v1/ws") as ws:
+            await ws.send(json.dumps({"type": "plugin", "name": "echo", "input": {"word": "hi"}}))
+            result = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "plugin", "name": "echo", "input": {}}))
+            invalid = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "plugin", "name": "nope", "input": {}}))
+            missing = json.loads(await ws.recv())
+            return result, invalid, missing
+
+    result, invalid, missing = asyncio.run(scenario())
+    assert result["type"] == "plugin_result" and result["result"] == {"echoed": "HI"}
+    assert invalid["type"] == "error" and invalid["status"] == 400 and invalid["error"]["param"] == "word"
+    assert missing["status"] == 404 and missing["error"]["code"] == "plugin_not_found"

@@ -136,7 +136,7 @@ class PluginManager:
                 known = {r.name for r in self._records.values()} | {f.name for f in folders}
                 missing = sorted(set(names) - known)
                 if missing:
-                    raise PluginNotFound(f"no plugin named {missing[0]!r} in {self.plugins_dir}")
+                    raise PluginNotFound(f"no plugin named {missing[0]!r} in the plugins folder")
             outcomes = []
             for folder in folders:
                 previous = self._records.get(folder)

@@ -80,10 +80,13 @@ RUN groupadd --gid 10001 moltbot \
 # The folders are the three volumes. The cache (ONNX exports of mounted checkpoints, plugin data) lives in the
 # models volume so that it survives the container and works with --read-only. Draining after SIGTERM is kept
 # under `docker stop`'s default 10 s grace; raise both (--stop-timeout, MOLTBOT_SHUTDOWN_TIMEOUT) for long requests.
+# ORT_DISABLE_TELEMETRY: PyPI's ONNX Runtime wheels (1.31 on) otherwise keep a device ID under ~/.cache and send
+# usage events to Microsoft's collector; a self-hosted service sends nothing anywhere.
 ENV PATH=/opt/moltbot/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     MOLTBOT_HOST=0.0.0.0 \
     MOLTBOT_PORT=8080 \
     MOLTBOT_HTTPS_PORT=8443 \

@@ -30,9 +30,15 @@ image-default-models: $(IMAGE_DEFAULT_MODELS)/.made
 image: $(IMAGE_DEFAULT_MODELS)/.made system-deps
 	VARIANT="$(VARIANT)" BASE_IMAGE="$(BASE_IMAGE)" bash scripts/image-build.sh
 
+# The archive is written again only when moltbot:latest changed (its image ID is kept next to it).
 image-archive:
 	$(MAKE) --no-print-directory image VARIANT=cpu
 	mkdir -p $(dir $(IMAGE_ARCHIVE))
-	docker save moltbot:latest -o $(IMAGE_ARCHIVE).part
-	mv $(IMAGE_ARCHIVE).part $(IMAGE_ARCHIVE)
-	@echo "image-archive: $(IMAGE_ARCHIVE) ($$(du -m $(IMAGE_ARCHIVE) | cut -f1) MB)"
+	@id=$$(docker image inspect -f '{{.Id}}' moltbot:latest); \
+	if [ -f $(IMAGE_ARCHIVE) ] && [ "$$(cat $(IMAGE_ARCHIVE).id 2>/dev/null)" = "$$id" ]; then \
+	  echo "image-archive: $(IMAGE_ARCHIVE) is up to date ($$id)"; \
+	else \
+	  docker save moltbot:latest -o $(IMAGE_ARCHIVE).part && mv $(IMAGE_ARCHIVE).part $(IMAGE_ARCHIVE) && \
+	  echo "$$id" > $(IMAGE_ARCHIVE).id && \
+	  echo "image-archive: wrote $(IMAGE_ARCHIVE) ($$(du -m $(IMAGE_ARCHIVE) | cut -f1) MB)"; \
+	fi

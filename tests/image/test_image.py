@@ -47,6 +47,8 @@ def test_documented_run_serves_the_baked_in_defaults_over_empty_volumes(run_cont
         assert [len(item["embedding"]) for item in embeddings.json()["data"]] == [384, 384]
     # The empty models volume stays empty: the defaults come from the image, not from the volume.
     assert [p.name for p in container.models.iterdir() if not p.name.startswith(".")] == []
+    # Nothing is written outside the volumes (ONNX Runtime's telemetry would leave a device ID under ~/.cache).
+    assert docker("diff", container.name).stdout.strip() == ""
 
 
 def test_logs_go_to_stdout_and_to_the_logs_volume_readable_on_the_host(run_container):
@@ -196,6 +198,7 @@ def test_image_metadata_and_contents(image):
     assert set(config["Volumes"]) == {"/app/models", "/app/plugins", "/app/logs"}
     assert config["Healthcheck"]["Test"][0] == "CMD" and "/health" in config["Healthcheck"]["Test"][-1]
     env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["ORT_DISABLE_TELEMETRY"] == "1"
     assert env["MOLTBOT_MODELS_DIR"] == "/app/models" and env["MOLTBOT_PLUGINS_DIR"] == "/app/plugins"
     assert env["MOLTBOT_LOGS_DIR"] == "/app/logs" and env["MOLTBOT_DEFAULTS_DIR"] == "/opt/moltbot/defaults"
     assert config["Entrypoint"] == ["/usr/local/bin/moltbot-entrypoint"] and config["Cmd"] == ["moltbot", "serve"]

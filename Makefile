@@ -27,11 +27,11 @@ $(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[cpu,export]"
+	$(PIP) install -q -e ".[cpu,export,plugins]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
-	$(PIP) install -q -e ".[cpu,export,test]"
+	$(PIP) install -q -e ".[cpu,export,plugins,test]"
 	touch $@
 
 venv: $(VENV)/.installed-run

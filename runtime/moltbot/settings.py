@@ -82,6 +82,9 @@ class Settings:
     # Plugins
     plugin_timeout: float = _doc("Default seconds a plugin call may take (504 beyond).", default=30.0)
     plugin_workers: int = _doc("Threads running blocking plugin code.", default=4)
+    plugin_watch_interval: float = _doc(
+        "Seconds between checks of the plugins dir for changed plugins, reloaded on their own (0: off; "
+        "POST /v1/plugins/reload always works).", default=0.0)
 
     # Logging
     log_level: str = _doc("DEBUG, INFO, WARNING or ERROR.", default="INFO")

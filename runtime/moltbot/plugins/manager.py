@@ -122,7 +122,7 @@ class PluginManager:
         """Load every plugin folder; failures are recorded, logged and counted, never raised. With the
         plugin_watch_interval setting above 0, changed folders are then reloaded on their own."""
         outcomes = await self.reload()
-        interval = float(getattr(self.settings, "plugin_watch_interval", 0) or 0)
+        interval = self.settings.plugin_watch_interval
         if interval > 0 and self._watcher is None:
             self.start_watching(interval)
         return outcomes

@@ -7,6 +7,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${ANSIBLE_VENV:-$root/build/ansible-venv}"
 export PATH="$venv/bin:$PATH"
 export MOLECULE_IMAGE="${MOLECULE_IMAGE:-moltbot-test/debian-systemd:bookworm}"
+# The image archive `make image-archive` writes; the moltbot and site scenarios ship it to the test host.
+export MOLTBOT_IMAGE_ARCHIVE="${MOLTBOT_IMAGE_ARCHIVE:-$root/build/images/moltbot-latest.tar}"
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1
 cd "$root/ansible"
 

@@ -1,0 +1,69 @@
+"""site.yml turns a bare systemd host into a running, monitored, firewalled Moltbot host."""
+
+import json
+
+import pytest
+
+UNLISTED_PORT = 8081
+
+
+def status(host, url: str) -> int:
+    return int(host.check_output(f"curl -ks -o /dev/null -w '%{{http_code}}' --max-time 10 {url}"))
+
+
+@pytest.fixture(scope="module")
+def unlisted_published_container(host):
+    """A second runtime container published on a port the firewall does not list."""
+    host.run_expect([0], f"docker run -d --name molecule-unlisted -p {UNLISTED_PORT}:8080 moltbot:latest")
+    host.run_expect([0], f"for i in $(seq 90); do curl -fs http://127.0.0.1:{UNLISTED_PORT}/health && exit 0; "
+                         "sleep 2; done; exit 1")
+    yield
+    host.run("docker rm -f molecule-unlisted")
+
+
+def test_docker_runs(host):
+    assert host.service("docker").is_running
+    assert host.service("docker").is_enabled
+
+
+def test_runtime_container_answers_health(host):
+    assert json.loads(host.check_output("docker inspect moltbot"))[0]["State"]["Running"]
+    assert status(host, "http://127.0.0.1:8080/health") == 200
+    assert status(host, "http://127.0.0.1:8080/ready") == 200
+
+
+def test_runtime_image_came_from_the_archive(host):
+    assert host.file("/var/cache/moltbot/image.tar").size > 0
+
+
+def test_node_exporter_serves_metrics(host):
+    metrics = host.check_output("curl -fs http://127.0.0.1:9100/metrics")
+    assert "node_cpu_seconds_total" in metrics
+    assert 'node_systemd_unit_state{name="docker.service",state="active"' in metrics
+
+
+def test_ufw_is_active(host):
+    status_text = host.check_output("ufw status verbose")
+    assert "Status: active" in status_text
+    assert "Default: deny (incoming)" in status_text
+
+
+def test_filebeat_configuration_is_in_place(host):
+    config = host.file("/etc/filebeat/filebeat.yml")
+    assert config.exists
+    assert config.mode == 0o600
+    assert "/data/moltbot/logs" in config.content_string
+
+
+def test_published_runtime_port_is_reachable_from_the_network(probe, host_address):
+    assert probe(f"http://{host_address}:8080/health") == 200
+
+
+def test_published_port_not_listed_is_filtered(unlisted_published_container, probe, host_address, host):
+    # Docker publishes it (it answers on the host itself), but DOCKER-USER drops it from the network.
+    assert status(host, f"http://127.0.0.1:{UNLISTED_PORT}/health") == 200
+    assert probe(f"http://{host_address}:{UNLISTED_PORT}/health") == 0
+
+
+def test_node_exporter_is_closed_to_non_monitoring_sources(probe, host_address):
+    assert probe(f"http://{host_address}:9100/metrics") == 0

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build llama.cpp's llama-server (and keep its GGUF converter) from the sources that the llama-cpp-python
+# sdist on PyPI bundles. Made once under $1 (default build/bench/llama.cpp); reruns skip it.
+set -euo pipefail
+LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+PY="${PY:-.venv/bin/python}"
+OUT="$(realpath -m "${1:-build/bench/llama.cpp}")"
+if [[ -x "$OUT/bin/llama-server" && -f "$OUT/src/convert_hf_to_gguf.py" ]]; then
+  echo "llama-server: already built in $OUT"
+  exit 0
+fi
+for tool in cmake ninja g++; do
+  command -v "$tool" >/dev/null || { echo "llama-server: needs $tool (apt-get install cmake ninja-build g++)" >&2; exit 1; }
+done
+mkdir -p "$OUT"
+sdist="$OUT/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+if [[ ! -f "$sdist" ]]; then
+  "$PY" -m pip download -q --no-binary :all: --no-deps --no-build-isolation \
+    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$OUT/sdist"
+fi
+rm -rf "$OUT/src" "$OUT/unpack"
+mkdir -p "$OUT/unpack"
+tar -xzf "$sdist" -C "$OUT/unpack"
+mv "$OUT/unpack/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp" "$OUT/src"
+rm -rf "$OUT/unpack"
+started=$SECONDS
+cmake -S "$OUT/src" -B "$OUT/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF \
+  -DLLAMA_OPENSSL=OFF >"$OUT/cmake.log"
+cmake --build "$OUT/cmake" --target llama-server -j "$(nproc)" >>"$OUT/cmake.log"
+mkdir -p "$OUT/bin"
+cp "$OUT/cmake/bin/llama-server" "$OUT/bin/llama-server"
+rm -rf "$OUT/cmake"
+echo "llama-server: built in $OUT/bin in $((SECONDS - started)) s"

@@ -68,7 +68,7 @@ def openapi_document() -> dict:
                            "responses": {"101": {"description": "Switching protocols"}}}},
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",  # 3.1: its schemas are JSON Schema 2020-12, as pydantic writes them
         "info": {"title": "Moltbot API", "version": __version__,
                  "description": "OpenAI-compatible API of a self-hosted Moltbot runtime."},
         "servers": [{"url": "/"}],

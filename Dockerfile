@@ -37,20 +37,27 @@ RUN python3 -m venv /opt/build-tools \
  && /opt/build-tools/bin/pip install -q "pip>=24" "setuptools>=69" wheel \
  && python3 -m venv --without-pip /opt/moltbot/venv
 COPY pyproject.toml /src/pyproject.toml
+# The runtime's dependencies from pyproject.toml: first those both variants share (one cached layer for both),
+# then the variant's ONNX Runtime; the gpu variant adds the onnxruntime-gpu extras that pull the CUDA and cuDNN
+# wheels (the version stays the one pyproject pins).
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      >/tmp/requirements.txt \
+ && /opt/build-tools/bin/pip --python /opt/moltbot/venv/bin/python install -q -r /tmp/requirements.txt
 ARG VARIANT
-# The runtime's dependencies and the variant's extra, read from pyproject.toml; the gpu variant adds the
-# onnxruntime-gpu extras that pull the CUDA and cuDNN wheels (the version stays the one pyproject pins).
 RUN case "$VARIANT" in \
       cpu) variant_packages="" ;; \
       gpu) variant_packages="onnxruntime-gpu[cuda,cudnn]" ;; \
       *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1 ;; \
     esac \
- && python3 -c 'import sys, tomllib; project = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; print("\n".join(project["dependencies"] + project["optional-dependencies"][sys.argv[1]]))' \
-      "$VARIANT" >/tmp/requirements.txt \
- && /opt/build-tools/bin/pip --python /opt/moltbot/venv/bin/python install -q -r /tmp/requirements.txt $variant_packages \
- && if /opt/moltbot/venv/bin/python -c 'import torch' 2>/dev/null || /opt/moltbot/venv/bin/python -c 'import transformers' 2>/dev/null; then \
-      echo "torch or transformers got into the serving environment" >&2; exit 1; \
-    fi
+ && python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["optional-dependencies"][sys.argv[1]]))' \
+      "$VARIANT" >/tmp/requirements-variant.txt \
+ && /opt/build-tools/bin/pip --python /opt/moltbot/venv/bin/python install -q -r /tmp/requirements.txt \
+      -r /tmp/requirements-variant.txt $variant_packages \
+ && for module in torch transformers optimum; do \
+      if /opt/moltbot/venv/bin/python -c "import $module" 2>/dev/null; then \
+        echo "$module got into the serving environment" >&2; exit 1; \
+      fi; \
+    done
 
 # The moltbot package itself (changes often): its installed files are staged under /staging so that the final
 # image gets them as one small layer on top of the dependencies.

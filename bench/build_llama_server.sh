@@ -5,6 +5,9 @@ set -euo pipefail
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 PY="${PY:-.venv/bin/python}"
 OUT="$(realpath -m "${1:-build/bench/llama.cpp}")"
+mkdir -p "$OUT"
+exec 9>"$OUT/.build.lock"
+flock 9  # one build at a time; a second caller waits for it and then finds it made
 if [[ -x "$OUT/bin/llama-server" && -f "$OUT/src/convert_hf_to_gguf.py" ]]; then
   echo "llama-server: already built in $OUT"
   exit 0

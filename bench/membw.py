@@ -10,7 +10,7 @@ import numpy as np
 ARRAY_BYTES = 256 * 1024 * 1024  # far beyond any cache
 
 
-def copy_bandwidth(threads: int, repeats: int = 5, array_bytes: int = ARRAY_BYTES) -> float:
+def copy_bandwidth(threads: int, repeats: int = 10, array_bytes: int = ARRAY_BYTES) -> float:
     """Best bytes/s over `repeats` copies of `array_bytes` split over `threads` threads (numpy releases the
     GIL while copying). Traffic is counted as read + write, as STREAM's copy does."""
     source = np.ones(array_bytes // 8, dtype=np.float64)

@@ -8,7 +8,8 @@
 
 ANSIBLE_VENV ?= build/ansible-venv
 MOLECULE_IMAGE ?= moltbot-test/debian-systemd:bookworm
-MOLECULE_SCENARIOS := docker nvidia_container_toolkit firewall filebeat node_exporter moltbot site
+# The two long scenarios first, so the short ones fill the other job slot.
+MOLECULE_SCENARIOS := site moltbot docker firewall node_exporter filebeat nvidia_container_toolkit
 SCENARIO ?=
 MOLTBOT_IMAGE_ARCHIVE := build/images/moltbot-latest.tar
 

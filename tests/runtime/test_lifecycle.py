@@ -58,8 +58,8 @@ def test_ready_line_names_the_real_port_and_logs_go_to_stdout_and_file(shared_se
         assert field in entry, field
     assert entry["route"] == "/v1/chat/completions" and entry["model"] == "tiny-chat"
     assert entry["completion_tokens"] == 3
+    shared_server.wait_for_line(entry["request_id"], timeout=5)  # the same line on stdout
     stdout_json = [json.loads(line) for line in shared_server.lines if line.startswith("{")]
-    assert any(e.get("request_id") == entry["request_id"] for e in stdout_json)
     assert "secret prompt" not in "\n".join(file_lines)  # prompts are not logged by default
     loads = [e for e in stdout_json if e.get("load_seconds") is not None]
     assert {e["model"] for e in loads} == {"tiny-chat", "all-minilm-l6-v2"}
@@ -95,3 +95,29 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(server_factory):
     assert usage and usage[-1]["usage"]["completion_tokens"] == 1500
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/health")
+
+
+def test_sigterm_while_loading_stops_promptly_with_exit_0(server_factory, tmp_path, defaults_dir):
+    archive = make_model_archive(defaults_dir / "tiny-chat", tmp_path / "tiny.tar.gz")
+    with ArchiveServer(archive, bytes_per_second=len(archive.read_bytes()) // 30) as remote:
+        home = tmp_path / "srv"
+        (home / "models").mkdir(parents=True)
+        (home / "models" / "slow.json").write_text(json.dumps(
+            {"name": "slow-chat", "type": "remote", "url": remote.url, "sha256": remote.sha256}))
+        srv = server_factory("srv", wait=False)
+        srv.wait_for_line('"listening"', timeout=60)
+        time.sleep(1)
+        assert httpx.get(srv.url + "/ready").status_code == 503
+        started = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(20) == 0
+        assert time.monotonic() - started < 10  # not the 30 s the download would take
+    assert not (home / "models" / "slow-chat").exists()
+
+
+def test_keys_asked_for_but_none_found_refuses_to_start(server_factory, tmp_path):
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# no keys yet\n\n")
+    srv = server_factory(wait=False, env={"MOLTBOT_API_KEYS_FILE": str(empty)})
+    assert srv.process.wait(30) == 2
+    assert "hold no key" in srv.output()

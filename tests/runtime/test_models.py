@@ -132,3 +132,35 @@ def test_a_pytorch_checkpoint_is_exported_once_and_cached(server_factory, tmp_pa
     reply = httpx.post(srv.url + "/v1/chat/completions", json={
         "model": "hf-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).json()
     assert reply["usage"]["completion_tokens"] >= 1
+
+
+def _evil_archives(folder):
+    import io
+    import tarfile
+    import zipfile
+
+    tar_path = folder / "evil.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tf:
+        data = b"owned"
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    link_path = folder / "link.tar.gz"
+    with tarfile.open(link_path, "w:gz") as tf:
+        info = tarfile.TarInfo("model/escape")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    zip_path = folder / "evil.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("../outside.txt", "owned")
+    return [tar_path, link_path, zip_path]
+
+
+def test_archives_cannot_write_outside_the_model_folder(tmp_path):
+    models = tmp_path / "models"
+    for archive in _evil_archives(tmp_path):
+        with ArchiveServer(archive) as remote:
+            with pytest.raises(ModelSourceError):
+                fetch_remote(remote_config(remote.url, remote.sha256, name=archive.stem.replace(".", "-")), models)
+    assert not (tmp_path / "outside.txt").exists()
+    assert [p.name for p in models.iterdir()] == [".downloads"]

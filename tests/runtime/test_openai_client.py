@@ -44,10 +44,16 @@ def test_greedy_chat_is_deterministic_and_seeded_sampling_repeats(oai):
     assert a == b
 
 
-def test_n_gives_that_many_choices(oai):
-    reply = oai.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hi"}],
-                                        max_tokens=4, n=3, temperature=1.0, seed=1)
+def test_n_gives_that_many_different_choices_even_with_a_seed(oai):
+    def ask():
+        return oai.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=8, n=3, temperature=1.0, seed=-5,
+                                           extra_body={"ignore_eos": True})
+    reply = ask()
     assert [c.index for c in reply.choices] == [0, 1, 2]
+    texts = [c.message.content for c in reply.choices]
+    assert len(set(texts)) == 3
+    assert [c.message.content for c in ask().choices] == texts  # the seed makes the set reproducible
 
 
 def test_streamed_chat_ends_with_usage_when_asked(oai):

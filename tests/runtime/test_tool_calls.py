@@ -96,6 +96,9 @@ def test_plugin_tools_are_run_and_their_results_fed_back(server_factory, tmp_pat
             assert reply.choices[0].message.content == 'The tool said {"echoed": "MOLTBOT"}'
             assert reply.usage.total_tokens == 16  # both rounds
             assert reply.model_extra["plugin_calls"][0]["result"] == {"echoed": "MOLTBOT"}
+            for sent in upstream.requests:  # only OpenAI's fields reach the upstream, not our extensions
+                assert "ignore_eos" not in sent and "max_tool_rounds" not in sent, sent
+                assert sent["model"] == "scripted"
             second = upstream.requests[1]["messages"]
             assert second[1]["tool_calls"][0]["function"]["name"] == "echo"
             assert second[2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"echoed": "MOLTBOT"}'}

@@ -98,14 +98,26 @@ def test_overload_gets_429_with_retry_after_and_probes_stay_fast(server_factory)
     assert 'moltbot_rejected_requests_total{model="tiny-chat"}' in metrics
 
 
+def generated_tokens(srv) -> float:
+    for line in httpx.get(srv.url + "/metrics").text.splitlines():
+        if line.startswith('moltbot_generation_tokens_total{model="tiny-chat"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_a_client_that_goes_away_frees_its_slot(server_factory):
     srv = server_factory(env={"MOLTBOT_MAX_RUNNING": "1", "MOLTBOT_MAX_QUEUED": "0"})
     long_body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1900,
                  "ignore_eos": True, "stream": True}
     with httpx.stream("POST", srv.url + "/v1/chat/completions", json=long_body, timeout=60) as response:
         for line in response.iter_lines():
-            if line.startswith("data: {"):
-                break  # leave after the first chunk
+            if line.startswith("data: {") and '"content":""' not in line:
+                break  # leave after the first token
+    time.sleep(1.0)
+    generated = generated_tokens(srv)
+    assert generated < 1500  # the abandoned request stopped long before its 1900 tokens
+    time.sleep(0.5)
+    assert generated_tokens(srv) == generated  # and generates nothing more
     deadline = time.monotonic() + 10
     status = None
     while time.monotonic() < deadline:

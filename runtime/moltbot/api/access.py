@@ -8,6 +8,7 @@ import time
 from sanic import Request
 
 from moltbot import metrics
+from moltbot.api.serving import RequestStats
 
 access_log = logging.getLogger("moltbot.access")
 

@@ -49,7 +49,6 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.max_body_bytes
     app.config.RESPONSE_TIMEOUT = settings.request_timeout + 30  # our own timeout answers first, as JSON
-    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_timeout
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.ACCESS_LOG = False
     app.config.NOISY_EXCEPTIONS = False
@@ -64,6 +63,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()]
     # Requests being handled; weak, so that a handler cancelled by a client going away is not counted forever.
     app.ctx.active = weakref.WeakSet()
+    app.ctx.busy_websockets = set()  # sockets handling a message: the drain lets them finish
     metrics.IN_FLIGHT.set_function(lambda: len(app.ctx.active))
     app.blueprint(routes.bp)
     app.blueprint(plugin_routes.bp)
@@ -157,8 +157,12 @@ async def _start_loading(app: Sanic) -> None:
 async def _load_models(app: Sanic) -> None:
     state: ServiceState = app.ctx.state
     registry: ModelRegistry = app.ctx.registry
-    await asyncio.to_thread(registry.load_all)
-    await app.ctx.plugins.load_all()
+    try:
+        await asyncio.to_thread(registry.load_all)
+        await app.ctx.plugins.load_all()
+    except Exception:  # never expected (each model's failure is its own), but never silent either
+        log.exception("loading failed; the service stays not ready")
+        return
     if state.status != "loading":
         return  # shutting down meanwhile
     if not registry.models and registry.failures:
@@ -177,8 +181,14 @@ async def _load_models(app: Sanic) -> None:
 
 
 async def _stop_models(app: Sanic) -> None:
+    registry: ModelRegistry = app.ctx.registry
+    registry.stopping.set()
+    loading = getattr(app.ctx, "loading", None)
+    if loading is not None and not loading.done():
+        # A model still loading (a download, an export) is left to its thread; the process exits anyway.
+        await asyncio.wait([loading], timeout=app.ctx.settings.shutdown_timeout)
     await app.ctx.plugins.close()
-    await app.ctx.registry.close()
+    await registry.close()
 
 
 def print_ready_line(port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from typing import Any, AsyncIterator
@@ -13,7 +14,7 @@ from sanic.response import json as json_response
 
 from moltbot import metrics
 from moltbot.api.access import observe
-from moltbot.api.errors import APIError, from_validation_error
+from moltbot.api.errors import APIError, error_body, from_validation_error
 from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
@@ -42,7 +43,8 @@ def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
 
 
 def serving(request: Request) -> OpenAIServing:
-    if not request.app.ctx.state.ready:
+    """The serving layer, once the models are loaded (and still while draining at shutdown)."""
+    if request.app.ctx.state.status == "loading":
         raise APIError(503, "The models are still loading; retry shortly", code="not_ready",
                        headers={"Retry-After": "2"})
     return request.app.ctx.serving
@@ -136,25 +138,23 @@ async def embeddings(request: Request) -> HTTPResponse:
 async def stream_sse(request: Request, chunks: AsyncIterator[dict | str]) -> None:
     """Server-sent events: one `data:` line per chunk, then `data: [DONE]`. Errors after the first byte
     are sent as a last `data: {"error": ...}` event, since the status line is already out."""
-    response = await request.respond(content_type="text/event-stream",
-                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-    status = 499  # unless it ends: the client went away
+    status = 499  # unless the stream ends: the client went away
     try:
-        try:
-            async for chunk in chunks:
-                line = chunk if isinstance(chunk, str) else "data: " + json.dumps(chunk, separators=(",", ":"))
-                if line.strip() == "data: [DONE]":
-                    continue
-                await response.send(line + "\n\n")
-            status = 200
-        except APIError as exc:
-            status = exc.status
-            await response.send("data: " + json.dumps(exc.body()) + "\n\n")
-        except UpstreamResponse as exc:
-            status = exc.status
-            await response.send("data: " + json.dumps(exc.body) + "\n\n")
-        await response.send("data: [DONE]\n\n")
-        await response.eof()
+        async with contextlib.aclosing(chunks):  # closing the generator frees the model's sequences
+            response = await request.respond(content_type="text/event-stream",
+                                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+            try:
+                async for chunk in chunks:
+                    line = chunk if isinstance(chunk, str) else "data: " + json.dumps(chunk, separators=(",", ":"))
+                    if line.strip() != "data: [DONE]":
+                        await response.send(line + "\n\n")
+                status = 200
+            except (APIError, UpstreamResponse) as exc:
+                status = exc.status
+                body = exc.body() if isinstance(exc, APIError) else exc.body
+                await response.send("data: " + json.dumps(body) + "\n\n")
+            await response.send("data: [DONE]\n\n")
+            await response.eof()
     finally:
         observe(request, status)
 
@@ -167,7 +167,9 @@ async def websocket(request: Request, ws: Websocket) -> None:
     <chat.completion>}; failures are {"type": "error", "error": {...}}. A plugin call,
     {"type": "plugin", "name": ..., "input": {...}}, gets {"type": "plugin_result", "plugin": ..., "result": {...}}.
     The socket stays open for more."""
+    busy = request.app.ctx.busy_websockets
     async for message in ws:
+        busy.add(ws)
         try:
             await _ws_handle(request, ws, message)
         except APIError as exc:
@@ -175,8 +177,10 @@ async def websocket(request: Request, ws: Websocket) -> None:
         except UpstreamResponse as exc:
             await ws.send(json.dumps({"type": "error", **exc.body, "status": exc.status}))
         except PluginAPIError as exc:
-            await ws.send(json.dumps({"type": "error", "status": exc.status, "error": {
-                "message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}))
+            await ws.send(json.dumps({"type": "error", "status": exc.status,
+                                      **error_body(exc.message, exc.type, exc.param, exc.code)}))
+        finally:
+            busy.discard(ws)
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:

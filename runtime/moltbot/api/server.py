@@ -47,6 +47,17 @@ async def serve(settings: Settings, process_started: float | None = None, app: S
     await drain(app, servers, settings.shutdown_timeout, settings.shutdown_delay)
 
 
+def _close_if_idle(conn, busy_websockets: set) -> bool:
+    """Closes the connection unless a request (or a WebSocket message) is being handled on it."""
+    websocket = getattr(conn, "websocket", None)
+    if websocket is not None:
+        if websocket in busy_websockets:
+            return False
+        conn.close_if_idle()  # closes a WebSocket with 1001 (going away)
+        return True
+    return conn.close_if_idle()
+
+
 async def drain(app: Sanic, servers: list, timeout: float, delay: float) -> None:
     state = app.ctx.state
     state.status = "draining"
@@ -59,8 +70,9 @@ async def drain(app: Sanic, servers: list, timeout: float, delay: float) -> None
         server.server.close()
     deadline = time.monotonic() + timeout
     connections = [c for s in servers for c in s.connections]
+    busy_websockets = app.ctx.busy_websockets
     while time.monotonic() < deadline:
-        connections = [c for s in servers for c in s.connections if not c.close_if_idle()]
+        connections = [c for s in servers for c in s.connections if not _close_if_idle(c, busy_websockets)]
         if not connections:
             break
         await asyncio.sleep(0.05)

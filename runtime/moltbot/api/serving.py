@@ -137,45 +137,58 @@ class OpenAIServing:
     # ---- running ----------------------------------------------------------------------------------
     def start(self, gen: Generation) -> GenerationHandle:
         loop = asyncio.get_running_loop()
+        scheduler = gen.served.scheduler
+        capacity = scheduler.max_running + scheduler.max_queued
+        if len(gen.prompts) * gen.n > capacity:
+            raise APIError(400, f"This request needs {len(gen.prompts) * gen.n} sequences (prompts x n); the "
+                           f"model '{gen.served.name}' takes at most {capacity} at once", param="n",
+                           code="too_many_sequences")
         handle = None
         try:
             for ids in gen.prompts:
-                handle = gen.served.scheduler.submit(ids, gen.params, gen.n, loop, handle=handle)
-        except QueueFull as exc:
+                handle = scheduler.submit(ids, gen.params, gen.n, loop, handle=handle)
+        except BaseException as exc:
             if handle:
                 handle.cancel()
-            raise APIError(429, f"The model '{exc.model}' is busy: its queue is full. Retry after "
-                           f"{exc.retry_after} s.", code="queue_full",
-                           headers={"Retry-After": str(exc.retry_after)})
-        except EngineStopped:
-            raise APIError(503, "The server is shutting down", code="shutting_down")
+            if isinstance(exc, QueueFull):
+                raise APIError(429, f"The model '{exc.model}' is busy: its queue is full. Retry after "
+                               f"{exc.retry_after} s.", code="queue_full",
+                               headers={"Retry-After": str(exc.retry_after)}) from None
+            if isinstance(exc, EngineStopped):
+                raise APIError(503, "The server is shutting down", code="shutting_down") from None
+            raise
         return handle
 
-    async def events(self, handle: GenerationHandle, count: int) -> AsyncIterator[TokenEvent]:
-        """The handle's events until all `count` sequences finished; cancels them on any exit."""
+    async def events(self, handle: GenerationHandle, count: int, started: float) -> AsyncIterator[TokenEvent]:
+        """The handle's events until all `count` sequences finished. The deadline counts from `started` and
+        covers only the waits for the model (not a slow client reading the stream). Cancels on any exit."""
+        deadline = started + self.settings.request_timeout
         finished = 0
         try:
-            async with asyncio.timeout(self.settings.request_timeout):
-                while finished < count:
-                    event = await handle.next_event()
-                    if event.finish_reason == "error":
-                        raise APIError(500, "The model failed while generating; see the server log",
-                                       type="server_error", code="generation_failed")
-                    if event.finish_reason:
-                        finished += 1
-                    yield event
-        except TimeoutError:
-            raise APIError(504, f"The request took longer than {self.settings.request_timeout:g} s",
-                           code="request_timeout")
+            while finished < count:
+                try:
+                    event = await asyncio.wait_for(handle.next_event(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise self.timeout_error() from None
+                if event.finish_reason == "error":
+                    raise APIError(500, "The model failed while generating; see the server log",
+                                   type="server_error", code="generation_failed")
+                if event.finish_reason:
+                    finished += 1
+                yield event
         finally:
             handle.cancel()
+
+    def timeout_error(self) -> APIError:
+        return APIError(504, f"The request took longer than {self.settings.request_timeout:g} s",
+                        code="request_timeout")
 
     async def complete(self, gen: Generation, stats: RequestStats) -> tuple[list[str], list[str], int]:
         """Run to the end: texts and finish reasons per choice, and the generated token count."""
         total = len(gen.prompts) * gen.n
         texts, reasons, tokens = [""] * total, ["stop"] * total, 0
         stats.prompt_tokens = gen.prompt_tokens * gen.n
-        async for event in self.events(self.start(gen), total):
+        async for event in self.events(self.start(gen), total, stats.started):
             texts[event.index] += event.text
             tokens += event.tokens
             if event.finish_reason:
@@ -191,7 +204,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward(served, "chat/completions", req)
-        gen = self.plan_chat(req, served, stats, tools=_tool_dicts(req))
+        gen = await asyncio.to_thread(self.plan_chat, req, served, stats, _tool_dicts(req))
         texts, reasons, tokens = await self.complete(gen, stats)
         choices = []
         for i, (text, reason) in enumerate(zip(texts, reasons)):
@@ -211,7 +224,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward_stream(served, "chat/completions", req)
-        gen = self.plan_chat(req, served, stats, tools=_tool_dicts(req))
+        gen = await asyncio.to_thread(self.plan_chat, req, served, stats, _tool_dicts(req))
         handle = self.start(gen)
         return self._chat_chunks(gen, handle, req, stats)
 
@@ -220,21 +233,24 @@ class OpenAIServing:
         base = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
                 "model": gen.served.name}
         stats.prompt_tokens = gen.prompt_tokens * gen.n
-        for i in range(gen.n):
-            yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}]}
-        tokens = 0
-        async for event in self.events(handle, gen.n):
-            tokens += event.tokens
-            stats.completion_tokens = tokens
-            if stats.output is not None:
-                stats.output += event.text
-            if event.text or event.finish_reason:
-                delta = {"content": event.text} if event.text else {}
-                yield {**base, "choices": [{"index": event.index, "delta": delta, "logprobs": None,
-                                            "finish_reason": event.finish_reason}]}
-        if req.stream_options and req.stream_options.include_usage:
-            yield {**base, "choices": [], "usage": _usage(stats.prompt_tokens, tokens)}
+        try:  # whatever ends the stream (a client gone before the first token too) frees the sequences
+            for i in range(gen.n):
+                yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]}
+            tokens = 0
+            async for event in self.events(handle, gen.n, stats.started):
+                tokens += event.tokens
+                stats.completion_tokens = tokens
+                if stats.output is not None:
+                    stats.output += event.text
+                if event.text or event.finish_reason:
+                    delta = {"content": event.text} if event.text else {}
+                    yield {**base, "choices": [{"index": event.index, "delta": delta, "logprobs": None,
+                                                "finish_reason": event.finish_reason}]}
+            if req.stream_options and req.stream_options.include_usage:
+                yield {**base, "choices": [], "usage": _usage(stats.prompt_tokens, tokens)}
+        finally:
+            handle.cancel()
 
     # ---- completions ------------------------------------------------------------------------------
     async def completion(self, req: CompletionRequest, stats: RequestStats) -> dict:
@@ -242,7 +258,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward(served, "completions", req)
-        gen = self.plan_completion(req, served, stats)
+        gen = await asyncio.to_thread(self.plan_completion, req, served, stats)
         texts, reasons, tokens = await self.complete(gen, stats)
         return {
             "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.name,
@@ -256,7 +272,7 @@ class OpenAIServing:
         stats.model = served.name
         if served.service:
             return await self._forward_stream(served, "completions", req)
-        gen = self.plan_completion(req, served, stats)
+        gen = await asyncio.to_thread(self.plan_completion, req, served, stats)
         handle = self.start(gen)
         return self._completion_chunks(gen, handle, req, stats)
 
@@ -264,17 +280,20 @@ class OpenAIServing:
                                  stats: RequestStats) -> AsyncIterator[dict]:
         base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": gen.served.name}
         stats.prompt_tokens = gen.prompt_tokens * gen.n
-        tokens = 0
-        async for event in self.events(handle, len(gen.prompts) * gen.n):
-            tokens += event.tokens
-            stats.completion_tokens = tokens
-            if stats.output is not None:
-                stats.output += event.text
-            if event.text or event.finish_reason:
-                yield {**base, "choices": [{"index": event.index, "text": event.text, "logprobs": None,
-                                            "finish_reason": event.finish_reason}]}
-        if req.stream_options and req.stream_options.include_usage:
-            yield {**base, "choices": [], "usage": _usage(stats.prompt_tokens, tokens)}
+        try:
+            tokens = 0
+            async for event in self.events(handle, len(gen.prompts) * gen.n, stats.started):
+                tokens += event.tokens
+                stats.completion_tokens = tokens
+                if stats.output is not None:
+                    stats.output += event.text
+                if event.text or event.finish_reason:
+                    yield {**base, "choices": [{"index": event.index, "text": event.text, "logprobs": None,
+                                                "finish_reason": event.finish_reason}]}
+            if req.stream_options and req.stream_options.include_usage:
+                yield {**base, "choices": [], "usage": _usage(stats.prompt_tokens, tokens)}
+        finally:
+            handle.cancel()
 
     # ---- embeddings -------------------------------------------------------------------------------
     async def embeddings(self, req: EmbeddingRequest, stats: RequestStats) -> dict:
@@ -288,13 +307,19 @@ class OpenAIServing:
             if req.dimensions != native:
                 raise APIError(400, f"The model '{served.name}' makes {native}-dimensional embeddings only",
                                param="dimensions")
-        stats.prompt_tokens = sum(served.encoder.count_tokens(texts))
         try:
-            async with asyncio.timeout(self.settings.request_timeout):
-                vectors: np.ndarray = await asyncio.wrap_future(served.embedder.submit(texts))
+            future = served.embedder.submit(texts)
+        except QueueFull as exc:
+            raise APIError(429, f"The model '{exc.model}' is busy: its queue is full. Retry after "
+                           f"{exc.retry_after} s.", code="queue_full",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
+        try:
+            vectors, token_counts = await asyncio.wait_for(asyncio.wrap_future(future),
+                                                           self.settings.request_timeout)
         except TimeoutError:
-            raise APIError(504, f"The request took longer than {self.settings.request_timeout:g} s",
-                           code="request_timeout")
+            future.cancel()
+            raise self.timeout_error() from None
+        stats.prompt_tokens = int(sum(token_counts))
         data = []
         for i, vec in enumerate(vectors):
             if req.encoding_format == "base64":
@@ -308,7 +333,7 @@ class OpenAIServing:
     # ---- service models ---------------------------------------------------------------------------
     async def _forward(self, served: ServedModel, path: str, req) -> dict:
         try:
-            body = await served.service.post(path, req.model_dump(exclude_none=True, exclude={"model"}))
+            body = await served.service.post(path, _upstream_payload(req))
         except UpstreamError as exc:
             raise UpstreamResponse(exc.status, exc.body)
         if isinstance(body, dict) and "model" in body:
@@ -317,7 +342,7 @@ class OpenAIServing:
 
     async def _forward_stream(self, served: ServedModel, path: str, req) -> AsyncIterator[str]:
         """The upstream's SSE `data:` lines, as they come (starts the upstream call before yielding)."""
-        stream = served.service.stream(path, req.model_dump(exclude_none=True, exclude={"model"}))
+        stream = served.service.stream(path, {**_upstream_payload(req), "stream": True})
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
@@ -325,6 +350,11 @@ class OpenAIServing:
         except UpstreamError as exc:
             raise UpstreamResponse(exc.status, exc.body)
         return _prepend(first, stream)
+
+
+def _upstream_payload(req) -> dict:
+    """What the client sent, less our model name and our extensions (a strict upstream refuses unknown fields)."""
+    return req.model_dump(exclude_unset=True, exclude={"model", "ignore_eos", "max_tool_rounds"})
 
 
 def _tool_dicts(req: ChatCompletionRequest) -> list[dict] | None:

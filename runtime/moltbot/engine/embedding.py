@@ -7,11 +7,14 @@ import json
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
+from moltbot import metrics
+from moltbot.engine.generation import QueueFull
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
 from moltbot.engine.tokenizer import TextTokenizer
 
@@ -33,10 +36,8 @@ class EncoderModel:
         self.tokenizer.tokenizer.no_padding()
         self.tokenizer.tokenizer.enable_truncation(self.max_length)
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer.encode_batch(texts)]
-
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """L2-normalised mean-pooled embeddings, and each input's token count."""
         encoded = self.tokenizer.encode_batch(texts)
         length = max(len(ids) for ids in encoded)
         ids = np.zeros((len(texts), length), dtype=np.int64)
@@ -50,25 +51,40 @@ class EncoderModel:
         hidden = self.session.run([self.output], feed)[0].astype(np.float32)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        vectors = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return vectors, [len(seq) for seq in encoded]
 
 
 class EmbeddingBatcher:
-    """Collects embedding requests from many clients into batches on one thread."""
+    """Collects embedding requests from many clients into batches on one thread, with bounded admission."""
 
-    def __init__(self, name: str, model: EncoderModel, max_batch: int, max_wait_s: float):
+    def __init__(self, name: str, model: EncoderModel, max_batch: int, max_wait_s: float, max_pending: int):
         self.name = name
         self.model = model
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_pending = max_pending
+        self._pending = 0
+        self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"embed-{name}", daemon=True)
         self._thread.start()
 
     def submit(self, texts: list[str]) -> Future:
+        """A future of (vectors, token counts); QueueFull when max_pending requests are already waiting."""
+        with self._lock:
+            if self._pending >= self.max_pending:
+                metrics.REJECTED.labels(self.name).inc()
+                raise QueueFull(self.name, retry_after=1)
+            self._pending += 1
         future: Future = Future()
+        future.add_done_callback(self._done)
         self._queue.put((texts, future))
         return future
+
+    def _done(self, _future: Future) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -80,9 +96,10 @@ class EmbeddingBatcher:
             if item is None:
                 return
             pending, size = [item], len(item[0])
+            deadline = time.monotonic() + self.max_wait_s  # one wait per batch, however requests trickle in
             while size < self.max_batch:
                 try:
-                    nxt = self._queue.get(timeout=self.max_wait_s)
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -101,11 +118,13 @@ class EmbeddingBatcher:
             # Sort by length so that padding stays small, then restore the order.
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             chunks = [order[i:i + self.max_batch] for i in range(0, len(order), self.max_batch)]
-            parts = {}
+            parts, counts = {}, {}
             for chunk in chunks:
-                for idx, vec in zip(chunk, self.model.embed([texts[i] for i in chunk])):
-                    parts[idx] = vec
+                chunk_vectors, chunk_counts = self.model.embed([texts[i] for i in chunk])
+                for idx, vec, count in zip(chunk, chunk_vectors, chunk_counts):
+                    parts[idx], counts[idx] = vec, count
             vectors = np.stack([parts[i] for i in range(len(texts))])
+            token_counts = [counts[i] for i in range(len(texts))]
         except Exception as exc:
             log.exception("embedding failed for model %s", self.name)
             for _, fut in live:
@@ -113,5 +132,5 @@ class EmbeddingBatcher:
             return
         start = 0
         for batch, fut in live:
-            fut.set_result(vectors[start:start + len(batch)])
+            fut.set_result((vectors[start:start + len(batch)], token_counts[start:start + len(batch)]))
             start += len(batch)

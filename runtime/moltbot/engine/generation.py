@@ -8,7 +8,6 @@ left-padded to a common length) and leave it as soon as they finish or their cli
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
@@ -26,8 +25,9 @@ from moltbot.engine.tokenizer import IncrementalDecoder, TextTokenizer
 
 log = logging.getLogger("moltbot.engine")
 
-# Most prompt tokens prefilled in one ONNX Runtime call (bounds the logits tensor of a prefill).
-PREFILL_TOKEN_BUDGET = 4096
+# Most (padded) prompt tokens in one ONNX Runtime prefill call: bounds the [rows, tokens, vocab] logits a
+# prefill makes. Longer prompts are prefilled in chunks, feeding each chunk's KV cache to the next.
+PREFILL_TOKEN_BUDGET = 1024
 
 
 class QueueFull(Exception):
@@ -70,7 +70,6 @@ class Sequence:
     emit: Callable[[TokenEvent], None]
     tokenizer: TextTokenizer
     index: int = 0
-    id: int = field(default_factory=itertools.count().__next__)
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
@@ -78,7 +77,9 @@ class Sequence:
     last_token_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.params.seed)
+        # Seeded: reproducible, and different for each of a request's n choices (any int64 seed is accepted).
+        seed = None if self.params.seed is None else [self.params.seed & (2**64 - 1), self.index]
+        self.rng = np.random.default_rng(seed)
         self.decoder = IncrementalDecoder(self.tokenizer)
         self.emitted_chars = 0  # how much of decoder.text has been sent
         self.holdback = max((len(s) for s in self.params.stop), default=1) - 1
@@ -375,7 +376,11 @@ class GenerationScheduler:
                 self._admitting = len(admitted)
             try:
                 self._mark_cancelled()
-                self._rebuild_if_due(admitted)
+                try:
+                    self._rebuild_if_due(admitted)
+                except Exception as exc:  # e.g. out of memory on a long prompt: only the newcomers fail
+                    log.exception("prefill failed for model %s", self.name)
+                    self._fail(admitted, f"prefill failed: {type(exc).__name__}: {exc}")
                 with self._cond:
                     self._admitting = 0
                 if self._batch.live():
@@ -400,12 +405,13 @@ class GenerationScheduler:
 
     def _take_admissible(self) -> list[Sequence]:
         room = self.max_running - self._batch.live()
-        taken, tokens = [], 0
+        taken, longest = [], 0
         while self._waiting and len(taken) < room:
             nxt = self._waiting[0]
-            if taken and tokens + len(nxt.prompt_ids) > PREFILL_TOKEN_BUDGET:
-                break
-            tokens += len(nxt.prompt_ids)
+            padded = (len(taken) + 1) * max(longest, len(nxt.prompt_ids))
+            if taken and padded > PREFILL_TOKEN_BUDGET:
+                break  # the next prefill takes it
+            longest = max(longest, len(nxt.prompt_ids))
             taken.append(self._waiting.popleft())
         return taken
 
@@ -441,7 +447,11 @@ class GenerationScheduler:
             ids[row, length - len(seq.prompt_ids):] = seq.prompt_ids
             mask[row, length - len(seq.prompt_ids):] = 1
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        logits, present = self.model.run(ids, mask, positions, self.model.empty_past(len(seqs)))
+        chunk = max(1, PREFILL_TOKEN_BUDGET // len(seqs))
+        present = self.model.empty_past(len(seqs))
+        for start in range(0, length, chunk):
+            end = min(start + chunk, length)
+            logits, present = self.model.run(ids[:, start:end], mask[:, :end], positions[:, start:end], present)
         tokens = self._advance(seqs, logits[:, -1, :], np.zeros(len(seqs), dtype=np.int64))
         return present, mask, tokens
 
@@ -485,7 +495,12 @@ class GenerationScheduler:
         with self._cond:
             victims = list(self._batch.rows)
             self._batch = Batch(self.model)
-        for seq in victims:
+            self._admitting = 0
+        self._fail(victims, message)
+
+    @staticmethod
+    def _fail(seqs: list[Sequence], message: str) -> None:
+        for seq in seqs:
             if not seq.finish_reason:
                 seq.finish_reason = "error"
                 seq.emit(TokenEvent(message, 0, "error", seq.index))

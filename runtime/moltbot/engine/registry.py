@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ class ModelRegistry:
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
         self.failures: list[dict] = []  # {"source", "model", "error"}
-        self.loaded = False
+        self.stopping = threading.Event()  # set at shutdown: loading stops between models
 
     # ---- loading ---------------------------------------------------------------------------------
     def configs(self) -> list[ModelConfig]:
@@ -107,6 +108,8 @@ class ModelRegistry:
                         self._fail(c.source, c.name, str(exc))
                 configs = [c for c in configs if c.source != "embedded default"]
         for config in configs:
+            if self.stopping.is_set():
+                return
             started = time.monotonic()
             try:
                 served = self._load(config)
@@ -121,7 +124,6 @@ class ModelRegistry:
             log.info("model %s loaded in %.3f s on %s", config.name, served.load_seconds, served.provider,
                      extra={"model": config.name, "load_seconds": round(served.load_seconds, 4),
                             "provider": served.provider, "task": config.task})
-        self.loaded = True
 
     def _fail(self, source: str, name: str, error: str) -> None:
         self.failures.append({"source": source, "model": name, "error": error})
@@ -138,7 +140,7 @@ class ModelRegistry:
         if config.type == "service":
             return ServedModel(config, service=ServiceClient(config, timeout=self.settings.request_timeout))
         if config.type == "remote":
-            folder = fetch_remote(config, self.settings.models_dir)
+            folder = fetch_remote(config, self.settings.models_dir, cancel=self.stopping)
         else:
             folder = Path(config.path)
         folder = resolve_local(folder, config.task, self.settings.cache_dir)
@@ -147,8 +149,10 @@ class ModelRegistry:
         options = self._device_options(config)
         if config.task == "embeddings":
             encoder = EncoderModel(folder, options)
+            max_queued = self.settings.max_queued if config.max_queued is None else config.max_queued
             batcher = EmbeddingBatcher(config.name, encoder, self.settings.embedding_batch_size,
-                                       self.settings.embedding_batch_wait_ms / 1000)
+                                       self.settings.embedding_batch_wait_ms / 1000,
+                                       max_pending=(config.max_running or self.settings.max_running) + max_queued)
             return ServedModel(config, provider=encoder.provider, embedder=batcher, encoder=encoder,
                                context_length=encoder.max_length)
         decoder = DecoderModel(folder, options)
@@ -163,7 +167,7 @@ class ModelRegistry:
                            context_length=context)
 
     async def close(self) -> None:
-        for served in self.models.values():
+        for served in list(self.models.values()):
             if served.scheduler:
                 await asyncio.to_thread(served.scheduler.stop)
             if served.embedder:
@@ -215,7 +219,7 @@ class ModelRegistry:
         if served.service:
             body = await served.service.post("embeddings", {"input": texts})
             return [item["embedding"] for item in sorted(body["data"], key=lambda d: d["index"])]
-        vectors: np.ndarray = await asyncio.wrap_future(served.embedder.submit(list(texts)))
+        vectors, _ = await asyncio.wrap_future(served.embedder.submit(list(texts)))
         return vectors.tolist()
 
 

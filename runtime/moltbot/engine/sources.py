@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -81,7 +82,7 @@ def _run_export_step(module_args: list[str], what: str) -> None:
 
 def fetch_remote(config: ModelConfig, models_dir: Path,
                  progress: Callable[[int, int | None], None] | None = None,
-                 timeout: float = 30.0) -> Path:
+                 timeout: float = 30.0, cancel: threading.Event | None = None) -> Path:
     """Download config.url into models_dir/<name>, verified against config.sha256. Idempotent.
 
     The transfer goes to models_dir/.downloads/<sha256>.part and resumes from there (HTTP Range) when it was
@@ -100,8 +101,8 @@ def fetch_remote(config: ModelConfig, models_dir: Path,
     downloads = models_dir / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     part = downloads / f"{expected}.part"
-    _download(config.url, part, progress, timeout)
-    actual = _sha256(part)
+    _download(config.url, part, progress, timeout, cancel)
+    actual = file_sha256(part)
     if actual != expected:
         part.unlink(missing_ok=True)
         raise ModelSourceError(f"{config.url}: sha256 mismatch (expected {expected}, got {actual}); "
@@ -111,7 +112,7 @@ def fetch_remote(config: ModelConfig, models_dir: Path,
     return target
 
 
-def _download(url: str, part: Path, progress, timeout: float) -> None:
+def _download(url: str, part: Path, progress, timeout: float, cancel: threading.Event | None) -> None:
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
@@ -126,7 +127,9 @@ def _download(url: str, part: Path, progress, timeout: float) -> None:
             total = int(total) + have if total is not None else None
             with part.open("ab" if have else "wb") as fh:
                 done = have
-                for chunk in response.iter_bytes():  # as received: keeps every byte for a resume
+                for chunk in response.iter_raw():  # as received, undecoded: every byte counts for a resume
+                    if cancel is not None and cancel.is_set():
+                        raise ModelSourceError(f"{url}: download stopped at shutdown; it resumes at the next start")
                     fh.write(chunk)
                     done += len(chunk)
                     if progress:
@@ -140,7 +143,7 @@ def _download(url: str, part: Path, progress, timeout: float) -> None:
                                "run again to resume") from exc
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):

@@ -72,14 +72,6 @@ class TextTokenizer:
                 x, indent=indent, ensure_ascii=ensure_ascii)
             self._template = env.from_string(template)
 
-    @property
-    def has_chat_template(self) -> bool:
-        return self._template is not None
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
-
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
@@ -102,25 +94,30 @@ class TextTokenizer:
             )
         except TemplateError:
             raise
-        except jinja2.TemplateError as exc:
-            raise TemplateError(f"the model's chat template failed: {exc}") from exc
+        except Exception as exc:  # a template may fail in any way on messages it does not expect
+            raise TemplateError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
 
 
 class IncrementalDecoder:
-    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8 sequences."""
+    """Turns a growing list of token ids into text, holding back incomplete UTF-8 sequences.
+
+    Decodes only a short window of recent ids each time (as vLLM does), not the whole sequence: a token's text
+    can depend on its neighbours (byte-level BPE, leading spaces), never on tokens far behind it."""
 
     def __init__(self, tokenizer: TextTokenizer):
         self._tokenizer = tokenizer
         self._ids: list[int] = []
+        self._prefix_offset = 0  # start of the window decoded for context
+        self._read_offset = 0  # ids before this are already in self.text
         self.text = ""
 
-    def push(self, token_id: int) -> str:
+    def push(self, token_id: int) -> None:
         self._ids.append(token_id)
-        text = self._tokenizer.decode(self._ids)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.text = text[len(self.text):], text
-        return delta
+        prefix = self._tokenizer.decode(self._ids[self._prefix_offset:self._read_offset])
+        window = self._tokenizer.decode(self._ids[self._prefix_offset:])
+        if len(window) > len(prefix) and not window.endswith("\ufffd"):
+            self.text += window[len(prefix):]
+            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
 
 
 def _read_json(path: Path) -> dict:

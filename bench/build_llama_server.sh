@@ -7,7 +7,12 @@ PY="${PY:-.venv/bin/python}"
 OUT="$(realpath -m "${1:-build/bench/llama.cpp}")"
 mkdir -p "$OUT"
 exec 9>"$OUT/.build.lock"
-flock 9  # one build at a time; a second caller waits for it and then finds it made
+# One build at a time: a second caller waits for it (at most LLAMA_BUILD_WAIT seconds when set), then finds it made.
+if [[ -n "${LLAMA_BUILD_WAIT:-}" ]]; then
+  flock -w "$LLAMA_BUILD_WAIT" 9 || { echo "llama-server: another build still runs after ${LLAMA_BUILD_WAIT} s" >&2; exit 1; }
+else
+  flock 9
+fi
 if [[ -x "$OUT/bin/llama-server" && -f "$OUT/src/convert_hf_to_gguf.py" ]]; then
   echo "llama-server: already built in $OUT"
   exit 0

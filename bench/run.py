@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -246,24 +247,10 @@ def run_cpu(args, work: Path, report: list[str]) -> None:
             systems["llama-server f16"] = System("llama-server f16")
 
         offset = 0
-        for repeat in range(args.repeats):
+        for _ in range(args.repeats):  # the two runtime variants interleaved, so that noise hits both alike
             for label, server in servers.items():
                 for c in CONCURRENCIES:
                     measure(systems[label], server.url, shape.name, prompts, c, new_tokens, False, offset)
-                    offset += requests_for(c)
-            if not args.skip_llama:
-                system = systems["llama-server f16"]
-                llama_bin, gguf = llama_files()
-                for c in CONCURRENCIES:
-                    with LlamaServer(llama_bin, gguf, parallel=c, threads=THREADS,
-                                     context_per_slot=PROMPT_TOKENS + new_tokens + 32, home=work,
-                                     alias=shape.name) as peer_server:
-                        system.load_seconds.append(peer_server.load_seconds)
-                        if repeat == 0 and c == 1:
-                            counts = verify_prompt_length(peer_server.url, shape.name, prompts[0], new_tokens)
-                            log(f"llama-server: warm-up reply used {counts[0]} prompt and {counts[1]} completion "
-                                "tokens")
-                        measure(system, peer_server.url, shape.name, prompts, c, new_tokens, True, offset)
                     offset += requests_for(c)
 
         log("transformers eager generate() fp32 ...")
@@ -276,6 +263,27 @@ def run_cpu(args, work: Path, report: list[str]) -> None:
         for server in servers.values():
             server.stop()
 
+    llama_error = None
+    if not args.skip_llama:
+        system = systems["llama-server f16"]
+        try:
+            llama_bin, gguf = llama_files()
+            for repeat in range(args.repeats):
+                for c in CONCURRENCIES:
+                    with LlamaServer(llama_bin, gguf, parallel=c, threads=THREADS,
+                                     context_per_slot=PROMPT_TOKENS + new_tokens + 32, home=work,
+                                     alias=shape.name) as peer_server:
+                        system.load_seconds.append(peer_server.load_seconds)
+                        if repeat == 0 and c == 1:
+                            counts = verify_prompt_length(peer_server.url, shape.name, prompts[0], new_tokens)
+                            log(f"llama-server: warm-up reply used {counts[0]} prompt and {counts[1]} completion "
+                                "tokens")
+                        measure(system, peer_server.url, shape.name, prompts, c, new_tokens, True, offset)
+                    offset += requests_for(c)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            llama_error = f"{type(exc).__name__}: {str(exc)[:500]}"
+            log(f"llama-server not measured: {llama_error}")
+
     ceiling_rows = []
     for dtype, width in (("fp32", 4), ("f16", 2), ("int8", 1)):
         step_bytes = shape.weight_bytes_per_step(width)
@@ -284,9 +292,11 @@ def run_cpu(args, work: Path, report: list[str]) -> None:
     report.append(f"## CPU: {shape.name} (Llama, {shape.parameter_count() / 1e6:.1f} M parameters, random weights)\n")
     report.append(f"{PROMPT_TOKENS}-token prompts (distinct per request), {new_tokens} generated tokens per request, "
                   f"greedy, `ignore_eos`; {THREADS} threads everywhere; median of {args.repeats} runs per point. "
-                  "Requests per point: " + ", ".join(f"c{c}: {requests_for(c)}" for c in CONCURRENCIES) + ".\n")
-    ordered = [systems[k] for k in systems]
+                  "Requests per point (closed loop): " + ", ".join(f"c{c}: {requests_for(c)}" for c in CONCURRENCIES) + ".\n")
+    ordered = [systems[k] for k in systems if systems[k].points]
     report.append(system_table(ordered) + "\n")
+    if llama_error:
+        report.append(f"llama-server was not measured in this run: {llama_error}\n")
     load_rows = [[s.label, median(s.load_seconds)] for s in ordered if s.load_seconds]
     report.append("Cold load (process start to ready; model files already made):\n")
     report.append(markdown_table(["System", "Seconds (median)"], load_rows) + "\n")
@@ -306,7 +316,7 @@ def run_cpu(args, work: Path, report: list[str]) -> None:
         ]
         for c in (8, 32):
             targets.append(Target(f"{label}: c{c} >= llama-server f16 c{c}", s.tokens_per_second(c),
-                                  peer.tokens_per_second(c) if peer else None))
+                                  peer.tokens_per_second(c) if peer and peer.points else None))
     report.append("Targets (issue 7):\n")
     report.append(markdown_table(["Target", "Measured tok/s", "Needed tok/s", "Ratio", "Result"],
                                  [t.row() for t in targets]) + "\n")
@@ -355,11 +365,17 @@ def write_docs(path: Path, machine: dict, report: list[str], gpu: str | None, st
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB memory; "
         f"{machine['os']}; Python {machine['python']}",
         f"- Load average when the run started: {', '.join(f'{x:.1f}' for x in machine['load_average'])} "
-        "(the machine is shared: figures move by up to 2x between runs; each point is the median of repeats, "
-        "and the systems are measured interleaved in one run)",
+        "(the machine is shared: figures move by up to 2x between runs; each point is the median of repeats; "
+        "the two runtime variants are measured interleaved, then transformers, then llama-server, in one run)",
         f"- GPU: {gpu or 'none (nvidia-smi found no GPU): GPU rows skipped'}\n",
     ]
-    path.write_text("\n".join(header + report + [METHOD]))
+    notes = ""
+    if path.exists() and NOTES_MARKER in path.read_text():
+        notes = path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text("\n".join(header + report + [METHOD, NOTES_MARKER]) + (notes or "\n"))
+
+
+NOTES_MARKER = "<!-- Hand-written notes below this line are kept when make bench rewrites the page. -->"
 
 
 METHOD = """## Method
@@ -387,6 +403,7 @@ METHOD = """## Method
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the servers under test are stopped
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "3")))
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")

@@ -2,8 +2,8 @@
 #   VARIANT=cpu  ONNX Runtime for the CPU, no CUDA at all                 (make image             -> moltbot:latest)
 #   VARIANT=gpu  onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries    (make image VARIANT=gpu -> moltbot:gpu)
 #                from PyPI's nvidia-* wheels; run it with `docker run --gpus all` (NVIDIA Container Toolkit).
-# BASE_IMAGE: any Debian 12 (bookworm) image with apt; `make image` builds an equivalent one with debootstrap
-# where the public one can't be pulled.
+# BASE_IMAGE: a Debian image with apt whose python3 meets pyproject's requires-python (Debian 13 trixie: 3.13;
+# Debian 12's 3.11.2 is too old); `make image` builds an equivalent one with debootstrap where it can't be pulled.
 # Build context: the repository plus two folders `make image` prepares:
 #   build/default-models  the embedded default models, made on the build host with the project's own environment
 #                         (`moltbot models defaults --output build/default-models`: it needs torch, which a docker
@@ -12,7 +12,7 @@
 #                         build stages only, never copied into the final image. Usually empty.
 # The final image carries the serving path only: no torch, transformers or optimum, no pip, no compilers.
 
-ARG BASE_IMAGE=debian:bookworm-slim
+ARG BASE_IMAGE=debian:trixie-slim
 ARG VARIANT=cpu
 
 FROM ${BASE_IMAGE} AS python-base
@@ -84,8 +84,8 @@ RUN groupadd --gid 10001 moltbot \
  && useradd --uid 10001 --gid 10001 --no-log-init --home-dir /app --no-create-home --shell /usr/sbin/nologin moltbot \
  && mkdir -p /app/models /app/plugins /app/logs \
  && chown moltbot:moltbot /app /app/models /app/plugins /app/logs
-# The folders are the three volumes. The cache (ONNX exports of mounted checkpoints, plugin data) lives in the
-# models volume so that it survives the container and works with --read-only. Draining after SIGTERM is kept
+# The folders are the three volumes. The cache folder (plugin data among others) lives in the models volume, so
+# that it survives the container and works with --read-only. Draining after SIGTERM is kept
 # under `docker stop`'s default 10 s grace; raise both (--stop-timeout, MOLTBOT_SHUTDOWN_TIMEOUT) for long requests.
 # ORT_DISABLE_TELEMETRY: PyPI's ONNX Runtime wheels (1.31 on) otherwise keep a device ID under ~/.cache and send
 # usage events to Microsoft's collector; a self-hosted service sends nothing anywhere.
@@ -121,5 +121,7 @@ VOLUME ["/app/models", "/app/plugins", "/app/logs"]
 EXPOSE 8080 8443
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["/opt/moltbot/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('MOLTBOT_PORT', '8080'), timeout=4)"]
+# The entrypoint starts as root only to hand root-owned logs/models volume folders (`mkdir -p` on the host) to the
+# service user, then runs the command as that user (uid 10001) as PID 1; with `--user` it just runs the command.
 ENTRYPOINT ["/usr/local/bin/moltbot-entrypoint"]
 CMD ["moltbot", "serve"]

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds a Debian 12 (bookworm) base image equivalent to the public debian:bookworm-slim with debootstrap, for
-# machines that reach Debian's archive but no container registry. Prints the tag on the last line of stdout.
-#   scripts/build-base-image.sh [TAG]        (default: local/debian:bookworm-slim)
+# Builds a Debian base image equivalent to the public debian:<suite>-slim with debootstrap, for machines that
+# reach Debian's archive but no container registry. Prints the tag on the last line of stdout.
+#   scripts/build-base-image.sh [TAG [SUITE]]   (default: local/debian:trixie-slim, suite from the tag)
 # The image is cached under TAG: a second call returns at once. REBUILD=1 makes it again.
 # Slim like the official image: no docs, man pages or translations, no apt caches.
 set -euo pipefail
-tag="${1:-local/debian:bookworm-slim}"
+tag="${1:-local/debian:trixie-slim}"
+suite="${2:-$(echo "${tag##*:}" | sed 's/-slim$//')}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 security_mirror="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 
@@ -23,8 +24,8 @@ fi
 rootfs="$(mktemp -d /tmp/moltbot-base.XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
 started=$SECONDS
-echo "build-base-image: debootstrap bookworm from $mirror into $rootfs" >&2
-debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
+echo "build-base-image: debootstrap $suite from $mirror into $rootfs" >&2
+debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
   tail -n 30 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
 rm -f "$rootfs.log"
 
@@ -33,13 +34,13 @@ rm -f "$rootfs/etc/apt/sources.list"
 cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<SOURCES
 Types: deb
 URIs: $mirror
-Suites: bookworm bookworm-updates
+Suites: $suite $suite-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: $security_mirror
-Suites: bookworm-security
+Suites: $suite-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
@@ -72,7 +73,7 @@ tar -C "$rootfs" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --excl
   docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' \
-    --message "debootstrap --variant=minbase bookworm $mirror, slimmed like debian:bookworm-slim" \
+    --message "debootstrap --variant=minbase $suite $mirror, slimmed like debian:$suite-slim" \
     - "$tag" >/dev/null
 echo "build-base-image: built $tag locally in $((SECONDS - started)) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 echo "$tag"

@@ -2,9 +2,9 @@
 # Builds the Moltbot container image from the root Dockerfile (`make image` calls this).
 #   VARIANT=cpu|gpu        (default cpu)
 #   IMAGE_TAG              (default moltbot:latest for cpu, moltbot:gpu for gpu)
-#   BASE_IMAGE             (default debian:bookworm-slim). When it is neither here nor pullable (machines that reach
-#                          no container registry) and it is the default, an equivalent base is built locally with
-#                          debootstrap (scripts/build-base-image.sh, cached as LOCAL_BASE_IMAGE) and used instead.
+#   BASE_IMAGE             (default debian:trixie-slim). When a debian:<suite>-slim is neither here nor pullable
+#                          (machines that reach no container registry), an equivalent base is built locally with
+#                          debootstrap (scripts/build-base-image.sh, cached as local/debian:<suite>-slim) and used.
 #   IMAGE_BUILD_FLAGS      extra `docker build` flags, e.g. --no-cache
 #   DEFAULT_MODELS_DIR     (default build/default-models) the embedded default models, made beforehand by
 #                          `moltbot models defaults --output build/default-models`.
@@ -17,9 +17,7 @@ case "$variant" in
   gpu) tag="${IMAGE_TAG:-moltbot:gpu}" ;;
   *) echo "image-build: VARIANT must be cpu or gpu, not '$variant'" >&2; exit 2 ;;
 esac
-public_base="debian:bookworm-slim"
-base="${BASE_IMAGE:-$public_base}"
-local_base="${LOCAL_BASE_IMAGE:-local/debian:bookworm-slim}"
+base="${BASE_IMAGE:-debian:trixie-slim}"
 models_dir="${DEFAULT_MODELS_DIR:-build/default-models}"
 
 if [ "$models_dir" != build/default-models ]; then
@@ -39,9 +37,10 @@ if docker image inspect "$base" >/dev/null 2>&1; then
   echo "image-build: base image $base (present here)"
 elif timeout 300 docker pull -q "$base" >/dev/null 2>&1; then
   echo "image-build: base image $base (pulled)"
-elif [ "$base" = "$public_base" ]; then
-  echo "image-build: $public_base can't be pulled here (no container registry reachable);"
-  echo "image-build: using an equivalent Debian 12 base built locally with debootstrap: $local_base"
+elif [[ "$base" =~ ^(docker\.io/)?(library/)?debian:([a-z]+)-slim$ ]]; then
+  local_base="local/debian:${BASH_REMATCH[3]}-slim"
+  echo "image-build: $base can't be pulled here (no container registry reachable);"
+  echo "image-build: using an equivalent base built locally with debootstrap: $local_base"
   base="$(bash scripts/build-base-image.sh "$local_base" | tail -n 1)"
 else
   echo "image-build: base image $base is neither here nor pullable" >&2

@@ -4,7 +4,7 @@
 # makes them root-owned), then replaces itself with the command run as that user, so the runtime is PID 1 and
 # gets SIGTERM from `docker stop` directly. Started with `--user`, it changes nothing and just runs the command.
 set -eu
-service_user="${MOLTBOT_USER:-moltbot}"
+service_user=moltbot
 
 if [ "$(id -u)" = 0 ]; then
   uid="$(id -u "$service_user")"
@@ -13,7 +13,9 @@ if [ "$(id -u)" = 0 ]; then
     [ -d "$dir" ] || continue
     if ! setpriv --reuid="$uid" --regid="$gid" --clear-groups test -w "$dir"; then
       echo "moltbot-entrypoint: $dir is not writable by $service_user ($uid:$gid); changing its owner to $uid:$gid" >&2
-      chown "$uid:$gid" "$dir"
+      chown "$uid:$gid" "$dir" ||
+        echo "moltbot-entrypoint: cannot change the owner of $dir (no CAP_CHOWN?); run with --user $uid or" \
+             "chown $uid:$gid the host folder" >&2
     fi
   done
   exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs --inh-caps=-all -- "$@"

@@ -185,7 +185,15 @@ def _extract(archive: Path, dest: Path) -> None:
                 zf.extractall(dest)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")  # refuses absolute paths, .. and device files
+                members = tf.getmembers()
+                for member in members:  # checked here too: Pythons before 3.11.4 have no extraction filters
+                    if not (member.isfile() or member.isdir()):
+                        raise ModelSourceError(f"archive member {member.name!r} is not a plain file or folder")
+                    _check_member(member.name, dest)
+                if hasattr(tarfile, "data_filter"):
+                    tf.extractall(dest, members=members, filter="data")
+                else:
+                    tf.extractall(dest, members=members)
         else:
             raise ModelSourceError(f"{archive.name}: not a tar or zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:

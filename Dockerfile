@@ -2,8 +2,9 @@
 #   VARIANT=cpu  ONNX Runtime for the CPU, no CUDA at all                 (make image             -> moltbot:latest)
 #   VARIANT=gpu  onnxruntime-gpu with the CUDA 13 and cuDNN 9 libraries    (make image VARIANT=gpu -> moltbot:gpu)
 #                from PyPI's nvidia-* wheels; run it with `docker run --gpus all` (NVIDIA Container Toolkit).
-# BASE_IMAGE: a Debian image with apt whose python3 meets pyproject's requires-python (Debian 13 trixie: 3.13;
-# Debian 12's 3.11.2 is too old); `make image` builds an equivalent one with debootstrap where it can't be pulled.
+# BASE_IMAGE: a Debian image with apt whose python3 meets pyproject's requires-python: Debian 12 (bookworm, 3.11,
+# the Python the project is developed and tested with) by default; Debian 13 (trixie, 3.13) works too. `make image`
+# builds an equivalent one with debootstrap where it can't be pulled.
 # Build context: the repository plus two folders `make image` prepares:
 #   build/default-models  the embedded default models, made on the build host with the project's own environment
 #                         (`moltbot models defaults --output build/default-models`: it needs torch, which a docker
@@ -12,7 +13,7 @@
 #                         build stages only, never copied into the final image. Usually empty.
 # The final image carries the serving path only: no torch, transformers or optimum, no pip, no compilers.
 
-ARG BASE_IMAGE=debian:trixie-slim
+ARG BASE_IMAGE=debian:bookworm-slim
 ARG VARIANT=cpu
 
 FROM ${BASE_IMAGE} AS python-base

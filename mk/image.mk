@@ -2,12 +2,13 @@
 #   make image                   the cpu variant as moltbot:latest
 #   make image VARIANT=gpu       the gpu variant as moltbot:gpu
 #   make image-archive           docker save of moltbot:latest to build/images/moltbot-latest.tar
-# BASE_IMAGE (default debian:trixie-slim): where a debian:<suite>-slim can't be pulled (no registry), an equivalent base
-# is built here with debootstrap (scripts/build-base-image.sh, cached as local/debian:<suite>-slim).
+# BASE_IMAGE (default debian:bookworm-slim; debian:trixie-slim works too): where a debian:<suite>-slim can't be
+# pulled (no registry), an equivalent base is built here with debootstrap (scripts/build-base-image.sh, cached
+# as local/debian:<suite>-slim).
 # The default models baked into the image are made on this host with the project's venv (they need torch).
 
 VARIANT ?= cpu
-BASE_IMAGE ?= debian:trixie-slim
+BASE_IMAGE ?= debian:bookworm-slim
 IMAGE_DEFAULT_MODELS := build/default-models
 IMAGE_ARCHIVE := build/images/moltbot-latest.tar
 # The export code that makes the default models: when it changes, they are made again.

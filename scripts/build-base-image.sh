@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds a Debian base image equivalent to the public debian:<suite>-slim with debootstrap, for machines that
 # reach Debian's archive but no container registry. Prints the tag on the last line of stdout.
-#   scripts/build-base-image.sh [TAG [SUITE]]   (default: local/debian:trixie-slim, suite from the tag)
+#   scripts/build-base-image.sh [TAG [SUITE]]   (default: local/debian:bookworm-slim, suite from the tag)
 # The image is cached under TAG: a second call returns at once. REBUILD=1 makes it again.
 # Slim like the official image: no docs, man pages or translations, no apt caches.
 set -euo pipefail
-tag="${1:-local/debian:trixie-slim}"
+tag="${1:-local/debian:bookworm-slim}"
 suite="${2:-$(echo "${tag##*:}" | sed 's/-slim$//')}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 security_mirror="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"

@@ -2,7 +2,7 @@
 # Builds the Moltbot container image from the root Dockerfile (`make image` calls this).
 #   VARIANT=cpu|gpu        (default cpu)
 #   IMAGE_TAG              (default moltbot:latest for cpu, moltbot:gpu for gpu)
-#   BASE_IMAGE             (default debian:trixie-slim). When a debian:<suite>-slim is neither here nor pullable
+#   BASE_IMAGE             (default debian:bookworm-slim). When a debian:<suite>-slim is neither here nor pullable
 #                          (machines that reach no container registry), an equivalent base is built locally with
 #                          debootstrap (scripts/build-base-image.sh, cached as local/debian:<suite>-slim) and used.
 #   IMAGE_BUILD_FLAGS      extra `docker build` flags, e.g. --no-cache
@@ -17,7 +17,7 @@ case "$variant" in
   gpu) tag="${IMAGE_TAG:-moltbot:gpu}" ;;
   *) echo "image-build: VARIANT must be cpu or gpu, not '$variant'" >&2; exit 2 ;;
 esac
-base="${BASE_IMAGE:-debian:trixie-slim}"
+base="${BASE_IMAGE:-debian:bookworm-slim}"
 models_dir="${DEFAULT_MODELS_DIR:-build/default-models}"
 
 if [ "$models_dir" != build/default-models ]; then

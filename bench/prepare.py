@@ -71,8 +71,10 @@ def ensure_gguf(checkpoint: Path, root: Path, name: str, llama_src: Path, log=pr
         return target
     started = time.monotonic()
     partial = target.with_suffix(".partial")
-    subprocess.run([sys.executable, "-m", "bench.gguf_convert", str(llama_src), str(checkpoint), str(partial)],
-                   check=True, stdout=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", "bench.gguf_convert", str(llama_src), str(checkpoint),
+                             str(partial)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"GGUF conversion of {checkpoint} failed:\n{result.stderr[-3000:]}")
     partial.rename(target)
     log(f"gguf: made {target} ({time.monotonic() - started:.0f} s)")
     return target

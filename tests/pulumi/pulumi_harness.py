@@ -8,6 +8,8 @@ handling and the resource arguments are the real ones.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import runpy
 import sys
@@ -96,6 +98,12 @@ def stack_config(stack: str) -> dict[str, str]:
 
 def run_program(config: dict[str, str], secret_keys: list[str] | None = None, stack: str = "test") -> StackRun:
     """Runs __main__.py once with `config`; returns every declared resource and the resolved exports."""
+    # Pulumi's mocks run on the thread's current event loop; an earlier asyncio.run() in the same pytest
+    # process leaves none set.
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     run = StackRun()
     pulumi.runtime.set_mocks(_Mocks(), project="moltbot", stack=stack, preview=False,
                              monitor=_RecordingMonitor(run))

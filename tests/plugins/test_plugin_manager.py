@@ -10,7 +10,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -461,7 +460,7 @@ async def test_watching_the_folder_reloads_edited_new_and_removed_plugins(plugin
     folder = write_plugin(plugins_root, "versioned", VERSIONED, {"version": "1"})
     (folder / "helper.py").write_text("VALUE = 'one'\n")
     # plugin_watch_interval above 0 (MOLTBOT_PLUGIN_WATCH_INTERVAL) makes load_all start watching.
-    settings = SimpleNamespace(**vars(make_settings(plugins_root, tmp_path)), plugin_watch_interval=0.05)
+    settings = make_settings(plugins_root, tmp_path, plugin_watch_interval=0.05)
     manager = PluginManager(settings)
     await manager.load_all()
 

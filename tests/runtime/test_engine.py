@@ -172,3 +172,19 @@ def test_device_resident_kv_path_gives_the_same_tokens(chat_dir):
         results[resident] = [tokens for tokens, _ in asyncio.run(scenario())]
         sched.stop()
     assert results[True] == results[False]
+
+
+def test_optimised_graph_is_cached_and_gives_the_same_logits(chat_dir, tmp_path):
+    tokenizer = TextTokenizer(chat_dir)
+    ids = np.array([tokenizer.encode("Hello there")], dtype=np.int64)
+    args = (ids, np.ones_like(ids), np.arange(ids.shape[1], dtype=np.int64)[None, :])
+    fresh = DecoderModel(chat_dir, DeviceOptions(), cache_dir=tmp_path)
+    cached_files = list((tmp_path / "ort-optimised").glob("*.onnx"))
+    assert len(cached_files) == 1 and not list((tmp_path / "ort-optimised").glob("*.partial"))
+    again = DecoderModel(chat_dir, DeviceOptions(), cache_dir=tmp_path)  # loads the cached graph
+    np.testing.assert_allclose(fresh.run(*args, fresh.empty_past(1))[0], again.run(*args, again.empty_past(1))[0],
+                               rtol=1e-5, atol=1e-5)
+    cached_files[0].write_bytes(b"damaged")
+    repaired = DecoderModel(chat_dir, DeviceOptions(), cache_dir=tmp_path)  # a damaged cache is made again
+    assert repaired.run(*args, repaired.empty_past(1))[0].shape == fresh.run(*args, fresh.empty_past(1))[0].shape
+    assert cached_files[0].read_bytes() != b"damaged"

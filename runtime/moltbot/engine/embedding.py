@@ -22,9 +22,9 @@ log = logging.getLogger("moltbot.engine")
 
 
 class EncoderModel:
-    def __init__(self, folder: Path, options: DeviceOptions):
+    def __init__(self, folder: Path, options: DeviceOptions, cache_dir: Path | None = None):
         folder = Path(folder)
-        self.session = create_session(folder / "model.onnx", options)
+        self.session = create_session(folder / "model.onnx", options, cache_dir)
         self.provider = active_provider(self.session)
         self.tokenizer = TextTokenizer(folder)
         self.input_names = {i.name for i in self.session.get_inputs()}

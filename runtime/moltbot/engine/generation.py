@@ -110,9 +110,9 @@ class GenerationHandle:
 class DecoderModel:
     """The ONNX decoder with its KV cache layout, run one step at a time."""
 
-    def __init__(self, folder: Path, options: DeviceOptions):
+    def __init__(self, folder: Path, options: DeviceOptions, cache_dir: Path | None = None):
         self.folder = Path(folder)
-        self.session = create_session(self.folder / "model.onnx", options)
+        self.session = create_session(self.folder / "model.onnx", options, cache_dir)
         self.provider = active_provider(self.session)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")),

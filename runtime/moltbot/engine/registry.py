@@ -148,14 +148,14 @@ class ModelRegistry:
             folder = quantized(folder, self.settings.cache_dir)
         options = self._device_options(config)
         if config.task == "embeddings":
-            encoder = EncoderModel(folder, options)
+            encoder = EncoderModel(folder, options, self.settings.cache_dir)
             max_queued = self.settings.max_queued if config.max_queued is None else config.max_queued
             batcher = EmbeddingBatcher(config.name, encoder, self.settings.embedding_batch_size,
                                        self.settings.embedding_batch_wait_ms / 1000,
                                        max_pending=(config.max_running or self.settings.max_running) + max_queued)
             return ServedModel(config, provider=encoder.provider, embedder=batcher, encoder=encoder,
                                context_length=encoder.max_length)
-        decoder = DecoderModel(folder, options)
+        decoder = DecoderModel(folder, options, self.settings.cache_dir)
         tokenizer = TextTokenizer(folder)
         model_limit = _model_context_limit(folder)
         context = min(config.max_tokens, model_limit) if model_limit else config.max_tokens

@@ -121,3 +121,13 @@ def test_keys_asked_for_but_none_found_refuses_to_start(server_factory, tmp_path
     srv = server_factory(wait=False, env={"MOLTBOT_API_KEYS_FILE": str(empty)})
     assert srv.process.wait(30) == 2
     assert "hold no key" in srv.output()
+
+
+def test_cuda_asked_for_without_a_gpu_warns_and_serves_on_the_cpu(server_factory):
+    srv = server_factory(env={"MOLTBOT_DEVICE": "cuda"})
+    warnings = [json.loads(line) for line in srv.lines if '"WARNING"' in line and "CUDA" in line]
+    assert warnings and "using the CPU" in warnings[0]["message"]
+    cards = httpx.get(srv.url + "/v1/models").json()["data"]
+    assert {card["provider"] for card in cards} == {"CPUExecutionProvider"}
+    metrics = httpx.get(srv.url + "/metrics").text
+    assert 'provider="CPUExecutionProvider"' in metrics

@@ -31,8 +31,9 @@ def main(argv: list[str]) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype),
-                                                 attn_implementation="eager").to(args.device).eval()
+    # "Eager" as in PyTorch eager mode (no torch.compile), with transformers' default attention (SDPA).
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype)).to(
+        args.device).eval()
     prompts = json.load(open(args.prompts))
     results: dict[str, list[float]] = {}
 

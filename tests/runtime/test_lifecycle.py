@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -13,14 +14,19 @@ import pytest
 from tests.runtime.http_fixtures import ArchiveServer, make_model_archive
 
 
-def test_ready_only_after_every_model_loaded(server_factory, tmp_path, defaults_dir):
-    # A remote model behind a slow link keeps the service loading for a few seconds.
-    archive = make_model_archive(defaults_dir / "tiny-chat", tmp_path / "tiny.tar.gz")
-    with ArchiveServer(archive, bytes_per_second=len(archive.read_bytes()) // 3) as remote:
-        home = tmp_path / "srv"
+@contextlib.contextmanager
+def slow_remote_model(home, defaults_dir, seconds: int):
+    """A `remote` model config in home/models whose download takes about `seconds`: the service stays loading."""
+    archive = make_model_archive(defaults_dir / "tiny-chat", home.parent / f"{home.name}-tiny.tar.gz")
+    with ArchiveServer(archive, bytes_per_second=len(archive.read_bytes()) // seconds) as remote:
         (home / "models").mkdir(parents=True)
         (home / "models" / "slow.json").write_text(json.dumps(
             {"name": "slow-chat", "type": "remote", "url": remote.url, "sha256": remote.sha256}))
+        yield remote
+
+
+def test_ready_only_after_every_model_loaded(server_factory, tmp_path, defaults_dir):
+    with slow_remote_model(tmp_path / "srv", defaults_dir, seconds=3):
         srv = server_factory("srv", wait=False)
         srv.wait_for_line('"listening"', timeout=60)
         seen_loading = None
@@ -98,12 +104,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(server_factory):
 
 
 def test_sigterm_while_loading_stops_promptly_with_exit_0(server_factory, tmp_path, defaults_dir):
-    archive = make_model_archive(defaults_dir / "tiny-chat", tmp_path / "tiny.tar.gz")
-    with ArchiveServer(archive, bytes_per_second=len(archive.read_bytes()) // 30) as remote:
-        home = tmp_path / "srv"
-        (home / "models").mkdir(parents=True)
-        (home / "models" / "slow.json").write_text(json.dumps(
-            {"name": "slow-chat", "type": "remote", "url": remote.url, "sha256": remote.sha256}))
+    home = tmp_path / "srv"
+    with slow_remote_model(home, defaults_dir, seconds=30):
         srv = server_factory("srv", wait=False)
         srv.wait_for_line('"listening"', timeout=60)
         time.sleep(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from moltbot.api.protocol import ChatCompletionRequest
+from moltbot.api.protocol import ChatCompletionRequest, ChatMessage
 from moltbot.api.serving import OpenAIServing, RequestStats
 from moltbot.plugins.manager import PluginManager
 from moltbot.plugins.tools import run_tool_calls
@@ -25,8 +25,8 @@ async def chat_with_plugin_tools(serving: OpenAIServing, plugins: PluginManager,
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     reply: dict = {}
     for _ in range(req.max_tool_rounds):
-        round_req = req.model_copy(update={"messages": req.model_validate({**req.model_dump(), "messages": messages})
-                                           .messages, "stream": False, "n": 1})
+        round_req = req.model_copy(update={"messages": [ChatMessage.model_validate(m) for m in messages],
+                                           "stream": False, "n": 1})
         reply = await serving.chat(round_req, stats)
         for key in usage:
             usage[key] += reply.get("usage", {}).get(key, 0)

@@ -12,9 +12,13 @@
 #   build/image-ca        extra CA certificates the build host trusts (TLS-intercepting proxies); used by pip in the
 #                         build stages only, never copied into the final image. Usually empty.
 # The final image carries the serving path only: no torch, transformers or optimum, no pip, no compilers.
+# The service uid, ports, in-container paths and the gpu variant's CUDA major version come from deploy/contract.json:
+# scripts/image-build.sh passes them as build arguments; the defaults below are copies that
+# tests/test_deploy_contract.py keeps equal to it.
 
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG VARIANT=cpu
+ARG CUDA_MAJOR=13
 
 FROM ${BASE_IMAGE} AS python-base
 RUN apt-get update \
@@ -59,6 +63,13 @@ RUN case "$VARIANT" in \
         echo "$module got into the serving environment" >&2; exit 1; \
       fi; \
     done
+ARG CUDA_MAJOR
+# The gpu variant's CUDA runtime must be the major version the deployments check the host's driver against.
+RUN if [ "$VARIANT" = gpu ]; then \
+      cuda_version="$(/opt/moltbot/venv/bin/python -c 'import importlib.metadata as md; print(md.version("nvidia-cuda-runtime"))')" \
+      && [ "${cuda_version%%.*}" = "$CUDA_MAJOR" ] \
+      || { echo "the gpu variant's CUDA runtime is ${cuda_version:-missing}, deploy/contract.json says CUDA $CUDA_MAJOR" >&2; exit 1; }; \
+    fi
 
 # The moltbot package itself (changes often): its installed files are staged under /staging so that the final
 # image gets them as one small layer on top of the dependencies.
@@ -81,10 +92,19 @@ ENV MOLTBOT_DEVICE=cuda \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM runtime-${VARIANT}
-RUN groupadd --gid 10001 moltbot \
- && useradd --uid 10001 --gid 10001 --no-log-init --home-dir /app --no-create-home --shell /usr/sbin/nologin moltbot \
- && mkdir -p /app/models /app/plugins /app/logs \
- && chown moltbot:moltbot /app /app/models /app/plugins /app/logs
+ARG MOLTBOT_UID=10001
+ARG MOLTBOT_GID=10001
+ARG MOLTBOT_HTTP_PORT=8080
+ARG MOLTBOT_HTTPS_PORT=8443
+ARG MODELS_DIR=/app/models
+ARG PLUGINS_DIR=/app/plugins
+ARG LOGS_DIR=/app/logs
+ARG DEFAULTS_DIR=/opt/moltbot/defaults
+RUN groupadd --gid "$MOLTBOT_GID" moltbot \
+ && useradd --uid "$MOLTBOT_UID" --gid "$MOLTBOT_GID" --no-log-init --home-dir /app --no-create-home \
+      --shell /usr/sbin/nologin moltbot \
+ && mkdir -p "$MODELS_DIR" "$PLUGINS_DIR" "$LOGS_DIR" \
+ && chown moltbot:moltbot /app "$MODELS_DIR" "$PLUGINS_DIR" "$LOGS_DIR"
 # The folders are the three volumes. The cache folder (plugin data among others) lives in the models volume, so
 # that it survives the container and works with --read-only. Draining after SIGTERM is kept
 # under `docker stop`'s default 10 s grace; raise both (--stop-timeout, MOLTBOT_SHUTDOWN_TIMEOUT) for long requests.
@@ -96,15 +116,15 @@ ENV PATH=/opt/moltbot/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     PYTHONDONTWRITEBYTECODE=1 \
     ORT_DISABLE_TELEMETRY=1 \
     MOLTBOT_HOST=0.0.0.0 \
-    MOLTBOT_PORT=8080 \
-    MOLTBOT_HTTPS_PORT=8443 \
-    MOLTBOT_MODELS_DIR=/app/models \
-    MOLTBOT_PLUGINS_DIR=/app/plugins \
-    MOLTBOT_LOGS_DIR=/app/logs \
-    MOLTBOT_DEFAULTS_DIR=/opt/moltbot/defaults \
-    MOLTBOT_CACHE_DIR=/app/models/.cache \
+    MOLTBOT_PORT=${MOLTBOT_HTTP_PORT} \
+    MOLTBOT_HTTPS_PORT=${MOLTBOT_HTTPS_PORT} \
+    MOLTBOT_MODELS_DIR=${MODELS_DIR} \
+    MOLTBOT_PLUGINS_DIR=${PLUGINS_DIR} \
+    MOLTBOT_LOGS_DIR=${LOGS_DIR} \
+    MOLTBOT_DEFAULTS_DIR=${DEFAULTS_DIR} \
+    MOLTBOT_CACHE_DIR=${MODELS_DIR}/.cache \
     MOLTBOT_SHUTDOWN_TIMEOUT=8
-COPY build/default-models/ /opt/moltbot/defaults/
+COPY build/default-models/ ${DEFAULTS_DIR}/
 COPY --from=deps /opt/moltbot/venv /opt/moltbot/venv
 ARG VARIANT
 # The gpu variant: make the CUDA and cuDNN libraries from the nvidia-* wheels known to the dynamic loader.
@@ -118,11 +138,11 @@ RUN nvidia_libs="$(find /opt/moltbot/venv/lib/python3*/site-packages/nvidia -min
 COPY --from=app /staging/ /
 COPY scripts/image-entrypoint.sh /usr/local/bin/moltbot-entrypoint
 WORKDIR /app
-VOLUME ["/app/models", "/app/plugins", "/app/logs"]
-EXPOSE 8080 8443
+VOLUME ["${MODELS_DIR}", "${PLUGINS_DIR}", "${LOGS_DIR}"]
+EXPOSE ${MOLTBOT_HTTP_PORT} ${MOLTBOT_HTTPS_PORT}
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["/opt/moltbot/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('MOLTBOT_PORT', '8080'), timeout=4)"]
+  CMD ["/opt/moltbot/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['MOLTBOT_PORT'], timeout=4)"]
 # The entrypoint starts as root only to hand root-owned logs/models volume folders (`mkdir -p` on the host) to the
-# service user, then runs the command as that user (uid 10001) as PID 1; with `--user` it just runs the command.
+# service user, then runs the command as that user (MOLTBOT_UID) as PID 1; with `--user` it just runs the command.
 ENTRYPOINT ["/usr/local/bin/moltbot-entrypoint"]
 CMD ["moltbot", "serve"]

@@ -54,18 +54,33 @@ mkdir -p build/image-ca
 find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} build/image-ca/ \; 2>/dev/null || true
 
 version="$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+# The deployment contract (deploy/contract.json): service uid, ports, paths and the gpu variant's CUDA major.
+mapfile -t contract_args < <(python3 - <<'PY'
+import json
+c = json.load(open("deploy/contract.json"))
+p = c["paths"]
+for name, value in [("MOLTBOT_UID", c["service_user"]["uid"]), ("MOLTBOT_GID", c["service_user"]["gid"]),
+                    ("MOLTBOT_HTTP_PORT", c["ports"]["http"]), ("MOLTBOT_HTTPS_PORT", c["ports"]["https"]),
+                    ("MODELS_DIR", p["models"]), ("PLUGINS_DIR", p["plugins"]), ("LOGS_DIR", p["logs"]),
+                    ("DEFAULTS_DIR", p["defaults"]), ("CUDA_MAJOR", c["gpu"]["cuda_major"])]:
+    print("--build-arg"); print(f"{name}={value}")
+PY
+)
+cuda_major="$(python3 -c 'import json; print(json.load(open("deploy/contract.json"))["gpu"]["cuda_major"])')"
+variant_labels=(--label io.moltbot.variant="$variant")
+[ "$variant" = gpu ] && variant_labels+=(--label io.moltbot.cuda-major="$cuda_major")
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 previous_id="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
 echo "image-build: building $tag (VARIANT=$variant, BASE_IMAGE=$base)"
 started=$SECONDS
 # The classic builder: CI's docker.io 20.10 client has no buildx, and the Dockerfile needs no BuildKit feature.
 if ! DOCKER_BUILDKIT=0 docker build --network host \
-    --build-arg VARIANT="$variant" --build-arg BASE_IMAGE="$base" \
+    --build-arg VARIANT="$variant" --build-arg BASE_IMAGE="$base" "${contract_args[@]}" \
     --label org.opencontainers.image.title=moltbot \
     --label org.opencontainers.image.version="$version" \
     --label org.opencontainers.image.revision="$revision" \
     --label org.opencontainers.image.base.name="$base" \
-    --label io.moltbot.variant="$variant" \
+    "${variant_labels[@]}" \
     ${IMAGE_BUILD_FLAGS:-} -t "$tag" . 2>&1 |
     sed -u -e '/^DEPRECATED: The legacy builder/d' -e '/BuildKit is currently disabled/d' \
         -e '/Install the buildx component/d' -e '/^ *environment-variable\.$/d' -e '/docs.docker.com\/go\/buildx/d' -e '/^ *$/d'; then

@@ -9,8 +9,9 @@ service_user=moltbot
 if [ "$(id -u)" = 0 ]; then
   uid="$(id -u "$service_user")"
   gid="$(id -g "$service_user")"
-  for dir in "${MOLTBOT_LOGS_DIR:-/app/logs}" "${MOLTBOT_MODELS_DIR:-/app/models}"; do
-    [ -d "$dir" ] || continue
+  # The image sets both variables (Dockerfile, from deploy/contract.json).
+  for dir in "${MOLTBOT_LOGS_DIR:-}" "${MOLTBOT_MODELS_DIR:-}"; do
+    [ -n "$dir" ] && [ -d "$dir" ] || continue
     if ! setpriv --reuid="$uid" --regid="$gid" --clear-groups test -w "$dir"; then
       echo "moltbot-entrypoint: $dir is not writable by $service_user ($uid:$gid); changing its owner to $uid:$gid" >&2
       chown "$uid:$gid" "$dir" ||

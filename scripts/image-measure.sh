@@ -3,9 +3,15 @@
 # ready line in `docker logs` with the baked-in defaults (empty volumes), over RUNS starts (default 5).
 #   scripts/image-measure.sh [TAG]        (default moltbot:latest)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 tag="${1:-moltbot:latest}"
 runs="${RUNS:-5}"
-ready_line="AI Assistant service ready on port 8080"
+# The image's port and volume paths, from the deployment contract.
+read -r port models plugins logs < <(python3 -c '
+import json
+c = json.load(open("deploy/contract.json"))
+print(c["ports"]["http"], c["paths"]["models"], c["paths"]["plugins"], c["paths"]["logs"])')
+ready_line="AI Assistant service ready on port $port"
 work="$(mktemp -d /tmp/moltbot-measure.XXXXXX)"
 name="moltbot-measure-$$"
 trap 'docker rm -f -v "$name" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
@@ -15,8 +21,8 @@ times=()
 for run in $(seq "$runs"); do
   rm -rf "$work"/* && mkdir -p "$work"/{models,plugins,logs}
   started=$(date +%s%N)
-  docker run -d --name "$name" -p 127.0.0.1::8080 -v "$work/models:/app/models" -v "$work/plugins:/app/plugins" \
-    -v "$work/logs:/app/logs" "$tag" >/dev/null
+  docker run -d --name "$name" -p "127.0.0.1::$port" -v "$work/models:$models" -v "$work/plugins:$plugins" \
+    -v "$work/logs:$logs" "$tag" >/dev/null
   ready=""
   for _ in $(seq 1200); do  # at most 120 s
     if docker logs "$name" 2>&1 | grep -qF "$ready_line"; then ready=$(date +%s%N); break; fi

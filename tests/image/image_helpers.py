@@ -18,9 +18,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "moltbot:latest"
 GPU_IMAGE = "moltbot:gpu"
-READY_LINE = "AI Assistant service ready on port 8080"
+# The image's uid, ports and paths (deploy/contract.json), which the image must follow.
+CONTRACT = json.loads((REPO / "deploy" / "contract.json").read_text())
+READY_LINE = f"AI Assistant service ready on port {CONTRACT['ports']['http']}"
 DEFAULT_MODELS = {"tiny-chat", "all-minilm-l6-v2"}
-SERVICE_UID = 10001
+SERVICE_UID = CONTRACT["service_user"]["uid"]
 # Bounds for polling loops; a healthy start takes a few seconds (see docs/benchmarks.md).
 READY_TIMEOUT_S = 90.0
 POLL_S = 0.1

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.image.image_helpers import DEFAULT_MODELS, POLL_S, READY_LINE, SERVICE_UID, docker
+from tests.image.image_helpers import CONTRACT, DEFAULT_MODELS, POLL_S, READY_LINE, SERVICE_UID, docker
 
 pytestmark = pytest.mark.docker
 
@@ -194,13 +194,15 @@ def test_serves_with_no_network_at_all(run_container):
 
 def test_image_metadata_and_contents(image):
     config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image).stdout)
-    assert set(config["ExposedPorts"]) == {"8080/tcp", "8443/tcp"}
-    assert set(config["Volumes"]) == {"/app/models", "/app/plugins", "/app/logs"}
+    ports, paths = CONTRACT["ports"], CONTRACT["paths"]
+    assert set(config["ExposedPorts"]) == {f"{ports['http']}/tcp", f"{ports['https']}/tcp"}
+    assert set(config["Volumes"]) == {paths["models"], paths["plugins"], paths["logs"]}
     assert config["Healthcheck"]["Test"][0] == "CMD" and "/health" in config["Healthcheck"]["Test"][-1]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["ORT_DISABLE_TELEMETRY"] == "1"
-    assert env["MOLTBOT_MODELS_DIR"] == "/app/models" and env["MOLTBOT_PLUGINS_DIR"] == "/app/plugins"
-    assert env["MOLTBOT_LOGS_DIR"] == "/app/logs" and env["MOLTBOT_DEFAULTS_DIR"] == "/opt/moltbot/defaults"
+    assert env["MOLTBOT_PORT"] == str(ports["http"]) and env["MOLTBOT_HTTPS_PORT"] == str(ports["https"])
+    assert env["MOLTBOT_MODELS_DIR"] == paths["models"] and env["MOLTBOT_PLUGINS_DIR"] == paths["plugins"]
+    assert env["MOLTBOT_LOGS_DIR"] == paths["logs"] and env["MOLTBOT_DEFAULTS_DIR"] == paths["defaults"]
     assert config["Entrypoint"] == ["/usr/local/bin/moltbot-entrypoint"] and config["Cmd"] == ["moltbot", "serve"]
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
     print(f"\n{image}: {size_mb:.0f} MB")

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from tests.image.image_helpers import REPO, docker
+from tests.image.image_helpers import CONTRACT, REPO, docker
 
 # A cold build downloads and unpacks about 2.5 GB of wheels: more than the suite's default 600 s per test.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
@@ -27,9 +27,13 @@ def test_gpu_variant_carries_onnxruntime_gpu_and_its_cuda_libraries(gpu_image):
     config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", gpu_image).stdout)
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["MOLTBOT_DEVICE"] == "cuda" and env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    # Deployments read the CUDA major from the label to check the host's driver (deploy/contract.json).
+    cuda_major = str(CONTRACT["gpu"]["cuda_major"])
+    labels = config["Labels"]
+    assert labels["io.moltbot.variant"] == "gpu" and labels["io.moltbot.cuda-major"] == cuda_major
     print(f"\n{gpu_image}: {int(docker('image', 'inspect', '-f', '{{.Size}}', gpu_image).stdout) / 1e6:.0f} MB")
     probe = textwrap.dedent("""
-        import importlib.util, json, pathlib, subprocess, onnxruntime
+        import importlib.metadata, importlib.util, json, pathlib, subprocess, onnxruntime
         capi = pathlib.Path(onnxruntime.__file__).parent / "capi"
         ldd = subprocess.run(["ldd", str(capi / "libonnxruntime_providers_cuda.so")], capture_output=True, text=True)
         cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
@@ -40,10 +44,12 @@ def test_gpu_variant_carries_onnxruntime_gpu_and_its_cuda_libraries(gpu_image):
             "cached": sorted({lib for lib in ("libcudnn.so.9", "libcublasLt.so.13", "libcudart.so.13",
                                               "libcufft.so.12", "libcurand.so.10") if lib in cache}),
             "absent": [m for m in ("torch", "transformers", "optimum") if importlib.util.find_spec(m) is None],
+            "cuda_runtime": importlib.metadata.version("nvidia-cuda-runtime"),
         }))
     """)
     found = json.loads(docker("run", "--rm", "--network", "none", "--entrypoint", "python", gpu_image, "-c",
                               probe).stdout)
+    assert found["cuda_runtime"].split(".")[0] == cuda_major
     assert found["version"] == pinned_onnxruntime_gpu()
     assert "CUDAExecutionProvider" in found["providers"]
     assert found["unresolved"] == ["libcuda.so.1"], "only the driver library may come from the host"

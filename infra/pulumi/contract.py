@@ -1,0 +1,23 @@
+"""The image's deployment contract: service uid, ports and in-container paths.
+
+contract.json beside this file is generated from the repository's deploy/contract.json (the one place these
+facts are stated) by scripts/deploy_contract.py, so the program also runs from a copy of this folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_CONTRACT = json.loads((Path(__file__).with_name("contract.json")).read_text())
+
+RUNTIME_UID: int = _CONTRACT["service_user"]["uid"]
+RUNTIME_GID: int = _CONTRACT["service_user"]["gid"]
+HTTP_PORT: int = _CONTRACT["ports"]["http"]
+HTTPS_PORT: int = _CONTRACT["ports"]["https"]
+MODELS_DIR: str = _CONTRACT["paths"]["models"]
+PLUGINS_DIR: str = _CONTRACT["paths"]["plugins"]
+LOGS_DIR: str = _CONTRACT["paths"]["logs"]
+TLS_DIR: str = _CONTRACT["paths"]["tls"]
+TLS_CERT: str = f"{TLS_DIR}/{_CONTRACT['tls_files']['cert']}"
+TLS_KEY: str = f"{TLS_DIR}/{_CONTRACT['tls_files']['key']}"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-server (and keep its GGUF converter) from the sources that the llama-cpp-python
-# sdist on PyPI bundles. Made once under $1 (default build/bench/llama.cpp); reruns skip it.
+# Build llama.cpp's llama-server and llama-quantize (and keep its GGUF converter) from the sources that the
+# llama-cpp-python sdist on PyPI bundles. Made once under $1 (default build/bench/llama.cpp); reruns skip it.
+# `pip download` of an sdist prepares its metadata with the sdist's build backend; --no-build-isolation makes it
+# use the one installed in $PY's environment (scikit-build-core, from requirements/bench.txt) instead of building
+# an isolated one from sources (--no-binary :all: would apply to the backend too).
 set -euo pipefail
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 PY="${PY:-.venv/bin/python}"
@@ -13,7 +16,7 @@ if [[ -n "${LLAMA_BUILD_WAIT:-}" ]]; then
 else
   flock 9
 fi
-if [[ -x "$OUT/bin/llama-server" && -f "$OUT/src/convert_hf_to_gguf.py" ]]; then
+if [[ -x "$OUT/bin/llama-server" && -x "$OUT/bin/llama-quantize" && -f "$OUT/src/convert_hf_to_gguf.py" ]]; then
   echo "llama-server: already built in $OUT"
   exit 0
 fi
@@ -23,6 +26,8 @@ done
 mkdir -p "$OUT"
 sdist="$OUT/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 if [[ ! -f "$sdist" ]]; then
+  "$PY" -c 'import scikit_build_core' 2>/dev/null || {
+    echo "llama-server: $PY lacks scikit-build-core (make bench-deps installs requirements/bench.txt)" >&2; exit 1; }
   "$PY" -m pip download -q --no-binary :all: --no-deps --no-build-isolation \
     "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$OUT/sdist"
 fi
@@ -35,8 +40,8 @@ started=$SECONDS
 cmake -S "$OUT/src" -B "$OUT/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF >"$OUT/cmake.log"
-cmake --build "$OUT/cmake" --target llama-server -j "$(nproc)" >>"$OUT/cmake.log"
+cmake --build "$OUT/cmake" --target llama-server llama-quantize -j "$(nproc)" >>"$OUT/cmake.log"
 mkdir -p "$OUT/bin"
-cp "$OUT/cmake/bin/llama-server" "$OUT/bin/llama-server"
+cp "$OUT/cmake/bin/llama-server" "$OUT/cmake/bin/llama-quantize" "$OUT/bin/"
 rm -rf "$OUT/cmake"
-echo "llama-server: built in $OUT/bin in $((SECONDS - started)) s"
+echo "llama-server and llama-quantize: built in $OUT/bin in $((SECONDS - started)) s"

@@ -2,7 +2,7 @@
 
 Every request streams `/v1/completions` and records: HTTP status, time to first token (first chunk with text),
 the gaps between text chunks (inter-token latency), generated tokens (the usage block when the server sends
-one, else the count of text chunks) and the request's wall time.
+one, else the count of text chunks; both are kept) and the request's wall time.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class RequestResult:
     tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    usage_tokens: int | None = None  # completion_tokens of the usage block, when the server sent one
+    chunks: int = 0  # text chunks received
 
 
 @dataclass
@@ -43,6 +45,10 @@ class PointResult:
     @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def short_requests(self, asked: int) -> list[RequestResult]:
+        """The requests that did not end in 200 with exactly `asked` generated tokens."""
+        return [r for r in self.results if r.status != 200 or r.tokens != asked]
 
     def statuses(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -79,7 +85,7 @@ async def stream_completion(client: httpx.AsyncClient, url: str, payload: dict) 
                     break
                 chunk = json.loads(data)
                 if chunk.get("usage"):
-                    result.tokens = int(chunk["usage"].get("completion_tokens") or 0)
+                    result.usage_tokens = int(chunk["usage"].get("completion_tokens") or 0)
                 if chunk.get("error"):
                     result.error = json.dumps(chunk["error"])[:300]
                     result.status = 500
@@ -94,7 +100,8 @@ async def stream_completion(client: httpx.AsyncClient, url: str, payload: dict) 
     except httpx.HTTPError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         result.status = result.status or 599  # transport failure: counted as a server-side failure
-    result.tokens = result.tokens or chunks
+    result.chunks = chunks
+    result.tokens = result.usage_tokens if result.usage_tokens is not None else chunks
     result.seconds = time.perf_counter() - started
     return result
 

@@ -1,4 +1,5 @@
-"""Memory bandwidth of this machine, measured with numpy copies (read + write traffic), on 1 and 2 threads."""
+"""Memory bandwidth of this machine, measured with numpy copies (read + write traffic), on 1 and 2 threads; and
+of a CUDA device (torch), for the GPU rows."""
 
 from __future__ import annotations
 
@@ -32,3 +33,30 @@ def copy_bandwidth(threads: int, repeats: int = 10, array_bytes: int = ARRAY_BYT
         elapsed = time.perf_counter() - started
         best = max(best, 2 * source.nbytes / elapsed)
     return best
+
+
+def cuda_copy_bandwidth(repeats: int = 20, array_bytes: int = 1 << 30) -> float:
+    """Best bytes/s of a device-to-device copy on the first CUDA device (torch), counted as read + write."""
+    import torch
+
+    source = torch.ones(array_bytes // 4, dtype=torch.float32, device="cuda")
+    target = torch.empty_like(source)
+    target.copy_(source)
+    torch.cuda.synchronize()
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        torch.cuda.synchronize()
+        best = max(best, 2 * array_bytes / (time.perf_counter() - started))
+    return best
+
+
+if __name__ == "__main__":  # python -m bench.membw [--cuda]: one JSON line
+    import json
+    import sys
+
+    if "--cuda" in sys.argv[1:]:
+        print(json.dumps({"device": "cuda", "bytes_per_second": cuda_copy_bandwidth()}))
+    else:
+        print(json.dumps({"device": "cpu", "bytes_per_second": {t: copy_bandwidth(t) for t in (1, 2)}}))

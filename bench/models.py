@@ -155,18 +155,28 @@ def build_checkpoint(shape: ModelShape, out: Path, dtype: str = "float32", seed:
 
 def prompt_of_tokens(encode, tokens: int, variant: int, seed: int = SEED) -> str:
     """A text that `encode` turns into exactly `tokens` tokens; each `variant` gives a different text
-    (distinct prompts, so that no server can reuse a cached prefix)."""
+    (distinct prompts, so that no server can reuse a cached prefix).
+
+    Words are added one at a time. A byte-level BPE splits text into words (with their leading space) before
+    merging, so the count grows by the word's own count; that running count is checked against a full
+    encoding whenever it reaches the target, so a tokenizer without that property costs time, not exactness."""
     rng = random.Random(seed * 1000 + variant)
     vocabulary = pseudo_words(4000, seed)
-    text = ""
+    text, count = "", 0
     for _ in range(tokens * 4):
-        candidate = (text + " " + rng.choice(vocabulary)) if text else rng.choice(vocabulary).capitalize()
-        count = len(encode(candidate))
-        if count == tokens:
-            return candidate
-        if count > tokens:
+        word = rng.choice(vocabulary)
+        piece = " " + word if text else word.capitalize()
+        grown = count + len(encode(piece))
+        if grown > tokens:
             continue
-        text = candidate
+        text += piece
+        count = grown
+        if count == tokens:
+            count = len(encode(text))
+            if count == tokens:
+                return text
+            if count > tokens:
+                break
     # Fill the last few tokens with single characters, which are single tokens in a byte-level vocabulary.
     while len(encode(text)) < tokens:
         text += rng.choice(",.;:!?")

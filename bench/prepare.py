@@ -1,5 +1,6 @@
 """Make the benchmark's artefacts once and cache them under build/bench/: the Hugging Face checkpoint, its ONNX
-export (`moltbot models export`), and its GGUF f16 conversion for llama-server."""
+export (`moltbot models export`), and its GGUF files for llama-server: f16 by llama.cpp's converter, q8_0 and
+q4_0 by `llama-quantize` from the f16 file."""
 
 from __future__ import annotations
 
@@ -64,18 +65,31 @@ def ensure_onnx(checkpoint: Path, root: Path, name: str, dtype: str = "fp32", de
     return folder
 
 
-def ensure_gguf(checkpoint: Path, root: Path, name: str, llama_src: Path, log=print) -> Path:
-    target = root / f"{name}-f16.gguf"
+GGUF_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def ensure_gguf(checkpoint: Path, root: Path, name: str, llama_src: Path, gguf_type: str = "f16",
+                quantize_bin: Path | None = None, log=print) -> Path:
+    """The checkpoint as a GGUF file of `gguf_type`: f16 straight from the converter, the quantised types by
+    `llama-quantize` (llama.cpp's default choices per tensor for that type) from the f16 file."""
+    if gguf_type not in GGUF_TYPES:
+        raise ValueError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    target = root / f"{name}-{gguf_type}.gguf"
     if target.exists():
-        log(f"gguf: cached in {target}")
+        log(f"gguf {gguf_type}: cached in {target}")
         return target
     started = time.monotonic()
     partial = target.with_suffix(".partial")
-    result = subprocess.run([sys.executable, "-m", "bench.gguf_convert", str(llama_src), str(checkpoint),
-                             str(partial)], capture_output=True, text=True)
+    if gguf_type == "f16":
+        command = [sys.executable, "-m", "bench.gguf_convert", str(llama_src), str(checkpoint), str(partial)]
+    else:
+        if quantize_bin is None:
+            raise ValueError("llama-quantize is needed for quantised GGUF types")
+        f16 = ensure_gguf(checkpoint, root, name, llama_src, "f16", log=log)
+        command = [str(quantize_bin), str(f16), str(partial), gguf_type.upper(), "2"]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"GGUF conversion of {checkpoint} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"GGUF {gguf_type} of {checkpoint} failed:\n{(result.stderr or result.stdout)[-3000:]}")
     partial.rename(target)
-    log(f"gguf: made {target} ({time.monotonic() - started:.0f} s)")
+    log(f"gguf {gguf_type}: made {target} ({time.monotonic() - started:.0f} s)")
     return target
-

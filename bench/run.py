@@ -1,8 +1,9 @@
-"""`make bench`: the runtime against its peers, through the HTTP API, on the models of bench/models.py.
+"""`make bench`: the runtime against llama.cpp's llama-server, like against like, measured side by side.
 
-Prepares (cached under build/bench/) the checkpoint, its ONNX export and GGUF conversion, then measures side by
-side in one run and writes docs/benchmarks.md. Every point runs a bounded number of times (BENCH_REPEATS,
-default 3) and the median is recorded; targets print pass/FAIL but nothing asserts on timings.
+Prepares (cached under build/bench/) the checkpoint, its ONNX export and its GGUF files, then compares each runtime
+precision with its llama-server peer (int8 vs q8_0, int4 vs q4_0, fp32 vs f16), both servers up at once: every
+point runs in interleaved rounds (A B, B A, ...), and each round gives one throughput ratio. Writes
+docs/benchmarks.md; targets print pass/FAIL but nothing asserts on timings.
 """
 
 from __future__ import annotations
@@ -19,49 +20,86 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from bench import membw
 from bench.loadgen import HealthProbe, PointResult, run_point
 from bench.models import CPU_SHAPE, GPU_SHAPE, ModelShape, prompt_of_tokens
 from bench.prepare import ensure_checkpoint, ensure_gguf, ensure_onnx
+from bench.report import (BYTES_PER_WEIGHT, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
+                          checks_table, cpu_checks, pair_table, unavailable_lines)
 from bench.servers import LlamaServer, MoltbotServer
-from bench.stats import Target, fmt, markdown_table, median, percentile
+from bench.stats import fmt, interleaved_order, markdown_table, median, percentile
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT_TOKENS = 32
-CONCURRENCIES = (1, 8, 32, 64)
+BUILD = REPO / "build" / "bench"
 THREADS = 2
+SHORT_PROMPT, SHORT_NEW, SHORT_CONCURRENCIES = 32, 64, (1, 8, 32)
+LONG_PROMPT, LONG_NEW, LONG_CONCURRENCY = 1024, 128, 8
+LONG_POINT = f"long c{LONG_CONCURRENCY}"
+# (runtime precision, llama.cpp GGUF type): the order they are measured in.
+PAIRS = (("int8", "q8_0"), ("int4", "q4_0"), ("fp32", "f16"))
 OVERLOAD_TOKENS = 16  # the 256-request check is about status codes and /health, not throughput
+SLOT_MARGIN = 64  # llama-server context per slot beyond prompt + generated tokens
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@dataclass
-class System:
-    """One server under test and its measured points (concurrency -> one PointResult per repeat)."""
+def moltbot_model_config(name: str, onnx: Path, precision: str) -> dict:
+    """The runtime's model config for one precision: fp32 is the export as it is; int8 and int4 are the runtime's
+    own `quantize` field (a runtime that lacks one rejects the config, and the pair is reported unavailable)."""
+    config = {"name": name, "type": "local", "path": str(onnx), "max_tokens": 2048}
+    quantize = {"fp32": None, "int8": "int8", "int4": "int4"}[precision]
+    if quantize:
+        config["quantize"] = quantize
+    return config
 
-    label: str
-    load_seconds: list[float] = field(default_factory=list)
-    points: dict[int, list[PointResult]] = field(default_factory=dict)
 
-    def tokens_per_second(self, concurrency: int) -> float | None:
-        runs = self.points.get(concurrency)
-        return median(p.tokens_per_second for p in runs) if runs else None
+def requests_for(concurrency: int) -> int:
+    """Requests per measurement of a short point: one per client (two at concurrency 1)."""
+    return max(2, concurrency)
 
-    def latency(self, concurrency: int, kind: str, q: float) -> float | None:
-        """Median over repeats of the q-th percentile (ms) of TTFT or inter-token gaps."""
-        values = []
-        for point in self.points.get(concurrency, []):
-            ok = [r for r in point.results if r.status == 200]
-            samples = ([r.ttft for r in ok if r.ttft is not None] if kind == "ttft"
-                       else [g for r in ok for g in r.gaps])
-            if samples:
-                values.append(1000 * percentile(samples, q))
-        return median(values) if values else None
+
+def point_specs(rounds: int, long_rounds: int, long: bool) -> list[PointSpec]:
+    specs = [PointSpec(f"c{c}", c, SHORT_PROMPT, SHORT_NEW, requests_for(c), rounds) for c in SHORT_CONCURRENCIES]
+    if long:
+        specs.append(PointSpec(LONG_POINT, LONG_CONCURRENCY, LONG_PROMPT, LONG_NEW, LONG_CONCURRENCY, long_rounds))
+    return specs
+
+
+def payload(model: str, prompt: str, new_tokens: int, llama: bool) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    if llama:
+        body["cache_prompt"] = False  # no reuse of a previous request's KV: every prompt is prefilled
+    return body
+
+
+class PromptPool:
+    """Distinct prompts of one length, handed out in order (and again from the start when all are used)."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.next = 0
+
+    def take(self, count: int) -> list[str]:
+        out = [self.texts[(self.next + i) % len(self.texts)] for i in range(count)]
+        self.next += count
+        return out
+
+
+def make_prompts(checkpoint: Path, tokens: int, count: int) -> list[str]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text).ids
+
+    return [prompt_of_tokens(encode, tokens, variant + 100_000 * tokens) for variant in range(count)]
 
 
 def machine_description() -> dict:
@@ -82,86 +120,135 @@ def gpu_name() -> str | None:
     return names[0] if result.returncode == 0 and names else None
 
 
-def make_prompts(checkpoint: Path, count: int) -> tuple[list[str], list[list[int]]]:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text).ids
-
-    texts = [prompt_of_tokens(encode, PROMPT_TOKENS, variant) for variant in range(count)]
-    return texts, [encode(t) for t in texts]
-
-
-def payloads(model: str, prompts: list[str], start: int, count: int, new_tokens: int, llama: bool) -> list[dict]:
-    out = []
-    for i in range(count):
-        body = {"model": model, "prompt": prompts[(start + i) % len(prompts)], "max_tokens": new_tokens,
-                "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
-        if llama:
-            body["cache_prompt"] = False  # no reuse of a previous request's KV: every prompt is prefilled
-        out.append(body)
-    return out
-
-
-def requests_for(concurrency: int) -> int:
-    """Requests per point: one per client (two at concurrency 1), bounded so the whole run stays short."""
-    return max(2, concurrency)
-
-
-def check_point(label: str, point: PointResult, new_tokens: int) -> None:
-    bad = [r for r in point.results if r.status != 200 or r.tokens != new_tokens]
-    if bad:
-        first = bad[0]
-        log(f"WARNING {label} c{point.concurrency}: {len(bad)} of {len(point.results)} requests did not give "
-            f"200 with {new_tokens} tokens (first: status {first.status}, {first.tokens} tokens, {first.error})")
-
-
-def verify_prompt_length(url: str, model: str, prompt: str, new_tokens: int) -> tuple[int, int]:
+def one_request(url: str, model: str, prompt: str, new_tokens: int, llama: bool) -> tuple[int, int]:
+    """A non-streamed request (warm-up): the prompt and completion tokens the server says it used."""
     import httpx
 
-    body = {"model": model, "prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
-    reply = httpx.post(url + "/v1/completions", json=body, timeout=600).json()
-    usage = reply.get("usage") or {}
+    body = {k: v for k, v in payload(model, prompt, new_tokens, llama).items() if k != "stream_options"}
+    reply = httpx.post(url + "/v1/completions", json=body, timeout=600)
+    if reply.status_code != 200:
+        raise RuntimeError(f"warm-up request: HTTP {reply.status_code}: {reply.text[:500]}")
+    usage = reply.json().get("usage") or {}
     return int(usage.get("prompt_tokens", -1)), int(usage.get("completion_tokens", -1))
 
 
-def measure(system: System, url: str, model: str, prompts: list[str], concurrency: int, new_tokens: int,
-            llama: bool, offset: int) -> None:
-    count = requests_for(concurrency)
-    point = asyncio.run(run_point(url, payloads(model, prompts, offset, count, new_tokens, llama), concurrency))
-    check_point(system.label, point, new_tokens)
-    system.points.setdefault(concurrency, []).append(point)
-    log(f"{system.label:<22} c{concurrency:<3} {point.tokens_per_second:7.1f} tok/s  "
-        f"({point.generated_tokens} tokens in {point.wall_seconds:.1f} s, statuses {point.statuses()})")
+def measure(url: str, model: str, prompts: list[str], spec: PointSpec, llama: bool) -> PointResult:
+    return asyncio.run(run_point(url, [payload(model, p, spec.new_tokens, llama) for p in prompts],
+                                 spec.concurrency))
 
 
-def overload_checks(server: MoltbotServer, model: str, prompts: list[str], new_tokens: int,
-                    streaming64: list[PointResult]) -> list[list[str]]:
-    rows = []
-    results = [r for p in streaming64 for r in p.results]
-    five = sum(1 for r in results if r.status >= 500)
-    complete = sum(1 for r in results if r.status == 200 and r.tokens == new_tokens)
-    rows.append([f"64 concurrent streaming requests ({len(streaming64)} runs): all complete, no 5xx",
-                 f"{complete}/{len(results)} complete, {five} 5xx", "pass" if complete == len(results) and not five
-                 else "FAIL"])
+def describe(label: str, spec: PointSpec, point: PointResult) -> str:
+    short = point.short_requests(spec.new_tokens)
+    text = (f"{label:<22} {spec.name:<8} {point.tokens_per_second:7.1f} tok/s ({point.generated_tokens} tokens in "
+            f"{point.wall_seconds:.1f} s)")
+    if short:
+        first = short[0]
+        text += (f"  WARNING {len(short)} of {len(point.results)} requests not 200 with {spec.new_tokens} tokens "
+                 f"(first: status {first.status}, {first.tokens} tokens, {first.error})")
+    return text
+
+
+def runtime_refuses(config: dict, home: Path) -> str | None:
+    """`moltbot models check` on a models dir holding only this config: None when the runtime accepts it,
+    else its error."""
+    models = home / "check-models"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / f"{config['name']}.json").write_text(json.dumps(config))
+    moltbot = str(Path(sys.executable).with_name("moltbot"))
+    result = subprocess.run([moltbot, "models", "check"], capture_output=True, text=True,
+                            env={**os.environ, "MOLTBOT_MODELS_DIR": str(models), "MOLTBOT_LOGS_DIR": str(home / "logs"),
+                                 "MOLTBOT_DEFAULT_MODELS": "off"})
+    if result.returncode == 0:
+        return None
+    errors = [ln.removeprefix("error").strip() for ln in (result.stdout + result.stderr).splitlines()
+              if ln.startswith("error")]
+    message = errors[0] if errors else (result.stdout + result.stderr).strip()[-300:]
+    return message.split(": ", 1)[1] if ": " in message else message  # drop the temporary file's path
+
+
+def llama_tools() -> tuple[Path, Path, Path]:
+    root = BUILD / "llama.cpp"
+    subprocess.run(["bash", str(REPO / "bench" / "build_llama_server.sh"), str(root)], check=True,
+                   env={**os.environ, "PY": sys.executable})
+    return root / "bin" / "llama-server", root / "bin" / "llama-quantize", root / "src"
+
+
+def run_pair(pair: PairResult, specs: list[PointSpec], model: str, onnx: Path, gguf: Path, llama_bin: Path,
+             prompts: dict[int, PromptPool], work: Path, on_running=None) -> None:
+    """Both servers up; every point in interleaved rounds. `on_running(server)` runs after the points while
+    the runtime's server is still up (the overload checks)."""
+    config = moltbot_model_config(model, onnx, pair.precision)
+    home = work / pair.precision
+    refused = runtime_refuses(config, home)
+    if refused:
+        pair.why = refused
+        log(f"{pair.label}: not available in this runtime: {refused}")
+        return
+    servers: list = []
+    try:
+        if "quantize" in config:  # the first start makes the quantised model (cached); the next one is timed
+            started = time.monotonic()
+            with MoltbotServer(pair.a_label, config, home / "prepare", BUILD / "cache"):
+                log(f"{pair.a_label}: first start (quantises unless cached) {time.monotonic() - started:.1f} s")
+        a = MoltbotServer(pair.a_label, config, home / "serve", BUILD / "cache").start()
+        servers.append(a)
+        peers: dict[int, LlamaServer] = {}  # prompt length -> a llama-server with slots for that point
+        for prompt_tokens in sorted({s.prompt_tokens for s in specs}):
+            slots = max(s.concurrency for s in specs if s.prompt_tokens == prompt_tokens)
+            per_slot = prompt_tokens + max(s.new_tokens for s in specs if s.prompt_tokens == prompt_tokens) + SLOT_MARGIN
+            peer = LlamaServer(llama_bin, gguf, parallel=slots, threads=THREADS, context_per_slot=per_slot,
+                               home=work / f"llama-{pair.gguf_type}-{prompt_tokens}", alias=model).start()
+            servers.append(peer)
+            peers[prompt_tokens] = peer
+        pair.load_seconds = {pair.a_label: a.load_seconds,
+                             pair.b_label: median(p.load_seconds for p in peers.values())}
+        for spec in specs:  # warm-up, and the prompt length each side really saw
+            for label, url, llama in ((pair.a_label, a.url, False), (pair.b_label, peers[spec.prompt_tokens].url, True)):
+                used = one_request(url, model, prompts[spec.prompt_tokens].take(1)[0], spec.new_tokens, llama)
+                pair.prompt_tokens.setdefault(label, {})[spec.name] = used[0]
+                log(f"{label}: {spec.name} warm-up used {used[0]} prompt and {used[1]} completion tokens")
+        log(f"{pair.label}: ready in {a.load_seconds:.1f} s and {pair.load_seconds[pair.b_label]:.2f} s")
+        for spec in specs:
+            point = PairPoint(spec, load_before=os.getloadavg()[0])
+            started = time.monotonic()
+            sides = {"a": (pair.a_label, a.url, False), "b": (pair.b_label, peers[spec.prompt_tokens].url, True)}
+            for first, second in interleaved_order(spec.rounds):
+                point.order.append((first, second))
+                for which in (first, second):
+                    label, url, llama = sides[which]
+                    result = measure(url, model, prompts[spec.prompt_tokens].take(spec.requests), spec, llama)
+                    point.side(which).append(result)
+                    log(describe(label, spec, result))
+            point.load_after = os.getloadavg()[0]
+            point.seconds = time.monotonic() - started
+            pair.points[spec.name] = point
+            log(f"{pair.label} {spec.name}: {point.ratios().text()} in {point.seconds:.0f} s")
+        if on_running:
+            on_running(a)
+    except RuntimeError as exc:  # a server that would not start or serve this precision
+        pair.why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        log(f"{pair.label}: not measured: {exc}")
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def overload_checks(server: MoltbotServer, model: str, prompts: PromptPool) -> list[list[str]]:
     with HealthProbe(server.url + "/health") as probe:
         time.sleep(0.5)
-        point = asyncio.run(run_point(server.url, payloads(model, prompts, 1000, 256, OVERLOAD_TOKENS, False),
-                                      256))
+        point = asyncio.run(run_point(server.url, [payload(model, p, OVERLOAD_TOKENS, False)
+                                                   for p in prompts.take(256)], 256))
         health = probe.finish()
     statuses = point.statuses()
     other = {s: n for s, n in statuses.items() if s not in (200, 429)}
     latencies = health["latencies"]
     p99 = 1000 * percentile(latencies, 99) if latencies else None
-    rows.append([f"256 concurrent requests ({OVERLOAD_TOKENS} tokens each): each 200 or 429, never 5xx",
-                 ", ".join(f"{n}x {s}" for s, n in sorted(statuses.items())),
-                 "pass" if not other else "FAIL"])
-    rows.append(["/health p99 under 50 ms during that load",
-                 f"p99 {fmt(p99)} ms, p50 {fmt(1000 * percentile(latencies, 50), 2)} ms, max "
-                 f"{fmt(1000 * max(latencies))} ms over {len(latencies)} probes, {health['failures']} failed",
-                 "pass" if p99 is not None and p99 < 50 and not health["failures"] else "FAIL"])
+    rows = [[f"256 concurrent requests ({OVERLOAD_TOKENS} tokens each): each 200 or 429, never 5xx",
+             ", ".join(f"{n}x {s}" for s, n in sorted(statuses.items())), "pass" if not other else "FAIL"],
+            ["/health p99 under 50 ms during that load",
+             f"p99 {fmt(p99)} ms, p50 {fmt(1000 * percentile(latencies, 50), 2)} ms, max {fmt(1000 * max(latencies))} "
+             f"ms over {len(latencies)} probes, {health['failures']} failed" if latencies else "no probes",
+             "pass" if p99 is not None and p99 < 50 and not health["failures"] else "FAIL"]]
     log(f"overload: {statuses}; /health p99 {fmt(p99)} ms")
     return rows
 
@@ -184,189 +271,197 @@ def hf_eager(checkpoint: Path, token_prompts: list[list[int]], new_tokens: int, 
     return {int(batch): median(values) for batch, values in runs.items()}
 
 
-def llama_cpp_paths() -> tuple[Path, Path]:
-    root = REPO / "build" / "bench" / "llama.cpp"
-    subprocess.run(["bash", str(REPO / "bench" / "build_llama_server.sh"), str(root)], check=True,
-                   env={**os.environ, "PY": sys.executable})
-    return root / "bin" / "llama-server", root / "src"
+def token_ids(checkpoint: Path, texts: list[str]) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    return [tokenizer.encode(t).ids for t in texts]
 
 
-def system_table(systems: list[System]) -> str:
-    rows = []
-    for system in systems:
-        for c in sorted(system.points):
-            rows.append([system.label, c, system.tokens_per_second(c),
-                         system.latency(c, "ttft", 50), system.latency(c, "ttft", 99),
-                         system.latency(c, "itl", 50), system.latency(c, "itl", 99)])
-    return markdown_table(["System", "Concurrency", "Aggregate tok/s (median)", "TTFT p50 ms", "TTFT p99 ms",
-                           "ITL p50 ms", "ITL p99 ms"], rows)
+def bandwidth_now() -> float:
+    """The best of the numpy copy bandwidth on 1 and 2 threads (bytes/s)."""
+    return max(membw.copy_bandwidth(t) for t in (1, 2))
 
 
-def run_cpu(args, work: Path, report: list[str]) -> None:
-    models_root = REPO / "build" / "bench" / "models"
-    cache_dir = REPO / "build" / "bench" / "cache"
+def save_raw(path: Path, pairs: list[PairResult]) -> None:
+    """Every round's figures, for a closer look (not committed)."""
+    def point_json(point: PairPoint) -> dict:
+        return {"spec": asdict(point.spec), "order": point.order, "load": [point.load_before, point.load_after],
+                **{side: [{"tok_s": r.tokens_per_second, "wall_s": r.wall_seconds, "statuses": r.statuses(),
+                           "short": len(r.short_requests(point.spec.new_tokens))} for r in point.side(side)]
+                   for side in ("a", "b")}}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"pair": p.label, "why": p.why, "load_seconds": p.load_seconds,
+                                 "prompt_tokens": p.prompt_tokens,
+                                 "points": {n: point_json(pt) for n, pt in p.points.items()}} for p in pairs],
+                               indent=1))
+
+
+def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> None:
     shape: ModelShape = CPU_SHAPE
-    new_tokens = 64
+    models_root = BUILD / "models"
+    started = time.monotonic()
     checkpoint = ensure_checkpoint(shape, models_root, log=log)
     onnx = ensure_onnx(checkpoint, models_root, shape.name, log=log)
-    llama: dict[str, Path] = {}
+    llama_bin, quantize_bin, llama_src = llama_tools()
+    ggufs = {g: ensure_gguf(checkpoint, models_root, shape.name, llama_src, g, quantize_bin, log=log)
+             for _, g in args.pairs}
+    prompts = {SHORT_PROMPT: PromptPool(make_prompts(checkpoint, SHORT_PROMPT, 2000)),
+               LONG_PROMPT: PromptPool(make_prompts(checkpoint, LONG_PROMPT, 8 * 2 * args.long_rounds * 2 + 16))}
+    timings["preparation"] = time.monotonic() - started
+    log(f"prompts: {len(prompts[SHORT_PROMPT].texts)} of {SHORT_PROMPT} tokens, {len(prompts[LONG_PROMPT].texts)} of "
+        f"{LONG_PROMPT}; prepared in {timings['preparation']:.0f} s")
 
-    def llama_files() -> tuple[Path, Path]:
-        """llama-server and the GGUF file, made when first needed (the build takes minutes; on a first run
-        it can go on while the runtime is measured)."""
-        if not llama:
-            llama["bin"], llama_src = llama_cpp_paths()
-            llama["gguf"] = ensure_gguf(checkpoint, models_root, shape.name, llama_src, log=log)
-        return llama["bin"], llama["gguf"]
+    bandwidth = [bandwidth_now()]
+    log(f"memory bandwidth (numpy copy, best of 1 and 2 threads): {bandwidth[0] / 1e9:.1f} GB/s")
 
-    prompts, token_prompts = make_prompts(checkpoint, 1500)
-    log(f"prompts: {len(prompts)} distinct texts of {PROMPT_TOKENS} tokens each")
+    pairs: list[PairResult] = []
+    overload: list[list[str]] = []
+    overload_on = next((p for p, _ in args.pairs if p in ("int8", "fp32")), None)
+    for precision, gguf_type in args.pairs:
+        pair = PairResult(precision, gguf_type)
+        pairs.append(pair)
+        specs = point_specs(args.rounds, args.long_rounds, precision in args.long)
+        pair_started = time.monotonic()
 
-    bandwidth = {t: membw.copy_bandwidth(t) for t in (1, 2)}
-    log("memory bandwidth (numpy copy): " + ", ".join(f"{t} thread(s) {b / 1e9:.1f} GB/s"
-                                                       for t, b in bandwidth.items()))
+        def on_running(server, precision=precision):
+            if precision == overload_on and not args.skip_overload:
+                overload.extend(overload_checks(server, shape.name, prompts[SHORT_PROMPT]))
 
-    variants = [("moltbot fp32", None)] + ([] if args.skip_int8 else [("moltbot int8", "int8")])
-    servers, systems = {}, {}
-    try:
-        for label, quantize in variants:
-            config = {"name": shape.name, "type": "local", "path": str(onnx), "max_tokens": 2048}
-            if quantize:
-                config["quantize"] = quantize
-            home = work / label.replace(" ", "-")
-            if quantize:  # the first start makes the quantised model (cached); cold load is measured after
-                with MoltbotServer(label, config, home / "prepare", cache_dir) as first:
-                    log(f"{label}: first start (includes quantisation unless cached) {first.load_seconds:.1f} s")
-            server = MoltbotServer(label, config, home, cache_dir).start()
-            servers[label] = server
-            systems[label] = System(label, [server.load_seconds])
-            log(f"{label}: ready in {server.load_seconds:.2f} s")
-            prompt_count, completion_count = verify_prompt_length(server.url, shape.name, prompts[0], new_tokens)
-            log(f"{label}: warm-up reply used {prompt_count} prompt and {completion_count} completion tokens")
-        if not args.skip_llama:
-            systems["llama-server f16"] = System("llama-server f16")
+        run_pair(pair, specs, shape.name, onnx, ggufs[gguf_type], llama_bin, prompts, work, on_running)
+        if pair.why and precision == overload_on:  # the overload checks go to the next runtime variant
+            overload_on = next((p for p, _ in args.pairs[args.pairs.index((precision, gguf_type)) + 1:]), None)
+        timings[pair.label] = time.monotonic() - pair_started
+        save_raw(BUILD / "last-run.json", pairs)
 
-        offset = 0
-        for _ in range(args.repeats):  # the two runtime variants interleaved, so that noise hits both alike
-            for label, server in servers.items():
-                for c in CONCURRENCIES:
-                    measure(systems[label], server.url, shape.name, prompts, c, new_tokens, False, offset)
-                    offset += requests_for(c)
-
+    eager = None
+    if not args.skip_eager:
+        started = time.monotonic()
         log("transformers eager generate() fp32 ...")
-        eager = hf_eager(checkpoint, token_prompts, new_tokens, args.repeats, "cpu", "float32")
+        eager = hf_eager(checkpoint, token_ids(checkpoint, prompts[SHORT_PROMPT].texts[:8]), SHORT_NEW, 3, "cpu",
+                         "float32")
+        timings["transformers eager"] = time.monotonic() - started
         log(f"transformers eager fp32: batch 1 {eager[1]:.1f} tok/s, batch 8 {eager[8]:.1f} tok/s")
 
-        overload = overload_checks(servers["moltbot fp32"], shape.name, prompts, new_tokens,
-                                   systems["moltbot fp32"].points[64])
-    finally:
-        for server in servers.values():
-            server.stop()
-
-    llama_error = None
-    if not args.skip_llama:
-        system = systems["llama-server f16"]
-        try:
-            llama_bin, gguf = llama_files()
-            for repeat in range(args.repeats):
-                for c in CONCURRENCIES:
-                    with LlamaServer(llama_bin, gguf, parallel=c, threads=THREADS,
-                                     context_per_slot=PROMPT_TOKENS + new_tokens + 32, home=work,
-                                     alias=shape.name) as peer_server:
-                        system.load_seconds.append(peer_server.load_seconds)
-                        if repeat == 0 and c == 1:
-                            counts = verify_prompt_length(peer_server.url, shape.name, prompts[0], new_tokens)
-                            log(f"llama-server: warm-up reply used {counts[0]} prompt and {counts[1]} completion "
-                                "tokens")
-                        measure(system, peer_server.url, shape.name, prompts, c, new_tokens, True, offset)
-                    offset += requests_for(c)
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-            llama_error = f"{type(exc).__name__}: {str(exc)[:500]}"
-            log(f"llama-server not measured: {llama_error}")
-
-    ceiling_rows = []
-    for dtype, width in (("fp32", 4), ("f16", 2), ("int8", 1)):
-        step_bytes = shape.weight_bytes_per_step(width)
-        ceiling_rows.append([dtype, f"{step_bytes / 1e6:.0f} MB", bandwidth[1] / step_bytes, bandwidth[2] / step_bytes])
+    bandwidth.append(bandwidth_now())
+    best = max(bandwidth)
+    log(f"memory bandwidth at the end: {bandwidth[1] / 1e9:.1f} GB/s")
+    bytes_per_step = {k: shape.weight_bytes_per_step(v) for k, v in BYTES_PER_WEIGHT.items()}
+    by_precision = {p.precision: p for p in pairs}
 
     report.append(f"## CPU: {shape.name} (Llama, {shape.parameter_count() / 1e6:.1f} M parameters, random weights)\n")
-    report.append(f"{PROMPT_TOKENS}-token prompts (distinct per request), {new_tokens} generated tokens per request, "
-                  f"greedy, `ignore_eos`; {THREADS} threads everywhere; median of {args.repeats} runs per point. "
-                  "Requests per point (closed loop): " + ", ".join(f"c{c}: {requests_for(c)}" for c in CONCURRENCIES) + ".\n")
-    ordered = [systems[k] for k in systems if systems[k].points]
-    report.append(system_table(ordered) + "\n")
-    if llama_error:
-        report.append(f"llama-server was not measured in this run: {llama_error}\n")
-    load_rows = [[s.label, median(s.load_seconds)] for s in ordered if s.load_seconds]
-    report.append("Cold load (process start to ready; model files already made):\n")
-    report.append(markdown_table(["System", "Seconds (median)"], load_rows) + "\n")
-    report.append("Transformers eager `generate()` (fp32, same checkpoint, one process):\n")
-    report.append(markdown_table(["Batch", "tok/s (median)"], [[1, eager[1]], [8, eager[8]]]) + "\n")
-    report.append(f"Memory-bandwidth ceiling at batch 1 (numpy copy: {bandwidth[1] / 1e9:.1f} GB/s on 1 thread, "
-                  f"{bandwidth[2] / 1e9:.1f} GB/s on 2; weights read once per decode step):\n")
-    report.append(markdown_table(["Weights", "Bytes per step", "tok/s ceiling, 1 thread", "tok/s ceiling, 2 threads"],
-                                 ceiling_rows) + "\n")
-    targets = []
-    peer = systems.get("llama-server f16")
-    for label in servers:
-        s = systems[label]
-        targets += [
-            Target(f"{label}: c32 >= 6x c1", s.tokens_per_second(32), s.tokens_per_second(1), 6.0),
-            Target(f"{label}: c1 >= 1.5x transformers eager fp32 batch 1", s.tokens_per_second(1), eager[1], 1.5),
-        ]
-        for c in (8, 32):
-            targets.append(Target(f"{label}: c{c} >= llama-server f16 c{c}", s.tokens_per_second(c),
-                                  peer.tokens_per_second(c) if peer and peer.points else None))
-    report.append("Targets (issue 7):\n")
-    report.append(markdown_table(["Target", "Measured tok/s", "Needed tok/s", "Ratio", "Result"],
-                                 [t.row() for t in targets]) + "\n")
-    report.append("Overload checks (moltbot fp32, max_running 32, max_queued 128: the service defaults):\n")
-    report.append(markdown_table(["Check", "Measured", "Result"], overload) + "\n")
+    long_pairs = ", ".join(p for p in args.long) or "none"
+    report.append(
+        f"Each pair: both servers up at once, {THREADS} threads each; every point runs in interleaved rounds (A B, "
+        f"then B A, ...), each round measuring both sides once; the table gives each side's median over the rounds "
+        f"and the median, lowest and highest of the per-round ratios A/B. Short points: {SHORT_PROMPT}-token "
+        f"prompts, {SHORT_NEW} generated tokens, {args.rounds} rounds, requests per measurement (closed loop) "
+        + ", ".join(f"c{c}: {requests_for(c)}" for c in SHORT_CONCURRENCIES)
+        + f". {LONG_POINT}: {LONG_PROMPT}-token prompts, {LONG_NEW} generated tokens, {LONG_CONCURRENCY} requests at "
+        f"concurrency {LONG_CONCURRENCY}, {args.long_rounds} rounds (pairs: {long_pairs}). Streamed "
+        "`/v1/completions`, greedy, `ignore_eos`, distinct prompts. Load average: 1-minute, before the first and "
+        "after the last round of the point.\n")
+    if any(not p.why for p in pairs):
+        report.append(pair_table([p for p in pairs if not p.why]) + "\n")
+    missing = unavailable_lines(pairs)
+    if missing:
+        report.append("Not measured:\n\n" + "\n".join(missing) + "\n")
+    prompt_rows = [[label, name, seen] for p in pairs for label, seen_by in p.prompt_tokens.items()
+                   for name, seen in seen_by.items()]
+    if prompt_rows:
+        report.append("Prompt tokens each server counted (warm-up request; the same text for both sides):\n")
+        report.append(markdown_table(["System", "Point", "Prompt tokens"], prompt_rows) + "\n")
+    load_rows = [[label, seconds] for p in pairs for label, seconds in p.load_seconds.items()]
+    if load_rows:
+        report.append("Cold load (process start to ready; model files already made and cached):\n")
+        report.append(markdown_table(["System", "Seconds"], load_rows) + "\n")
+    report.append(f"Memory-bandwidth ceiling at batch 1: numpy copy (read + write), best of 1 and 2 threads, "
+                  f"{bandwidth[0] / 1e9:.1f} GB/s before the pairs and {bandwidth[1] / 1e9:.1f} GB/s after; the "
+                  f"ceiling uses {best / 1e9:.1f} GB/s and the weight bytes one decode step reads:\n")
+    report.append(ceiling_table(ceiling_rows(pairs, bytes_per_step, best)) + "\n")
+    if eager:
+        fp32 = by_precision.get("fp32")
+        c1 = fp32.points["c1"].tokens_per_second("a") if fp32 and not fp32.why and "c1" in fp32.points else None
+        report.append("Transformers eager `generate()` (PyTorch eager mode, default attention, fp32, same checkpoint, "
+                      "one process, 2 threads, median of 3; measured after the pairs, not interleaved):\n")
+        report.append(markdown_table(["Batch", "tok/s", "moltbot fp32 at the same concurrency"],
+                                     [[1, eager[1], fmt(c1)],
+                                      [8, eager[8], fmt(fp32.points["c8"].tokens_per_second("a"))
+                                       if c1 is not None and "c8" in fp32.points else "n/a"]]) + "\n")
+    ceiling_int8 = best / bytes_per_step["int8"]
+    report.append(f"Targets (issue 14, CPU, {THREADS} cores):\n")
+    report.append(checks_table(cpu_checks(by_precision, LONG_POINT, ceiling_int8)) + "\n")
+    if overload:
+        report.append(f"Overload checks (moltbot {overload_on}, max_running 32, max_queued 128: the service "
+                      "defaults):\n")
+        report.append(markdown_table(["Check", "Measured", "Result"], overload) + "\n")
+    elif not args.skip_overload:
+        report.append("Overload checks: not run (no runtime variant was up).\n")
+
+
+def gpu_bandwidth() -> float | None:
+    result = subprocess.run([sys.executable, "-m", "bench.membw", "--cuda"], capture_output=True, text=True,
+                            cwd=REPO)
+    if result.returncode != 0:
+        log(f"GPU bandwidth not measured: {result.stderr[-500:]}")
+        return None
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["bytes_per_second"])
 
 
 def run_gpu(args, work: Path, report: list[str], gpu: str) -> None:
-    models_root = REPO / "build" / "bench" / "models"
-    cache_dir = REPO / "build" / "bench" / "cache"
     shape = GPU_SHAPE
+    models_root = BUILD / "models"
     new_tokens = 128
     checkpoint = ensure_checkpoint(shape, models_root, dtype="float16", log=log)
     onnx = ensure_onnx(checkpoint, models_root, shape.name, dtype="fp16", device="cuda", log=log)
-    prompts, token_prompts = make_prompts(checkpoint, 1500)
+    prompts = PromptPool(make_prompts(checkpoint, SHORT_PROMPT, 1000))
     config = {"name": shape.name, "type": "local", "path": str(onnx), "max_tokens": 2048, "device": "cuda"}
-    system = System("moltbot fp16 cuda")
-    with MoltbotServer(system.label, config, work / "gpu", cache_dir, device="cuda") as server:
-        system.load_seconds.append(server.load_seconds)
-        verify_prompt_length(server.url, shape.name, prompts[0], new_tokens)
-        offset = 0
-        for _ in range(args.repeats):
-            for c in CONCURRENCIES:
-                measure(system, server.url, shape.name, prompts, c, new_tokens, False, offset)
-                offset += requests_for(c)
-    eager = hf_eager(checkpoint, token_prompts, new_tokens, args.repeats, "cuda", "float16")
+    label = "moltbot fp16 cuda"
+    bandwidth = gpu_bandwidth()
+    points: dict[int, list[PointResult]] = {}
+    with MoltbotServer(label, config, work / "gpu", BUILD / "cache", device="cuda") as server:
+        one_request(server.url, shape.name, prompts.take(1)[0], new_tokens, False)
+        for _ in range(args.rounds):
+            for c in SHORT_CONCURRENCIES:
+                spec = PointSpec(f"c{c}", c, SHORT_PROMPT, new_tokens, requests_for(c), args.rounds)
+                result = measure(server.url, shape.name, prompts.take(spec.requests), spec, False)
+                points.setdefault(c, []).append(result)
+                log(describe(label, spec, result))
+        load = server.load_seconds
+    eager = hf_eager(checkpoint, token_ids(checkpoint, prompts.texts[:8]), new_tokens, 3, "cuda", "float16")
+    tps = {c: median(r.tokens_per_second for r in runs) for c, runs in points.items()}
+    short = sum(len(r.short_requests(new_tokens)) for runs in points.values() for r in runs)
+    total = sum(len(r.results) for runs in points.values() for r in runs)
+    ceiling = bandwidth / shape.weight_bytes_per_step(2) if bandwidth else None
     report.append(f"## GPU: {shape.name} (Qwen2, {shape.parameter_count() / 1e6:.0f} M parameters, fp16) on {gpu}\n")
-    report.append(system_table([system]) + "\n")
-    report.append(markdown_table(["System", "Cold load s", "tok/s batch 1", "tok/s batch 8"],
-                                 [[system.label, median(system.load_seconds), system.tokens_per_second(1),
-                                   system.tokens_per_second(8)],
-                                  ["transformers eager fp16", "n/a", eager[1], eager[8]]]) + "\n")
-    targets = [Target("c1 >= 3x transformers eager fp16 batch 1", system.tokens_per_second(1), eager[1], 3.0),
-               Target("c32 >= 15x own c1", system.tokens_per_second(32), system.tokens_per_second(1), 15.0)]
-    report.append(markdown_table(["Target", "Measured tok/s", "Needed tok/s", "Ratio", "Result"],
-                                 [t.row() for t in targets]) + "\n")
+    report.append(f"{SHORT_PROMPT}-token prompts, {new_tokens} generated tokens, median of {args.rounds} rounds; "
+                  f"{total - short} of {total} requests gave 200 with exactly {new_tokens} tokens; cold load "
+                  f"{fmt(load)} s; device copy bandwidth "
+                  f"{fmt(bandwidth / 1e9 if bandwidth else None)} GB/s, batch-1 ceiling {fmt(ceiling)} tok/s.\n")
+    report.append(markdown_table(["System", "c1 / batch 1 tok/s", "c8 / batch 8 tok/s", "c32 tok/s"],
+                                 [[label, tps[1], tps[8], tps[32]],
+                                  ["transformers eager fp16", eager[1], eager[8], "n/a"]]) + "\n")
+    checks = [Check("c1 >= 3x transformers eager fp16 batch 1", tps[1] / eager[1], 3.0),
+              Check("c32 >= 15x own c1", tps[32] / tps[1], 15.0),
+              Check("c1 within 4x of the bandwidth ceiling (>= 25%)", 100 * tps[1] / ceiling if ceiling else None,
+                    25.0, "%")]
+    report.append(checks_table(checks) + "\n")
 
 
-def write_docs(path: Path, machine: dict, report: list[str], gpu: str | None, started: float) -> None:
+def write_docs(path: Path, machine: dict, report: list[str], gpu: str | None, started: float,
+               timings: dict[str, float]) -> None:
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         "# Benchmarks\n",
         "Written by `make bench` (bench/run.py); rerun it to refresh this page. A benchmark, not a test: "
         "targets print pass/FAIL, nothing asserts on timings.\n",
-        f"- Date: {today} (run took {(time.monotonic() - started) / 60:.1f} min)",
+        f"- Date: {today}; the run took {(time.monotonic() - started) / 60:.1f} min ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items()) + " min)",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB memory; "
         f"{machine['os']}; Python {machine['python']}",
         f"- Load average when the run started: {', '.join(f'{x:.1f}' for x in machine['load_average'])} "
-        "(the machine is shared: figures move by up to 2x between runs; each point is the median of repeats; "
-        "the two runtime variants are measured interleaved, then transformers, then llama-server, in one run)",
+        "(1, 5, 15 min; a shared machine: the rounds interleave so that load hits both sides of a pair alike)",
         f"- GPU: {gpu or 'none (nvidia-smi found no GPU): GPU rows skipped'}\n",
     ]
     notes = ""
@@ -378,51 +473,89 @@ def write_docs(path: Path, machine: dict, report: list[str], gpu: str | None, st
 NOTES_MARKER = "<!-- Hand-written notes below this line are kept when make bench rewrites the page. -->"
 
 
-METHOD = """## Method
+METHOD = f"""## Method
 
 - Models are made here with random weights and a fixed seed (bench/models.py): nothing is downloaded. The
   tokenizer is a byte-level BPE trained with `tokenizers` on a generated corpus of pseudo-words to the real
   vocabulary size. The checkpoint is exported with `moltbot models export CKPT OUT --task chat` (Optimum,
-  fp32); the int8 variant is the runtime's own `"quantize": "int8"` model-config field. llama.cpp converts the
-  same weights to GGUF f16 with its `convert_hf_to_gguf.py` (pre-tokenizer mapped to `gpt-2`).
-- Every system is reached through its OpenAI-compatible HTTP API on 127.0.0.1 (`/v1/completions`, streamed),
-  by a closed-loop async load generator (httpx): `c` clients, each sending its next request when the previous
-  one ends. Aggregate tok/s = generated tokens / wall time of the point. TTFT = request sent to first text
-  chunk; ITL = gaps between text chunks (a chunk is one token unless a token ends inside a UTF-8 character).
-- llama-server (built from the sources in the llama-cpp-python sdist on PyPI) runs with `-t 2 -np <c>` and
-  `-c <c x 128>` (128 tokens per slot), restarted per concurrency; `cache_prompt` is off and every prompt is
-  distinct, so no system reuses a cached prefix.
-- Transformers eager: `generate()` greedy with `min_new_tokens = max_new_tokens`, 2 torch threads, in a
-  subprocess of the project venv.
-- Memory-bandwidth ceiling: weight bytes read per decode step (all parameters once, the tied embedding as
-  the output head) over the numpy copy bandwidth (read + write bytes per second).
+  fp32). The runtime's variants are model configs on that export: fp32 as it is, int8 and int4 through the
+  runtime's own `"quantize"` field (bench/run.py `moltbot_model_config`); a precision the runtime's model
+  config rejects (`moltbot models check`) is reported as not available, not measured.
+- llama.cpp (built from the sources in the llama-cpp-python sdist on PyPI, bench/build_llama_server.sh)
+  converts the same weights to GGUF f16 with `convert_hf_to_gguf.py` (pre-tokenizer mapped to `gpt-2`);
+  q8_0 and q4_0 are made from the f16 file by `llama-quantize` with its default per-tensor choices.
+- Like against like: runtime int8 vs q8_0, int4 vs q4_0, fp32 vs f16 (the runtime has no fp16 on the CPU:
+  ONNX Runtime's CPU provider runs fp16 through casts to fp32, so fp32 meets f16, twice its bytes per weight).
+- Both servers of a pair run at once on 127.0.0.1 with {THREADS} threads each, and each is idle while the other is
+  measured. llama-server runs with `-t {THREADS} -tb {THREADS}`, continuous batching, one server with `-np 32` for the
+  short points and one with `-np {LONG_CONCURRENCY}` for {LONG_POINT}, each with a context of slots x (prompt + generated + {SLOT_MARGIN})
+  tokens; the runtime serves every point from one process (its defaults: max_running 32).
+- Interleaved rounds: a round measures A then B, the next B then A, and so on; each round gives a ratio
+  A/B of aggregate throughput, and the point reports each side's median and the median, lowest and highest
+  ratio. Targets use the median ratio. Short points run at least 5 rounds; {LONG_POINT} runs 3 by default
+  (each of its rounds takes about a minute per side on 2 cores), as the issue's own long-context measurement did.
+- Load: a closed-loop async load generator (httpx) on the same machine: `c` clients, each sending its next
+  request when the previous one ends. Aggregate tok/s = generated tokens / wall time of the measurement.
+  TTFT = request sent to first text chunk; ITL = gaps between text chunks (a chunk is one token unless a
+  token ends inside a UTF-8 character); latencies are each round's percentile, median over the rounds.
+- Token count: every request asks for a fixed count with `ignore_eos`; a request counts as correct only with
+  HTTP 200 and exactly that many completion tokens (the usage block; the text chunk count where a server
+  sends none). `cache_prompt` is off for llama-server and every prompt is distinct, so no side reuses a prefix.
+- Memory-bandwidth ceiling, measured in the same run before and after the pairs: numpy copy bandwidth (read
+  + write bytes per second, best of 1 and 2 threads) over the weight bytes one decode step reads (every
+  matrix once, the tied embedding as the output head; GGUF block scales counted, int4 nominal 4 bits).
+- Transformers eager (CPU, informational): `generate()` greedy with `min_new_tokens = max_new_tokens`, 2 torch
+  threads, in a subprocess after the pairs. Overload checks: 256 concurrent requests at a runtime variant
+  (200 or 429 only) while /health is probed every 20 ms from another process.
 - GPU: when `nvidia-smi` finds a GPU, `make bench` also runs the Qwen2.5-0.5B-shaped model (fp16 export on
-  CUDA, `MOLTBOT_DEVICE=cuda`, 128 generated tokens) against transformers eager fp16. The machines this
-  page was written on had no GPU, so that path has not been run.
+  CUDA, `MOLTBOT_DEVICE=cuda`, 128 generated tokens, c1/c8/c32) against transformers eager fp16, with the
+  device's copy bandwidth (torch) as the ceiling. Targets: c1 >= 3x eager fp16, c32 >= 15x its own c1, c1
+  within 4x of the ceiling.
 """
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    wanted = [p.strip() for p in text.split(",") if p.strip()]
+    known = dict(PAIRS)
+    unknown = [p for p in wanted if p not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown precision(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [(p, g) for p, g in PAIRS if p in wanted]
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the servers under test are stopped
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "3")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "5")),
+                        help="interleaved rounds per short point (default 5, BENCH_ROUNDS)")
+    parser.add_argument("--long-rounds", type=int, default=int(os.environ.get("BENCH_LONG_ROUNDS", "3")),
+                        help=f"rounds of {LONG_POINT} (default 3, BENCH_LONG_ROUNDS)")
+    parser.add_argument("--pairs", type=parse_pairs, default=parse_pairs(os.environ.get("BENCH_PAIRS",
+                                                                                        "int8,int4,fp32")),
+                        help="runtime precisions to compare with their GGUF peers (default int8,int4,fp32)")
+    parser.add_argument("--long", default=os.environ.get("BENCH_LONG", "int8"),
+                        help=f"precisions that also run {LONG_POINT} (default int8; empty for none)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--skip-llama", action="store_true", help="leave out llama-server")
-    parser.add_argument("--skip-int8", action="store_true", help="leave out the int8 variant")
+    parser.add_argument("--skip-eager", action="store_true", help="leave out transformers eager")
+    parser.add_argument("--skip-overload", action="store_true", help="leave out the overload checks")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    args.long = [p.strip() for p in args.long.split(",") if p.strip()]
+    if args.rounds < 1 or args.long_rounds < 1:
+        parser.error("--rounds and --long-rounds must be at least 1")
     started = time.monotonic()
     machine = machine_description()
     report: list[str] = []
+    timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="moltbot-bench-") as tmp:
-        run_cpu(args, Path(tmp), report)
+        run_cpu(args, Path(tmp), report, timings)
         gpu = gpu_name()
         if gpu:
+            gpu_started = time.monotonic()
             run_gpu(args, Path(tmp), report, gpu)
+            timings["GPU"] = time.monotonic() - gpu_started
         else:
             log("no GPU: GPU rows skipped")
-    write_docs(args.docs, machine, report, gpu, started)
+    write_docs(args.docs, machine, report, gpu, started, timings)
     print("\n".join(report))
     if not gpu:
         print("no GPU: GPU rows skipped")

@@ -23,28 +23,6 @@ def median(values: Iterable[float]) -> float:
     return percentile(values, 50)
 
 
-@dataclass(frozen=True)
-class Target:
-    """One of the issue's targets: `measured` must reach `factor` x `reference`."""
-
-    label: str
-    measured: float | None
-    reference: float | None
-    factor: float = 1.0
-
-    @property
-    def verdict(self) -> str:
-        if self.measured is None or self.reference is None:
-            return "n/a"
-        return "pass" if self.measured >= self.factor * self.reference else "FAIL"
-
-    def row(self) -> list[str]:
-        need = "n/a" if self.reference is None else fmt(self.factor * self.reference)
-        ratio = ("n/a" if self.measured is None or not self.reference
-                 else f"{self.measured / self.reference:.2f}x")
-        return [self.label, fmt(self.measured), need, ratio, self.verdict]
-
-
 def fmt(value: float | int | str | None, digits: int = 1) -> str:
     if value is None:
         return "n/a"
@@ -65,3 +43,44 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """Per-round ratios A/B of an interleaved comparison: their median, min and max."""
+
+    ratios: tuple[float, ...]
+
+    @property
+    def median(self) -> float | None:
+        return median(self.ratios) if self.ratios else None
+
+    @property
+    def low(self) -> float | None:
+        return min(self.ratios) if self.ratios else None
+
+    @property
+    def high(self) -> float | None:
+        return max(self.ratios) if self.ratios else None
+
+    def text(self) -> str:
+        """`1.23x (1.10-1.40)`: the median ratio with the lowest and highest round."""
+        if not self.ratios:
+            return "n/a"
+        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
+
+
+def round_ratios(a: Sequence[float], b: Sequence[float]) -> RatioSummary:
+    """A/B for each round (the two lists are in round order, one value per side and round); a round where B
+    measured zero has no ratio."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} rounds of A but {len(b)} of B")
+    return RatioSummary(tuple(x / y for x, y in zip(a, b) if y))
+
+
+def interleaved_order(rounds: int) -> list[tuple[str, str]]:
+    """Which side goes first in each round: ("a", "b"), ("b", "a"), ... so that neither side always runs on
+    the machine the other has just warmed or left busy."""
+    if rounds < 1:
+        raise ValueError("at least one round")
+    return [("a", "b") if r % 2 == 0 else ("b", "a") for r in range(rounds)]

@@ -1,7 +1,11 @@
-# Benchmarks (bench/): the runtime against transformers eager and llama.cpp's llama-server, through the HTTP API.
-#   make bench    prepare the models (cached under build/bench/), measure, print the table, write docs/benchmarks.md
+# Benchmarks (bench/): the runtime against llama.cpp's llama-server, like against like (int8 vs q8_0, int4 vs q4_0,
+# fp32 vs f16), both servers up at once and measured in interleaved rounds, through the HTTP API.
+#   make bench    prepare the models (cached under build/bench/), measure, print the tables, write docs/benchmarks.md
 # Not part of TEST_TARGETS: a benchmark is not a test (tests/bench/ checks the helpers in the normal pytest run).
-# BENCH_REPEATS (default 3) runs each point that many times and records the median.
+# Environment: BENCH_ROUNDS (default 5) rounds per short point, BENCH_LONG_ROUNDS (default 3) for the long-context
+# point, BENCH_PAIRS (default int8,int4,fp32), BENCH_LONG (precisions with the long-context point, default int8).
+# Sized to finish in under 25 minutes on 2 cores once the models and llama.cpp are built (a first run builds
+# llama-server and llama-quantize too: about 5 more minutes).
 
 BENCH_TIMEOUT ?= 3600
 

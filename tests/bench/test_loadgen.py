@@ -20,6 +20,9 @@ def test_closed_loop_point_counts_every_request_and_token(shared_server):
     assert point.concurrency == 3
     assert point.statuses() == {200: 6}
     assert [r.tokens for r in point.results] == [TOKENS] * 6
+    assert [r.usage_tokens for r in point.results] == [TOKENS] * 6  # from the usage block, not counted chunks
+    assert point.short_requests(TOKENS) == []
+    assert len(point.short_requests(TOKENS + 1)) == 6
     assert point.generated_tokens == 6 * TOKENS
     assert point.tokens_per_second == point.generated_tokens / point.wall_seconds
     for result in point.results:

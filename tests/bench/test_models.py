@@ -59,3 +59,6 @@ def test_prompts_have_exactly_the_asked_token_count_and_differ():
     assert all(len(encode(p)) == 32 for p in prompts)
     assert len(set(prompts)) == 20
     assert prompt_of_tokens(encode, 32, 3) == prompts[3]
+    long = [prompt_of_tokens(encode, 1024, variant) for variant in range(3)]  # the long-context point's length
+    assert [len(encode(p)) for p in long] == [1024] * 3
+    assert len(set(long)) == 3

@@ -1,0 +1,228 @@
+"""The benchmark's results and how they are written (no servers here: the tests render made-up results).
+
+A pair compares one runtime variant (A, "moltbot int8") with its llama-server peer (B, "llama-server q8_0") at
+several points. Each point runs in rounds; a round measures both sides once, alternating which side goes
+first, and gives one ratio A/B. A point reports each side's median over the rounds, the median ratio with the
+lowest and highest round, latencies, whether every request gave the asked token count, and the load average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.loadgen import PointResult
+from bench.stats import RatioSummary, fmt, markdown_table, median, percentile, round_ratios
+
+# Bytes read per weight in one decode step. GGUF block types carry a 2-byte scale per 32 weights; llama-quantize
+# keeps some tensors (the output matrix) at a higher type, so its figures are a lower bound. int4 is nominal.
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "f16": 2.0, "int8": 1.0, "q8_0": 34 / 32, "int4": 0.5,
+                    "q4_0": 18 / 32}
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """One load point: `concurrency` closed-loop clients sending `requests` requests of `prompt_tokens`
+    tokens that each ask for `new_tokens` tokens."""
+
+    name: str
+    concurrency: int
+    prompt_tokens: int
+    new_tokens: int
+    requests: int
+    rounds: int
+
+
+@dataclass
+class PairPoint:
+    """One point of a pair: per-round results of each side, in round order."""
+
+    spec: PointSpec
+    a: list[PointResult] = field(default_factory=list)
+    b: list[PointResult] = field(default_factory=list)
+    order: list[tuple[str, str]] = field(default_factory=list)
+    load_before: float | None = None
+    load_after: float | None = None
+    seconds: float = 0.0
+
+    def side(self, which: str) -> list[PointResult]:
+        return self.a if which == "a" else self.b
+
+    def tokens_per_second(self, which: str) -> float | None:
+        runs = self.side(which)
+        return median(p.tokens_per_second for p in runs) if runs else None
+
+    def ratios(self) -> RatioSummary:
+        return round_ratios([p.tokens_per_second for p in self.a], [p.tokens_per_second for p in self.b])
+
+    def latency(self, which: str, kind: str, q: float = 50) -> float | None:
+        """Median over the rounds of each round's q-th percentile (ms) of TTFT or inter-token gaps."""
+        values = []
+        for point in self.side(which):
+            ok = [r for r in point.results if r.status == 200]
+            samples = ([r.ttft for r in ok if r.ttft is not None] if kind == "ttft"
+                       else [g for r in ok for g in r.gaps])
+            if samples:
+                values.append(1000 * percentile(samples, q))
+        return median(values) if values else None
+
+    def short_requests(self, which: str) -> int:
+        return sum(len(p.short_requests(self.spec.new_tokens)) for p in self.side(which))
+
+    def request_count(self, which: str) -> int:
+        return sum(len(p.results) for p in self.side(which))
+
+    def token_check(self) -> str:
+        """`all 80 ok` when every request of both sides ended 200 with exactly the asked tokens."""
+        total = self.request_count("a") + self.request_count("b")
+        bad_a, bad_b = self.short_requests("a"), self.short_requests("b")
+        if not bad_a and not bad_b and total:
+            return f"all {total} ok"
+        return f"FAIL: {bad_a} A, {bad_b} B of {total}"
+
+    def token_check_passed(self) -> bool:
+        return self.request_count("a") > 0 and not self.short_requests("a") and not self.short_requests("b")
+
+
+@dataclass
+class PairResult:
+    """A runtime precision against a GGUF type: `why` says why it was not measured (None when it was)."""
+
+    precision: str
+    gguf_type: str
+    points: dict[str, PairPoint] = field(default_factory=dict)
+    why: str | None = None
+    load_seconds: dict[str, float] = field(default_factory=dict)  # side label -> process start to ready
+    prompt_tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # side -> point name -> tokens seen
+
+    @property
+    def a_label(self) -> str:
+        return f"moltbot {self.precision}"
+
+    @property
+    def b_label(self) -> str:
+        return f"llama-server {self.gguf_type}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.a_label} vs {self.b_label}"
+
+
+def pair_table(pairs: list[PairResult]) -> str:
+    """One row per measured pair and point."""
+    rows = []
+    for pair in pairs:
+        for name, point in pair.points.items():
+            rows.append([
+                pair.label, name, f"{point.spec.rounds}", point.tokens_per_second("a"), point.tokens_per_second("b"),
+                point.ratios().text(),
+                _pair_of(point.latency("a", "ttft"), point.latency("b", "ttft")),
+                _pair_of(point.latency("a", "itl"), point.latency("b", "itl")),
+                _pair_of(point.latency("a", "itl", 99), point.latency("b", "itl", 99)),
+                point.token_check(),
+                f"{fmt(point.load_before)} / {fmt(point.load_after)}",
+            ])
+    return markdown_table(["Pair (A vs B)", "Point", "Rounds", "A tok/s", "B tok/s", "A/B per round: median (min-max)",
+                           "TTFT p50 ms A / B", "ITL p50 ms A / B", "ITL p99 ms A / B", "Exact token count",
+                           "Load avg before / after"], rows)
+
+
+def _pair_of(a: float | None, b: float | None) -> str:
+    return f"{fmt(a)} / {fmt(b)}"
+
+
+def unavailable_lines(pairs: list[PairResult]) -> list[str]:
+    return [f"- {pair.label}: not available in this runtime ({pair.why})" for pair in pairs if pair.why]
+
+
+def ceiling_rows(pairs: list[PairResult], bytes_per_step: dict[str, float], bandwidth: float) -> list[list]:
+    """Per measured side: bytes per decode step, the batch-1 tok/s ceiling at `bandwidth` bytes/s, the c1
+    median and the share of the ceiling it reached."""
+    rows = []
+    for pair in pairs:
+        c1 = pair.points.get("c1")
+        if pair.why or c1 is None:
+            continue
+        for which, label, kind in (("a", pair.a_label, pair.precision), ("b", pair.b_label, pair.gguf_type)):
+            ceiling = bandwidth / bytes_per_step[kind]
+            measured = c1.tokens_per_second(which)
+            rows.append([label, f"{bytes_per_step[kind] / 1e6:.0f} MB", ceiling, measured,
+                         f"{100 * measured / ceiling:.0f}%" if measured is not None else "n/a"])
+    return rows
+
+
+def ceiling_table(rows: list[list]) -> str:
+    return markdown_table(["System", "Weight bytes per step", "Batch-1 ceiling tok/s", "c1 tok/s (median)",
+                           "c1 share of ceiling"], rows)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A target: `measured` must reach `needed` (or stay at or under it when `at_most`), in `unit`."""
+
+    label: str
+    measured: float | None
+    needed: float
+    unit: str = "x"
+    at_most: bool = False
+    shown: tuple[str, str] | None = None  # how to write measured and needed, where numbers would not say it
+
+    @property
+    def verdict(self) -> str:
+        if self.measured is None:
+            return "n/a"
+        ok = self.measured <= self.needed if self.at_most else self.measured >= self.needed
+        return "pass" if ok else "FAIL"
+
+    def _text(self, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        if self.unit == "x":
+            return f"{value:.2f}x"
+        if self.unit == "%":
+            return f"{value:.0f}%"
+        return f"{fmt(value)} {self.unit}"
+
+    def row(self) -> list[str]:
+        if self.shown:
+            return [self.label, *self.shown, self.verdict]
+        return [self.label, self._text(self.measured), ("<= " if self.at_most else ">= ") + self._text(self.needed),
+                self.verdict]
+
+
+def checks_table(checks: list[Check]) -> str:
+    return markdown_table(["Target", "Measured", "Needed", "Result"], [c.row() for c in checks])
+
+
+def ratio_check(pairs: dict[str, PairResult], precision: str, point: str, needed: float) -> Check:
+    """`int8 vs q8_0 c8 >= 1.5x`: the median of the per-round ratios against the target."""
+    pair = pairs.get(precision)
+    label = f"{pair.label if pair else precision}: {point} >= {needed:g}x (median of per-round ratios)"
+    if pair is None or pair.why or point not in pair.points:
+        return Check(label, None, needed)
+    return Check(label, pair.points[point].ratios().median, needed)
+
+
+def cpu_checks(pairs: dict[str, PairResult], long_point: str, ceiling_int8: float | None) -> list[Check]:
+    """The issue's CPU targets (2 cores)."""
+    checks = [ratio_check(pairs, "int8", p, n) for p, n in (("c1", 1.0), ("c8", 1.5), ("c32", 1.5), (long_point, 1.2))]
+    int8 = pairs.get("int8")
+    measured_int8 = int8 is not None and not int8.why
+    long = int8.points.get(long_point) if measured_int8 else None
+    itl_a = long.latency("a", "itl") if long else None
+    itl_b = long.latency("b", "itl") if long else None
+    checks.append(Check(f"moltbot int8: {long_point} ITL p50 at most llama-server q8_0's", itl_a,
+                        itl_b if itl_b is not None else 0.0, "ms", at_most=True,
+                        shown=None if itl_a is not None and itl_b is not None else ("n/a", "n/a")))
+    checks += [ratio_check(pairs, "int4", p, n) for p, n in (("c1", 1.0), ("c32", 1.5))]
+    c1 = int8.points.get("c1") if measured_int8 else None
+    share = None
+    if c1 is not None and ceiling_int8 and c1.tokens_per_second("a") is not None:
+        share = 100 * c1.tokens_per_second("a") / ceiling_int8
+    checks.append(Check("moltbot int8: c1 >= 50% of the int8 bandwidth ceiling (same run)", share, 50.0, "%"))
+    points = [p for pair in pairs.values() if not pair.why for p in pair.points.values()]
+    short = sum(p.short_requests("a") + p.short_requests("b") for p in points)
+    total = sum(p.request_count("a") + p.request_count("b") for p in points)
+    checks.append(Check("every request gave 200 with exactly the asked token count",
+                        float(total - short) if total else None,
+                        float(total), "requests", shown=(f"{total - short} of {total}", f"all {total}")))
+    return checks

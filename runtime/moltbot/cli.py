@@ -59,12 +59,13 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        config = ModelConfig.from_dict(json.loads(Path(args.config_file).read_text()), source=args.config_file)
+        config = ModelConfig.from_dict(json.loads(Path(args.config_file).read_text()), file=args.config_file)
     except (OSError, ValueError, ModelConfigError) as exc:
         print(f"moltbot: {args.config_file}: {exc}", file=sys.stderr)
         return 2
-    if config.type != "remote":
-        print(f"moltbot: {args.config_file}: type is {config.type}; only remote models are pulled", file=sys.stderr)
+    if config.source != "remote":
+        print(f"moltbot: {args.config_file}: source is {config.source or 'none'}; only remote models are pulled",
+              file=sys.stderr)
         return 2
     bar = _ProgressBar(config.name)
     try:
@@ -126,7 +127,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configs, errors = read_model_configs(settings.models_dir)
     for config in configs:
-        print(f"ok     {config.name} ({config.type}, {config.task}) from {config.source}")
+        print(f"ok     {config.name} ({config.type}, {config.task}) from {config.file}")
     for _, error in errors:
         print(f"error  {error}")
     return 1 if errors else 0

@@ -24,8 +24,9 @@ REQUEST_LATENCY = Histogram(
     ["route", "method"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("moltbot_http_requests_in_flight", "HTTP requests being handled.", registry=REGISTRY)
-READY = Gauge("moltbot_ready", "1 when every configured model is loaded and the service is not draining.",
-              registry=REGISTRY)
+READY = Gauge("moltbot_ready", "1 once loading has finished with a model serving, or with none configured (models "
+              "that failed are reported, not waited for); 0 while loading, when every model failed, and while "
+              "draining.", registry=REGISTRY)
 
 # Generation.
 TIME_TO_FIRST_TOKEN = Histogram(
@@ -51,8 +52,9 @@ MODEL_LOAD_SECONDS = Gauge("moltbot_model_load_seconds", "Seconds the last load 
                            registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter("moltbot_model_load_failures", "Model configs that failed to load.", ["model"],
                               registry=REGISTRY)
+# `type` is the older single word for source and backend (local, remote or service).
 MODEL_INFO = Gauge("moltbot_model_info", "1 for each served model, with where and how it runs.",
-                   ["model", "task", "type", "provider"], registry=REGISTRY)
+                   ["model", "task", "type", "provider", "source", "backend"], registry=REGISTRY)
 STARTUP_SECONDS = Gauge("moltbot_startup_seconds", "Seconds from process start to ready.", registry=REGISTRY)
 
 # Plugins.

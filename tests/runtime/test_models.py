@@ -110,6 +110,7 @@ def test_service_model_forwards_to_another_instance(server_factory, tmp_path):
                                                   messages=[{"role": "user", "content": "hi"}],
                                                   extra_body={"ignore_eos": True}))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == direct["choices"][0]["message"]["content"]
+        assert {c.model for c in chunks} == {"remote-tiny"}  # the served name, streamed or not
         vectors = oai.embeddings.create(model="remote-embed", input=["a", "b"]).data
         assert len(vectors) == 2 and len(vectors[0].embedding) == 384
         with pytest.raises(openai.BadRequestError) as err:  # the upstream's 400 passes through as it came

@@ -12,16 +12,13 @@ import weakref
 from dataclasses import dataclass, field
 
 from sanic import Request, Sanic
-from sanic.exceptions import (BadRequest, HeaderNotFound, MethodNotAllowed, NotFound, PayloadTooLarge,
-                              RequestTimeout, SanicException)
 from sanic.response import HTTPResponse
-from sanic.response import json as json_response
 
 from moltbot import READY_LINE, metrics
 from moltbot.api import plugin_routes, routes
 from moltbot.api.access import observe
-from moltbot.api.errors import APIError, error_body
-from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
+from moltbot.api.errors import APIError, error_json
+from moltbot.api.serving import OpenAIServing, RequestStats
 from moltbot.engine.registry import ModelRegistry
 from moltbot.plugins.manager import PluginManager
 from moltbot.settings import Settings
@@ -121,32 +118,7 @@ async def _finish_request(request: Request, response: HTTPResponse) -> None:
 
 # ---- errors ----------------------------------------------------------------------------------------
 async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
-    if isinstance(exc, APIError):
-        response = json_response(exc.body(), status=exc.status, headers=exc.headers)
-    elif isinstance(exc, UpstreamResponse):
-        response = json_response(exc.body, status=exc.status)
-    elif isinstance(exc, NotFound):
-        response = json_response(error_body(f"No route for {request.method} {request.path}",
-                                            "not_found_error", code="route_not_found"), status=404)
-    elif isinstance(exc, MethodNotAllowed):
-        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", []) or []))
-        response = json_response(error_body(f"Method {request.method} is not allowed on {request.path}",
-                                            "invalid_request_error", code="method_not_allowed"),
-                                 status=405, headers={"Allow": allowed} if allowed else None)
-    elif isinstance(exc, PayloadTooLarge):
-        limit = request.app.ctx.settings.max_body_bytes
-        response = json_response(error_body(f"The request body is larger than {limit} bytes",
-                                            "invalid_request_error", code="payload_too_large"), status=413)
-    elif isinstance(exc, (BadRequest, HeaderNotFound, RequestTimeout)) or (
-            isinstance(exc, SanicException) and 400 <= exc.status_code < 500):
-        response = json_response(error_body(str(exc) or "Bad request", "invalid_request_error",
-                                            code="bad_request"), status=exc.status_code)
-    else:
-        request_id = getattr(request.ctx, "request_id", None) if request else None
-        log.exception("unhandled error", extra={"request_id": request_id})
-        response = json_response(error_body(f"Internal server error (request id {request_id})", "server_error",
-                                            code="internal_error"), status=500)
-    return response
+    return error_json(exc, request)
 
 
 # ---- lifecycle -------------------------------------------------------------------------------------

@@ -1,10 +1,40 @@
-"""Errors in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}."""
+"""The one mapping from exceptions to HTTP error responses, in OpenAI's JSON shape:
+{"error": {"message", "type", "param", "code"}} (in the way of vLLM's `create_error_response`).
+
+Every place that answers with an error uses `error_response`: the app's error handler, the SSE stream (a last
+`data:` event), the WebSocket (an `error` message) and the plugin routes. The engine and the plugin system raise
+errors in their own terms (engine/errors.py, plugins/errors.py); only this module knows their HTTP statuses.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from pydantic import ValidationError
-from sanic import HTTPResponse
+from sanic import HTTPResponse, Request
+from sanic.exceptions import MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
 from sanic.response import json as json_response
+
+from moltbot.engine.errors import (
+    EngineStopped,
+    GenerationFailed,
+    InvalidRequest,
+    ModelNotFound,
+    QueueFull,
+    UpstreamError,
+)
+from moltbot.plugins.errors import (
+    PluginAPIError,
+    PluginError,
+    PluginFailed,
+    PluginInputError,
+    PluginNotFound,
+    PluginTimeout,
+    PluginUnavailable,
+)
+
+log = logging.getLogger("moltbot.api")
 
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -12,13 +42,19 @@ ERROR_TYPES = {
     415: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 502: "upstream_error",
     503: "service_unavailable", 504: "timeout_error",
 }
+PLUGIN_STATUS: dict[type[PluginAPIError], int] = {
+    PluginInputError: 400, PluginNotFound: 404, PluginUnavailable: 409, PluginError: 422, PluginFailed: 500,
+    PluginTimeout: 504,
+}
+
+ErrorResponse = tuple[int, dict[str, Any], dict[str, str]]
 
 
 class APIError(Exception):
-    """Raised anywhere below a route; the app's error handler answers with it."""
+    """An error of the HTTP layer itself (a body that is not JSON, a missing key, not ready yet, a timeout)."""
 
     def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -27,18 +63,63 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict:
-        return error_body(self.message, self.type, self.param, self.code)
 
-
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def api_error(status: int, message: str, type: str | None = None, param: str | None = None,
-              code: str | None = None, headers: dict | None = None) -> HTTPResponse:
-    err = APIError(status, message, type, param, code, headers)
-    return json_response(err.body(), status=status, headers=err.headers)
+def error_response(exc: BaseException, request: Request | None = None) -> ErrorResponse:
+    """(status, body, headers) for any exception; an unexpected one is logged and answered with a 500 that names
+    the request id. `request` gives the words for routing errors and the request id."""
+    if isinstance(exc, APIError):
+        return exc.status, error_body(exc.message, exc.type, exc.param, exc.code), exc.headers
+    if isinstance(exc, ValidationError):
+        return error_response(from_validation_error(exc))
+    if isinstance(exc, InvalidRequest):
+        return _error(400, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, ModelNotFound):
+        return _error(404, f"The model '{exc.name}' does not exist", param="model", code="model_not_found")
+    if isinstance(exc, QueueFull):
+        return _error(429, f"The model '{exc.model}' is busy: its queue is full. Retry after {exc.retry_after} s.",
+                      code="queue_full", headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, EngineStopped):
+        return _error(503, "The server is shutting down", code="shutting_down")
+    if isinstance(exc, GenerationFailed):
+        return _error(500, "The model failed while generating; see the server log", code="generation_failed")
+    if isinstance(exc, UpstreamError):  # a service model's upstream error, passed through as it came
+        return exc.status, exc.body, {}
+    if isinstance(exc, PluginAPIError):
+        status = next((PLUGIN_STATUS[cls] for cls in type(exc).__mro__ if cls in PLUGIN_STATUS), 500)
+        return status, error_body(exc.message, exc.type, exc.param, exc.code), {}
+    if isinstance(exc, SanicException) and request is not None and 400 <= exc.status_code < 500:
+        return _routing_error(exc, request)
+    request_id = getattr(request.ctx, "request_id", None) if request is not None else None
+    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    return _error(500, f"Internal server error (request id {request_id})", code="internal_error")
+
+
+def error_json(exc: BaseException, request: Request | None = None) -> HTTPResponse:
+    status, body, headers = error_response(exc, request)
+    return json_response(body, status=status, headers=headers)
+
+
+def _error(status: int, message: str, *, param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> ErrorResponse:
+    return status, error_body(message, ERROR_TYPES.get(status, "invalid_request_error"), param, code), headers or {}
+
+
+def _routing_error(exc: SanicException, request: Request) -> ErrorResponse:
+    """Sanic's own refusals (4xx), before any route ran."""
+    if isinstance(exc, NotFound):
+        return _error(404, f"No route for {request.method} {request.path}", code="route_not_found")
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", None) or []))
+        return _error(405, f"Method {request.method} is not allowed on {request.path}", code="method_not_allowed",
+                      headers={"Allow": allowed} if allowed else None)
+    if isinstance(exc, PayloadTooLarge):
+        return _error(413, f"The request body is larger than {request.app.config.REQUEST_MAX_SIZE} bytes",
+                      code="payload_too_large")
+    return exc.status_code, error_body(str(exc) or "Bad request", "invalid_request_error", code="bad_request"), {}
 
 
 def from_validation_error(exc: ValidationError) -> APIError:

@@ -8,16 +8,13 @@ from typing import Any
 
 from sanic import Blueprint, Request, response
 
-from moltbot.api.errors import api_error
+from moltbot.api.errors import APIError, error_json
 from moltbot.api.openapi import add_paths
 from moltbot.plugins.errors import PluginAPIError
 from moltbot.plugins.manager import PluginManager
 
+# The routes answer their own errors (api/errors.py's mapping), so the blueprint works on any Sanic app.
 bp = Blueprint("plugins")
-
-
-def _from_exception(exc: PluginAPIError) -> response.HTTPResponse:
-    return api_error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
 
 
 def _request_id(request: Request) -> str:
@@ -25,16 +22,17 @@ def _request_id(request: Request) -> str:
 
 
 def _manager(request: Request) -> PluginManager:
-    return request.app.ctx.plugins
+    manager: PluginManager = request.app.ctx.plugins
+    return manager
 
 
-def _json_body(request: Request) -> tuple[Any, response.HTTPResponse | None]:
+def _json_body(request: Request) -> Any:
     if not request.body:
-        return {}, None
+        return {}
     try:
-        return json.loads(request.body), None
+        return json.loads(request.body)
     except (ValueError, UnicodeDecodeError) as exc:
-        return None, api_error(400, f"request body is not valid JSON: {exc}", code="invalid_json")
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 @bp.get("/v1/plugins")
@@ -45,35 +43,31 @@ async def list_plugins(request: Request) -> response.HTTPResponse:
 @bp.post("/v1/plugins/reload")
 async def reload_plugins(request: Request) -> response.HTTPResponse:
     """Body (optional): {"names": ["plugin", ...]} to reload only those; otherwise every folder is loaded again."""
-    body, problem = _json_body(request)
-    if problem:
-        return problem
-    names = body.get("names") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or (names is not None and not (
-            isinstance(names, list) and all(isinstance(n, str) for n in names))):
-        return api_error(400, "body must be an object with an optional list of plugin names in 'names'",
-                         param="names")
     try:
+        body = _json_body(request)
+        names = body.get("names") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or (names is not None and not (
+                isinstance(names, list) and all(isinstance(n, str) for n in names))):
+            raise APIError(400, "body must be an object with an optional list of plugin names in 'names'",
+                           param="names")
         outcomes = await _manager(request).reload(names)
-    except PluginAPIError as exc:
-        return _from_exception(exc)
+    except (APIError, PluginAPIError) as exc:
+        return error_json(exc, request)
     return response.json({"object": "plugin.reload", "results": outcomes, "data": _manager(request).describe()})
 
 
 @bp.post("/v1/plugins/<name:str>/execute")
 async def execute_plugin(request: Request, name: str) -> response.HTTPResponse:
     """Body: the plugin's input, a JSON object validated against its input_schema."""
-    body, problem = _json_body(request)
-    if problem:
-        return problem
     request_id = _request_id(request)
     manager = _manager(request)
     started = time.perf_counter()
     try:
+        body = _json_body(request)
         version = manager.get(name).config.version
         result = await manager.execute(name, body, request_id=request_id)
-    except PluginAPIError as exc:
-        return _from_exception(exc)
+    except (APIError, PluginAPIError) as exc:
+        return error_json(exc, request)
     return response.json({
         "object": "plugin.result",
         "plugin": name,

@@ -5,26 +5,29 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sanic import Blueprint, Request, Websocket
 from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
+from websockets.exceptions import ConnectionClosed
 
 from moltbot import metrics
 from moltbot.api.access import observe
-from moltbot.api.errors import APIError, error_body, from_validation_error
+from moltbot.api.errors import APIError, error_response
 from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from moltbot.api.serving import OpenAIServing, RequestStats, UpstreamResponse
+from moltbot.api.serving import Chunks, OpenAIServing, RequestStats
 from moltbot.api.tool_calls import chat_with_plugin_tools, names_plugins
-from moltbot.plugins.errors import PluginAPIError
+
+Schema = TypeVar("Schema", bound=BaseModel)
 
 bp = Blueprint("openai")
 
 
-def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
+def parse(request: Request, schema: type[Schema]) -> Schema:
     """The JSON body validated against `schema` (415 / 400 otherwise)."""
     content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/json":
@@ -33,13 +36,10 @@ def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
     try:
         body = json.loads(request.body or b"")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json")
+        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object", code="invalid_json")
-    try:
-        return schema.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc)
+    return schema.model_validate(body)  # a ValidationError is a 400 naming the field (api/errors.py)
 
 
 def serving(request: Request) -> OpenAIServing:
@@ -47,11 +47,13 @@ def serving(request: Request) -> OpenAIServing:
     if request.app.ctx.state.status == "loading":
         raise APIError(503, "The models are still loading; retry shortly", code="not_ready",
                        headers={"Retry-After": "2"})
-    return request.app.ctx.serving
+    serving: OpenAIServing = request.app.ctx.serving
+    return serving
 
 
 def stats(request: Request) -> RequestStats:
-    return request.ctx.stats
+    request_stats: RequestStats = request.ctx.stats
+    return request_stats
 
 
 # ---- probes and metrics ----------------------------------------------------------------------------
@@ -109,7 +111,7 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     return json_response(await srv.chat(req, stats(request)))
 
 
-async def _as_chunks(reply: dict) -> AsyncIterator[dict]:
+async def _as_chunks(reply: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
     """A finished chat.completion as one streamed chunk per choice (the plugin-tool path runs to the end)."""
     for choice in reply["choices"]:
         delta = {"role": "assistant", "content": choice["message"].get("content") or ""}
@@ -135,24 +137,25 @@ async def embeddings(request: Request) -> HTTPResponse:
     return json_response(await serving(request).embeddings(req, stats(request)))
 
 
-async def stream_sse(request: Request, chunks: AsyncIterator[dict | str]) -> None:
-    """Server-sent events: one `data:` line per chunk, then `data: [DONE]`. Errors after the first byte
-    are sent as a last `data: {"error": ...}` event, since the status line is already out."""
+async def stream_sse(request: Request, chunks: Chunks) -> None:
+    """Server-sent events: one `data:` line per chunk, then `data: [DONE]`. An error after the first byte is
+    sent as a last `data: {"error": ...}` event, since the status line is already out."""
     status = 499  # unless the stream ends: the client went away
     try:
-        async with contextlib.aclosing(chunks):  # closing the generator frees the model's sequences
+        async with contextlib.aclosing(chunks):  # closing the stream frees the model's sequences
             response = await request.respond(content_type="text/event-stream",
                                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-            try:
-                async for chunk in chunks:
-                    line = chunk if isinstance(chunk, str) else "data: " + json.dumps(chunk, separators=(",", ":"))
-                    if line.strip() != "data: [DONE]":
-                        await response.send(line + "\n\n")
-                status = 200
-            except (APIError, UpstreamResponse) as exc:
-                status = exc.status
-                body = exc.body() if isinstance(exc, APIError) else exc.body
-                await response.send("data: " + json.dumps(body) + "\n\n")
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    status = 200
+                    break
+                except Exception as exc:  # the model's side failed; failures to send are not caught here
+                    status, body, _ = error_response(exc, request)
+                    await response.send("data: " + json.dumps(body) + "\n\n")
+                    break
+                await response.send("data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n")
             await response.send("data: [DONE]\n\n")
             await response.eof()
     finally:
@@ -172,13 +175,11 @@ async def websocket(request: Request, ws: Websocket) -> None:
         busy.add(ws)
         try:
             await _ws_handle(request, ws, message)
-        except APIError as exc:
-            await ws.send(json.dumps({"type": "error", **exc.body(), "status": exc.status}))
-        except UpstreamResponse as exc:
-            await ws.send(json.dumps({"type": "error", **exc.body, "status": exc.status}))
-        except PluginAPIError as exc:
-            await ws.send(json.dumps({"type": "error", "status": exc.status,
-                                      **error_body(exc.message, exc.type, exc.param, exc.code)}))
+        except ConnectionClosed:
+            raise
+        except Exception as exc:
+            status, body, _ = error_response(exc, request)
+            await ws.send(json.dumps({"type": "error", **body, "status": status}))
         finally:
             busy.discard(ws)
 
@@ -187,7 +188,7 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
     try:
         body = json.loads(message)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"The message is not valid JSON: {exc}", code="invalid_json")
+        raise APIError(400, f"The message is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "The message must be a JSON object", code="invalid_json")
     request_id = f"{request.ctx.request_id}-{uuid.uuid4().hex[:8]}"
@@ -200,11 +201,9 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
         await ws.send(json.dumps({"type": "plugin_result", "plugin": name, "request_id": request_id,
                                   "result": result}))
         return
-    try:
-        req = ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc)
+    req = ChatCompletionRequest.model_validate(body)
     srv = serving(request)
+    chunks: Chunks
     if names_plugins(req, plugins):
         chunks = _as_chunks(await chat_with_plugin_tools(srv, plugins, req, RequestStats(), request_id))
     else:
@@ -212,19 +211,16 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
     content: dict[int, str] = {}
     reasons: dict[int, str] = {}
     model, usage, chunk_id = req.model, None, None
-    async for chunk in chunks:
-        if isinstance(chunk, str):  # a service model's SSE line
-            if chunk.strip() == "data: [DONE]":
-                continue
-            chunk = json.loads(chunk[len("data:"):])
-        await ws.send(json.dumps({"type": "chunk", "data": chunk}))
-        chunk_id, model = chunk.get("id", chunk_id), chunk.get("model", model)
-        usage = chunk.get("usage") or usage
-        for choice in chunk.get("choices", []):
-            content[choice["index"]] = content.get(choice["index"], "") + (choice["delta"].get("content") or "")
-            if choice.get("finish_reason"):
-                reasons[choice["index"]] = choice["finish_reason"]
-    final = {"id": chunk_id, "object": "chat.completion", "model": model,
+    async with contextlib.aclosing(chunks):  # a client gone mid-stream frees the model's sequences
+        async for chunk in chunks:
+            await ws.send(json.dumps({"type": "chunk", "data": chunk}))
+            chunk_id, model = chunk.get("id", chunk_id), chunk.get("model", model)
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                content[choice["index"]] = content.get(choice["index"], "") + (choice["delta"].get("content") or "")
+                if choice.get("finish_reason"):
+                    reasons[choice["index"]] = choice["finish_reason"]
+    final: dict[str, Any] = {"id": chunk_id, "object": "chat.completion", "model": model,
              "choices": [{"index": i, "message": {"role": "assistant", "content": content[i]},
                           "finish_reason": reasons.get(i)} for i in sorted(content)]}
     if usage:

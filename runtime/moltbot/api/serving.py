@@ -1,4 +1,5 @@
-"""The serving layer: turns validated requests into engine work and engine events into OpenAI responses.
+"""The serving layer: hands validated requests to a model's backend and turns its typed events into OpenAI
+responses and chunks, whatever the backend. Owns the request's deadline and the access-log stats.
 
 Routes (routes.py) only parse, call one of these, and send what they return. Nothing here knows Sanic.
 """
@@ -8,19 +9,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
-
-import numpy as np
+from typing import Any
 
 from moltbot.api.errors import APIError
-from moltbot.api.protocol import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList,
-                                  new_id, now)
+from moltbot.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    new_id,
+    now,
+)
 from moltbot.api.tool_parser import parse_tool_calls
-from moltbot.engine.generation import EngineStopped, GenerationHandle, QueueFull, SamplingParams, TokenEvent
-from moltbot.engine.registry import ModelNotFound, ModelRegistry, ServedModel
-from moltbot.engine.service import UpstreamError
-from moltbot.engine.tokenizer import TemplateError
+from moltbot.engine.backend import ChoiceDelta, Event, Generation, ModelBackend, Usage, collect
+from moltbot.engine.registry import ModelRegistry
 from moltbot.settings import Settings
 
 
@@ -36,27 +41,26 @@ class RequestStats:
     output: str | None = None
 
 
-class UpstreamResponse(Exception):
-    """A `service` model's upstream error, passed through as it came (status and JSON body)."""
+class ChunkStream:
+    """Response chunks made from a generation; closing it closes the generation, even before the first chunk."""
 
-    def __init__(self, status: int, body: dict):
-        super().__init__(status)
-        self.status = status
-        self.body = body
+    def __init__(self, chunks: AsyncGenerator[dict[str, Any], None], generation: Generation):
+        self._chunks = chunks
+        self._generation = generation
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+        await self._generation.aclose()
 
 
-@dataclass
-class Generation:
-    """A planned local generation: the model, the tokenised prompts and the sampling parameters."""
-
-    served: ServedModel
-    prompts: list[list[int]]
-    params: SamplingParams
-    n: int
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(p) for p in self.prompts)
+# What a streamed response is made of: chunks from a generation, or a finished reply's (the plugin-tool path).
+Chunks = ChunkStream | AsyncGenerator[dict[str, Any], None]
 
 
 class OpenAIServing:
@@ -65,313 +69,163 @@ class OpenAIServing:
         self.settings = settings
 
     # ---- models ---------------------------------------------------------------------------------
-    def list_models(self) -> dict:
-        cards = [ModelCard(id=m.name, created=m.created, task=m.task, type=m.config.type, provider=m.provider,
-                           context_length=m.context_length or None, description=m.config.description)
-                 for m in self.registry.models.values()]
+    def list_models(self) -> dict[str, Any]:
+        cards = []
+        for backend in self.registry.models.values():
+            info = backend.describe()
+            cards.append(ModelCard(id=info.name, created=info.created, task=info.task, type=info.type,
+                                   source=info.source, backend=info.backend, provider=info.provider,
+                                   context_length=info.context_length or None, description=info.description))
         return ModelList(data=cards).model_dump()
 
-    def model(self, name: str, task: str) -> ServedModel:
-        try:
-            served = self.registry.get(name)
-        except ModelNotFound:
-            raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
-        if served.task != task:
-            raise APIError(400, f"The model '{name}' serves {served.task}, not {task}", param="model",
-                           code="wrong_model_task")
-        return served
+    def _backend(self, name: str, stats: RequestStats) -> ModelBackend:
+        backend = self.registry.backend(name)
+        stats.model = backend.describe().name
+        return backend
 
-    # ---- planning (all checks that need the model, before any work starts) ------------------------
-    def plan(self, served: ServedModel, prompts: list[str], req, limit: int | None, *,
-             add_special_tokens: bool) -> Generation:
-        if req.logprobs:
-            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
-        for penalty in ("presence_penalty", "frequency_penalty"):
-            if getattr(req, penalty):
-                raise APIError(400, f"{penalty} is not supported by this server (send 0 or leave it out)",
-                               param=penalty)
-        ids = [served.tokenizer.encode(p, add_special_tokens=add_special_tokens) for p in prompts]
-        context = served.context_length
-        longest = max(len(i) for i in ids)
-        if any(not i for i in ids):
-            raise APIError(400, "the prompt is empty after tokenisation", param="prompt")
-        if longest >= context:
-            raise APIError(400, f"This model's maximum context length is {context} tokens; the prompt has "
-                           f"{longest} tokens", param="messages", code="context_length_exceeded")
-        if limit is None:
-            limit = context - longest
-        elif longest + limit > context:
-            raise APIError(400, f"This model's maximum context length is {context} tokens. However, you "
-                           f"requested {longest + limit} tokens ({longest} in the prompt, {limit} for the "
-                           "completion). Please reduce max_tokens.", param="max_tokens",
-                           code="context_length_exceeded")
-        temperature = served.config.temperature if req.temperature is None else req.temperature
-        params = SamplingParams(max_tokens=limit, temperature=temperature,
-                                top_p=1.0 if req.top_p is None else req.top_p, stop=req.stop_list(),
-                                seed=req.seed, ignore_eos=req.ignore_eos)
-        return Generation(served, ids, params, req.n)
+    def _started(self, generation: Generation, stats: RequestStats) -> Generation:
+        stats.prompt_tokens = generation.prompt_tokens
+        if self.settings.log_prompts and generation.prompt is not None:
+            stats.prompt, stats.output = generation.prompt, ""
+        return generation
 
-    def plan_chat(self, req: ChatCompletionRequest, served: ServedModel, stats: RequestStats,
-                  tools: list[dict] | None = None) -> Generation:
-        messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
-        try:
-            prompt = served.tokenizer.render_chat(messages, add_generation_prompt=True, tools=tools)
-        except TemplateError as exc:
-            raise APIError(400, str(exc), param="messages")
-        self._record_prompt(stats, [prompt])
-        return self.plan(served, [prompt], req, req.token_limit, add_special_tokens=False)
-
-    def plan_completion(self, req: CompletionRequest, served: ServedModel, stats: RequestStats) -> Generation:
-        if req.echo or req.suffix:
-            raise APIError(400, "echo and suffix are not supported by this server",
-                           param="echo" if req.echo else "suffix")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        self._record_prompt(stats, prompts)
-        return self.plan(served, prompts, req, req.token_limit, add_special_tokens=True)
-
-    def _record_prompt(self, stats: RequestStats, prompts: list[str]) -> None:
-        if self.settings.log_prompts:
-            stats.prompt = "\n".join(prompts)
-            stats.output = ""
-
-    # ---- running ----------------------------------------------------------------------------------
-    def start(self, gen: Generation) -> GenerationHandle:
-        loop = asyncio.get_running_loop()
-        scheduler = gen.served.scheduler
-        capacity = scheduler.max_running + scheduler.max_queued
-        if len(gen.prompts) * gen.n > capacity:
-            raise APIError(400, f"This request needs {len(gen.prompts) * gen.n} sequences (prompts x n); the "
-                           f"model '{gen.served.name}' takes at most {capacity} at once", param="n",
-                           code="too_many_sequences")
-        handle = None
-        try:
-            for ids in gen.prompts:
-                handle = scheduler.submit(ids, gen.params, gen.n, loop, handle=handle)
-        except BaseException as exc:
-            if handle:
-                handle.cancel()
-            if isinstance(exc, QueueFull):
-                raise APIError(429, f"The model '{exc.model}' is busy: its queue is full. Retry after "
-                               f"{exc.retry_after} s.", code="queue_full",
-                               headers={"Retry-After": str(exc.retry_after)}) from None
-            if isinstance(exc, EngineStopped):
-                raise APIError(503, "The server is shutting down", code="shutting_down") from None
-            raise
-        return handle
-
-    async def events(self, handle: GenerationHandle, count: int, started: float) -> AsyncIterator[TokenEvent]:
-        """The handle's events until all `count` sequences finished. The deadline counts from `started` and
-        covers only the waits for the model (not a slow client reading the stream). Cancels on any exit."""
-        deadline = started + self.settings.request_timeout
-        finished = 0
-        try:
-            while finished < count:
-                try:
-                    event = await asyncio.wait_for(handle.next_event(), max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    raise self.timeout_error() from None
-                if event.finish_reason == "error":
-                    raise APIError(500, "The model failed while generating; see the server log",
-                                   type="server_error", code="generation_failed")
-                if event.finish_reason:
-                    finished += 1
-                yield event
-        finally:
-            handle.cancel()
+    async def _events(self, generation: Generation, stats: RequestStats) -> AsyncGenerator[Event, None]:
+        """The generation's events, with the request's deadline on each wait for the model (counted from the
+        request's start; a slow client reading the stream does not count) and the stats kept up to date."""
+        deadline = stats.started + self.settings.request_timeout
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(generation), max(0.0, deadline - time.monotonic()))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise self.timeout_error() from None
+            if isinstance(event, Usage):
+                stats.prompt_tokens, stats.completion_tokens = event.prompt_tokens, event.completion_tokens
+            else:
+                stats.completion_tokens += event.tokens
+                if stats.output is not None:
+                    stats.output += event.text
+            yield event
 
     def timeout_error(self) -> APIError:
         return APIError(504, f"The request took longer than {self.settings.request_timeout:g} s",
                         code="request_timeout")
 
-    async def complete(self, gen: Generation, stats: RequestStats) -> tuple[list[str], list[str], int]:
-        """Run to the end: texts and finish reasons per choice, and the generated token count."""
-        total = len(gen.prompts) * gen.n
-        texts, reasons, tokens = [""] * total, ["stop"] * total, 0
-        stats.prompt_tokens = gen.prompt_tokens * gen.n
-        async for event in self.events(self.start(gen), total, stats.started):
-            texts[event.index] += event.text
-            tokens += event.tokens
-            if event.finish_reason:
-                reasons[event.index] = event.finish_reason
-        stats.completion_tokens = tokens
-        if stats.output is not None:
-            stats.output = "\n".join(texts)
-        return texts, reasons, tokens
-
     # ---- chat -------------------------------------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest, stats: RequestStats) -> dict:
-        served = self.model(req.model, "chat")
-        stats.model = served.name
-        if served.service:
-            return await self._forward(served, "chat/completions", req)
-        gen = await asyncio.to_thread(self.plan_chat, req, served, stats, _tool_dicts(req))
-        texts, reasons, tokens = await self.complete(gen, stats)
-        choices = []
-        for i, (text, reason) in enumerate(zip(texts, reasons)):
-            message = {"role": "assistant", "content": text}
-            if req.tools:
-                content, calls = parse_tool_calls(text)
-                if calls:
-                    message, reason = {"role": "assistant", "content": content or None, "tool_calls": calls}, \
-                        "tool_calls"
-            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
-        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": served.name,
-                "choices": choices, "usage": _usage(stats.prompt_tokens, tokens)}
-
-    async def chat_stream(self, req: ChatCompletionRequest, stats: RequestStats) -> AsyncIterator[dict]:
-        """chat.completion.chunk objects; `served` checks and planning happen before the first one."""
-        served = self.model(req.model, "chat")
-        stats.model = served.name
-        if served.service:
-            return await self._forward_stream(served, "chat/completions", req)
-        gen = await asyncio.to_thread(self.plan_chat, req, served, stats, _tool_dicts(req))
-        handle = self.start(gen)
-        return self._chat_chunks(gen, handle, req, stats)
-
-    async def _chat_chunks(self, gen: Generation, handle: GenerationHandle, req: ChatCompletionRequest,
-                           stats: RequestStats) -> AsyncIterator[dict]:
-        base = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
-                "model": gen.served.name}
-        stats.prompt_tokens = gen.prompt_tokens * gen.n
-        try:  # whatever ends the stream (a client gone before the first token too) frees the sequences
-            for i in range(gen.n):
-                yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                            "logprobs": None, "finish_reason": None}]}
-            tokens = 0
-            async for event in self.events(handle, gen.n, stats.started):
-                tokens += event.tokens
-                stats.completion_tokens = tokens
-                if stats.output is not None:
-                    stats.output += event.text
-                if event.text or event.finish_reason:
-                    delta = {"content": event.text} if event.text else {}
-                    yield {**base, "choices": [{"index": event.index, "delta": delta, "logprobs": None,
-                                                "finish_reason": event.finish_reason}]}
-            if req.stream_options and req.stream_options.include_usage:
-                yield {**base, "choices": [], "usage": _usage(stats.prompt_tokens, tokens)}
+    async def chat(self, req: ChatCompletionRequest, stats: RequestStats) -> dict[str, Any]:
+        backend = self._backend(req.model, stats)
+        generation = self._started(await backend.chat(req.to_input()), stats)
+        try:
+            result = await collect(self._events(generation, stats))
         finally:
-            handle.cancel()
+            await generation.aclose()
+        choices = []
+        for i, choice in enumerate(result.choices):
+            content, calls = choice.text, [call.as_openai() for call in choice.tool_calls]
+            if req.tools and not calls:  # a local model writes its tool calls into its text
+                rest, calls = parse_tool_calls(choice.text)
+                content = rest if calls else content
+            reason = choice.finish_reason or "stop"
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message, reason = {"role": "assistant", "content": content or None, "tool_calls": calls}, "tool_calls"
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
+        if stats.output is not None:
+            stats.output = "\n".join(c.text for c in result.choices)
+        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": stats.model,
+                "choices": choices, "usage": _usage(result.usage, stats)}
+
+    async def chat_stream(self, req: ChatCompletionRequest, stats: RequestStats) -> ChunkStream:
+        """chat.completion.chunk objects; every check, and the start of the work, happen before the first one."""
+        backend = self._backend(req.model, stats)
+        generation = self._started(await backend.chat(req.to_input()), stats)
+        return ChunkStream(self._chat_chunks(generation, req, stats), generation)
+
+    async def _chat_chunks(self, generation: Generation, req: ChatCompletionRequest, stats: RequestStats
+                           ) -> AsyncGenerator[dict[str, Any], None]:
+        base = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": stats.model}
+        for i in range(req.n):
+            yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}]}
+        usage = None
+        async for event in self._events(generation, stats):
+            if isinstance(event, Usage):
+                usage = event
+            elif event.text or event.tool_calls or event.finish_reason:
+                yield {**base, "choices": [{"index": event.index, "delta": _chat_delta(event), "logprobs": None,
+                                            "finish_reason": event.finish_reason}]}
+        if req.stream_options and req.stream_options.include_usage and usage is not None:
+            yield {**base, "choices": [], "usage": _usage(usage, stats)}
 
     # ---- completions ------------------------------------------------------------------------------
-    async def completion(self, req: CompletionRequest, stats: RequestStats) -> dict:
-        served = self.model(req.model, "chat")
-        stats.model = served.name
-        if served.service:
-            return await self._forward(served, "completions", req)
-        gen = await asyncio.to_thread(self.plan_completion, req, served, stats)
-        texts, reasons, tokens = await self.complete(gen, stats)
+    async def completion(self, req: CompletionRequest, stats: RequestStats) -> dict[str, Any]:
+        backend = self._backend(req.model, stats)
+        generation = self._started(await backend.complete(req.to_input()), stats)
+        try:
+            result = await collect(self._events(generation, stats))
+        finally:
+            await generation.aclose()
+        if stats.output is not None:
+            stats.output = "\n".join(c.text for c in result.choices)
         return {
-            "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.name,
-            "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
-                        for i, (text, reason) in enumerate(zip(texts, reasons))],
-            "usage": _usage(stats.prompt_tokens, tokens),
+            "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": stats.model,
+            "choices": [{"index": i, "text": choice.text, "logprobs": None,
+                         "finish_reason": choice.finish_reason or "stop"} for i, choice in enumerate(result.choices)],
+            "usage": _usage(result.usage, stats),
         }
 
-    async def completion_stream(self, req: CompletionRequest, stats: RequestStats) -> AsyncIterator[dict]:
-        served = self.model(req.model, "chat")
-        stats.model = served.name
-        if served.service:
-            return await self._forward_stream(served, "completions", req)
-        gen = await asyncio.to_thread(self.plan_completion, req, served, stats)
-        handle = self.start(gen)
-        return self._completion_chunks(gen, handle, req, stats)
+    async def completion_stream(self, req: CompletionRequest, stats: RequestStats) -> ChunkStream:
+        backend = self._backend(req.model, stats)
+        generation = self._started(await backend.complete(req.to_input()), stats)
+        return ChunkStream(self._completion_chunks(generation, req, stats), generation)
 
-    async def _completion_chunks(self, gen: Generation, handle: GenerationHandle, req: CompletionRequest,
-                                 stats: RequestStats) -> AsyncIterator[dict]:
-        base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": gen.served.name}
-        stats.prompt_tokens = gen.prompt_tokens * gen.n
-        try:
-            tokens = 0
-            async for event in self.events(handle, len(gen.prompts) * gen.n, stats.started):
-                tokens += event.tokens
-                stats.completion_tokens = tokens
-                if stats.output is not None:
-                    stats.output += event.text
-                if event.text or event.finish_reason:
-                    yield {**base, "choices": [{"index": event.index, "text": event.text, "logprobs": None,
-                                                "finish_reason": event.finish_reason}]}
-            if req.stream_options and req.stream_options.include_usage:
-                yield {**base, "choices": [], "usage": _usage(stats.prompt_tokens, tokens)}
-        finally:
-            handle.cancel()
+    async def _completion_chunks(self, generation: Generation, req: CompletionRequest, stats: RequestStats
+                                 ) -> AsyncGenerator[dict[str, Any], None]:
+        base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": stats.model}
+        usage = None
+        async for event in self._events(generation, stats):
+            if isinstance(event, Usage):
+                usage = event
+            elif event.text or event.finish_reason:
+                yield {**base, "choices": [{"index": event.index, "text": event.text, "logprobs": None,
+                                            "finish_reason": event.finish_reason}]}
+        if req.stream_options and req.stream_options.include_usage and usage is not None:
+            yield {**base, "choices": [], "usage": _usage(usage, stats)}
 
     # ---- embeddings -------------------------------------------------------------------------------
-    async def embeddings(self, req: EmbeddingRequest, stats: RequestStats) -> dict:
-        served = self.model(req.model, "embeddings")
-        stats.model = served.name
-        if served.service:
-            return await self._forward(served, "embeddings", req)
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        if req.dimensions is not None:
-            native = served.encoder.session.get_outputs()[0].shape[-1]
-            if req.dimensions != native:
-                raise APIError(400, f"The model '{served.name}' makes {native}-dimensional embeddings only",
-                               param="dimensions")
+    async def embeddings(self, req: EmbeddingRequest, stats: RequestStats) -> dict[str, Any]:
+        backend = self._backend(req.model, stats)
         try:
-            future = served.embedder.submit(texts)
-        except QueueFull as exc:
-            raise APIError(429, f"The model '{exc.model}' is busy: its queue is full. Retry after "
-                           f"{exc.retry_after} s.", code="queue_full",
-                           headers={"Retry-After": str(exc.retry_after)}) from None
-        try:
-            vectors, token_counts = await asyncio.wait_for(asyncio.wrap_future(future),
-                                                           self.settings.request_timeout)
+            result = await asyncio.wait_for(backend.embed(req.to_input()), self.settings.request_timeout)
         except TimeoutError:
-            future.cancel()
             raise self.timeout_error() from None
-        stats.prompt_tokens = int(sum(token_counts))
+        stats.prompt_tokens = result.prompt_tokens
         data = []
-        for i, vec in enumerate(vectors):
+        for i, vec in enumerate(result.vectors):
+            embedding: str | list[float]
             if req.encoding_format == "base64":
                 embedding = base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
             else:
                 embedding = vec.astype(float).tolist()
             data.append({"object": "embedding", "index": i, "embedding": embedding})
-        return {"object": "list", "data": data, "model": served.name,
+        return {"object": "list", "data": data, "model": stats.model,
                 "usage": {"prompt_tokens": stats.prompt_tokens, "total_tokens": stats.prompt_tokens}}
 
-    # ---- service models ---------------------------------------------------------------------------
-    async def _forward(self, served: ServedModel, path: str, req) -> dict:
-        try:
-            body = await served.service.post(path, _upstream_payload(req))
-        except UpstreamError as exc:
-            raise UpstreamResponse(exc.status, exc.body)
-        if isinstance(body, dict) and "model" in body:
-            body["model"] = served.name
-        return body
 
-    async def _forward_stream(self, served: ServedModel, path: str, req) -> AsyncIterator[str]:
-        """The upstream's SSE `data:` lines, as they come (starts the upstream call before yielding)."""
-        stream = served.service.stream(path, {**_upstream_payload(req), "stream": True})
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            return _empty()
-        except UpstreamError as exc:
-            raise UpstreamResponse(exc.status, exc.body)
-        return _prepend(first, stream)
+def _chat_delta(event: ChoiceDelta) -> dict[str, Any]:
+    delta: dict[str, Any] = {"content": event.text} if event.text else {}
+    if event.tool_calls:
+        delta["tool_calls"] = [
+            {"index": call.index, **({"id": call.id, "type": "function"} if call.id else {}),
+             "function": {**({"name": call.name} if call.name else {}), "arguments": call.arguments}}
+            for call in event.tool_calls]
+    return delta
 
 
-def _upstream_payload(req) -> dict:
-    """What the client sent, less our model name and our extensions (a strict upstream refuses unknown fields)."""
-    return req.model_dump(exclude_unset=True, exclude={"model", "ignore_eos", "max_tool_rounds"})
-
-
-def _tool_dicts(req: ChatCompletionRequest) -> list[dict] | None:
-    """The request's tools as the chat template expects them (as transformers passes them)."""
-    return [tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None
-
-
-def _usage(prompt: int, completion: int) -> dict:
+def _usage(usage: Usage | None, stats: RequestStats) -> dict[str, int]:
+    """The usage the backend reported; where it reported none, what the stats counted."""
+    prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (
+        stats.prompt_tokens, stats.completion_tokens)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-
-async def _empty():
-    return
-    yield  # pragma: no cover
-
-
-async def _prepend(first, rest):
-    yield first
-    async for item in rest:
-        yield item

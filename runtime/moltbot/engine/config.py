@@ -1,13 +1,17 @@
 """Model configs: `<models dir>/*.json`, one model each.
 
-    {"name": "llama-7b", "type": "local", "path": "/app/models/llama-7b", "max_tokens": 2048, "temperature": 0.7}
+    {"name": "llama-7b", "source": "local", "path": "/app/models/llama-7b", "max_tokens": 2048, "temperature": 0.7}
 
-Fields: name, type (local | remote | service), task (chat | embeddings; default chat), max_tokens (the model's
-context length for chat models), temperature (default when a request sets none), and per type:
-- local: path (an Optimum ONNX export, or a Hugging Face PyTorch checkpoint exported once and cached);
-- remote: url (http/https archive of a model folder: .tar.gz, .tgz, .tar or .zip) and sha256;
-- service: base_url, model (the upstream name), api_key_env (variable holding the upstream key).
-Optional for local and remote: device (cpu | cuda), max_running, max_queued (override the service settings),
+Fields: name, task (chat | embeddings; default chat), max_tokens (the model's context length for chat models),
+temperature (default when a request sets none), and two that say how the model is had:
+- source, where its files come from: local (path: an Optimum ONNX export, or a Hugging Face PyTorch checkpoint
+  exported once and cached) or remote (url: an http/https archive of a model folder, .tar.gz, .tgz, .tar or .zip;
+  sha256);
+- backend, what serves it: onnxruntime (the default; needs a source) or service (a third-party OpenAI-compatible
+  API, no files: base_url, model (the upstream name), api_key_env (variable holding the upstream key)).
+The older `type` (local | remote | service) says both in one word and stays valid: local and remote are those
+sources served by onnxruntime, service is the service backend.
+Optional for onnxruntime: device (cpu | cuda), max_running, max_queued (override the service settings),
 quantize (`int8`: ONNX Runtime dynamic quantisation of the MatMul weights, made once and cached; CPU).
 """
 
@@ -15,13 +19,18 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-TYPES = ("local", "remote", "service")
 TASKS = ("chat", "embeddings")
+SOURCES = ("local", "remote")
+# Each backend, and whether it serves files from a source (True) or has none (False).
+BACKENDS = {"onnxruntime": True, "service": False}
+# The older `type` field: (source, backend) for each of its values.
+TYPES = {"local": ("local", "onnxruntime"), "remote": ("remote", "onnxruntime"), "service": (None, "service")}
+_NEEDS = {"local": ("path",), "remote": ("url", "sha256"), "service": ("base_url", "model")}
 
 
 class ModelConfigError(ValueError):
@@ -31,8 +40,9 @@ class ModelConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    type: str
     task: str = "chat"
+    source: str | None = None  # local | remote; None for a backend without files
+    backend: str = "onnxruntime"
     path: str | None = None
     url: str | None = None
     sha256: str | None = None
@@ -46,32 +56,36 @@ class ModelConfig:
     max_queued: int | None = None
     quantize: str | None = None
     description: str = ""
-    source: str = ""  # the file it came from
+    file: str = ""  # the config file it came from, or "embedded default"
+
+    @property
+    def type(self) -> str:
+        """The older single word for source and backend: local, remote or service."""
+        return self.source or self.backend
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "") -> "ModelConfig":
-        where = source or "model config"
+    def from_dict(cls, data: Any, file: str = "") -> ModelConfig:
+        where = file or "model config"
         if not isinstance(data, dict):
             raise ModelConfigError(f"{where}: expected a JSON object")
-        known = set(cls.__dataclass_fields__) - {"source"}
+        known = {f.name for f in fields(cls)} - {"file"} | {"type"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-        for required in ("name", "type"):
-            if not isinstance(data.get(required), str) or not data[required]:
-                raise ModelConfigError(f"{where}: '{required}' is required and must be a string")
+        if not isinstance(data.get("name"), str) or not data["name"]:
+            raise ModelConfigError(f"{where}: 'name' is required and must be a string")
         if not NAME_PATTERN.match(data["name"]):
             raise ModelConfigError(f"{where}: name {data['name']!r} must be 1-128 letters, digits or ._:/-")
-        if data["type"] not in TYPES:
-            raise ModelConfigError(f"{where}: type {data['type']!r} is not one of {', '.join(TYPES)}")
+        data = {**data, **_source_and_backend(data, where)}
+        data.pop("type", None)
         task = data.get("task", "chat")
         if task not in TASKS:
             raise ModelConfigError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
-        needs = {"local": ("path",), "remote": ("url", "sha256"), "service": ("base_url", "model")}
-        for field_name in needs[data["type"]]:
+        what = data["source"] or data["backend"]
+        for field_name in _NEEDS.get(what, ()):
             if not isinstance(data.get(field_name), str) or not data[field_name]:
-                raise ModelConfigError(f"{where}: type {data['type']} needs '{field_name}' (a string)")
-        if data["type"] == "remote":
+                raise ModelConfigError(f"{where}: {what} needs '{field_name}' (a string)")
+        if data["source"] == "remote":
             if not re.match(r"^https?://", data["url"]):
                 raise ModelConfigError(f"{where}: url must be http:// or https://")
             if not re.fullmatch(r"[0-9a-fA-F]{64}", data["sha256"]):
@@ -85,19 +99,43 @@ class ModelConfig:
             raise ModelConfigError(f"{where}: 'temperature' must be a number from 0 to 2")
         if data.get("quantize") not in (None, "int8"):
             raise ModelConfigError(f"{where}: quantize must be int8 (or left out)")
-        if data.get("quantize") and data["type"] == "service":
+        if data.get("quantize") and data["backend"] == "service":
             raise ModelConfigError(f"{where}: a service model cannot be quantised here")
         if data.get("device") not in (None, "cpu", "cuda"):
             raise ModelConfigError(f"{where}: device must be cpu or cuda")
-        return cls(**{**data, "temperature": float(temperature), "task": task}, source=source)
+        return cls(**{**data, "temperature": float(temperature), "task": task}, file=file)
+
+
+def _source_and_backend(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """source and backend, from those fields or from the older `type`."""
+    if "type" in data:
+        if "source" in data or "backend" in data:
+            raise ModelConfigError(f"{where}: 'type' is the older spelling of 'source' and 'backend': give one or "
+                                   "the other")
+        if data["type"] not in TYPES:
+            raise ModelConfigError(f"{where}: type {data['type']!r} is not one of {', '.join(TYPES)}")
+        source, backend = TYPES[data["type"]]
+        return {"source": source, "backend": backend}
+    backend = data.get("backend", "onnxruntime")
+    if backend not in BACKENDS:
+        raise ModelConfigError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    source = data.get("source")
+    if BACKENDS[backend] and source not in SOURCES:
+        raise ModelConfigError(f"{where}: backend {backend} needs 'source' ({' or '.join(SOURCES)}; or the "
+                               f"older 'type'), not {source!r}")
+    if not BACKENDS[backend] and source is not None:
+        raise ModelConfigError(f"{where}: backend {backend} serves no files: leave 'source' out")
+    return {"source": source, "backend": backend}
 
 
 def read_model_configs(models_dir: Path) -> tuple[list[ModelConfig], list[tuple[str, str]]]:
     """The valid configs in models_dir, and (file, error) for each one that is not."""
-    configs, errors, names = [], [], set()
+    configs: list[ModelConfig] = []
+    errors: list[tuple[str, str]] = []
+    names: set[str] = set()
     for path in sorted(Path(models_dir).glob("*.json")):
         try:
-            config = ModelConfig.from_dict(json.loads(path.read_text()), source=str(path))
+            config = ModelConfig.from_dict(json.loads(path.read_text()), file=str(path))
         except json.JSONDecodeError as exc:
             errors.append((str(path), f"{path}: not valid JSON: {exc}"))
             continue

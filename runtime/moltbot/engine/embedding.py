@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from moltbot import metrics
-from moltbot.engine.generation import QueueFull
+from moltbot.engine.errors import QueueFull
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
 from moltbot.engine.tokenizer import TextTokenizer
 
@@ -121,7 +121,7 @@ class EmbeddingBatcher:
             parts, counts = {}, {}
             for chunk in chunks:
                 chunk_vectors, chunk_counts = self.model.embed([texts[i] for i in chunk])
-                for idx, vec, count in zip(chunk, chunk_vectors, chunk_counts):
+                for idx, vec, count in zip(chunk, chunk_vectors, chunk_counts, strict=True):
                     parts[idx], counts[idx] = vec, count
             vectors = np.stack([parts[i] for i in range(len(texts))])
             token_counts = [counts[i] for i in range(len(texts))]

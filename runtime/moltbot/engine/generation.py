@@ -8,18 +8,21 @@ left-padded to a common length) and leave it as soon as they finish or their cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
 from moltbot import metrics
+from moltbot.engine.errors import EngineStopped, QueueFull
+from moltbot.engine.sampling import SamplingParams, sample
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
 from moltbot.engine.tokenizer import IncrementalDecoder, TextTokenizer
 
@@ -28,29 +31,6 @@ log = logging.getLogger("moltbot.engine")
 # Most (padded) prompt tokens in one ONNX Runtime prefill call: bounds the [rows, tokens, vocab] logits a
 # prefill makes. Longer prompts are prefilled in chunks, feeding each chunk's KV cache to the next.
 PREFILL_TOKEN_BUDGET = 1024
-
-
-class QueueFull(Exception):
-    """The model's running batch and queue are both full."""
-
-    def __init__(self, model: str, retry_after: int = 1):
-        super().__init__(f"model {model!r} is at capacity; retry later")
-        self.model = model
-        self.retry_after = retry_after
-
-
-class EngineStopped(Exception):
-    """The model is shutting down and takes no new requests."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
 
 
 @dataclass
@@ -94,10 +74,8 @@ class GenerationHandle:
         self.sequences: list[Sequence] = []
 
     def emit(self, event: TokenEvent) -> None:  # called from the scheduler thread
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
 
     async def next_event(self) -> TokenEvent:
         return await self._queue.get()
@@ -145,7 +123,7 @@ class DecoderModel:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
             past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feed = self._feed(input_ids, attention_mask, position_ids)
-        feed.update(zip(self.past_names, past))
+        feed.update(zip(self.past_names, past, strict=True))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, present
 
@@ -155,10 +133,10 @@ class DecoderModel:
         binding = self.session.io_binding()
         for name, value in self._feed(input_ids, attention_mask, position_ids).items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name, array in zip(self.past_names, past):
+        for name, array in zip(self.past_names, past, strict=True):
             binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         binding.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
-        for name, array in zip(self.present_names, present):
+        for name, array in zip(self.present_names, present, strict=True):
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
@@ -169,7 +147,7 @@ class DecoderModel:
         binding = self.session.io_binding()
         for name, value in self._feed(input_ids, attention_mask, position_ids).items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name, value in zip(self.past_names, self.to_device(past)):
+        for name, value in zip(self.past_names, self.to_device(past), strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in self.present_names:
@@ -243,14 +221,14 @@ class Batch:
             np.empty((rows, self.model.kv_heads, length, self.model.head_dim), self.model.kv_dtype)
             for _ in self.model.past_names]
         mask = np.zeros((rows, length), dtype=np.int64)
-        for dst, src in zip(target, self.model.to_host(self.past)):
+        for dst, src in zip(target, self.model.to_host(self.past), strict=True):
             dst[:, :, : length - kept_len].fill(0)  # padding: masked out, but must not hold NaN garbage
             for out_row, row in enumerate(keep):
                 dst[out_row, :, length - kept_len:] = src[row, :, start:]
         mask[: len(keep), length - kept_len:] = kept_mask[:, start:]
         if new_rows:
             offset = len(keep)
-            for dst, src in zip(target, new_past):
+            for dst, src in zip(target, new_past, strict=True):
                 dst[offset:, :, : length - new_len].fill(0)
                 dst[offset:, :, length - new_len:] = src
             mask[offset:, length - new_len:] = new_mask
@@ -280,23 +258,6 @@ class Batch:
         self.past, self.mask = present, mask
         self.positions = self.positions + 1
         return logits[:, -1, :]
-
-
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    if params.temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / params.temperature
-    scaled -= scaled.max()
-    probs = np.exp(scaled)
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-probs)
-        cumulative = np.cumsum(probs[order])
-        cutoff = int(np.searchsorted(cumulative, params.top_p)) + 1
-        kept = order[:cutoff]
-        kept_probs = probs[kept] / probs[kept].sum()
-        return int(kept[rng.choice(len(kept), p=kept_probs)])
-    return int(rng.choice(len(probs), p=probs))
 
 
 class GenerationScheduler:
@@ -476,9 +437,8 @@ class GenerationScheduler:
             else:
                 seq.generated.append(token)
                 seq.decoder.push(token)
-                if len(seq.generated) >= seq.params.max_tokens:
-                    finish = "length"
-                elif len(seq.prompt_ids) + len(seq.generated) >= self.context_length:
+                context_full = len(seq.prompt_ids) + len(seq.generated) >= self.context_length
+                if len(seq.generated) >= seq.params.max_tokens or context_full:
                     finish = "length"
             text = seq.decoder.text
             stop_at = _find_stop(text, seq.params.stop, seq.emitted_chars)

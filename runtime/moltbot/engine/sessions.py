@@ -10,6 +10,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from moltbot.engine.config import ModelConfig
+from moltbot.settings import Settings
+
 log = logging.getLogger("moltbot.engine")
 
 
@@ -20,6 +23,19 @@ class DeviceOptions:
     gpu_mem_limit: int = 0
     arena_extend_strategy: str = "kNextPowerOfTwo"
     intra_op_threads: int = 0
+
+
+def device_options(config: ModelConfig, settings: Settings) -> DeviceOptions:
+    """The settings' device options, with the model config's own device where it sets one."""
+    return DeviceOptions(device=config.device or settings.device, cuda_device_id=settings.cuda_device_id,
+                         gpu_mem_limit=settings.gpu_mem_limit, arena_extend_strategy=settings.arena_extend_strategy,
+                         intra_op_threads=settings.intra_op_threads)
+
+
+def admission_limits(config: ModelConfig, settings: Settings) -> tuple[int, int]:
+    """(max_running, max_queued): the settings, or the model config's own where it sets them."""
+    return (config.max_running or settings.max_running,
+            settings.max_queued if config.max_queued is None else config.max_queued)
 
 
 def providers_for(options: DeviceOptions) -> list:

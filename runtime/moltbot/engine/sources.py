@@ -13,8 +13,8 @@ import tarfile
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -56,6 +56,15 @@ def resolve_local(folder: Path, task: str, cache_dir: Path) -> Path:
         return target
     export_to(folder, target, task)
     return target
+
+
+def onnx_folder(folder: Path, config: ModelConfig, cache_dir: Path) -> Path:
+    """The folder of ONNX files to serve for `config`: its export when `folder` holds a checkpoint, quantised when
+    the config asks for it."""
+    folder = resolve_local(folder, config.task, cache_dir)
+    if config.quantize == "int8":
+        folder = quantized(folder, cache_dir)
+    return folder
 
 
 def export_to(src: Path, dst: Path, task: str) -> None:

@@ -1,4 +1,5 @@
-"""Errors of the plugin system; each knows the HTTP status and OpenAI-style error fields it maps to."""
+"""Errors of the plugin system, with OpenAI-style error fields (type, param, code) but no HTTP status: the API
+layer maps each to its status (api/errors.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from __future__ import annotations
 class PluginAPIError(Exception):
     """Base of the errors a plugin call can end with; the API turns them into JSON errors."""
 
-    status = 500
     type = "server_error"
     code: str | None = None
 
@@ -21,16 +21,14 @@ class PluginAPIError(Exception):
 class PluginError(PluginAPIError):
     """Raise this from a plugin for an expected failure the caller should see (e.g. a refused query).
 
-    The message is returned to the client as is, so it must not contain secrets.
+    The message is returned to the client as is (HTTP 422), so it must not contain secrets.
     """
 
-    status = 422
     type = "plugin_error"
     code = "plugin_error"
 
 
 class PluginNotFound(PluginAPIError):
-    status = 404
     type = "not_found_error"
     code = "plugin_not_found"
 
@@ -38,19 +36,16 @@ class PluginNotFound(PluginAPIError):
 class PluginUnavailable(PluginAPIError):
     """The plugin exists but cannot run: disabled, or its last load failed."""
 
-    status = 409
     type = "invalid_request_error"
     code = "plugin_unavailable"
 
 
 class PluginInputError(PluginAPIError):
-    status = 400
     type = "invalid_request_error"
     code = "invalid_plugin_input"
 
 
 class PluginTimeout(PluginAPIError):
-    status = 504
     type = "timeout_error"
     code = "plugin_timeout"
 
@@ -58,7 +53,6 @@ class PluginTimeout(PluginAPIError):
 class PluginFailed(PluginAPIError):
     """The plugin raised an unexpected exception; details are in the server log only."""
 
-    status = 500
     type = "server_error"
     code = "plugin_failed"
 

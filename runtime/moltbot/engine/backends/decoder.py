@@ -1,0 +1,127 @@
+"""Local chat models: an ONNX decoder on ONNX Runtime, behind the continuous-batching scheduler (generation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from moltbot.engine.backend import (
+    ChatInput,
+    ChoiceDelta,
+    CompletionInput,
+    EmbeddingInput,
+    Embeddings,
+    Event,
+    Generation,
+    ModelInfo,
+    Usage,
+    wrong_task,
+)
+from moltbot.engine.config import ModelConfig
+from moltbot.engine.errors import GenerationFailed, InvalidRequest
+from moltbot.engine.generation import DecoderModel, GenerationHandle, GenerationScheduler
+from moltbot.engine.sessions import admission_limits, device_options
+from moltbot.engine.sources import onnx_folder
+from moltbot.engine.tokenizer import TemplateError, TextTokenizer
+from moltbot.engine.validation import ModelLimits, SamplingRequest, ValidatedRequest, validate
+from moltbot.settings import Settings
+
+
+class DecoderBackend:
+    def __init__(self, info: ModelInfo, scheduler: GenerationScheduler, tokenizer: TextTokenizer,
+                 default_temperature: float):
+        self.info = info
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.limits = ModelLimits(model=info.name, context_length=scheduler.context_length,
+                                  capacity=scheduler.max_running + scheduler.max_queued,
+                                  default_temperature=default_temperature)
+
+    @classmethod
+    def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> DecoderBackend:
+        if folder is None:
+            raise ValueError(f"{config.name}: the onnxruntime backend needs model files")
+        folder = onnx_folder(folder, config, settings.cache_dir)
+        decoder = DecoderModel(folder, device_options(config, settings), settings.cache_dir)
+        tokenizer = TextTokenizer(folder)
+        model_limit = _model_context_limit(folder)
+        context = min(config.max_tokens, model_limit) if model_limit else config.max_tokens
+        max_running, max_queued = admission_limits(config, settings)
+        scheduler = GenerationScheduler(config.name, decoder, tokenizer, context_length=context,
+                                        max_running=max_running, max_queued=max_queued)
+        return cls(ModelInfo.of(config, decoder.provider, context), scheduler, tokenizer, config.temperature)
+
+    def describe(self) -> ModelInfo:
+        return self.info
+
+    async def chat(self, request: ChatInput) -> Generation:
+        def prepare() -> tuple[str, ValidatedRequest]:
+            try:
+                prompt = self.tokenizer.render_chat(request.messages, add_generation_prompt=True,
+                                                    tools=request.tools)
+            except TemplateError as exc:
+                raise InvalidRequest(str(exc), param="messages") from None
+            return prompt, self._validate(request.sampling, [prompt], add_special_tokens=False)
+
+        prompt, validated = await asyncio.to_thread(prepare)
+        return self._start(validated, prompt)
+
+    async def complete(self, request: CompletionInput) -> Generation:
+        validated = await asyncio.to_thread(self._validate, request.sampling, request.prompts,
+                                            add_special_tokens=True)
+        return self._start(validated, "\n".join(request.prompts))
+
+    async def embed(self, request: EmbeddingInput) -> Embeddings:
+        raise wrong_task(self.info, "embeddings")
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)
+
+    def _validate(self, sampling: SamplingRequest, prompts: list[str], *, add_special_tokens: bool
+                  ) -> ValidatedRequest:
+        ids = [self.tokenizer.encode(p, add_special_tokens=add_special_tokens) for p in prompts]
+        return validate(sampling, ids, self.limits)
+
+    def _start(self, validated: ValidatedRequest, prompt: str) -> Generation:
+        """Queue every sequence (all or none: a refusal cancels those already queued)."""
+        loop = asyncio.get_running_loop()
+        first, *others = validated.prompts
+        handle = self.scheduler.submit(first, validated.params, validated.n, loop)
+        try:
+            for ids in others:
+                self.scheduler.submit(ids, validated.params, validated.n, loop, handle=handle)
+        except BaseException:
+            handle.cancel()
+            raise
+
+        async def release() -> None:
+            handle.cancel()
+
+        return Generation(_events(handle, validated), prompt_tokens=validated.prompt_tokens, prompt=prompt,
+                          release=release)
+
+
+async def _events(handle: GenerationHandle, validated: ValidatedRequest) -> AsyncIterator[Event]:
+    finished = completion_tokens = 0
+    try:
+        while finished < validated.sequences:
+            event = await handle.next_event()
+            if event.finish_reason == "error":
+                raise GenerationFailed(event.text)
+            completion_tokens += event.tokens
+            finished += bool(event.finish_reason)
+            yield ChoiceDelta(event.index, event.text, event.tokens, finish_reason=event.finish_reason)
+        yield Usage(validated.prompt_tokens, completion_tokens)
+    finally:
+        handle.cancel()
+
+
+def _model_context_limit(folder: Path) -> int | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    return int(limit) if limit else None

@@ -1,0 +1,209 @@
+"""Service models: a third-party OpenAI-compatible API. Requests are forwarded as the client sent them (less our
+model name and extensions); the upstream's replies, streamed or not, come back as the same typed events as a local
+model's, and its errors as UpstreamError (status and body passed through)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from moltbot.engine.backend import (
+    ChatInput,
+    ChoiceDelta,
+    CompletionInput,
+    EmbeddingInput,
+    Embeddings,
+    Event,
+    Generation,
+    ModelInfo,
+    ToolCallDelta,
+    Usage,
+    wrong_task,
+)
+from moltbot.engine.config import ModelConfig
+from moltbot.engine.errors import UpstreamError, upstream_error_body
+from moltbot.engine.validation import check_sampling
+from moltbot.settings import Settings
+
+# One upstream choice (a non-streamed `choices` entry, or a streamed chunk's) as our event.
+ChoiceParser = Callable[[dict[str, Any]], ChoiceDelta]
+
+
+class ServiceBackend:
+    def __init__(self, info: ModelInfo, client: ServiceClient):
+        self.info = info
+        self.client = client
+
+    @classmethod
+    def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> ServiceBackend:
+        return cls(ModelInfo.of(config, "remote-api"), ServiceClient(config, timeout=settings.request_timeout))
+
+    def describe(self) -> ModelInfo:
+        return self.info
+
+    async def chat(self, request: ChatInput) -> Generation:
+        if self.info.task != "chat":
+            raise wrong_task(self.info, "chat")
+        check_sampling(request.sampling)
+        return await self._generate("chat/completions", request.openai_body, request.stream, _chat_choice)
+
+    async def complete(self, request: CompletionInput) -> Generation:
+        if self.info.task != "chat":
+            raise wrong_task(self.info, "chat")
+        check_sampling(request.sampling)
+        return await self._generate("completions", request.openai_body, request.stream, _completion_choice)
+
+    async def embed(self, request: EmbeddingInput) -> Embeddings:
+        if self.info.task != "embeddings":
+            raise wrong_task(self.info, "embeddings")
+        # Floats from the upstream whatever the client asked for: the API layer encodes them as the client wants.
+        body = await self.client.post("embeddings", {**request.openai_body, "encoding_format": "float"})
+        with _unexpected_body():
+            data = sorted(body["data"], key=lambda item: item["index"])
+            vectors = np.asarray([item["embedding"] for item in data], dtype=np.float64)
+            return Embeddings(vectors, int((body.get("usage") or {}).get("prompt_tokens", 0)))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def _generate(self, path: str, body: Mapping[str, Any], stream: bool, parse: ChoiceParser) -> Generation:
+        if not stream:
+            reply = await self.client.post(path, dict(body))
+            with _unexpected_body():
+                events = [parse(choice) for choice in reply["choices"]] + _usage(reply)
+            return Generation(_replay(events))
+        response = await self.client.open_stream(path, {**body, "stream": True})
+        return Generation(_streamed_events(response, parse), release=response.aclose)
+
+
+class ServiceClient:
+    """HTTP to the upstream, with its key; every failure is an UpstreamError."""
+
+    def __init__(self, config: ModelConfig, timeout: float):
+        if not config.base_url:
+            raise ValueError(f"{config.file or config.name}: a service model needs base_url")
+        self.upstream_model = config.model
+        headers = {}
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise ValueError(f"{config.file or config.name}: api_key_env {config.api_key_env} is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.AsyncClient(base_url=config.base_url.rstrip("/") + "/", headers=headers,
+                                         timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def _payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {**payload, "model": self.upstream_model}
+
+    async def post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._client.post(path.lstrip("/"), json=self._payload(payload))
+        except httpx.HTTPError as exc:
+            raise UpstreamError(502, upstream_error_body(f"upstream unreachable: {type(exc).__name__}")) from exc
+        return _json_or_error(response)
+
+    async def open_stream(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
+        """The upstream's streamed response, once its status says it streams (an error status raises here)."""
+        request = self._client.build_request("POST", path.lstrip("/"), json=self._payload(payload))
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(502, upstream_error_body(f"upstream unreachable: {type(exc).__name__}")) from exc
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            _json_or_error(response)
+        return response
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _replay(events: list[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
+
+
+async def _streamed_events(response: httpx.Response, parse: ChoiceParser) -> AsyncIterator[Event]:
+    """Server-sent events `data: {chunk}` up to `data: [DONE]`, as our events."""
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:"):].strip()
+            if data == "[DONE]":
+                return
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise UpstreamError(502, upstream_error_body("upstream sent an event that is not JSON")) from None
+            if not isinstance(chunk, dict):
+                raise UpstreamError(502, upstream_error_body("upstream sent an event that is not a JSON object"))
+            if "error" in chunk:  # an error after the upstream's stream had begun
+                raise UpstreamError(502, chunk)
+            with _unexpected_body():
+                events = [parse(choice) for choice in chunk.get("choices") or []] + _usage(chunk)
+            for event in events:
+                yield event
+    except httpx.HTTPError as exc:
+        raise UpstreamError(502, upstream_error_body(f"upstream stream broke: {type(exc).__name__}")) from exc
+    finally:
+        await response.aclose()
+
+
+def _chat_choice(choice: dict[str, Any]) -> ChoiceDelta:
+    """A chat choice: `message` when not streamed, `delta` when streamed (tool calls then come in pieces)."""
+    message = choice.get("message") or choice.get("delta") or {}
+    calls = tuple(
+        ToolCallDelta(index=call.get("index", position), id=call.get("id"),
+                      name=(call.get("function") or {}).get("name"),
+                      arguments=(call.get("function") or {}).get("arguments") or "")
+        for position, call in enumerate(message.get("tool_calls") or []))
+    return ChoiceDelta(int(choice.get("index", 0)), message.get("content") or "", tool_calls=calls,
+                       finish_reason=choice.get("finish_reason"))
+
+
+def _completion_choice(choice: dict[str, Any]) -> ChoiceDelta:
+    return ChoiceDelta(int(choice.get("index", 0)), choice.get("text") or "", finish_reason=choice.get("finish_reason"))
+
+
+def _usage(body: dict[str, Any]) -> list[Event]:
+    usage = body.get("usage")
+    if not usage:
+        return []
+    return [Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))]
+
+
+@contextmanager
+def _unexpected_body() -> Iterator[None]:
+    """An upstream body without the fields OpenAI's format has: a 502, not a crash."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError(502, upstream_error_body(
+            f"upstream answered in an unexpected shape ({type(exc).__name__}: {exc})")) from exc
+
+
+def _json_or_error(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = upstream_error_body(f"upstream answered {response.status_code} with a body that is not JSON")
+        if response.status_code < 400:
+            raise UpstreamError(502, body) from None
+    if response.status_code >= 400:
+        if not isinstance(body, dict) or "error" not in body:
+            body = upstream_error_body(f"upstream answered {response.status_code}")
+        raise UpstreamError(response.status_code, body)
+    if not isinstance(body, dict):
+        raise UpstreamError(502, upstream_error_body("upstream answered with JSON that is not an object"))
+    return body

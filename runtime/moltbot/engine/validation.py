@@ -1,0 +1,125 @@
+"""The one request validator (in the way of TGI's `validate()`): a request's generation options and tokenised
+prompts become a ValidatedRequest for the scheduler, or an InvalidRequest naming the field at fault.
+
+Every path to a model comes here: the HTTP API (through api/protocol.py's `to_sampling`) and the plugins'
+`context.models` (through the registry). Adding a sampling parameter touches the protocol schema and the engine:
+SamplingRequest, the checks below, SamplingParams and the sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moltbot.engine.errors import InvalidRequest
+from moltbot.engine.sampling import SamplingParams
+
+# Bounds of OpenAI's API; the protocol schema declares the same ones for the wire (and the OpenAPI document).
+MAX_TEMPERATURE = 2.0
+MAX_CHOICES = 16
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """Generation options as a client sent them (OpenAI's names; None: not sent), before any model is involved."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # extension (as vLLM): generate max_tokens whatever the model says
+    logprobs: bool | int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    echo: bool = False  # completions only
+    suffix: str | None = None  # completions only
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a local model can take: the validator's view of it."""
+
+    model: str
+    context_length: int
+    capacity: int  # sequences at once: running batch plus queue
+    default_temperature: float
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """Tokenised prompts and the sampling parameters of each of their `n` sequences, checked against the model."""
+
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int
+
+    @property
+    def sequences(self) -> int:
+        return len(self.prompts) * self.n
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens over all sequences (each of the n choices counts its prompt), as usage reports them."""
+        return sum(len(p) for p in self.prompts) * self.n
+
+
+def check_sampling(sampling: SamplingRequest) -> None:
+    """The rules every backend applies. The HTTP schema checks the same bounds; a plugin's call has none in front."""
+    if sampling.max_tokens is not None and sampling.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+    if sampling.temperature is not None and not 0 <= sampling.temperature <= MAX_TEMPERATURE:
+        raise InvalidRequest(f"temperature must be from 0 to {MAX_TEMPERATURE:g}", param="temperature")
+    if sampling.top_p is not None and not 0 < sampling.top_p <= 1:
+        raise InvalidRequest("top_p must be more than 0 and at most 1", param="top_p")
+    if not 1 <= sampling.n <= MAX_CHOICES:
+        raise InvalidRequest(f"n must be from 1 to {MAX_CHOICES}", param="n")
+    if len(sampling.stop) > MAX_STOP_SEQUENCES or not all(sampling.stop):
+        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences, none empty", param="stop")
+    if sampling.logprobs:  # no backend returns them: refused rather than silently left out
+        raise InvalidRequest("logprobs are not supported by this server", param="logprobs")
+
+
+def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelLimits) -> ValidatedRequest:
+    """A request for a local model: check_sampling, what the local sampler does not do, the prompts against the
+    context (a completion that would not fit is refused, never cut short), and the defaults: the model's
+    temperature, and the rest of the context as max_tokens."""
+    check_sampling(sampling)
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        if getattr(sampling, penalty):
+            raise InvalidRequest(f"{penalty} is not supported by this server (send 0 or leave it out)", param=penalty)
+    if sampling.echo or sampling.suffix:
+        raise InvalidRequest("echo and suffix are not supported by this server",
+                             param="echo" if sampling.echo else "suffix")
+    if not prompts or any(not ids for ids in prompts):
+        raise InvalidRequest("the prompt is empty after tokenisation", param="prompt")
+    context = limits.context_length
+    longest = max(len(ids) for ids in prompts)
+    if longest >= context:
+        raise InvalidRequest(f"This model's maximum context length is {context} tokens; the prompt has {longest} "
+                             "tokens", param="messages", code="context_length_exceeded")
+    max_tokens = sampling.max_tokens
+    if max_tokens is None:
+        max_tokens = context - longest
+    elif longest + max_tokens > context:
+        raise InvalidRequest(f"This model's maximum context length is {context} tokens. However, you requested "
+                             f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the "
+                             "completion). Please reduce max_tokens.", param="max_tokens",
+                             code="context_length_exceeded")
+    sequences = len(prompts) * sampling.n
+    if sequences > limits.capacity:
+        raise InvalidRequest(f"This request needs {sequences} sequences (prompts x n); the model '{limits.model}' "
+                             f"takes at most {limits.capacity} at once", param="n", code="too_many_sequences")
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=limits.default_temperature if sampling.temperature is None else sampling.temperature,
+        top_p=1.0 if sampling.top_p is None else sampling.top_p,
+        stop=sampling.stop, seed=sampling.seed, ignore_eos=sampling.ignore_eos)
+    return ValidatedRequest(prompts, params, sampling.n)
+
+
+def check_dimensions(requested: int | None, native: int, model: str) -> None:
+    """An embedding request's `dimensions`: a local model makes its own number only (no truncation here)."""
+    if requested is not None and requested != native:
+        raise InvalidRequest(f"The model '{model}' makes {native}-dimensional embeddings only", param="dimensions")

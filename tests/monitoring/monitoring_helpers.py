@@ -109,11 +109,22 @@ def start_node_exporter(work_dir: Path) -> tuple[ManagedProcess, str]:
     return exporter, address
 
 
-def prometheus_test_config(work_dir: Path, address: str, targets: dict[str, list[str]],
+def write_targets(work_dir: Path, job: str, targets: list[str] | list[dict]) -> Path:
+    """targets/<job>.yml in file_sd's format: addresses (one group without labels) or the groups themselves."""
+    groups = [{"targets": targets}] if all(isinstance(item, str) for item in targets) else targets
+    (work_dir / "targets").mkdir(exist_ok=True)
+    path = work_dir / "targets" / f"{job}.yml"
+    partial = path.with_suffix(".partial")  # written aside and renamed: Prometheus never reads half a file
+    partial.write_text(yaml.safe_dump(groups))
+    partial.replace(path)
+    return path
+
+
+def prometheus_test_config(work_dir: Path, address: str, targets: dict[str, list[str] | list[dict]],
                            rule_files: list[Path], interval: str = "1s") -> Path:
     """Writes the project's prometheus.yml with short intervals, its own address and file_sd target files.
 
-    Scrape jobs, rule files and service discovery stay those of monitoring/prometheus/prometheus.yml.
+    Scrape jobs, relabelling, rule files and service discovery stay those of monitoring/prometheus/prometheus.yml.
     """
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
@@ -125,15 +136,16 @@ def prometheus_test_config(work_dir: Path, address: str, targets: dict[str, list
     for rule_file in rule_files:
         shutil.copy(rule_file, work_dir / "rules" / rule_file.name)
     (work_dir / "targets").mkdir(exist_ok=True)
-    for job, addresses in targets.items():
-        (work_dir / "targets" / f"{job}.yml").write_text(yaml.safe_dump([{"targets": addresses}]))
+    for job, job_targets in targets.items():
+        write_targets(work_dir, job, job_targets)
     path = work_dir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
 class Prometheus:
-    def __init__(self, work_dir: Path, targets: dict[str, list[str]], rule_files: list[Path]):
+    def __init__(self, work_dir: Path, targets: dict[str, list[str] | list[dict]], rule_files: list[Path]):
+        self.work_dir = work_dir
         self.address = f"127.0.0.1:{free_port()}"
         self.url = f"http://{self.address}"
         config = prometheus_test_config(work_dir, self.address, targets, rule_files)
@@ -163,6 +175,13 @@ class Prometheus:
     def alerts(self, name: str) -> list[dict]:
         return [alert for alert in self.api("alerts")["alerts"] if alert["labels"]["alertname"] == name]
 
+    def set_targets(self, job: str, targets: list[str] | list[dict]) -> None:
+        """Rewrites targets/<job>.yml; Prometheus' file_sd picks the change up by itself."""
+        write_targets(self.work_dir, job, targets)
+
+    def metric_names(self) -> set[str]:
+        return set(self.api("label/__name__/values"))
+
     def stop(self) -> None:
         self.process.stop()
 
@@ -175,6 +194,22 @@ def rule_expressions() -> list[tuple[str, str]]:
             for rule in group["rules"]:
                 expressions.append((rule.get("alert") or rule["record"], rule["expr"]))
     return expressions
+
+
+_PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_PROMQL_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_PROMQL_IDENTIFIER = re.compile(r"(?<![\w.:])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()")
+_PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+                    "offset", "bool", "inf", "nan", "start", "end"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not functions, keywords, labels or durations)."""
+    text = re.sub(r"#[^\n]*", "", _PROMQL_STRING.sub('""', expr))
+    text = re.sub(r"\{[^}]*\}", " ", text)      # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)    # ranges and subqueries
+    text = _PROMQL_LABEL_LIST.sub(" ", text)      # by (...), on (...), group_left (...)
+    return {name for name in _PROMQL_IDENTIFIER.findall(text) if name.lower() not in _PROMQL_KEYWORDS}
 
 
 def all_alerts() -> list[dict]:
@@ -340,8 +375,10 @@ class WebhookReceiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def alert_names(self, path: str) -> set[str]:
-        return {alert["labels"]["alertname"] for got_path, body in self.received if got_path == path
-                for alert in body["alerts"]}
+        return {labels["alertname"] for labels in self.alert_labels(path)}
+
+    def alert_labels(self, path: str) -> list[dict]:
+        return [alert["labels"] for got_path, body in self.received if got_path == path for alert in body["alerts"]]
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -1,4 +1,6 @@
-"""The rules and dashboards use the runtime's metric and label names (runtime/moltbot/metrics.py)."""
+"""The rules and dashboards use the runtime's metric and label names (runtime/moltbot/metrics.py), and every other
+metric name they use belongs to one of the exporters Prometheus scrapes (whether those names exist is checked
+against the real exporters in test_monitoring_queries.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 
 from moltbot import metrics
-from monitoring_helpers import DASHBOARDS_DIR, dashboard_queries, rule_expressions
+from monitoring_helpers import DASHBOARDS_DIR, RULE_FILES, dashboard_queries, metric_names, rule_expressions
 
-TARGET_LABELS = {"job", "instance"}
+# Labels every target has (job, instance, and host from prometheus.yml's relabelling) or may carry from its
+# file_sd group (gpu, on runtime targets): see monitoring/README.md, "Scrape targets".
+TARGET_LABELS = {"job", "instance", "host", "gpu"}
 METRIC = re.compile(r"\b(moltbot_[a-z_]+)\b(\{[^}]*\})?")
 MATCHER_LABEL = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|on)\s*\(([^)]*)\)")
@@ -60,3 +64,45 @@ def test_expression_uses_runtime_metric_and_label_names(name, expr):
     for grouping in GROUPING.findall(expr):
         for label in filter(None, (part.strip() for part in grouping.split(","))):
             assert label in used_labels, f"grouping by {label!r}, which none of the metrics has"
+
+
+# Where each non-runtime metric name comes from: (prefix, source). Anything else in a rule or a dashboard is a
+# typo or an exporter this list (and the monitoring README) does not know yet.
+EXPORTER_PREFIXES = [
+    ("node_", "node exporter"),
+    ("DCGM_FI_", "NVIDIA DCGM exporter"),
+    ("prometheus_", "Prometheus"),
+    ("alertmanager_", "Alertmanager"),
+    ("process_", "the process collector of Prometheus, Alertmanager and the exporters"),
+    ("container_", "cAdvisor"),
+    ("engine_daemon_", "dockerd"),
+]
+SYNTHETIC = {"up"}  # made by Prometheus for every target
+
+
+def recording_rule_names() -> set[str]:
+    import yaml
+
+    return {rule["record"] for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"] if "record" in rule}
+
+
+def test_metric_names_are_found_in_promql():
+    assert metric_names(
+        'sum by (job) (rate(a_total{route=~"/v1/.*"}[5m] offset 1h)) / on (job) group_left (x) b_total > bool 0.5'
+    ) == {"a_total", "b_total"}
+    assert metric_names('absent(up{job="moltbot"}) or vector(1) and time() - 24 * 3600 > 1e3') == {"up"}
+    assert metric_names('label_replace(c, "host", "$1", "instance", "(.*):.*")  # d, e') == {"c"}
+
+
+@pytest.mark.parametrize("name, expr", EXPRESSIONS, ids=[name for name, _ in EXPRESSIONS])
+def test_every_metric_comes_from_a_known_source(name, expr):
+    recorded = recording_rule_names()
+    for metric in metric_names(expr):
+        if metric.startswith("moltbot_"):
+            continue  # test_expression_uses_runtime_metric_and_label_names
+        if ":" in metric:
+            assert metric in recorded, f"{metric} is not a recording rule of monitoring/prometheus/rules"
+            continue
+        assert metric in SYNTHETIC or any(metric.startswith(prefix) for prefix, _ in EXPORTER_PREFIXES), (
+            f"{metric}: from none of the scraped exporters ({', '.join(p for p, _ in EXPORTER_PREFIXES)})")

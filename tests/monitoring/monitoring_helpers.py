@@ -120,6 +120,31 @@ def write_targets(work_dir: Path, job: str, targets: list[str] | list[dict]) -> 
     return path
 
 
+DCGM_SAMPLE = Path(__file__).parent / "samples" / "dcgm-exporter-metrics.prom"
+
+
+def serve_dcgm_sample():
+    """A stand-in DCGM exporter on 127.0.0.1: serves samples/dcgm-exporter-metrics.prom as its /metrics."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = DCGM_SAMPLE.read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def prometheus_test_config(work_dir: Path, address: str, targets: dict[str, list[str] | list[dict]],
                            rule_files: list[Path], interval: str = "1s") -> Path:
     """Writes the project's prometheus.yml with short intervals, its own address and file_sd target files.
@@ -152,6 +177,9 @@ class Prometheus:
         self.process = ManagedProcess("prometheus", [
             require_binary("prometheus"), f"--config.file={config}", f"--web.listen-address={self.address}",
             f"--storage.tsdb.path={work_dir / 'data'}", "--storage.tsdb.retention.time=1h",
+            # Firing alerts are re-sent every second, not every minute: the first send of an alert that fires
+            # at once (Watchdog) may come before the Alertmanager is discovered, and is dropped.
+            "--rules.alert.resend-delay=1s",
         ], work_dir)
         self.process.wait_ready(f"{self.url}/-/ready", 30)
 

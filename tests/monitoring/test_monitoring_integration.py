@@ -21,7 +21,7 @@ import yaml
 
 from monitoring_helpers import (DASHBOARDS_DIR, FILEBEAT_DIR, REPO, RULE_FILES, Alertmanager, Prometheus,
                                 WebhookReceiver, apply_filebeat_input, dashboard_queries, free_port,
-                                start_node_exporter, wait_until)
+                                serve_dcgm_sample, start_node_exporter, wait_until)
 
 MOLTBOT = REPO / ".venv" / "bin" / "moltbot"
 READY_TIMEOUT = 300  # the first start in a fresh checkout makes the embedded default models (~1 min here)
@@ -126,13 +126,17 @@ def stack(tmp_path_factory):
         stopped.append(receiver.stop)
         alertmanager = Alertmanager(work_dir, receiver)
         stopped.append(alertmanager.stop)
+        # A stand-in DCGM exporter on the same address as the runtime: to the rules, a GPU host.
+        dcgm = serve_dcgm_sample()
+        stopped.append(dcgm.shutdown)
         runtime = Runtime(work_dir)
         stopped.append(runtime.stop)
         prometheus = Prometheus(work_dir, {"moltbot": [f"127.0.0.1:{runtime.port}"], "node": [exporter_address],
-                                           "alertmanager": [alertmanager.address]},
+                                           "alertmanager": [alertmanager.address],
+                                           "dcgm": [f"127.0.0.1:{dcgm.server_port}"]},
                                 short_runtime_down_rules(work_dir))
         stopped.append(prometheus.stop)
-        yield {"runtime": runtime, "prometheus": prometheus, "receiver": receiver}
+        yield {"runtime": runtime, "prometheus": prometheus, "receiver": receiver, "dcgm": dcgm}
     finally:
         for stop in reversed(stopped):
             stop()
@@ -223,6 +227,30 @@ def test_runtime_log_file_fits_the_filebeat_pipeline(stack):
     assert len(access) >= CHAT_REQUESTS
     assert all(event["moltbot"]["status"] == 200 and event["log"]["logger"] == "moltbot.access" for event in access)
     assert any(event["moltbot"].get("model") == "tiny-chat" and "load_seconds" in event["moltbot"] for event in events)
+
+
+def test_runtime_on_the_cpu_of_a_gpu_host_is_caught_by_the_host_join(stack):
+    """The runtime (CPU here) and the DCGM stand-in share the address 127.0.0.1, so prometheus.yml gives both
+    host="127.0.0.1": MoltbotGpuHostServingOnCpu goes pending for each served model. Once the DCGM target file
+    names another host, the runtime's host has no GPU any more and the alert goes away."""
+    prometheus = stack["prometheus"]
+    providers = {item["metric"]["model"]: item["metric"]["provider"]
+                 for item in prometheus.query('moltbot_model_info{job="moltbot"}')}
+    assert providers == {"tiny-chat": "CPUExecutionProvider", "all-minilm-l6-v2": "CPUExecutionProvider"}
+
+    def pending() -> dict[str, dict]:
+        return {item["labels"]["model"]: item for item in prometheus.alerts("MoltbotGpuHostServingOnCpu")}
+
+    alerts = wait_until(lambda: len(pending()) == 2 and pending(), 30, "MoltbotGpuHostServingOnCpu pending")
+    assert set(alerts) == {"tiny-chat", "all-minilm-l6-v2"}
+    for alert in alerts.values():
+        assert alert["state"] == "pending"  # `for: 10m`
+        assert alert["labels"]["host"] == "127.0.0.1" and alert["labels"]["severity"] == "warning"
+
+    prometheus.set_targets("dcgm", [{"targets": [f"127.0.0.1:{stack['dcgm'].server_port}"],
+                                     "labels": {"host": "gpu-elsewhere"}}])
+    wait_until(lambda: prometheus.query('up{job="dcgm", host="gpu-elsewhere"}'), 30, "the relabelled DCGM target")
+    wait_until(lambda: not pending(), 30, "MoltbotGpuHostServingOnCpu gone")
 
 
 def test_stopping_the_runtime_fires_the_runtime_down_alert_and_pages(stack):

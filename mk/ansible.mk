@@ -2,12 +2,13 @@
 #   make molecule                      all scenarios (role scenarios, then site)
 #   make molecule SCENARIO=firewall    one scenario
 #   make ansible-lint                  ansible-lint, production profile
-# MOLECULE_IMAGE picks the test host image. The default is built here from Debian's archive
-# (scripts/build-test-host-image.sh), since CI machines can pull no image; set it to a public systemd
+# MOLECULE_IMAGE picks the test host image. The default, Ubuntu 22.04, is built here from Ubuntu's archive
+# (scripts/build-test-host-image.sh), since CI machines can pull no image; moltbot-test/debian-systemd:bookworm
+# is built from Debian's archive where Ubuntu's is not reachable; or set it to a public systemd
 # image (e.g. geerlingguy/docker-ubuntu2204-ansible) to test against Ubuntu.
 
 ANSIBLE_VENV ?= build/ansible-venv
-MOLECULE_IMAGE ?= moltbot-test/debian-systemd:bookworm
+MOLECULE_IMAGE ?= moltbot-test/ubuntu-systemd:jammy
 # The two long scenarios first, so the short ones fill the other job slot.
 MOLECULE_SCENARIOS := site moltbot docker firewall node_exporter filebeat nvidia_container_toolkit
 SCENARIO ?=

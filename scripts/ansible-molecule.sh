@@ -10,7 +10,7 @@ venv="${ANSIBLE_VENV:-$root/build/ansible-venv}"
 jobs="${MOLECULE_JOBS:-2}"
 logs="$root/build/molecule"
 export PATH="$venv/bin:$PATH"
-export MOLECULE_IMAGE="${MOLECULE_IMAGE:-moltbot-test/debian-systemd:bookworm}"
+export MOLECULE_IMAGE="${MOLECULE_IMAGE:-moltbot-test/ubuntu-systemd:jammy}"
 # The image archive `make image-archive` writes; the moltbot and site scenarios ship it to the test host.
 export MOLTBOT_IMAGE_ARCHIVE="${MOLTBOT_IMAGE_ARCHIVE:-$root/build/images/moltbot-latest.tar}"
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1
@@ -30,7 +30,7 @@ fi
 for scenario in "$@"; do
   [ -f "molecule/$scenario/molecule.yml" ] || { echo "ansible-molecule: no scenario '$scenario' in ansible/molecule/" >&2; exit 2; }
 done
-case "$*" in *moltbot*|*site*)
+case "$*" in *moltbot*|*site*|*nvidia*)
   [ -f "$MOLTBOT_IMAGE_ARCHIVE" ] || { echo "ansible-molecule: $MOLTBOT_IMAGE_ARCHIVE is missing (make image-archive)" >&2; exit 2; };;
 esac
 mkdir -p "$logs"

@@ -106,7 +106,7 @@ class Settings:
             keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         return keys
 
-    def validate(self) -> "Settings":
+    def validate(self) -> Settings:
         for name in ("port", "https_port"):
             value = getattr(self, name)
             if not 0 < value < 65536:
@@ -140,7 +140,7 @@ class Settings:
         return self
 
     @classmethod
-    def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> "Settings":
+    def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
         """Defaults, then the config file, then MOLTBOT_* variables, then `overrides` (CLI flags)."""
         environ = dict(os.environ if environ is None else environ)
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -180,7 +180,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"config file {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}")
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise SettingsError(f"config file {path}: not valid {kind}: {exc}") from exc
     if not isinstance(data, dict):
         raise SettingsError(f"config file {path}: expected an object of settings")
     return data

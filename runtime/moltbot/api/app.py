@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse
+from sanic.config import Config
+from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from moltbot import READY_LINE, metrics
 from moltbot.api import plugin_routes, routes
@@ -26,6 +30,7 @@ from moltbot.settings import Settings
 log = logging.getLogger("moltbot.api")
 
 OPEN_PATHS = ("/health", "/ready", "/openapi.json")
+App = Sanic[Config, SimpleNamespace]
 
 
 @dataclass
@@ -33,7 +38,7 @@ class ServiceState:
     status: str = "loading"  # loading | ready | draining
     process_started: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
-    on_ready: list = field(default_factory=list)  # callbacks(port) once ready
+    on_ready: list[Callable[[int], None]] = field(default_factory=list)  # called with the port once ready
 
     @property
     def ready(self) -> bool:
@@ -41,11 +46,11 @@ class ServiceState:
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None, name: str = "moltbot",
-               process_started: float | None = None) -> Sanic:
-    app = Sanic(name, configure_logging=False)
+               process_started: float | None = None) -> App:
+    app: App = Sanic(name, configure_logging=False)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.max_body_bytes
-    app.config.RESPONSE_TIMEOUT = settings.request_timeout + 30  # our own timeout answers first, as JSON
+    app.config.RESPONSE_TIMEOUT = math.ceil(settings.request_timeout) + 30  # our own timeout answers first, as JSON
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.ACCESS_LOG = False
     app.config.NOISY_EXCEPTIONS = False
@@ -66,7 +71,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.blueprint(plugin_routes.bp)
 
     app.on_request(_start_request)
-    app.on_response(_finish_request)
+    app.middleware(_finish_request, attach_to="response")
     app.error_handler.add(Exception, _handle_error)
     app.after_server_start(_start_loading)
     app.before_server_stop(_stop_models)
@@ -109,7 +114,7 @@ def _authorised(request: Request) -> bool:
     return matched
 
 
-async def _finish_request(request: Request, response: HTTPResponse) -> None:
+async def _finish_request(request: Request, response: BaseHTTPResponse) -> None:
     response.headers["x-request-id"] = getattr(request.ctx, "request_id", "") or uuid.uuid4().hex
     if response.content_type and response.content_type.startswith("text/event-stream"):
         return  # a stream: observed by observe_stream_end when it ends
@@ -122,11 +127,11 @@ async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
 
 
 # ---- lifecycle -------------------------------------------------------------------------------------
-async def _start_loading(app: Sanic) -> None:
+async def _start_loading(app: App) -> None:
     app.ctx.loading = asyncio.get_running_loop().create_task(_load_models(app), name="load-models")
 
 
-async def _load_models(app: Sanic) -> None:
+async def _load_models(app: App) -> None:
     state: ServiceState = app.ctx.state
     registry: ModelRegistry = app.ctx.registry
     try:
@@ -152,7 +157,7 @@ async def _load_models(app: Sanic) -> None:
         callback(port)
 
 
-async def _stop_models(app: Sanic) -> None:
+async def _stop_models(app: App) -> None:
     registry: ModelRegistry = app.ctx.registry
     registry.stopping.set()
     loading = getattr(app.ctx, "loading", None)

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
 from moltbot import __version__
-from moltbot.api.protocol import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse,
-                                  ModelCard, ModelList)
+from moltbot.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 
 _SCHEMAS = (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ModelCard, ErrorResponse)
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json_body(name: str) -> dict:
+def _json_body(name: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-def _responses(ok: dict, *errors: int) -> dict:
+def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
     out = {"200": ok}
     for status in errors:
         out[str(status)] = {"description": "Error", "content": {"application/json": {"schema": _ref("ErrorResponse")}}}
@@ -33,7 +40,7 @@ _GEN_ERRORS = (400, 401, 404, 413, 415, 429, 503, 504)
 
 
 @lru_cache(maxsize=1)
-def openapi_document() -> dict:
+def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in _SCHEMAS], ref_template="#/components/schemas/{model}")
     stream_or_json = {"description": "A JSON object, or server-sent events when stream is true",
                       "content": {"application/json": {"schema": {"type": "object"}},
@@ -82,6 +89,6 @@ def openapi_document() -> dict:
     }
 
 
-def add_paths(extra: dict) -> None:
+def add_paths(extra: dict[str, Any]) -> None:
     """Lets other blueprints (the plugin routes) document their paths here."""
     openapi_document()["paths"].update(extra)

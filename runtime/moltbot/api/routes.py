@@ -104,10 +104,12 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     if names_plugins(req, plugins):
         reply = await chat_with_plugin_tools(srv, plugins, req, stats(request), request.ctx.request_id)
         if req.stream:
-            return await stream_sse(request, _as_chunks(reply))
+            await stream_sse(request, _as_chunks(reply))
+            return None
         return json_response(reply)
     if req.stream:
-        return await stream_sse(request, await srv.chat_stream(req, stats(request)))
+        await stream_sse(request, await srv.chat_stream(req, stats(request)))
+        return None
     return json_response(await srv.chat(req, stats(request)))
 
 
@@ -127,7 +129,8 @@ async def completions(request: Request) -> HTTPResponse | None:
     req = parse(request, CompletionRequest)
     srv = serving(request)
     if req.stream:
-        return await stream_sse(request, await srv.completion_stream(req, stats(request)))
+        await stream_sse(request, await srv.completion_stream(req, stats(request)))
+        return None
     return json_response(await srv.completion(req, stats(request)))
 
 
@@ -163,7 +166,6 @@ async def stream_sse(request: Request, chunks: Chunks) -> None:
 
 
 # ---- WebSocket ---------------------------------------------------------------------------------------
-@bp.websocket("/v1/ws")
 async def websocket(request: Request, ws: Websocket) -> None:
     """Each text message is a chat-completion request (JSON); the answer is a series of
     {"type": "chunk", "data": <chat.completion.chunk>} messages and one {"type": "done", "data":
@@ -182,6 +184,9 @@ async def websocket(request: Request, ws: Websocket) -> None:
             await ws.send(json.dumps({"type": "error", **body, "status": status}))
         finally:
             busy.discard(ws)
+
+
+bp.add_websocket_route(websocket, "/v1/ws")
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:

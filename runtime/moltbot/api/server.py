@@ -9,30 +9,39 @@ import signal
 import ssl
 import time
 
-from sanic import Sanic
+from sanic import Websocket
+from sanic.server.async_server import AsyncioServer
+from sanic.server.protocols.http_protocol import HttpProtocol
 
 from moltbot import metrics
-from moltbot.api.app import create_app, print_ready_line
+from moltbot.api.app import App, create_app, print_ready_line
 from moltbot.settings import Settings
 
 log = logging.getLogger("moltbot.api")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("HTTPS needs tls_cert and tls_key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
     return context
 
 
-async def serve(settings: Settings, process_started: float | None = None, app: Sanic | None = None) -> None:
+async def _listen(app: App, host: str, port: int, tls: ssl.SSLContext | None = None) -> AsyncioServer:
+    """Binds and listens at once; requests are handled once startup() has run."""
+    server = await app.create_server(host, port, ssl=tls, access_log=False, return_asyncio_server=True)
+    assert server is not None  # as return_asyncio_server asks
+    return server
+
+
+async def serve(settings: Settings, process_started: float | None = None, app: App | None = None) -> None:
     app = app or create_app(settings, process_started=process_started)
     app.ctx.state.on_ready.append(print_ready_line)
-    # create_server binds and listens at once; requests are handled once startup() has run.
-    servers = [await app.create_server(settings.host, settings.port, access_log=False)]
+    servers = [await _listen(app, settings.host, settings.port)]
     if settings.tls_enabled:
-        servers.append(await app.create_server(settings.host, settings.https_port, ssl=tls_context(settings),
-                                               access_log=False))
+        servers.append(await _listen(app, settings.host, settings.https_port, tls_context(settings)))
     await servers[0].startup()
     await servers[0].before_start()
     log.info("listening", extra={"http": f"{settings.host}:{settings.port}",
@@ -47,7 +56,7 @@ async def serve(settings: Settings, process_started: float | None = None, app: S
     await drain(app, servers, settings.shutdown_timeout, settings.shutdown_delay)
 
 
-def _close_if_idle(conn, busy_websockets: set) -> bool:
+def _close_if_idle(conn: HttpProtocol, busy_websockets: set[Websocket]) -> bool:
     """Closes the connection unless a request (or a WebSocket message) is being handled on it."""
     websocket = getattr(conn, "websocket", None)
     if websocket is not None:
@@ -55,10 +64,10 @@ def _close_if_idle(conn, busy_websockets: set) -> bool:
             return False
         conn.close_if_idle()  # closes a WebSocket with 1001 (going away)
         return True
-    return conn.close_if_idle()
+    return bool(conn.close_if_idle())
 
 
-async def drain(app: Sanic, servers: list, timeout: float, delay: float) -> None:
+async def drain(app: App, servers: list[AsyncioServer], timeout: float, delay: float) -> None:
     state = app.ctx.state
     state.status = "draining"
     metrics.READY.set(0)
@@ -67,7 +76,7 @@ async def drain(app: Sanic, servers: list, timeout: float, delay: float) -> None
         await asyncio.sleep(delay)
     log.info("draining: no new connections; waiting up to %.0f s for requests in flight", timeout)
     for server in servers:
-        server.server.close()
+        server.close()  # stops accepting; connections stay
     deadline = time.monotonic() + timeout
     connections = [c for s in servers for c in s.connections]
     busy_websockets = app.ctx.busy_websockets

@@ -4,11 +4,13 @@ running those plugins, for at most `max_tool_rounds` rounds, and the final answe
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from moltbot.api.protocol import ChatCompletionRequest, ChatMessage
 from moltbot.api.serving import OpenAIServing, RequestStats
 from moltbot.plugins.manager import PluginManager
 from moltbot.plugins.tools import run_tool_calls
+
 
 def names_plugins(req: ChatCompletionRequest, plugins: PluginManager | None) -> bool:
     if not req.tools or plugins is None:
@@ -18,12 +20,12 @@ def names_plugins(req: ChatCompletionRequest, plugins: PluginManager | None) -> 
 
 
 async def chat_with_plugin_tools(serving: OpenAIServing, plugins: PluginManager, req: ChatCompletionRequest,
-                                 stats: RequestStats, request_id: str) -> dict:
+                                 stats: RequestStats, request_id: str) -> dict[str, Any]:
     runnable = set(plugins.runnable_names())
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
-    executed: list[dict] = []
+    executed: list[dict[str, Any]] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    reply: dict = {}
+    reply: dict[str, Any] = {}
     for _ in range(req.max_tool_rounds):
         round_req = req.model_copy(update={"messages": [ChatMessage.model_validate(m) for m in messages],
                                            "stream": False, "n": 1})
@@ -36,7 +38,7 @@ async def chat_with_plugin_tools(serving: OpenAIServing, plugins: PluginManager,
             break  # the answer, or calls of tools the client runs itself (handed back as OpenAI does)
         results = await run_tool_calls(plugins, calls, request_id)
         executed += [{"tool_call": call, "result": json.loads(result["content"])}
-                     for call, result in zip(calls, results)]
+                     for call, result in zip(calls, results, strict=True)]
         messages += [{"role": "assistant", "content": message.get("content") or None, "tool_calls": calls},
                      *[{"role": "tool", "tool_call_id": r["tool_call_id"], "content": r["content"]} for r in results]]
     reply["usage"] = usage

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from moltbot import metrics
 from moltbot.engine.errors import QueueFull
@@ -19,6 +20,11 @@ from moltbot.engine.sessions import DeviceOptions, active_provider, create_sessi
 from moltbot.engine.tokenizer import TextTokenizer
 
 log = logging.getLogger("moltbot.engine")
+
+Vectors = npt.NDArray[np.float32]
+# What a request waits for: (vectors, each input's token count).
+EmbeddingFuture = Future[tuple[Vectors, list[int]]]
+Pending = tuple[list[str], EmbeddingFuture]
 
 
 class EncoderModel:
@@ -36,7 +42,7 @@ class EncoderModel:
         self.tokenizer.tokenizer.no_padding()
         self.tokenizer.tokenizer.enable_truncation(self.max_length)
 
-    def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    def embed(self, texts: list[str]) -> tuple[Vectors, list[int]]:
         """L2-normalised mean-pooled embeddings, and each input's token count."""
         encoded = self.tokenizer.encode_batch(texts)
         length = max(len(ids) for ids in encoded)
@@ -66,23 +72,23 @@ class EmbeddingBatcher:
         self.max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[Pending | None] = queue.Queue()  # None: stop
         self._thread = threading.Thread(target=self._loop, name=f"embed-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, texts: list[str]) -> Future:
+    def submit(self, texts: list[str]) -> EmbeddingFuture:
         """A future of (vectors, token counts); QueueFull when max_pending requests are already waiting."""
         with self._lock:
             if self._pending >= self.max_pending:
                 metrics.REJECTED.labels(self.name).inc()
                 raise QueueFull(self.name, retry_after=1)
             self._pending += 1
-        future: Future = Future()
+        future: EmbeddingFuture = Future()
         future.add_done_callback(self._done)
         self._queue.put((texts, future))
         return future
 
-    def _done(self, _future: Future) -> None:
+    def _done(self, _future: EmbeddingFuture) -> None:
         with self._lock:
             self._pending -= 1
 
@@ -109,7 +115,7 @@ class EmbeddingBatcher:
                 size += len(nxt[0])
             self._run(pending)
 
-    def _run(self, pending: list) -> None:
+    def _run(self, pending: list[Pending]) -> None:
         live = [(texts, fut) for texts, fut in pending if fut.set_running_or_notify_cancel()]
         if not live:
             return

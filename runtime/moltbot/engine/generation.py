@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +32,9 @@ log = logging.getLogger("moltbot.engine")
 # Most (padded) prompt tokens in one ONNX Runtime prefill call: bounds the [rows, tokens, vocab] logits a
 # prefill makes. Longer prompts are prefilled in chunks, feeding each chunk's KV cache to the next.
 PREFILL_TOKEN_BUDGET = 1024
+
+# One tensor per past key/value input: numpy arrays on the host, OrtValues where the cache stays on a device.
+KVCache = list[Any]
 
 
 @dataclass
@@ -114,7 +118,8 @@ class DecoderModel:
         shape = (batch, self.kv_heads, 0, self.head_dim)
         return [np.zeros(shape, dtype=self.kv_dtype) for _ in self.past_names]
 
-    def _feed(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> dict:
+    def _feed(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray
+              ) -> dict[str, np.ndarray]:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.has_position_ids:
             feed["position_ids"] = position_ids
@@ -139,10 +144,11 @@ class DecoderModel:
         for name, array in zip(self.present_names, present, strict=True):
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        logits: np.ndarray = binding.get_outputs()[0].numpy()
+        return logits
 
     def run_resident(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                     past: list) -> tuple[np.ndarray, list]:
+                     past: KVCache) -> tuple[np.ndarray, KVCache]:
         """One step with the KV cache as OrtValues on self.device; the presents stay there too."""
         binding = self.session.io_binding()
         for name, value in self._feed(input_ids, attention_mask, position_ids).items():
@@ -156,12 +162,12 @@ class DecoderModel:
         logits, *present = binding.get_outputs()
         return logits.numpy(), present
 
-    def to_device(self, values: list) -> list:
+    def to_device(self, values: KVCache) -> KVCache:
         return [v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(
             np.ascontiguousarray(v), *self.device) for v in values]
 
     @staticmethod
-    def to_host(values: list) -> list[np.ndarray]:
+    def to_host(values: KVCache) -> list[np.ndarray]:
         return [v.numpy() if isinstance(v, ort.OrtValue) else v for v in values]
 
 
@@ -184,6 +190,26 @@ class KVBuffers:
         return [b[:needed].reshape(shape) for b in buffers]
 
 
+@dataclass
+class Prefilled:
+    """Newcomers after their prefill, row for row: their KV cache, attention mask and first tokens."""
+
+    rows: list[Sequence]
+    past: list[np.ndarray]
+    mask: np.ndarray
+    tokens: np.ndarray
+
+    def alive(self) -> Prefilled | None:
+        """Without the rows that finished with their first token (None when none is left)."""
+        alive = [i for i, seq in enumerate(self.rows) if not seq.finish_reason]
+        if len(alive) == len(self.rows):
+            return self
+        if not alive:
+            return None
+        return Prefilled([self.rows[i] for i in alive], [p[alive] for p in self.past], self.mask[alive],
+                         self.tokens[alive])
+
+
 class Batch:
     """The running sequences and their KV cache, left-padded to one length.
 
@@ -195,7 +221,7 @@ class Batch:
         self.model = model
         self.rows: list[Sequence] = []
         self.buffers = KVBuffers(model)
-        self.past: list[np.ndarray] = model.empty_past(0)
+        self.past: KVCache = model.empty_past(0)
         self.mask = np.zeros((0, 0), dtype=np.int64)
         self.positions = np.zeros((0,), dtype=np.int64)
         self.last_tokens = np.zeros((0,), dtype=np.int64)
@@ -206,16 +232,14 @@ class Batch:
     def live(self) -> int:
         return sum(1 for s in self.rows if not s.finish_reason)
 
-    def rebuild(self, keep: list[int], new_rows: list[Sequence], new_past: list[np.ndarray] | None,
-                new_mask: np.ndarray | None, new_tokens: np.ndarray | None) -> None:
-        """Keep rows `keep`, append `new_rows` (prefilled: their KV, mask and first tokens), trim the columns
-        that no row attends to any more."""
+    def rebuild(self, keep: list[int], new: Prefilled | None) -> None:
+        """Keep rows `keep`, append the `new` rows, trim the columns that no row attends to any more."""
         kept_mask = self.mask[keep]
         start = int(np.argmax(kept_mask.any(axis=0))) if len(keep) and kept_mask.any() else kept_mask.shape[1]
         kept_len = kept_mask.shape[1] - start
-        new_len = new_mask.shape[1] if new_rows else 0
+        new_len = new.mask.shape[1] if new else 0
         length = max(kept_len, new_len)
-        rows = len(keep) + len(new_rows)
+        rows = len(keep) + (len(new.rows) if new else 0)
         idle = 1 - self.buffers.current
         target = self.buffers.views(idle, rows, length) if self.model.binds_host_buffers else [
             np.empty((rows, self.model.kv_heads, length, self.model.head_dim), self.model.kv_dtype)
@@ -226,21 +250,21 @@ class Batch:
             for out_row, row in enumerate(keep):
                 dst[out_row, :, length - kept_len:] = src[row, :, start:]
         mask[: len(keep), length - kept_len:] = kept_mask[:, start:]
-        if new_rows:
+        if new:
             offset = len(keep)
-            for dst, src in zip(target, new_past, strict=True):
+            for dst, src in zip(target, new.past, strict=True):
                 dst[offset:, :, : length - new_len].fill(0)
                 dst[offset:, :, length - new_len:] = src
-            mask[offset:, length - new_len:] = new_mask
+            mask[offset:, length - new_len:] = new.mask
         self.buffers.current = idle
         self.past = target if self.model.binds_host_buffers else self.model.to_device(target)
         self.mask = mask
-        self.rows = [self.rows[i] for i in keep] + list(new_rows)
+        self.rows = [self.rows[i] for i in keep] + (new.rows if new else [])
         keep_index = np.asarray(keep, dtype=np.int64)
-        self.positions = np.concatenate([self.positions[keep_index], new_mask.sum(axis=1) if new_rows else []]
+        self.positions = np.concatenate([self.positions[keep_index], new.mask.sum(axis=1) if new else []]
                                         ).astype(np.int64)
         self.last_tokens = np.concatenate([self.last_tokens[keep_index],
-                                           new_tokens if new_rows else []]).astype(np.int64)
+                                           new.tokens if new else []]).astype(np.int64)
 
     def step(self) -> np.ndarray:
         """One decode step for every row; returns the last-position logits [rows, vocab]."""
@@ -366,7 +390,8 @@ class GenerationScheduler:
 
     def _take_admissible(self) -> list[Sequence]:
         room = self.max_running - self._batch.live()
-        taken, longest = [], 0
+        taken: list[Sequence] = []
+        longest = 0
         while self._waiting and len(taken) < room:
             nxt = self._waiting[0]
             padded = (len(taken) + 1) * max(longest, len(nxt.prompt_ids))
@@ -389,17 +414,9 @@ class GenerationScheduler:
         if not admitted and not (finished and finished * 4 >= len(self._batch)):
             return
         keep = [i for i, seq in enumerate(self._batch.rows) if not seq.finish_reason]
-        new_past = new_mask = new_tokens = None
-        if admitted:
-            new_past, new_mask, new_tokens = self._prefill(admitted)
-            alive = [i for i, seq in enumerate(admitted) if not seq.finish_reason]
-            if len(alive) != len(admitted):  # finished with their first token
-                admitted = [admitted[i] for i in alive]
-                new_past = [p[alive] for p in new_past]
-                new_mask, new_tokens = new_mask[alive], new_tokens[alive]
-        self._batch.rebuild(keep, admitted, new_past, new_mask, new_tokens)
+        self._batch.rebuild(keep, self._prefill(admitted).alive() if admitted else None)
 
-    def _prefill(self, seqs: list[Sequence]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    def _prefill(self, seqs: list[Sequence]) -> Prefilled:
         """Run the prompts (left-padded, together) and sample each one's first token."""
         length = max(len(s.prompt_ids) for s in seqs)
         ids = np.full((len(seqs), length), self.tokenizer.pad_token_id, dtype=np.int64)
@@ -414,7 +431,7 @@ class GenerationScheduler:
             end = min(start + chunk, length)
             logits, present = self.model.run(ids[:, start:end], mask[:, :end], positions[:, start:end], present)
         tokens = self._advance(seqs, logits[:, -1, :], np.zeros(len(seqs), dtype=np.int64))
-        return present, mask, tokens
+        return Prefilled(seqs, present, mask, tokens)
 
     def _advance(self, rows: list[Sequence], logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Sample the next token of each live row, emit its text, mark finished rows; returns the tokens."""

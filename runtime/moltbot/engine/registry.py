@@ -121,10 +121,10 @@ class ModelRegistry:
                 if task is None or backend.describe().task == task:
                     return backend
             raise ModelNotFound(f"<any {task or ''} model>")
-        backend = self.models.get(name)
-        if backend is None:
+        named = self.models.get(name)
+        if named is None:
             raise ModelNotFound(name)
-        return backend
+        return named
 
     def model_names(self, task: str | None = None) -> list[str]:
         return [n for n, m in self.models.items() if task is None or m.describe().task == task]

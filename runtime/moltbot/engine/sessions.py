@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -38,10 +39,15 @@ def admission_limits(config: ModelConfig, settings: Settings) -> tuple[int, int]
             settings.max_queued if config.max_queued is None else config.max_queued)
 
 
-def providers_for(options: DeviceOptions) -> list:
+# An execution provider: its name, or (name, options).
+Provider = str | tuple[str, dict[str, Any]]
+
+
+def providers_for(options: DeviceOptions) -> list[Provider]:
     if options.device == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            cuda = {"device_id": options.cuda_device_id, "arena_extend_strategy": options.arena_extend_strategy}
+            cuda: dict[str, Any] = {"device_id": options.cuda_device_id,
+                                    "arena_extend_strategy": options.arena_extend_strategy}
             if options.gpu_mem_limit:
                 cuda["gpu_mem_limit"] = options.gpu_mem_limit
             return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
@@ -73,7 +79,7 @@ def create_session(model_path: Path, options: DeviceOptions, cache_dir: Path | N
         except OSError:  # a read-only cache: optimise every time
             partial = None
     session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
-    if partial is not None and partial.exists():
+    if cached is not None and partial is not None and partial.exists():
         partial.rename(cached)
     requested = providers_for(options)[0]
     requested = requested[0] if isinstance(requested, tuple) else requested
@@ -111,4 +117,4 @@ def _optimised_path(model_path: Path, cache_dir: Path | None) -> Path | None:
 
 
 def active_provider(session: ort.InferenceSession) -> str:
-    return session.get_providers()[0]
+    return str(session.get_providers()[0])

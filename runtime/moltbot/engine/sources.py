@@ -21,6 +21,8 @@ import httpx
 from moltbot.engine.config import ModelConfig
 
 SOURCE_MARKER = ".moltbot-source.json"
+# Told (bytes done, bytes in all when known) as a download goes.
+Progress = Callable[[int, int | None], None]
 CHUNK = 1 << 20
 
 
@@ -90,13 +92,15 @@ def _run_export_step(module_args: list[str], what: str) -> None:
 
 
 def fetch_remote(config: ModelConfig, models_dir: Path,
-                 progress: Callable[[int, int | None], None] | None = None,
+                 progress: Progress | None = None,
                  timeout: float = 30.0, cancel: threading.Event | None = None) -> Path:
     """Download config.url into models_dir/<name>, verified against config.sha256. Idempotent.
 
     The transfer goes to models_dir/.downloads/<sha256>.part and resumes from there (HTTP Range) when it was
     interrupted; the model folder appears only once the archive is complete, verified and unpacked.
     """
+    if not config.url or not config.sha256:
+        raise ModelSourceError(f"{config.name}: a remote model needs url and sha256")
     models_dir = Path(models_dir)
     target = models_dir / config.name.replace("/", "--")
     expected = config.sha256.lower()
@@ -121,7 +125,8 @@ def fetch_remote(config: ModelConfig, models_dir: Path,
     return target
 
 
-def _download(url: str, part: Path, progress, timeout: float, cancel: threading.Event | None) -> None:
+def _download(url: str, part: Path, progress: Progress | None, timeout: float, cancel: threading.Event | None
+              ) -> None:
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
@@ -160,7 +165,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _unpack_atomically(archive: Path, target: Path, meta: dict) -> None:
+def _unpack_atomically(archive: Path, target: Path, meta: dict[str, str]) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _extract(archive, work)

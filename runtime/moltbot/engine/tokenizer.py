@@ -22,9 +22,10 @@ def _raise_exception(message: str) -> None:
 
 
 def _token_content(value: Any) -> str | None:
+    """A special token as tokenizer configs write it: a string, or {"content": ...}."""
     if isinstance(value, dict):
-        return value.get("content")
-    return value
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 class TextTokenizer:
@@ -73,16 +74,18 @@ class TextTokenizer:
             self._template = env.from_string(template)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    tools: list[dict] | None = None) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None) -> str:
         if self._template is None:
             # No template: a plain transcript, as a base model would continue it.
             lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
@@ -120,8 +123,9 @@ class IncrementalDecoder:
             self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    return data if isinstance(data, dict) else {}

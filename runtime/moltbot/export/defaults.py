@@ -11,11 +11,10 @@ Run as `moltbot models defaults --output DIR` or `python -m moltbot.export.defau
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from moltbot.engine.sources import file_sha256
@@ -123,7 +122,7 @@ def is_built(folder: Path) -> bool:
     return (folder / MARKER).exists() and (folder / "model.onnx").exists()
 
 
-def ensure_defaults(out_dir: Path, force: bool = False, log=print) -> list[Path]:
+def ensure_defaults(out_dir: Path, force: bool = False, log: Callable[[str], object] = print) -> list[Path]:
     """Make each default model under out_dir unless it is already there."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []

@@ -6,13 +6,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TASKS = {"chat": "text-generation-with-past", "embeddings": "feature-extraction"}
 MARKER = "moltbot-export.json"
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, task: str = "chat", dtype: str | None = None,
-                      device: str = "cpu", extra_meta: dict | None = None) -> Path:
+                      device: str = "cpu", extra_meta: dict[str, Any] | None = None) -> Path:
     """Export `src` (a local checkpoint folder) to `dst` atomically: a half-made export never appears at `dst`.
 
     task: `chat` (decoder with KV cache: past_key_values in, present out) or `embeddings` (encoder).

@@ -31,7 +31,7 @@ class {class_name}(BasePlugin):
 '''
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `plugins new` and `plugins test`; each sets `func(args) -> exit code`."""
     plugins = subparsers.add_parser("plugins", help="create and try plugins")
     commands = plugins.add_subparsers(dest="plugins_command", required=True)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import PluginError, PluginTimeout
 
 if TYPE_CHECKING:
     from .manager import PluginManager
+
+T = TypeVar("T")
 
 # A plugin may call other plugins, which may call others: bounded so a cycle fails instead of looping.
 MAX_CALL_DEPTH = 4
@@ -36,7 +39,7 @@ class _LoopBridge:
         self._deadline = deadline
         self._plugin = plugin
 
-    def wait(self, make: Callable[[], Awaitable[Any]]) -> Any:
+    def wait(self, make: Callable[[], Awaitable[T]]) -> T:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -48,7 +51,7 @@ class _LoopBridge:
         if left <= 0:
             raise PluginTimeout(f"plugin '{self._plugin}' ran out of time")
 
-        async def run() -> Any:
+        async def run() -> T:
             return await make()
 
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)
@@ -88,12 +91,14 @@ class PluginModels:
     async def achat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         registry = self._require()
         with _model_errors():
-            return await registry.chat(messages, **kwargs)
+            reply: dict[str, Any] = await registry.chat(messages, **kwargs)
+            return reply
 
     async def aembed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
         registry = self._require()
         with _model_errors():
-            return await registry.embed(texts, model=model)
+            vectors: list[list[float]] = await registry.embed(texts, model=model)
+            return vectors
 
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         return self._bridge.wait(lambda: self.achat(messages, **kwargs))
@@ -105,7 +110,7 @@ class PluginModels:
 class PluginDirectory:
     """The other loaded plugins, callable with the same validation and limits as over HTTP."""
 
-    def __init__(self, manager: "PluginManager", bridge: _LoopBridge, request_id: str, depth: int):
+    def __init__(self, manager: PluginManager, bridge: _LoopBridge, request_id: str, depth: int):
         self._manager = manager
         self._bridge = bridge
         self._request_id = request_id
@@ -132,7 +137,7 @@ class PluginContext:
     plugin: str
     input: dict[str, Any]
     request_id: str
-    logger: logging.LoggerAdapter
+    logger: logging.LoggerAdapter[logging.Logger]
     settings: dict[str, Any]
     models: PluginModels
     plugins: PluginDirectory

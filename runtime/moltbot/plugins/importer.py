@@ -11,13 +11,16 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import CodeType, ModuleType
 
 MODULE_PREFIX = "moltbot_plugin_"
 
 
 class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
-    def get_code(self, fullname: str):
+    def get_code(self, fullname: str) -> CodeType:
         return self.source_to_code(self.get_data(self.path), self.path)
 
 
@@ -25,7 +28,8 @@ class _PluginFinder:
     """On sys.meta_path: finds the submodules of plugin packages in their folder."""
 
     @staticmethod
-    def find_spec(fullname: str, path=None, target=None):
+    def find_spec(fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         if not fullname.startswith(MODULE_PREFIX) or not path:
             return None
         leaf = fullname.rpartition(".")[2]
@@ -40,10 +44,13 @@ class _PluginFinder:
         return None
 
 
-def package_spec(name: str, init: Path):
+def package_spec(name: str, init: Path) -> ModuleSpec:
     """The spec of a package from its __init__.py, loaded from source."""
-    return importlib.util.spec_from_file_location(name, init, loader=_SourceOnlyLoader(name, str(init)),
+    spec = importlib.util.spec_from_file_location(name, init, loader=_SourceOnlyLoader(name, str(init)),
                                                   submodule_search_locations=[str(init.parent)])
+    if spec is None:  # only for a path without a loader; we always give one
+        raise ImportError(f"no module spec for {init}")
+    return spec
 
 
 def install() -> None:

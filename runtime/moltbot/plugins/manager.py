@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,7 @@ class PluginManager:
                                             thread_name_prefix="moltbot-plugin")
         self._records: dict[Path, PluginRecord] = {}
         self._reload_lock = asyncio.Lock()
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # ---- discovery and loading
 
@@ -160,9 +161,9 @@ class PluginManager:
 
     # ---- watching the folder
 
-    def _fingerprints(self) -> dict[Path, tuple]:
+    def _fingerprints(self) -> dict[Path, tuple[tuple[str, int, int], ...]]:
         """(file, mtime, size) of every file in every plugin folder, to notice edits, new and removed plugins."""
-        prints = {}
+        prints: dict[Path, tuple[tuple[str, int, int], ...]] = {}
         for folder in self._folders():
             try:
                 files = sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns, p.stat().st_size)
@@ -172,7 +173,7 @@ class PluginManager:
             prints[folder] = tuple(files)
         return prints
 
-    def start_watching(self, interval: float) -> asyncio.Task:
+    def start_watching(self, interval: float) -> asyncio.Task[None]:
         """Reload a plugin when its folder changes (polled every `interval` seconds) until close()."""
         async def watch() -> None:
             seen = await asyncio.to_thread(self._fingerprints)
@@ -242,6 +243,7 @@ class PluginManager:
                 spec = package_spec(package, init)
                 package_module = importlib.util.module_from_spec(spec)
                 sys.modules[package] = package_module
+                assert spec.loader is not None  # package_spec always gives its loader
                 spec.loader.exec_module(package_module)
             else:
                 package_module = types.ModuleType(package)
@@ -276,8 +278,9 @@ class PluginManager:
     @staticmethod
     def _close_instance(loaded: LoadedPlugin) -> None:
         try:
-            result = loaded.instance.close()
-            if inspect.isawaitable(result):
+            close: Callable[[], object] = loaded.instance.close  # a plugin's close() may be async by mistake
+            result = close()
+            if inspect.iscoroutine(result):
                 log.warning("plugin %s: close() must be a plain method; its coroutine was not awaited",
                             loaded.config.name)
                 result.close()
@@ -345,9 +348,9 @@ class PluginManager:
             except PluginTimeout:
                 outcome = "timeout"
                 raise
-            _check_result(name, result, request_id)
+            checked = _checked_result(name, result, request_id)
             outcome = "ok"
-            return result
+            return checked
         finally:
             if self._record(name) is not None:
                 elapsed = time.perf_counter() - started
@@ -377,7 +380,7 @@ class PluginManager:
             # The thread keeps running after a timeout (threads cannot be killed); the pool bounds how many.
             return await asyncio.wait_for(loop.run_in_executor(self._executor, plugin.instance.execute, context),
                                           timeout)
-        except (asyncio.TimeoutError, PluginTimeout):
+        except (TimeoutError, PluginTimeout):
             context.logger.warning("plugin call timed out after %.1f s", timeout)
             raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
         except PluginAPIError:
@@ -470,7 +473,8 @@ def _error_param(error: Any) -> str | None:
     return text or None
 
 
-def _check_result(name: str, result: Any, request_id: str) -> None:
+def _checked_result(name: str, result: Any, request_id: str) -> dict[str, Any]:
+    """The plugin's result, once it is a JSON object."""
     if not isinstance(result, dict):
         log.error("plugin %s returned %s instead of a dict (request %s)", name, type(result).__name__, request_id)
         raise PluginFailed(f"plugin {name!r} returned {type(result).__name__}, expected a JSON object "
@@ -481,3 +485,4 @@ def _check_result(name: str, result: Any, request_id: str) -> None:
         log.error("plugin %s returned a result that is not JSON-serialisable: %s (request %s)", name, exc, request_id)
         raise PluginFailed(f"plugin {name!r} returned a result that is not JSON-serialisable "
                            f"(request id {request_id})") from None
+    return result

@@ -153,7 +153,8 @@ async def _streamed_events(response: httpx.Response, parse: ChoiceParser) -> Asy
             with _unexpected_body():
                 events = [parse(choice) for choice in chunk.get("choices") or []] + _usage(chunk)
             for event in events:
-                yield event
+                if isinstance(event, Usage) or event.text or event.tool_calls or event.finish_reason:
+                    yield event  # not the empty deltas (the upstream's role announcement)
     except httpx.HTTPError as exc:
         raise UpstreamError(502, upstream_error_body(f"upstream stream broke: {type(exc).__name__}")) from exc
     finally:

@@ -492,8 +492,9 @@ METHOD = f"""## Method
   tokens; the runtime serves every point from one process (its defaults: max_running 32).
 - Interleaved rounds: a round measures A then B, the next B then A, and so on; each round gives a ratio
   A/B of aggregate throughput, and the point reports each side's median and the median, lowest and highest
-  ratio. Targets use the median ratio. Short points run at least 5 rounds; {LONG_POINT} runs 3 by default
-  (each of its rounds takes about a minute per side on 2 cores), as the issue's own long-context measurement did.
+  ratio. Targets use the median ratio. Short points run 5 rounds by default (BENCH_ROUNDS), {LONG_POINT} 3
+  (BENCH_LONG_ROUNDS: each of its rounds takes about a minute per side on 2 cores), for int8 only by default
+  (BENCH_LONG), so that the whole run stays under 25 minutes on 2 cores; the counts used are stated above.
 - Load: a closed-loop async load generator (httpx) on the same machine: `c` clients, each sending its next
   request when the previous one ends. Aggregate tok/s = generated tokens / wall time of the measurement.
   TTFT = request sent to first text chunk; ITL = gaps between text chunks (a chunk is one token unless a

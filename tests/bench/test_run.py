@@ -125,3 +125,18 @@ def test_runtime_refuses_says_what_the_model_config_check_says(tmp_path):
     bad = {**run.moltbot_model_config("m", onnx, "int8"), "quantize": "int3"}
     why = run.runtime_refuses(bad, tmp_path / "bad")
     assert "quantize" in why and str(tmp_path) not in why
+
+
+def test_write_docs_keeps_the_hand_written_notes(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# old page\n\nold figures\n\n" + run.NOTES_MARKER + "\n\n## Notes\n\nkept\n")
+    machine = {"cpu": "Test CPU", "cores": 2, "memory_gib": 23.5, "os": "Linux", "python": "3.11.7",
+               "load_average": (1.0, 2.0, 3.0)}
+    run.write_docs(docs, machine, ["## CPU\n", "| a |\n"], None, started=0.0, timings={"preparation": 60.0})
+    text = docs.read_text()
+    assert "old figures" not in text
+    assert text.startswith("# Benchmarks\n")
+    assert "- Load average when the run started: 1.0, 2.0, 3.0" in text
+    assert "(preparation 1.0 min)" in text
+    assert "## Method" in text and "GPU rows skipped" in text
+    assert text.endswith(run.NOTES_MARKER + "\n\n## Notes\n\nkept\n")

@@ -8,25 +8,34 @@ import pulumi_docker as docker
 
 import stack_config
 from docker_monitoring import DockerMonitoring
-from docker_runtime import MoltbotContainer
+from docker_runtime import MoltbotContainer, data_sets
 from docker_storage import DockerStorage
+from k8s_dashboards import GrafanaDashboards
 from k8s_monitoring import OperatorMonitoring
 from k8s_runtime import MoltbotKubernetes
 
 settings = stack_config.load()
 
 if settings.platform == "docker":
-    # Without moltbot:dockerHost the default provider talks to the local engine (DOCKER_HOST or the socket).
-    provider = docker.Provider("docker-host", host=settings.docker_host) if settings.docker_host else None
+    # Without moltbot:dockerHost or a registry login the default provider talks to the local engine
+    # (DOCKER_HOST or the socket) with the credentials of ~/.docker/config.json.
+    provider = None
+    if settings.docker_host or settings.registry_username:
+        provider = docker.Provider(
+            "docker-host", host=settings.docker_host,
+            registry_auth=[docker.ProviderRegistryAuthArgs(
+                address=settings.registry, username=settings.registry_username,
+                password=settings.registry_password)] if settings.registry_username else None)
     on_host = pulumi.ResourceOptions(providers=[provider] if provider else None)
     storage = DockerStorage(
         "storage", prefix="moltbot",
-        host_data_sets=["models", "plugins", "logs"],
+        host_data_sets=list(data_sets(settings)),
         volume_data_sets=["prometheus", "alertmanager", "grafana"] if settings.monitoring else [],
         data_dir=settings.data_dir, opts=on_host)
     runtime = MoltbotContainer("moltbot", settings, storage, opts=on_host)
     pulumi.export("url", runtime.url)
     pulumi.export("container", runtime.container.name)
+    pulumi.export("imageId", runtime.image.image_id)
     pulumi.export("network", storage.network.name)
     if settings.monitoring:
         monitoring = DockerMonitoring("monitoring", settings, storage, prefix="moltbot", opts=on_host)
@@ -41,3 +50,5 @@ else:
     if settings.prometheus_operator:
         OperatorMonitoring("moltbot", settings, cluster.labels,
                            opts=pulumi.ResourceOptions(depends_on=[cluster.service]))
+    # The dashboards for Grafana's dashboard sidecar (kube-prometheus-stack's Grafana has one).
+    GrafanaDashboards("moltbot", settings, opts=pulumi.ResourceOptions(depends_on=[cluster.namespace]))

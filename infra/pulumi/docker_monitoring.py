@@ -13,8 +13,11 @@ import pulumi
 import pulumi_docker as docker
 import yaml
 
+import contract
 from docker_storage import DockerStorage
-from stack_config import ConfigError, Settings
+from stack_config import GPU_DASHBOARD, ConfigError, Settings
+
+NODE_EXPORTER_PORT = 9100
 
 
 def config_uploads(source: Path, target: str, skip: tuple[str, ...] = ()) -> list[docker.ContainerUploadArgs]:
@@ -32,15 +35,23 @@ def config_uploads(source: Path, target: str, skip: tuple[str, ...] = ()) -> lis
     return uploads
 
 
-def scrape_targets(gpu: bool) -> list[docker.ContainerUploadArgs]:
-    """file_sd target lists for prometheus.yml's jobs: the stack's containers by their network aliases."""
-    targets = {"moltbot": "moltbot:8080", "node": "node-exporter:9100", "alertmanager": "alertmanager:9093"}
-    if gpu:
+def scrape_targets(settings: Settings) -> list[docker.ContainerUploadArgs]:
+    """file_sd target lists for prometheus.yml's jobs: the stack's containers by their network aliases
+    (node-exporter, on the host's network, by the name Prometheus's /etc/hosts gives the bridge's address).
+
+    Every group names the one machine they all run on (`host`, which the rules join different jobs' series
+    by) and the stack; the runtime's group says `gpu: "true"` on GPU stacks.
+    """
+    targets = {"moltbot": f"moltbot:{contract.HTTP_PORT}", "node": f"node-exporter:{NODE_EXPORTER_PORT}",
+               "alertmanager": "alertmanager:9093"}
+    if settings.gpu:
         targets["dcgm"] = "dcgm-exporter:9400"
+    labels = {"host": settings.machine, "stack": pulumi.get_stack()}
     return [
         docker.ContainerUploadArgs(
             file=f"/etc/prometheus/targets/{job}.yml",
-            content=yaml.safe_dump([{"targets": [target], "labels": {"stack": pulumi.get_stack()}}]),
+            content=yaml.safe_dump([{"targets": [target], "labels": {
+                **labels, **({"gpu": "true"} if job == "moltbot" and settings.gpu else {})}}]),
         )
         for job, target in targets.items()
     ]
@@ -65,12 +76,13 @@ class DockerMonitoring(pulumi.ComponentResource):
         _require(monitoring / "grafana" / "dashboards", "Grafana's dashboards folder")
         log_opts = {"max-size": "10m", "max-file": "3"}
 
-        def service(alias: str, **kwargs) -> docker.Container:
+        def service(alias: str, host_network: bool = False, **kwargs) -> docker.Container:
+            network = {"network_mode": "host"} if host_network else \
+                {"hostname": alias, "networks_advanced": storage.attach(alias)}
             return docker.Container(
                 f"{name}-{alias}",
                 name=f"{prefix}-{alias}",
-                hostname=alias,
-                networks_advanced=storage.attach(alias),
+                **network,
                 restart="unless-stopped",
                 log_driver="json-file",
                 log_opts=log_opts,
@@ -91,7 +103,9 @@ class DockerMonitoring(pulumi.ComponentResource):
             ports=[docker.ContainerPortArgs(internal=9090, external=settings.prometheus_port, ip=bind)],
             volumes=[storage.mount("prometheus", "/prometheus")],
             uploads=config_uploads(monitoring / "prometheus", "/etc/prometheus", skip=("tests",))
-            + scrape_targets(settings.gpu),
+            + scrape_targets(settings),
+            # node exporter listens on the bridge's host address; this name is its scrape target.
+            hosts=[docker.ContainerHostArgs(host="node-exporter", ip=storage.gateway)],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", "wget", "-q", "-O-", "http://127.0.0.1:9090/-/ready"], interval="15s", retries=3),
         )
@@ -119,13 +133,17 @@ class DockerMonitoring(pulumi.ComponentResource):
             volumes=[storage.mount("grafana", "/var/lib/grafana")],
             uploads=config_uploads(monitoring / "grafana" / "provisioning", "/etc/grafana/provisioning")
             + config_uploads(monitoring / "grafana" / "dashboards", "/var/lib/grafana/dashboards/moltbot",
-                             skip=() if settings.gpu else ("moltbot-gpu.json",)),
+                             skip=() if settings.gpu else (GPU_DASHBOARD,)),
         )
-        # Host metrics: the host's root file system read-only at /host, and the host's process table.
+        # Host metrics: the host's network namespace (its interfaces, not a container's), process table and root
+        # file system (read-only at /host). It listens on the stack network's bridge address only: reachable
+        # from the stack's containers and the host, not from other machines.
         self.node_exporter = service(
             "node-exporter",
+            host_network=True,
             image=settings.images["nodeExporterImage"],
-            command=["--path.rootfs=/host"],
+            command=storage.gateway.apply(lambda gateway: [
+                "--path.rootfs=/host", f"--web.listen-address={gateway}:{NODE_EXPORTER_PORT}"]),
             pid_mode="host",
             mounts=[docker.ContainerMountArgs(
                 type="bind", source="/", target="/host", read_only=True,

@@ -27,6 +27,8 @@ class DockerStorage(pulumi.ComponentResource):
             labels=[docker.NetworkLabelArgs(label="com.moltbot.stack", value=prefix)],
             opts=child,
         )
+        # The bridge's address on the host: where containers on host networking listen for this network only.
+        self.gateway = self.network.ipam_configs.apply(lambda configs: configs[0].gateway)
         self.host_paths = {d: f"{data_dir}/{d}" for d in host_data_sets} if data_dir else {}
         self.volumes: dict[str, docker.Volume] = {}
         for data_set in host_data_sets + volume_data_sets:

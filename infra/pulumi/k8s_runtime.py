@@ -1,25 +1,38 @@
-"""MoltbotKubernetes: the runtime as a scaled-out Deployment with its storage, config, Service and autoscaling."""
+"""MoltbotKubernetes: the runtime as a scaled-out Deployment with its storage, config, Service, autoscaling and
+NetworkPolicy, in a namespace that enforces Pod Security "restricted"."""
 
 from __future__ import annotations
 
+import base64
+import json
 
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.core.v1 import (
-    ConfigMapVolumeSourceArgs, ContainerArgs, ContainerPortArgs, EnvVarArgs, EnvVarSourceArgs, ExecActionArgs,
-    HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs, LifecycleHandlerArgs, PersistentVolumeClaimSpecArgs,
-    PersistentVolumeClaimVolumeSourceArgs, PodSpecArgs, PodTemplateSpecArgs, ProbeArgs, ResourceRequirementsArgs,
-    SecretKeySelectorArgs, SecretVolumeSourceArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs,
-    VolumeMountArgs, VolumeResourceRequirementsArgs, EmptyDirVolumeSourceArgs, SecurityContextArgs,
-    PodSecurityContextArgs, CapabilitiesArgs,
+    AffinityArgs, CapabilitiesArgs, ConfigMapVolumeSourceArgs, ContainerArgs, ContainerPortArgs,
+    EmptyDirVolumeSourceArgs, EnvVarArgs, ExecActionArgs, HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs,
+    LifecycleHandlerArgs, LocalObjectReferenceArgs, PersistentVolumeClaimSpecArgs,
+    PersistentVolumeClaimVolumeSourceArgs, PodAffinityArgs, PodAffinityTermArgs, PodSecurityContextArgs,
+    PodSpecArgs, PodTemplateSpecArgs, ProbeArgs, ResourceRequirementsArgs, SeccompProfileArgs,
+    SecretVolumeSourceArgs, SecurityContextArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs, VolumeMountArgs,
+    VolumeResourceRequirementsArgs,
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
+from pulumi_kubernetes.networking.v1 import (
+    NetworkPolicyIngressRuleArgs, NetworkPolicyPeerArgs, NetworkPolicyPortArgs, NetworkPolicySpecArgs,
+)
 
-from stack_config import PRE_STOP_SLEEP_SECONDS, Settings, container_env, text_files
+import contract
+from stack_config import (
+    API_KEYS_FILE, DOCKER_HUB_CONFIG_KEY, DOCKER_HUB_REGISTRY, PRE_STOP_SLEEP_SECONDS, TMP_SIZE_MIB, Settings,
+    container_env, text_files,
+)
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
-RUNTIME_UID = 10001  # the image's `moltbot` user
 APP_LABELS = {"app.kubernetes.io/name": "moltbot"}
+# The namespace admits only pods that meet the Pod Security Standards' "restricted" profile.
+POD_SECURITY_LABELS = {"pod-security.kubernetes.io/enforce": "restricted",
+                       "pod-security.kubernetes.io/warn": "restricted"}
 
 
 def configmap_key(relative: str) -> str:
@@ -37,7 +50,8 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             return ObjectMetaArgs(name=object_name, namespace=settings.namespace, labels=labels, **extra)
 
         self.namespace = k8s.core.v1.Namespace(
-            f"{name}-namespace", metadata=ObjectMetaArgs(name=settings.namespace, labels=APP_LABELS),
+            f"{name}-namespace",
+            metadata=ObjectMetaArgs(name=settings.namespace, labels={**APP_LABELS, **POD_SECURITY_LABELS}),
             opts=child)
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
 
@@ -54,22 +68,35 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         self.models_pvc = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-models", metadata=meta(f"{name}-models"),
             spec=PersistentVolumeClaimSpecArgs(
-                # Every replica mounts the same models, so the claim must be shareable across nodes.
+                # Every replica mounts the same models: ReadWriteOnce (any cluster's storage) keeps the replicas
+                # on the claim's node (affinity below); ReadWriteMany lets them spread across nodes.
                 access_modes=[settings.models_access_mode],
                 storage_class_name=settings.storage_class,
                 resources=VolumeResourceRequirementsArgs(requests={"storage": settings.models_storage}),
             ),
             opts=in_namespace)
 
+        # The keys are required here (stack_config): every pod in the cluster can reach a ClusterIP Service.
+        # They reach the runtime as a mounted file, one key per line, never as an environment variable.
+        secrets_dir, keys_file = API_KEYS_FILE.rsplit("/", 1)
+        self.api_keys_secret = k8s.core.v1.Secret(
+            f"{name}-api-keys", metadata=meta(f"{name}-api-keys"), type="Opaque",
+            string_data={keys_file: settings.api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys))},
+            opts=in_namespace)
         env = [EnvVarArgs(name=k, value=v) for k, v in container_env(settings).items()]
-        self.api_keys_secret = None
-        if settings.api_keys is not None:
-            self.api_keys_secret = k8s.core.v1.Secret(
-                f"{name}-api-keys", metadata=meta(f"{name}-api-keys"), type="Opaque",
-                string_data={"api-keys": settings.api_keys.apply(lambda keys: ",".join(keys))},
+        env.append(EnvVarArgs(name="MOLTBOT_API_KEYS_FILE", value=API_KEYS_FILE))
+
+        self.pull_secret = None
+        if settings.registry_username:
+            registry = DOCKER_HUB_CONFIG_KEY if settings.registry == DOCKER_HUB_REGISTRY else settings.registry
+            self.pull_secret = k8s.core.v1.Secret(
+                f"{name}-registry", metadata=meta(f"{name}-registry"), type="kubernetes.io/dockerconfigjson",
+                string_data={".dockerconfigjson": settings.registry_password.apply(lambda password: json.dumps(
+                    {"auths": {registry: {
+                        "username": settings.registry_username, "password": password,
+                        "auth": base64.b64encode(f"{settings.registry_username}:{password}".encode()).decode(),
+                    }}}))},
                 opts=in_namespace)
-            env.append(EnvVarArgs(name="MOLTBOT_API_KEYS", value_from=EnvVarSourceArgs(
-                secret_key_ref=SecretKeySelectorArgs(name=self.api_keys_secret.metadata.name, key="api-keys"))))
 
         volumes = [
             VolumeArgs(name="models", persistent_volume_claim=PersistentVolumeClaimVolumeSourceArgs(
@@ -82,28 +109,36 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             # Logs go to stdout too (collected by the cluster); the file copy is per pod.
             VolumeArgs(name="logs", empty_dir=EmptyDirVolumeSourceArgs(size_limit="1Gi")),
             # The root file system is read-only; the runtime's scratch space.
-            VolumeArgs(name="tmp", empty_dir=EmptyDirVolumeSourceArgs(size_limit="512Mi")),
+            VolumeArgs(name="tmp", empty_dir=EmptyDirVolumeSourceArgs(size_limit=f"{TMP_SIZE_MIB}Mi")),
+            # Readable by the fsGroup (the service user's group) only.
+            VolumeArgs(name="api-keys", secret=SecretVolumeSourceArgs(
+                secret_name=self.api_keys_secret.metadata.name, default_mode=0o440,
+                items=[KeyToPathArgs(key=keys_file, path=keys_file)])),
         ]
         mounts = [
-            VolumeMountArgs(name="models", mount_path="/app/models"),
-            VolumeMountArgs(name="plugins", mount_path="/app/plugins", read_only=True),
-            VolumeMountArgs(name="logs", mount_path="/app/logs"),
+            VolumeMountArgs(name="models", mount_path=contract.MODELS_DIR),
+            VolumeMountArgs(name="plugins", mount_path=contract.PLUGINS_DIR, read_only=True),
+            VolumeMountArgs(name="logs", mount_path=contract.LOGS_DIR),
             VolumeMountArgs(name="tmp", mount_path="/tmp"),
+            VolumeMountArgs(name="api-keys", mount_path=secrets_dir, read_only=True),
         ] + [
-            VolumeMountArgs(name="model-configs", mount_path=f"/app/models/{config_name}",
+            VolumeMountArgs(name="model-configs", mount_path=f"{contract.MODELS_DIR}/{config_name}",
                             sub_path=configmap_key(config_name), read_only=True)
             for config_name in model_configs
         ]
         self.tls_secret = None
         if settings.tls_cert is not None:
+            # A kubernetes.io/tls Secret's keys are tls.crt and tls.key, the file names of the contract.
             self.tls_secret = k8s.core.v1.Secret(
                 f"{name}-tls", metadata=meta(f"{name}-tls"), type="kubernetes.io/tls",
                 string_data={"tls.crt": settings.tls_cert, "tls.key": settings.tls_key}, opts=in_namespace)
             volumes.append(VolumeArgs(name="tls", secret=SecretVolumeSourceArgs(
-                secret_name=self.tls_secret.metadata.name, default_mode=0o440)))
-            mounts.append(VolumeMountArgs(name="tls", mount_path="/app/tls", read_only=True))
-            env += [EnvVarArgs(name="MOLTBOT_TLS_CERT", value="/app/tls/tls.crt"),
-                    EnvVarArgs(name="MOLTBOT_TLS_KEY", value="/app/tls/tls.key")]
+                secret_name=self.tls_secret.metadata.name, default_mode=0o440, items=[
+                    KeyToPathArgs(key="tls.crt", path=contract.TLS_CERT.rsplit("/", 1)[1]),
+                    KeyToPathArgs(key="tls.key", path=contract.TLS_KEY.rsplit("/", 1)[1])])))
+            mounts.append(VolumeMountArgs(name="tls", mount_path=contract.TLS_DIR, read_only=True))
+            env += [EnvVarArgs(name="MOLTBOT_TLS_CERT", value=contract.TLS_CERT),
+                    EnvVarArgs(name="MOLTBOT_TLS_KEY", value=contract.TLS_KEY)]
 
         resources = {"cpu": f"{settings.cpus:g}", "memory": settings.memory_quantity}
         if settings.gpu:
@@ -111,10 +146,11 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         container = ContainerArgs(
             name="moltbot",
             image=settings.image,
-            image_pull_policy="IfNotPresent",
+            # A digest never changes; a tag is pulled again for each new pod with moltbot:imagePull=always.
+            image_pull_policy="Always" if settings.image_pull == "always" else "IfNotPresent",
             env=env,
-            ports=[ContainerPortArgs(name="http", container_port=8080),
-                   ContainerPortArgs(name="https", container_port=8443)],
+            ports=[ContainerPortArgs(name="http", container_port=contract.HTTP_PORT),
+                   ContainerPortArgs(name="https", container_port=contract.HTTPS_PORT)],
             volume_mounts=mounts,
             resources=ResourceRequirementsArgs(requests=resources, limits=resources),
             # /health answers as soon as the server runs; model loading may take minutes on first start.
@@ -125,7 +161,7 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             readiness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/ready", port="http"),
                                       period_seconds=5, timeout_seconds=3, failure_threshold=2),
             security_context=SecurityContextArgs(
-                allow_privilege_escalation=False, read_only_root_filesystem=True,
+                allow_privilege_escalation=False, read_only_root_filesystem=True, privileged=False,
                 capabilities=CapabilitiesArgs(drop=["ALL"])),
             lifecycle=LifecycleArgs(pre_stop=LifecycleHandlerArgs(
                 exec_=ExecActionArgs(command=["sleep", str(PRE_STOP_SLEEP_SECONDS)]))),
@@ -142,11 +178,22 @@ class MoltbotKubernetes(pulumi.ComponentResource):
                     metadata=ObjectMetaArgs(labels=labels),
                     spec=PodSpecArgs(
                         containers=[container],
-                        # The image's service user; fsGroup makes the claim and the TLS Secret readable to it
-                        # (the image's entrypoint only fixes ownership when started as root).
+                        # The image's service user; fsGroup makes the claim and the Secrets readable to it
+                        # (the image's entrypoint only fixes ownership when started as root). The container
+                        # runtime's default seccomp profile, as Pod Security "restricted" requires.
                         security_context=PodSecurityContextArgs(
-                            run_as_user=RUNTIME_UID, run_as_group=RUNTIME_UID, fs_group=RUNTIME_UID,
-                            run_as_non_root=True),
+                            run_as_user=contract.RUNTIME_UID, run_as_group=contract.RUNTIME_GID,
+                            fs_group=contract.RUNTIME_GID, run_as_non_root=True,
+                            seccomp_profile=SeccompProfileArgs(type="RuntimeDefault")),
+                        # The runtime never calls the Kubernetes API.
+                        automount_service_account_token=False,
+                        image_pull_secrets=[LocalObjectReferenceArgs(name=self.pull_secret.metadata.name)]
+                        if self.pull_secret else None,
+                        affinity=AffinityArgs(pod_affinity=PodAffinityArgs(
+                            required_during_scheduling_ignored_during_execution=[PodAffinityTermArgs(
+                                label_selector=LabelSelectorArgs(match_labels=labels),
+                                topology_key="kubernetes.io/hostname")]))
+                        if settings.models_access_mode == "ReadWriteOnce" else None,
                         volumes=volumes,
                         # preStop sleep, then SIGTERM: the runtime drains (shutdown_timeout) and exits 0.
                         termination_grace_period_seconds=settings.termination_grace_seconds,
@@ -187,6 +234,31 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             f"{name}-pdb", metadata=meta(name),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 max_unavailable=1, selector=LabelSelectorArgs(match_labels=labels)),
+            opts=in_namespace)
+
+        # Who may connect to the pods: the ingress controller (HTTP, and HTTPS with TLS) and Prometheus
+        # (/metrics on HTTP). Everything else in the cluster is refused where the network plugin enforces policies.
+        def peer(selectors: dict[str, dict[str, str]]) -> NetworkPolicyPeerArgs:
+            return NetworkPolicyPeerArgs(
+                namespace_selector=LabelSelectorArgs(match_labels=selectors["namespaceLabels"]),
+                pod_selector=LabelSelectorArgs(match_labels=selectors["podLabels"])
+                if selectors["podLabels"] else None)
+
+        def ports(*numbers: int) -> list[NetworkPolicyPortArgs]:
+            return [NetworkPolicyPortArgs(protocol="TCP", port=number) for number in numbers]
+
+        serving = (contract.HTTP_PORT, contract.HTTPS_PORT) if settings.tls_cert is not None else (contract.HTTP_PORT,)
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-network-policy", metadata=meta(name),
+            spec=NetworkPolicySpecArgs(
+                pod_selector=LabelSelectorArgs(match_labels=labels),
+                policy_types=["Ingress"],
+                ingress=[
+                    NetworkPolicyIngressRuleArgs(from_=[peer(settings.ingress_from)], ports=ports(*serving)),
+                    NetworkPolicyIngressRuleArgs(from_=[peer(settings.prometheus_from)],
+                                                 ports=ports(contract.HTTP_PORT)),
+                ],
+            ),
             opts=in_namespace)
 
         self.labels = labels

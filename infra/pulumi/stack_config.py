@@ -11,11 +11,14 @@ import ipaddress
 import json
 import math
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pulumi
+
+import contract
 
 PROJECT_DIR = Path(__file__).resolve().parent
 CPU_IMAGE = "moltbot:latest"
@@ -30,18 +33,42 @@ DEFAULT_IMAGES = {
     "dcgmExporterImage": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04",
 }
 
+# The API keys reach the runtime as a file (MOLTBOT_API_KEYS_FILE, one key per line), never as environment
+# variables that `docker inspect` or the pod spec would show. Docker: a volume the init container writes;
+# Kubernetes: the keys Secret mounted there. (The Ansible role mounts its keys file at the same path.)
+API_KEYS_FILE = "/run/secrets/moltbot/api-keys"
+# Size of the /tmp tmpfs (Docker) or emptyDir (Kubernetes) under the read-only root file system, in MiB.
+TMP_SIZE_MIB = 512
+# Dashboards of monitoring/grafana/dashboards/ that only some stacks ship.
+GPU_DASHBOARD = "moltbot-gpu.json"
+HOST_DASHBOARD = "moltbot-host.json"
+# Docker Hub's registry as the Docker provider keys its credentials, and as a kubelet's docker config does.
+DOCKER_HUB_REGISTRY = "registry-1.docker.io"
+DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
+
 # Variables the program sets itself from dedicated keys; `moltbot:env` may not override them.
 MANAGED_ENV = {
     "MOLTBOT_HOST": "moltbot:bindAddress (the container always listens on 0.0.0.0)",
     "MOLTBOT_PORT": "moltbot:httpPort",
     "MOLTBOT_HTTPS_PORT": "moltbot:httpsPort",
     "MOLTBOT_API_KEYS": "moltbot:apiKeys",
+    "MOLTBOT_API_KEYS_FILE": "moltbot:apiKeys",
     "MOLTBOT_TLS_CERT": "moltbot:tlsCert",
     "MOLTBOT_TLS_KEY": "moltbot:tlsKey",
-    "MOLTBOT_MODELS_DIR": "the models volume (/app/models)",
-    "MOLTBOT_PLUGINS_DIR": "the plugins volume (/app/plugins)",
-    "MOLTBOT_LOGS_DIR": "the logs volume (/app/logs)",
+    "MOLTBOT_MODELS_DIR": f"the models volume ({contract.MODELS_DIR})",
+    "MOLTBOT_PLUGINS_DIR": f"the plugins volume ({contract.PLUGINS_DIR})",
+    "MOLTBOT_LOGS_DIR": f"the logs volume ({contract.LOGS_DIR})",
     "MOLTBOT_DEVICE": "moltbot:gpu",
+}
+
+# Who may reach the pods through the NetworkPolicy: the ingress controller and Prometheus, each a namespace
+# selector plus an optional pod selector (label maps). These defaults match ingress-nginx and
+# kube-prometheus-stack installed in their usual namespaces.
+DEFAULT_PEERS = {
+    "ingressFrom": {"namespaceLabels": {"kubernetes.io/metadata.name": "ingress-nginx"},
+                    "podLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+    "prometheusFrom": {"namespaceLabels": {"kubernetes.io/metadata.name": "monitoring"},
+                       "podLabels": {"app.kubernetes.io/name": "prometheus"}},
 }
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -58,12 +85,13 @@ PRE_STOP_SLEEP_SECONDS = 10
 
 # Every key this program reads (README.md documents each one); any other `moltbot:*` key is a typo.
 KNOWN_KEYS = frozenset({
-    "platform", "image", "httpPort", "httpsPort", "bindAddress", "publicHost", "dataDir", "cpus", "memory",
-    "gpu", "apiKeys", "tlsCert", "tlsKey", "env", "modelConfigsDir", "pluginsDir", "dockerHost", "monitoring",
-    "grafanaAdminPassword", "monitoringBindAddress", "prometheusPort", "alertmanagerPort", "grafanaPort",
-    "monitoringDir", "namespace", "replicas", "maxReplicas", "targetCpuUtilization", "serviceType",
-    "modelsStorage", "modelsAccessMode", "storageClass", "terminationGracePeriodSeconds", "prometheusOperator",
-    "operatorLabels", *DEFAULT_IMAGES,
+    "platform", "image", "imagePull", "registryUsername", "registryPassword", "httpPort", "httpsPort",
+    "bindAddress", "httpBindAddress", "publicHost", "dataDir", "cpus", "memory", "gpu", "apiKeys", "tlsCert",
+    "tlsKey", "env", "modelConfigsDir", "pluginsDir", "dockerHost", "monitoring", "grafanaAdminPassword",
+    "monitoringBindAddress", "prometheusPort", "alertmanagerPort", "grafanaPort", "monitoringDir", "namespace",
+    "replicas", "maxReplicas", "targetCpuUtilization", "serviceType", "modelsStorage", "modelsAccessMode",
+    "storageClass", "terminationGracePeriodSeconds", "prometheusOperator", "operatorLabels", "dashboardsNamespace",
+    *DEFAULT_PEERS, *DEFAULT_IMAGES,
 })
 
 
@@ -75,10 +103,16 @@ class ConfigError(ValueError):
 class Settings:
     platform: str
     image: str
+    image_pull: str  # "missing" (use the host's image, pull when absent) or "always" (the registry's digest)
+    registry: str  # the registry moltbot:image comes from (DOCKER_HUB_REGISTRY when it names none)
+    registry_username: str | None
+    registry_password: pulumi.Output | None  # secret
     http_port: int
     https_port: int
     bind_address: str
+    http_bind_address: str  # where plain HTTP is published: bindAddress, or 127.0.0.1 with TLS unless set
     public_host: str
+    machine: str  # the Docker host's name (dockerHost's host, else this machine's): its targets' `host` label
     data_dir: str | None
     cpus: float
     memory_bytes: int
@@ -105,16 +139,31 @@ class Settings:
     storage_class: str | None
     prometheus_operator: bool
     operator_labels: dict[str, str]
+    dashboards_namespace: str
+    ingress_from: dict[str, dict[str, str]]  # {"namespaceLabels": {...}, "podLabels": {...}}
+    prometheus_from: dict[str, dict[str, str]]
     model_configs_dir: Path | None
     plugins_dir: Path | None
     service_type: str
     termination_grace_seconds: int
     shutdown_timeout: int  # seconds the runtime drains after SIGTERM (MOLTBOT_SHUTDOWN_TIMEOUT)
 
-    def url(self, bind: str, port: int) -> str:
+    def url(self, bind: str, port: int, scheme: str = "http") -> str:
         """What a user opens: the bind address, or the public host when published on every interface."""
         host = self.public_host if bind in ("0.0.0.0", "::") else bind
-        return f"http://{host}:{port}"
+        return f"{scheme}://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """The API's URL on a Docker host: HTTPS when TLS is on, else plain HTTP."""
+        if self.tls_cert is not None:
+            return self.url(self.bind_address, self.https_port, "https")
+        return self.url(self.http_bind_address, self.http_port)
+
+    @property
+    def image_pinned(self) -> bool:
+        """moltbot:image names a digest (`repo[:tag]@sha256:...`): that exact image, whatever the tag says now."""
+        return "@sha256:" in self.image
 
     @property
     def memory_mb(self) -> int:
@@ -145,9 +194,9 @@ def _port(config: pulumi.Config, name: str, default: int) -> int:
     return value
 
 
-def _ip(config: pulumi.Config, name: str) -> str:
+def _ip(config: pulumi.Config, name: str, default: str = "127.0.0.1") -> str:
     """A host address to publish ports on; loopback unless set."""
-    raw = config.get(name) or "127.0.0.1"
+    raw = config.get(name) or default
     try:
         return str(ipaddress.ip_address(raw))
     except ValueError:
@@ -223,11 +272,47 @@ def _pem(config: pulumi.Config, name: str, label: str) -> str | None:
     return raw
 
 
+def _namespace(config: pulumi.Config, name: str, default: str) -> str:
+    namespace = config.get(name) or default
+    if not _K8S_NAME.match(namespace) or len(namespace) > 63:
+        raise ConfigError(f"moltbot:{name}: {namespace!r} is not a valid Kubernetes namespace name")
+    return namespace
+
+
 def _string_map(config: pulumi.Config, name: str) -> dict[str, str]:
     raw = config.get_object(name) or {}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise ConfigError(f"moltbot:{name}: must be an object of string values")
     return raw
+
+
+def _peer(config: pulumi.Config, name: str) -> dict[str, dict[str, str]]:
+    """A NetworkPolicy peer: `namespaceLabels` (required: a pod selector alone would only match this namespace)
+    and `podLabels` (optional), each a map of label values."""
+    raw = config.get_object(name)
+    if raw is None:
+        return DEFAULT_PEERS[name]
+    if not isinstance(raw, dict) or set(raw) - {"namespaceLabels", "podLabels"}:
+        raise ConfigError(f"moltbot:{name}: must be an object with namespaceLabels and optionally podLabels")
+    peer = {}
+    for part in ("namespaceLabels", "podLabels"):
+        labels = raw.get(part) or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) and isinstance(k, str)
+                                                   for k, v in labels.items()):
+            raise ConfigError(f"moltbot:{name}: {part} must be an object of label values")
+        peer[part] = labels
+    if not peer["namespaceLabels"]:
+        raise ConfigError(f"moltbot:{name}: namespaceLabels is empty; an empty selector would admit every "
+                          "namespace (use kubernetes.io/metadata.name: NAMESPACE)")
+    return peer
+
+
+def registry_of(image: str) -> str:
+    """The registry an image reference pulls from, as the Docker provider keys its credentials."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB_REGISTRY
 
 
 def _env(config: pulumi.Config) -> dict[str, str]:
@@ -270,7 +355,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
 
     gpu = _bool(config, "gpu", False)
     image = config.get("image") or (GPU_IMAGE if gpu else CPU_IMAGE)
-    if gpu and image.rsplit("/", 1)[-1] == CPU_IMAGE:
+    if gpu and image.rsplit("/", 1)[-1].split("@")[0] == CPU_IMAGE:
         raise ConfigError(
             f"moltbot:gpu is true but moltbot:image is {image}, the CPU-only image; "
             f"set moltbot:image to {GPU_IMAGE} (built with `make image VARIANT=gpu`) or moltbot:gpu to false"
@@ -284,8 +369,20 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if cpus <= 0:
         raise ConfigError(f"moltbot:cpus: {cpus_raw!r} must be more than 0")
 
-    http_port = _port(config, "httpPort", 8080)
-    https_port = _port(config, "httpsPort", 8443)
+    image_pull = config.get("imagePull") or "missing"
+    if image_pull not in ("missing", "always"):
+        raise ConfigError(f"moltbot:imagePull: {image_pull!r} is not missing or always")
+    if image_pull == "always" and "@sha256:" in image:
+        raise ConfigError(f"moltbot:imagePull: always has nothing to pull for {image}, pinned by digest; "
+                          "drop the digest to follow the tag, or moltbot:imagePull to keep the pin")
+    registry_username = config.get("registryUsername")
+    registry_password = config.get_secret("registryPassword")
+    if (registry_username is None) != (registry_password is None):
+        raise ConfigError("moltbot:registryUsername and moltbot:registryPassword must be set together "
+                          "(the password with `pulumi config set --secret`)")
+
+    http_port = _port(config, "httpPort", contract.HTTP_PORT)
+    https_port = _port(config, "httpsPort", contract.HTTPS_PORT)
     if http_port == https_port:
         raise ConfigError(f"moltbot:httpPort and moltbot:httpsPort are both {http_port}")
 
@@ -293,9 +390,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("moltbot:tlsCert and moltbot:tlsKey must be set together")
 
-    namespace = config.get("namespace") or "moltbot"
-    if not _K8S_NAME.match(namespace) or len(namespace) > 63:
-        raise ConfigError(f"moltbot:namespace: {namespace!r} is not a valid Kubernetes namespace name")
+    namespace = _namespace(config, "namespace", "moltbot")
     service_type = config.get("serviceType") or "ClusterIP"
     if service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
         raise ConfigError(f"moltbot:serviceType: {service_type!r} is not ClusterIP, NodePort or LoadBalancer")
@@ -304,12 +399,18 @@ def load(config: pulumi.Config | None = None) -> Settings:
     keys = _api_keys(config.get("apiKeys") or "")
     api_keys = pulumi.Output.secret(keys) if keys else None
     bind_address = _ip(config, "bindAddress")
-    exposed = not ipaddress.ip_address(bind_address).is_loopback if platform == "docker" \
-        else service_type != "ClusterIP"
-    if api_keys is None and exposed:
-        where = f"on {bind_address}" if platform == "docker" else f"through a {service_type} Service"
+    # With TLS, plain HTTP stays on the host's loopback unless moltbot:httpBindAddress opens it.
+    http_bind_address = _ip(config, "httpBindAddress", "127.0.0.1" if tls_cert is not None else bind_address)
+    published = [http_bind_address] + ([bind_address] if tls_cert is not None else [])
+    public = [address for address in published if not ipaddress.ip_address(address).is_loopback]
+    if api_keys is None and platform == "kubernetes":
         raise ConfigError(
-            f"moltbot:apiKeys: required when the API is published {where}; "
+            "moltbot:apiKeys: required on Kubernetes, even behind a ClusterIP Service (every pod in the cluster "
+            "can reach it); set it with `pulumi config set --secret moltbot:apiKeys KEY1,KEY2`"
+        )
+    if api_keys is None and public:
+        raise ConfigError(
+            f"moltbot:apiKeys: required when the API is published on {public[0]}; "
             "set it with `pulumi config set --secret moltbot:apiKeys KEY1,KEY2`"
         )
 
@@ -356,24 +457,31 @@ def load(config: pulumi.Config | None = None) -> Settings:
     models_storage = config.get("modelsStorage") or "20Gi"
     if not re.match(r"^\d+(Mi|Gi|Ti)$", models_storage):
         raise ConfigError(f"moltbot:modelsStorage: {models_storage!r} is not a size like 20Gi")
-    access_mode = config.get("modelsAccessMode") or "ReadWriteMany"
+    access_mode = config.get("modelsAccessMode") or "ReadWriteOnce"
     if access_mode not in ("ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"):
         raise ConfigError(f"moltbot:modelsAccessMode: {access_mode!r} is not a PersistentVolume access mode")
-    if access_mode == "ReadWriteOncePod" and replicas > 1:
+    if access_mode == "ReadWriteOncePod" and max_replicas > 1:
         raise ConfigError("moltbot:modelsAccessMode: ReadWriteOncePod allows one pod, but moltbot:replicas "
-                          f"is {replicas}")
+                          f"is {replicas} and moltbot:maxReplicas {max_replicas}")
 
     # With an ssh:// or tcp:// engine the URLs name that host; on the local engine, localhost.
     remote = re.match(r"^(?:ssh|tcp)://(?:[^@/]*@)?([^:/]+)", docker_host or "")
     public_host = config.get("publicHost") or (remote.group(1) if remote else "localhost")
+    machine = remote.group(1) if remote else socket.gethostname()
 
     return Settings(
         platform=platform,
         image=image,
+        image_pull=image_pull,
+        registry=registry_of(image),
+        registry_username=registry_username,
+        registry_password=registry_password,
         http_port=http_port,
         https_port=https_port,
         bind_address=bind_address,
+        http_bind_address=http_bind_address,
         public_host=public_host,
+        machine=machine,
         data_dir=data_dir.rstrip("/") if data_dir else None,
         cpus=cpus,
         memory_bytes=parse_memory("moltbot:memory", config.get("memory") or "4g"),
@@ -400,6 +508,9 @@ def load(config: pulumi.Config | None = None) -> Settings:
         storage_class=config.get("storageClass"),
         prometheus_operator=_bool(config, "prometheusOperator", False),
         operator_labels=_string_map(config, "operatorLabels"),
+        dashboards_namespace=_namespace(config, "dashboardsNamespace", namespace),
+        ingress_from=_peer(config, "ingressFrom"),
+        prometheus_from=_peer(config, "prometheusFrom"),
         model_configs_dir=_project_path(config, "modelConfigsDir", None),
         plugins_dir=_project_path(config, "pluginsDir", None),
         service_type=service_type,
@@ -428,14 +539,14 @@ def text_files(folder: Path | None, pattern: str, key: str, max_bytes: int | Non
 
 
 def container_env(settings: Settings) -> dict[str, Any]:
-    """MOLTBOT_* variables common to both platforms (API keys and TLS are added by each platform)."""
+    """MOLTBOT_* variables common to both platforms (the keys file and TLS are added by each platform)."""
     env = {
         "MOLTBOT_HOST": "0.0.0.0",
-        "MOLTBOT_PORT": "8080",
-        "MOLTBOT_HTTPS_PORT": "8443",
-        "MOLTBOT_MODELS_DIR": "/app/models",
-        "MOLTBOT_PLUGINS_DIR": "/app/plugins",
-        "MOLTBOT_LOGS_DIR": "/app/logs",
+        "MOLTBOT_PORT": str(contract.HTTP_PORT),
+        "MOLTBOT_HTTPS_PORT": str(contract.HTTPS_PORT),
+        "MOLTBOT_MODELS_DIR": contract.MODELS_DIR,
+        "MOLTBOT_PLUGINS_DIR": contract.PLUGINS_DIR,
+        "MOLTBOT_LOGS_DIR": contract.LOGS_DIR,
         "MOLTBOT_DEVICE": "cuda" if settings.gpu else "cpu",
     }
     env.update(settings.env)

@@ -7,7 +7,7 @@ import subprocess
 import docker
 import pytest
 
-from pulumi_harness import REPO_ROOT, StackRun, run_stack
+from pulumi_harness import REPO_ROOT, Mocks, StackRun, run_stack
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,24 @@ def engine() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def runtime_image(engine: docker.DockerClient) -> str:
-    """moltbot:latest, built by `make image` (mk/image.mk) when this machine has none yet."""
-    declared = run_stack("dev").one("docker:index/container:Container", "moltbot-container").inputs["image"]
+    """The image the dev stack's RemoteImage names (moltbot:latest), built by `make image` (mk/image.mk)
+    when this machine has none yet."""
+    declared = run_stack("dev").one("docker:index/remoteImage:RemoteImage", "moltbot-image").inputs["name"]
     try:
         engine.images.get(declared)
     except docker.errors.ImageNotFound:
         subprocess.run(["make", "image"], cwd=REPO_ROOT, check=True, timeout=1800)
         engine.images.get(declared)
     return declared
+
+
+@pytest.fixture(scope="session")
+def engine_mocks(engine: docker.DockerClient, runtime_image: str) -> Mocks:
+    """Mocks that answer for a RemoteImage as the provider would on this engine: the local image's ID and
+    its repo digest (none for a locally built image)."""
+    def image_state(name: str) -> dict[str, str]:
+        image = engine.images.get(name)
+        repository = name.split("@")[0].rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+        digests = [d for d in image.attrs.get("RepoDigests") or [] if d.startswith(repository + "@")]
+        return {"imageId": image.id, "repoDigest": digests[0] if digests else ""}
+    return Mocks(image_state=image_state)

@@ -9,10 +9,11 @@ handling and the resource arguments are the real ones.
 from __future__ import annotations
 
 import asyncio
-
+import hashlib
 import json
 import runpy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,19 +66,46 @@ class StackRun:
         return self.one(type_, name).urn
 
 
-class _Mocks(pulumi.runtime.Mocks):
+# What the mocked engine answers for state the Docker provider computes.
+MOCK_GATEWAY = "172.30.0.1"
+MOCK_REGISTRY_DIGEST = "sha256:" + "d" * 64
+
+
+def fake_image_state(name: str) -> dict[str, str]:
+    """A RemoteImage's computed outputs: the image ID, and a repo digest only for images pulled by digest (an
+    image built or loaded locally has none)."""
+    repository, _, digest = name.partition("@")
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return {"imageId": "sha256:" + hashlib.sha256(name.encode()).hexdigest(),
+            "repoDigest": f"{repository}@{digest}" if digest else ""}
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def __init__(self, image_state: Callable[[str], dict[str, str]] = fake_image_state,
+                 gateway: str = MOCK_GATEWAY):
+        self.image_state = image_state
+        self.gateway = gateway
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        return f"{args.name}-id", dict(args.inputs)
+        state = dict(args.inputs)
+        if args.typ == "docker:index/remoteImage:RemoteImage":
+            state.update(self.image_state(args.inputs["name"]))
+        elif args.typ == "docker:index/network:Network":
+            state["ipamConfigs"] = [{"subnet": self.gateway.rsplit(".", 1)[0] + ".0/24", "gateway": self.gateway}]
+        return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "docker:index/getRegistryImage:getRegistryImage":
+            return {"name": args.args["name"], "sha256Digest": MOCK_REGISTRY_DIGEST}
         raise AssertionError(f"the program made an unexpected provider call: {args.token}")
 
 
 class _RecordingMonitor(mocks.MockMonitor):
     """Keeps each registration's parent and whether its inputs carry a secret (the stock monitor drops both)."""
 
-    def __init__(self, run: StackRun):
-        super().__init__(_Mocks())
+    def __init__(self, run: StackRun, mocks: Mocks):
+        super().__init__(mocks)
         self.run = run
 
     def RegisterResource(self, request):
@@ -96,8 +124,13 @@ def stack_config(stack: str) -> dict[str, str]:
             for key, value in document["config"].items()}
 
 
-def run_program(config: dict[str, str], secret_keys: list[str] | None = None, stack: str = "test") -> StackRun:
-    """Runs __main__.py once with `config`; returns every declared resource and the resolved exports."""
+def run_program(config: dict[str, str], secret_keys: list[str] | None = None, stack: str = "test",
+                mocks: Mocks | None = None) -> StackRun:
+    """Runs __main__.py once with `config`; returns every declared resource and the resolved exports.
+
+    `mocks` answers for the provider's computed state (image IDs, the network's gateway); the tests that
+    run the declared containers on the real engine pass the real values.
+    """
     # Pulumi's mocks run on the thread's current event loop; an earlier asyncio.run() in the same pytest
     # process leaves none set.
     try:
@@ -105,8 +138,9 @@ def run_program(config: dict[str, str], secret_keys: list[str] | None = None, st
     except RuntimeError:
         asyncio.set_event_loop(asyncio.new_event_loop())
     run = StackRun()
-    pulumi.runtime.set_mocks(_Mocks(), project="moltbot", stack=stack, preview=False,
-                             monitor=_RecordingMonitor(run))
+    mocks = mocks or Mocks()
+    pulumi.runtime.set_mocks(mocks, project="moltbot", stack=stack, preview=False,
+                             monitor=_RecordingMonitor(run, mocks))
     pulumi.runtime.set_all_config(config, secret_keys=secret_keys or [k for k in config if k in SECRETS])
     exports: dict[str, Any] = {}
     original_export = pulumi.export
@@ -124,9 +158,10 @@ def run_program(config: dict[str, str], secret_keys: list[str] | None = None, st
     return run
 
 
-def run_stack(stack: str, overrides: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> StackRun:
+def run_stack(stack: str, overrides: dict[str, str] | None = None, drop: tuple[str, ...] = (),
+              mocks: Mocks | None = None) -> StackRun:
     """The committed stack file plus the secrets an operator would set, with optional changes."""
     config = {**stack_config(stack), **SECRETS, **(overrides or {})}
     for key in drop:
         config.pop(key, None)
-    return run_program(config, stack=stack)
+    return run_program(config, stack=stack, mocks=mocks)

@@ -8,7 +8,10 @@ import re
 import pytest
 
 from pulumi_harness import PROGRAM_DIR, run_stack
-from stack_config import KNOWN_KEYS, ConfigError, parse_memory
+from stack_config import API_KEYS_FILE, KNOWN_KEYS, ConfigError, parse_memory
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
 
 @pytest.mark.parametrize("stack, overrides, drop, message", [
@@ -24,9 +27,28 @@ from stack_config import KNOWN_KEYS, ConfigError, parse_memory
     ("k8s", {"moltbot:replicas": "three"}, (), r"moltbot:replicas: 'three' is not a whole number"),
     ("k8s", {"moltbot:maxReplicas": "2"}, (), r"moltbot:maxReplicas: 2 is below moltbot:replicas \(3\)"),
     ("k8s", {"moltbot:modelsAccessMode": "ReadWriteOncePod"}, (), r"ReadWriteOncePod allows one pod"),
+    # One replica, but the autoscaler could still add more.
+    ("k8s", {"moltbot:modelsAccessMode": "ReadWriteOncePod", "moltbot:replicas": "1"}, (),
+     r"ReadWriteOncePod allows one pod, but moltbot:replicas is 1 and moltbot:maxReplicas 10"),
     ("k8s", {"moltbot:namespace": "Moltbot_Prod"}, (), r"moltbot:namespace: 'Moltbot_Prod' is not a valid"),
-    ("k8s", {"moltbot:serviceType": "LoadBalancer"}, ("moltbot:apiKeys",),
-     r"moltbot:apiKeys: required when the API is published through a LoadBalancer Service"),
+    ("k8s", {}, ("moltbot:apiKeys",),
+     r"moltbot:apiKeys: required on Kubernetes, even behind a ClusterIP Service \(every pod in the cluster"),
+    ("dev", {"moltbot:httpBindAddress": "0.0.0.0"}, ("moltbot:apiKeys",),
+     r"moltbot:apiKeys: required when the API is published on 0.0.0.0"),
+    ("dev", {"moltbot:httpBindAddress": "localhost"}, (), r"moltbot:httpBindAddress: 'localhost' is not an IP"),
+    ("dev", {"moltbot:imagePull": "sometimes"}, (), r"moltbot:imagePull: 'sometimes' is not missing or always"),
+    ("dev", {"moltbot:imagePull": "always", "moltbot:image": "registry.local/moltbot@sha256:" + "a" * 64}, (),
+     r"moltbot:imagePull: always has nothing to pull for registry.local/moltbot@sha256:a+, pinned by digest"),
+    ("dev", {"moltbot:registryUsername": "deploy"}, (),
+     r"moltbot:registryUsername and moltbot:registryPassword must be set together"),
+    ("k8s", {"moltbot:ingressFrom": '{"podLabels": {"app": "traefik"}}'}, (),
+     r"moltbot:ingressFrom: namespaceLabels is empty; an empty selector would admit every namespace"),
+    ("k8s", {"moltbot:prometheusFrom": '{"namespace": "monitoring"}'}, (),
+     r"moltbot:prometheusFrom: must be an object with namespaceLabels and optionally podLabels"),
+    ("k8s", {"moltbot:prometheusFrom": '{"namespaceLabels": {"team": 7}}'}, (),
+     r"moltbot:prometheusFrom: namespaceLabels must be an object of label values"),
+    ("k8s", {"moltbot:dashboardsNamespace": "Grafana"}, (),
+     r"moltbot:dashboardsNamespace: 'Grafana' is not a valid Kubernetes namespace name"),
     ("dev", {"moltbot:bindAddress": "localhost"}, (), r"moltbot:bindAddress: 'localhost' is not an IP address"),
     ("prod", {"moltbot:monitoringBindAddress": "10.0.0"}, (), r"moltbot:monitoringBindAddress: '10.0.0' is not an IP"),
     ("k8s", {"moltbot:terminationGracePeriodSeconds": "30"}, (),
@@ -75,10 +97,18 @@ def test_an_empty_api_key_list_is_refused_on_a_public_bind():
         run_stack("prod", overrides={"moltbot:apiKeys": " , "})
 
 
-def test_api_keys_as_a_json_list_reach_the_container():
+def test_api_keys_as_a_json_list_reach_the_keys_file():
     run = run_stack("dev", overrides={"moltbot:apiKeys": '["alpha", "beta"]'})
-    envs = run.one("docker:index/container:Container", "moltbot-container").inputs["envs"]
-    assert "MOLTBOT_API_KEYS=alpha,beta" in envs
+    uploads = run.one("docker:index/container:Container", "moltbot-init").inputs["uploads"]
+    assert {u["file"]: u["content"] for u in uploads}[API_KEYS_FILE] == "alpha\nbeta\n"
+
+
+def test_with_tls_a_public_bind_needs_keys_but_loopback_http_alone_does_not():
+    tls = {"moltbot:tlsCert": CERT, "moltbot:tlsKey": KEY}
+    with pytest.raises(ConfigError, match=r"moltbot:apiKeys: required when the API is published on 0.0.0.0"):
+        run_stack("dev", overrides={**tls, "moltbot:bindAddress": "0.0.0.0"}, drop=("moltbot:apiKeys",))
+    # HTTPS on loopback, plain HTTP on loopback (the default with TLS): no keys needed.
+    run_stack("dev", overrides=tls, drop=("moltbot:apiKeys",))
 
 
 def test_missing_monitoring_files_are_named(tmp_path):

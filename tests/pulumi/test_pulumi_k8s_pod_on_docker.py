@@ -2,10 +2,11 @@
 
 There is no cluster here, so the pod's container is started on the real Docker engine the way a kubelet
 would: the declared user and fsGroup, read-only root file system, no capabilities, no privilege escalation,
-the env with the API keys resolved from the declared Secret, emptyDirs as tmpfs, the models claim as a
-temporary folder owned by the fsGroup, the plugins ConfigMap as files, the CPU and memory limits. Then the
-probes are called as the kubelet calls them, the preStop command runs in the container, and SIGTERM must
-end it within what is left of the grace period.
+the container runtime's default seccomp profile (RuntimeDefault), the env as declared, emptyDirs as tmpfs,
+the models claim as a temporary folder owned by the fsGroup, the plugins ConfigMap and the API keys Secret
+as files (the Secret's owned by root and the fsGroup, with its defaultMode), the CPU and memory limits.
+Then the probes are called as the kubelet calls them, requests without a key are refused, the preStop
+command runs in the container, and SIGTERM must end it within what is left of the grace period.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import uuid
 
 import pytest
 
+import contract
 from pulumi_harness import SECRETS, run_stack
 from real_engine import free_port, http_get
+from stack_config import API_KEYS_FILE
 
 pytestmark = pytest.mark.docker
 
-READY_LINE = "AI Assistant service ready on port 8080"
+READY_LINE = f"AI Assistant service ready on port {contract.HTTP_PORT}"
+KEYS = SECRETS["moltbot:apiKeys"].split(",")
 
 
 def quantity_to_bytes(quantity: str) -> int:
@@ -38,14 +42,10 @@ def test_declared_pod_runs_as_declared(engine, runtime_image, tmp_path):
                for s in run.of_type("kubernetes:core/v1:Secret")}
     configmaps = {c.inputs["metadata"]["name"]: c.inputs["data"] for c in run.of_type("kubernetes:core/v1:ConfigMap")}
 
-    env = {}
-    for variable in container["env"]:
-        if "valueFrom" in variable:
-            reference = variable["valueFrom"]["secretKeyRef"]
-            env[variable["name"]] = secrets[reference["name"]][reference["key"]]
-        else:
-            env[variable["name"]] = variable["value"]
-    assert env["MOLTBOT_API_KEYS"] == SECRETS["moltbot:apiKeys"]
+    # Plain values only: the keys come as a file, no variable is resolved from a Secret.
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    assert env["MOLTBOT_API_KEYS_FILE"] == API_KEYS_FILE
+    assert not [value for value in env.values() for key in KEYS if key in value]
 
     security = pod["securityContext"]
     fs_group = int(security["fsGroup"])
@@ -71,9 +71,24 @@ def test_declared_pod_runs_as_declared(engine, runtime_image, tmp_path):
                 target.write_text(data[item["key"]])
             folder.mkdir(exist_ok=True)
             binds[str(folder)] = {"bind": mount["mountPath"], "mode": "ro" if mount.get("readOnly") else "rw"}
+        elif "secret" in volume:
+            # What the kubelet makes of a Secret volume with fsGroup: files owned by root and the fsGroup,
+            # with the volume's defaultMode.
+            data = secrets[volume["secret"]["secretName"]]
+            folder = tmp_path / mount["name"]
+            folder.mkdir()
+            for item in volume["secret"]["items"]:
+                target = folder / item["path"]
+                target.write_text(data[item["key"]])
+                os.chown(target, 0, fs_group)
+                target.chmod(int(volume["secret"]["defaultMode"]))
+            binds[str(folder)] = {"bind": mount["mountPath"], "mode": "ro" if mount.get("readOnly") else "rw"}
         else:
             raise AssertionError(f"volume {mount['name']} of a kind this test does not carry over: {volume}")
 
+    # RuntimeDefault is what Docker applies unless told otherwise: no seccomp option to pass.
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
     limits = container["resources"]["limits"]
     ports = {f"{int(p['containerPort'])}/tcp": ("127.0.0.1", free_port()) for p in container["ports"]}
     http_port = ports[f"{int(next(p for p in container['ports'] if p['name'] == 'http')['containerPort'])}/tcp"][1]
@@ -108,9 +123,16 @@ def test_declared_pod_runs_as_declared(engine, runtime_image, tmp_path):
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert container[probe]["httpGet"]["port"] == "http"
             assert http_get(base + container[probe]["httpGet"]["path"]) == 200, probe
+        # The keys file from the Secret is enforced.
         assert http_get(f"{base}/v1/models") == 401
-        assert http_get(f"{base}/v1/models", key=SECRETS["moltbot:apiKeys"].split(",")[0]) == 200
-        assert started.attrs["Config"]["User"] == "10001:10001"
+        assert http_get(f"{base}/v1/models", key="not-a-key") == 401
+        assert http_get(f"{base}/v1/models", key=KEYS[0]) == 200
+        assert started.attrs["Config"]["User"] == f"{contract.RUNTIME_UID}:{contract.RUNTIME_GID}"
+        status = started.exec_run(["cat", "/proc/1/status"]).output.decode()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["CapEff"].strip() == "0" * 16 and fields["NoNewPrivs"].strip() == "1"
+        assert fields["Seccomp"].strip() == "2", "the runtime's default seccomp filter"
+        assert started.exec_run(["touch", "/app/new-file"]).exit_code != 0, "the root file system is read-only"
 
         # Pod deletion: preStop runs in the container, then SIGTERM; the rest of the grace period is the limit.
         pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]

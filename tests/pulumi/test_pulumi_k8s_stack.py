@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import yaml
 
+import contract
 from pulumi_harness import PROGRAM_DIR, SECRETS, StackRun, run_stack
+from stack_config import API_KEYS_FILE
+
+SECRETS_DIR = API_KEYS_FILE.rsplit("/", 1)[0]
 
 MONITORING_DIR = PROGRAM_DIR.parent.parent / "monitoring"
 PLUGINS_DIR = PROGRAM_DIR.parent.parent / "plugins"
 LABELS = {"app.kubernetes.io/name": "moltbot", "app.kubernetes.io/instance": "moltbot"}
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 
 
 def pod_spec(run: StackRun) -> dict:
@@ -27,15 +35,21 @@ def test_k8s_declares_exactly_the_scale_out_resources(k8s_stack: StackRun):
         ("kubernetes:core/v1:Service", "moltbot-service"),
         ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "moltbot-hpa"),
         ("kubernetes:policy/v1:PodDisruptionBudget", "moltbot-pdb"),
+        (NETWORK_POLICY, "moltbot-network-policy"),
         ("moltbot:kubernetes:Monitoring", "moltbot"),
         ("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "moltbot-servicemonitor"),
         ("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "moltbot-rules"),
+        ("moltbot:kubernetes:Dashboards", "moltbot"),
+        ("kubernetes:core/v1:ConfigMap", "moltbot-dashboard-runtime"),
     ])
     runtime_urn = k8s_stack.urn_of("moltbot:kubernetes:Runtime", "moltbot")
     monitoring_urn = k8s_stack.urn_of("moltbot:kubernetes:Monitoring", "moltbot")
+    dashboards_urn = k8s_stack.urn_of("moltbot:kubernetes:Dashboards", "moltbot")
     for declared in k8s_stack.resources:
         if declared.type.startswith("kubernetes:monitoring.coreos.com"):
             assert declared.parent == monitoring_urn, declared.name
+        elif declared.name.startswith("moltbot-dashboard-"):
+            assert declared.parent == dashboards_urn, declared.name
         elif declared.type.startswith("kubernetes:"):
             assert declared.parent == runtime_urn, declared.name
             if declared.type != "kubernetes:core/v1:Namespace":
@@ -51,8 +65,9 @@ def test_deployment(k8s_stack: StackRun):
     spec = pod_spec(k8s_stack)
     assert spec["terminationGracePeriodSeconds"] == 60
     (container,) = spec["containers"]
-    assert container["image"] == "moltbot:latest"
-    assert container["ports"] == [{"name": "http", "containerPort": 8080}, {"name": "https", "containerPort": 8443}]
+    assert container["image"] == "moltbot:latest" and container["imagePullPolicy"] == "IfNotPresent"
+    assert container["ports"] == [{"name": "http", "containerPort": contract.HTTP_PORT},
+                                  {"name": "https", "containerPort": contract.HTTPS_PORT}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
@@ -61,32 +76,49 @@ def test_deployment(k8s_stack: StackRun):
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
     env = {e["name"]: e for e in container["env"]}
     assert env["MOLTBOT_DEVICE"]["value"] == "cpu"
-    assert env["MOLTBOT_MODELS_DIR"]["value"] == "/app/models"
+    assert env["MOLTBOT_MODELS_DIR"]["value"] == contract.MODELS_DIR
     # 60 s grace = 10 s preStop sleep + 30 s drain + margin.
     assert env["MOLTBOT_SHUTDOWN_TIMEOUT"]["value"] == "30"
-    assert env["MOLTBOT_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "moltbot-api-keys", "key": "api-keys"}
-    assert "value" not in env["MOLTBOT_API_KEYS"], "keys come from the Secret, never inline"
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts == {"/app/models": "models", "/app/plugins": "plugins", "/app/logs": "logs", "/tmp": "tmp"}
-    assert spec["securityContext"] == {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                                       "runAsNonRoot": True}
+    # The keys are a file from the Secret, never an environment variable.
+    assert env["MOLTBOT_API_KEYS_FILE"] == {"name": "MOLTBOT_API_KEYS_FILE", "value": API_KEYS_FILE}
+    assert "MOLTBOT_API_KEYS" not in env
+    mounts = {m["mountPath"]: (m["name"], m.get("readOnly", False)) for m in container["volumeMounts"]}
+    assert mounts == {contract.MODELS_DIR: ("models", False), contract.PLUGINS_DIR: ("plugins", True),
+                      contract.LOGS_DIR: ("logs", False), "/tmp": ("tmp", False),
+                      SECRETS_DIR: ("api-keys", True)}
+    assert spec["securityContext"] == {"runAsUser": contract.RUNTIME_UID, "runAsGroup": contract.RUNTIME_GID,
+                                       "fsGroup": contract.RUNTIME_GID, "runAsNonRoot": True,
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+                                            "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    assert spec["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "moltbot-models"}
     assert volumes["plugins"]["configMap"]["name"] == "moltbot-plugins"
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "512Mi"}
+    assert volumes["api-keys"]["secret"] == {"secretName": "moltbot-api-keys", "defaultMode": 0o440,
+                                             "items": [{"key": "api-keys", "path": "api-keys"}]}
+    assert "imagePullSecrets" not in spec
 
 
-def test_api_keys_secret_is_a_pulumi_secret(k8s_stack: StackRun):
+def test_api_keys_secret_is_a_pulumi_secret_holding_the_keys_file(k8s_stack: StackRun):
     secret = k8s_stack.one("kubernetes:core/v1:Secret", "moltbot-api-keys")
     assert secret.has_secret
-    assert secret.inputs["stringData"] == {"api-keys": SECRETS["moltbot:apiKeys"]}
+    # The file the runtime reads (MOLTBOT_API_KEYS_FILE): one key per line.
+    assert secret.inputs["stringData"] == {"api-keys": "".join(
+        f"{key}\n" for key in SECRETS["moltbot:apiKeys"].split(","))}
     assert not k8s_stack.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").has_secret
+
+
+def test_namespace_enforces_pod_security_restricted(k8s_stack: StackRun):
+    labels = k8s_stack.one("kubernetes:core/v1:Namespace", "moltbot-namespace").inputs["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
 
 
 def test_models_claim_service_autoscaler_and_budget(k8s_stack: StackRun):
     claim = k8s_stack.one("kubernetes:core/v1:PersistentVolumeClaim", "moltbot-models").inputs["spec"]
-    assert claim["accessModes"] == ["ReadWriteMany"]
+    assert claim["accessModes"] == ["ReadWriteOnce"], "any cluster's storage; ReadWriteMany only by choice"
     assert claim["resources"]["requests"] == {"storage": "20Gi"}
     service = k8s_stack.one("kubernetes:core/v1:Service", "moltbot-service").inputs
     assert service["metadata"]["name"] == "moltbot", "the Prometheus job label is the Service name"
@@ -99,6 +131,18 @@ def test_models_claim_service_autoscaler_and_budget(k8s_stack: StackRun):
                                                                         "averageUtilization": 70}}
     pdb = k8s_stack.one("kubernetes:policy/v1:PodDisruptionBudget", "moltbot-pdb").inputs["spec"]
     assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": LABELS}}
+
+
+def test_a_read_write_once_claim_keeps_the_replicas_on_its_node(k8s_stack: StackRun):
+    # A ReadWriteOnce volume attaches to one node: every replica (and the rollout's surge pod) goes there.
+    affinity = pod_spec(k8s_stack)["affinity"]
+    assert affinity == {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": LABELS}, "topologyKey": "kubernetes.io/hostname"}]}}
+    # With a ReadWriteMany claim, chosen explicitly, the replicas may spread across nodes.
+    run = run_stack("k8s", overrides={"moltbot:modelsAccessMode": "ReadWriteMany"})
+    assert run.one("kubernetes:core/v1:PersistentVolumeClaim", "moltbot-models").inputs["spec"]["accessModes"] \
+        == ["ReadWriteMany"]
+    assert "affinity" not in pod_spec(run)
 
 
 def test_plugins_configmap_carries_the_repository_plugins(k8s_stack: StackRun):
@@ -151,6 +195,38 @@ def test_without_the_operator_no_custom_resources():
     assert not [r for r in run.resources if "monitoring.coreos.com" in r.type]
 
 
+def test_dashboards_are_configmaps_for_the_grafana_sidecar(k8s_stack: StackRun):
+    dashboard = k8s_stack.one("kubernetes:core/v1:ConfigMap", "moltbot-dashboard-runtime").inputs
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "moltbot"
+    source = MONITORING_DIR / "grafana/dashboards/moltbot-runtime.json"
+    assert dashboard["data"] == {"moltbot-runtime.json": source.read_text()}
+    assert json.loads(dashboard["data"]["moltbot-runtime.json"])["uid"]
+    # The GPU dashboard on GPU clusters, in Grafana's namespace when asked; never the host dashboard (node
+    # metrics belong to the cluster's own monitoring).
+    run = run_stack("k8s", overrides={"moltbot:gpu": "true", "moltbot:image": "registry.local/moltbot:gpu",
+                                      "moltbot:dashboardsNamespace": "grafana"})
+    dashboards = {c.name: c.inputs for c in run.of_type("kubernetes:core/v1:ConfigMap")
+                  if c.name.startswith("moltbot-dashboard-")}
+    assert set(dashboards) == {"moltbot-dashboard-runtime", "moltbot-dashboard-gpu"}
+    assert {d["metadata"]["namespace"] for d in dashboards.values()} == {"grafana"}
+
+
+def test_image_pull_always_and_registry_login():
+    run = run_stack("k8s", overrides={"moltbot:image": "registry.example.com/team/moltbot:stable",
+                                      "moltbot:imagePull": "always", "moltbot:registryUsername": "deploy",
+                                      "moltbot:registryPassword": "registry-test-password"})
+    spec = pod_spec(run)
+    assert spec["containers"][0]["imagePullPolicy"] == "Always"
+    assert spec["imagePullSecrets"] == [{"name": "moltbot-registry"}]
+    secret = run.one("kubernetes:core/v1:Secret", "moltbot-registry")
+    assert secret.has_secret and secret.inputs["type"] == "kubernetes.io/dockerconfigjson"
+    config = json.loads(secret.inputs["stringData"][".dockerconfigjson"])
+    entry = config["auths"]["registry.example.com"]
+    assert (entry["username"], entry["password"]) == ("deploy", "registry-test-password")
+    assert base64.b64decode(entry["auth"]).decode() == "deploy:registry-test-password"
+
+
 def test_k8s_outputs(k8s_stack: StackRun):
     assert k8s_stack.outputs == {"url": "http://moltbot.moltbot.svc.cluster.local:8080", "namespace": "moltbot"}
 
@@ -164,7 +240,49 @@ def test_tls_becomes_a_tls_secret_mounted_into_the_pods():
     assert secret.inputs["stringData"] == {"tls.crt": cert, "tls.key": key}
     container = pod_spec(run)["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert (env["MOLTBOT_TLS_CERT"], env["MOLTBOT_TLS_KEY"]) == ("/app/tls/tls.crt", "/app/tls/tls.key")
-    assert {"name": "tls", "mountPath": "/app/tls", "readOnly": True} in container["volumeMounts"]
+    assert (env["MOLTBOT_TLS_CERT"], env["MOLTBOT_TLS_KEY"]) == (contract.TLS_CERT, contract.TLS_KEY)
+    assert {"name": "tls", "mountPath": contract.TLS_DIR, "readOnly": True} in container["volumeMounts"]
     ports = run.one("kubernetes:core/v1:Service", "moltbot-service").inputs["spec"]["ports"]
     assert [p["name"] for p in ports] == ["http", "https"]
+
+
+def peers_and_ports(policy: dict) -> list[tuple[dict, dict | None, list[tuple[str, int]]]]:
+    return [(rule["from"][0]["namespaceSelector"]["matchLabels"],
+             rule["from"][0].get("podSelector", {}).get("matchLabels"),
+             [(port["protocol"], port["port"]) for port in rule["ports"]])
+            for rule in policy["spec"]["ingress"]]
+
+
+def test_network_policy_admits_only_the_ingress_controller_and_prometheus(k8s_stack: StackRun):
+    policy = k8s_stack.one(NETWORK_POLICY, "moltbot-network-policy").inputs
+    assert policy["spec"]["podSelector"] == {"matchLabels": LABELS}, "the pods of the Deployment"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert all(len(rule["from"]) == 1 for rule in policy["spec"]["ingress"])
+    # Each peer is a namespace AND pod selector (one element), so other pods of those namespaces stay out.
+    assert peers_and_ports(policy) == [
+        ({"kubernetes.io/metadata.name": "ingress-nginx"}, {"app.kubernetes.io/name": "ingress-nginx"},
+         [("TCP", contract.HTTP_PORT)]),
+        ({"kubernetes.io/metadata.name": "monitoring"}, {"app.kubernetes.io/name": "prometheus"},
+         [("TCP", contract.HTTP_PORT)]),
+    ]
+    # The Deployment's pods carry the labels the policy selects.
+    template = k8s_stack.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").inputs["spec"]["template"]
+    assert LABELS.items() <= template["metadata"]["labels"].items()
+
+
+def test_network_policy_selectors_are_configurable_and_https_is_admitted_with_tls():
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n"
+    run = run_stack("k8s", overrides={
+        "moltbot:tlsCert": cert, "moltbot:tlsKey": key,
+        "moltbot:ingressFrom": json.dumps({"namespaceLabels": {"kubernetes.io/metadata.name": "traefik"},
+                                           "podLabels": {"app.kubernetes.io/name": "traefik"}}),
+        "moltbot:prometheusFrom": json.dumps({"namespaceLabels": {"team": "observability"}}),
+    })
+    policy = run.one(NETWORK_POLICY, "moltbot-network-policy").inputs
+    assert peers_and_ports(policy) == [
+        ({"kubernetes.io/metadata.name": "traefik"}, {"app.kubernetes.io/name": "traefik"},
+         [("TCP", contract.HTTP_PORT), ("TCP", contract.HTTPS_PORT)]),
+        # Without podLabels: any pod of the selected namespaces, and only on the HTTP port (/metrics).
+        ({"team": "observability"}, None, [("TCP", contract.HTTP_PORT)]),
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -42,8 +43,9 @@ def binary(name: str) -> str:
 
 
 @pytest.mark.parametrize("stack, jobs", [
-    ("dev", {"moltbot": "moltbot:8080", "node": "node-exporter:9100"}),
-    ("prod", {"moltbot": "moltbot:8080", "node": "node-exporter:9100", "dcgm": "dcgm-exporter:9400"}),
+    ("dev", {"moltbot": "moltbot:8080", "node": "node-exporter:9100", "alertmanager": "alertmanager:9093"}),
+    ("prod", {"moltbot": "moltbot:8080", "node": "node-exporter:9100", "alertmanager": "alertmanager:9093",
+              "dcgm": "dcgm-exporter:9400"}),
 ])
 def test_prometheus_runs_the_uploaded_configuration(stack, jobs, tmp_path):
     declared = run_stack(stack).one(CONTAINER, "monitoring-prometheus")
@@ -85,6 +87,8 @@ def test_prometheus_runs_the_uploaded_configuration(stack, jobs, tmp_path):
             time.sleep(0.5)
         assert found == jobs
         assert {t["labels"]["stack"] for t in targets if t["labels"]["job"] in jobs} == {stack}
+        # One machine under one `host` label across its jobs, although each is reached under its own address.
+        assert {t["labels"]["host"] for t in targets if t["labels"]["job"] in jobs} == {socket.gethostname()}
         alertmanagers = api(base, "/api/v1/alertmanagers")["activeAlertmanagers"]
         assert [a["url"] for a in alertmanagers] == ["http://alertmanager:9093/api/v2/alerts"]
     finally:

@@ -1,8 +1,11 @@
-"""The runtime container the dev stack declares really runs: same image, env, ports, volumes, healthcheck, limits.
+"""The runtime the dev stack declares really runs, hardened: image, init step, env, ports, volumes, healthcheck, limits.
 
-The container's arguments are taken from what the program registered with the (mocked) Pulumi engine and
-given to the real Docker engine, with two local changes: ports go to free ports on 127.0.0.1 and the named
-volumes become temporary host folders, so the test touches nothing of a real deployment.
+The arguments are taken from what the program registered with the (mocked) Pulumi engine, whose RemoteImage
+answers with the real image's ID, and given to the real Docker engine the way the provider uses them: the
+init container is created, gets the uploads (one archive extracted at `/`, like the provider's), runs to
+completion, then the runtime container is created and started. Two local changes: ports go to free ports on
+127.0.0.1 and the named volumes become temporary host folders (root-owned, like the folders Docker makes for
+a new host path), so the test touches nothing of a real deployment.
 """
 
 from __future__ import annotations
@@ -18,17 +21,23 @@ from pathlib import Path
 import docker
 import pytest
 
+import contract
 from pulumi_harness import REPO_ROOT, SECRETS, run_stack
 from real_engine import free_port, http_body, http_get
+from stack_config import API_KEYS_FILE
 
 pytestmark = pytest.mark.docker
 
 PLUGINS_DIR = REPO_ROOT / "plugins"
-READY_LINE = "AI Assistant service ready on port 8080"
-# Every argument the program may give the runtime container; a new one must be carried over below.
-TRANSLATED = {"name", "hostname", "image", "envs", "ports", "volumes", "uploads", "networksAdvanced",
-              "healthcheck", "restart", "gpus", "cpus", "memory", "logDriver", "logOpts", "stopSignal",
-              "stopTimeout", "destroyGraceSeconds", "labels", "wait", "waitTimeout"}
+READY_LINE = f"AI Assistant service ready on port {contract.HTTP_PORT}"
+KEYS = SECRETS["moltbot:apiKeys"].split(",")
+# Every argument the program may give the two containers; a new one must be carried over below.
+RUNTIME_ARGS = {"name", "hostname", "image", "envs", "ports", "volumes", "networksAdvanced", "healthcheck",
+                "restart", "gpus", "cpus", "memory", "logDriver", "logOpts", "stopSignal", "stopTimeout",
+                "destroyGraceSeconds", "labels", "wait", "waitTimeout", "user", "readOnly", "tmpfs",
+                "capabilities", "securityOpts"}
+INIT_ARGS = {"name", "image", "entrypoints", "volumes", "uploads", "mustRun", "attach", "restart", "networkMode",
+             "capabilities", "securityOpts", "labels"}
 DURATION = re.compile(r"^(\d+)(ms|s|m)$")
 
 
@@ -50,30 +59,77 @@ def upload_archive(uploads: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_image, tmp_path):
-    declared = run_stack("dev").one("docker:index/container:Container", "moltbot-container").inputs
-    assert set(declared) <= TRANSLATED, f"not carried over to the real run: {set(declared) - TRANSLATED}"
-    assert declared["image"] == runtime_image
+def labels_of(declared: dict) -> dict[str, str]:
+    return {label["label"]: label["value"] for label in declared["labels"]}
+
+
+def proc_status(container, field: str) -> str:
+    result = container.exec_run(["grep", f"^{field}:", "/proc/1/status"])
+    assert result.exit_code == 0, result.output
+    return result.output.decode().split(":", 1)[1].strip()
+
+
+def test_declared_runtime_runs_hardened_on_the_real_engine(engine, runtime_image, engine_mocks, tmp_path):
+    run = run_stack("dev", mocks=engine_mocks)
+    init = run.one("docker:index/container:Container", "moltbot-init").inputs
+    declared = run.one("docker:index/container:Container", "moltbot-container").inputs
+    assert set(declared) <= RUNTIME_ARGS, f"not carried over to the real run: {set(declared) - RUNTIME_ARGS}"
+    assert set(init) <= INIT_ARGS, f"not carried over to the real run: {set(init) - INIT_ARGS}"
+    # Both run the image the RemoteImage resolved, by its ID.
+    assert declared["image"] == init["image"] == engine.images.get(runtime_image).id
 
     suffix = uuid.uuid4().hex[:8]
     ports = {f"{int(p['internal'])}/tcp": ("127.0.0.1", free_port()) for p in declared["ports"]}
-    volumes = {}
+    host_dirs = {}
     for volume in declared["volumes"]:
-        host_dir = tmp_path / Path(volume["containerPath"]).name
-        host_dir.mkdir()
-        volumes[str(host_dir)] = {"bind": volume["containerPath"], "mode": "ro" if volume["readOnly"] else "rw"}
+        host_dir = tmp_path / volume["volumeName"]
+        host_dir.mkdir()  # root-owned, 0755: the init step must hand it to the service user
+        host_dirs[volume["volumeName"]] = host_dir
+
+    def binds(volumes: list[dict]) -> dict[str, dict]:
+        return {str(host_dirs[v["volumeName"]]): {"bind": v["containerPath"], "mode": "ro" if v["readOnly"] else "rw"}
+                for v in volumes}
+
     check = declared["healthcheck"]
     network = engine.networks.create(f"{declared['networksAdvanced'][0]['name']}-test-{suffix}", driver="bridge")
     aliases = declared["networksAdvanced"][0]["aliases"]
-    container = None
+    init_container = container = None
     try:
+        # The init step: created, the uploads extracted at `/` (into its writable volumes), run to completion.
+        init_container = engine.containers.create(
+            init["image"],
+            name=f"{init['name']}-pulumi-test-{suffix}",
+            entrypoint=init["entrypoints"],
+            volumes=binds(init["volumes"]),
+            network_mode=init["networkMode"],
+            cap_drop=init["capabilities"]["drops"],
+            cap_add=init["capabilities"]["adds"],
+            security_opt=init["securityOpts"],
+            restart_policy={"Name": init["restart"]},
+            labels=labels_of(init),
+        )
+        assert init_container.put_archive("/", upload_archive(init["uploads"]))
+        init_container.start()
+        result = init_container.wait(timeout=60)
+        assert result["StatusCode"] == 0, init_container.logs().decode(errors="replace")
+        for data_dir in ("moltbot-models", "moltbot-logs"):
+            assert host_dirs[data_dir].stat().st_uid == contract.RUNTIME_UID, f"{data_dir} not handed over"
+        keys_file = host_dirs["moltbot-secrets"] / Path(API_KEYS_FILE).name
+        assert keys_file.read_text() == "".join(f"{key}\n" for key in KEYS)
+        assert (keys_file.stat().st_uid, keys_file.stat().st_mode & 0o777) == (contract.RUNTIME_UID, 0o400)
+
         container = engine.containers.create(
             declared["image"],
             name=f"{declared['name']}-pulumi-test-{suffix}",
             hostname=declared["hostname"],
             environment=declared["envs"],
             ports=ports,
-            volumes=volumes,
+            volumes=binds(declared["volumes"]),
+            user=declared["user"],
+            read_only=declared["readOnly"],
+            tmpfs=declared["tmpfs"],
+            cap_drop=declared["capabilities"]["drops"],
+            security_opt=declared["securityOpts"],
             network=network.name,
             networking_config={network.name: engine.api.create_endpoint_config(aliases=aliases)},
             healthcheck={
@@ -90,13 +146,13 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
             mem_limit=f"{int(declared['memory'])}m",
             log_config=docker.types.LogConfig(type=declared["logDriver"], config=declared["logOpts"]),
             stop_signal=declared["stopSignal"],
-            labels={label["label"]: label["value"] for label in declared["labels"]},
+            labels=labels_of(declared),
         )
-        # Like the provider: each upload is a tar entry with its full path, extracted at / before the start.
-        assert container.put_archive("/", upload_archive(declared["uploads"]))
+        # Why the uploads go through the init container: Docker copies nothing into a read-only root.
+        with pytest.raises(docker.errors.APIError, match="read-only"):
+            container.put_archive("/", upload_archive(init["uploads"][:1]))
         container.start()
-        http_port = ports["8080/tcp"][1]
-        base = f"http://127.0.0.1:{http_port}"
+        base = f"http://127.0.0.1:{ports[f'{contract.HTTP_PORT}/tcp'][1]}"
 
         deadline = time.monotonic() + 180
         while READY_LINE not in container.logs().decode(errors="replace"):
@@ -106,36 +162,58 @@ def test_declared_runtime_container_runs_on_the_real_engine(engine, runtime_imag
             time.sleep(0.5)
         assert http_get(f"{base}/ready") == 200
 
-        # The env carried the API keys (a Pulumi secret): /v1 needs one of them.
+        # The keys file (a Pulumi secret, never in the environment) is enforced: /v1 needs one of its keys.
         assert http_get(f"{base}/v1/models") == 401
-        assert http_get(f"{base}/v1/models", key=SECRETS["moltbot:apiKeys"].split(",")[1]) == 200
+        assert http_get(f"{base}/v1/models", key="not-a-key") == 401
+        assert http_get(f"{base}/v1/models", key=KEYS[1]) == 200
+        inspected = engine.api.inspect_container(container.id)
+        assert not [item for item in inspected["Config"]["Env"] for key in KEYS if key in item]
+
+        # Hardened, as declared and as the kernel sees it.
+        host_config = inspected["HostConfig"]
+        assert inspected["Config"]["User"] == f"{contract.RUNTIME_UID}:{contract.RUNTIME_GID}"
+        assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+        assert host_config["SecurityOpt"] == ["no-new-privileges"] and host_config["Tmpfs"] == declared["tmpfs"]
+        assert proc_status(container, "Uid").split()[:2] == [str(contract.RUNTIME_UID)] * 2
+        assert proc_status(container, "CapEff") == "0" * 16 and proc_status(container, "CapBnd") == "0" * 16
+        assert proc_status(container, "NoNewPrivs") == "1"
+        assert proc_status(container, "Seccomp") == "2", "Docker's default seccomp profile"
+        assert container.exec_run(["touch", "/app/new-file"]).exit_code != 0, "the root file system is read-only"
+        assert container.exec_run(["touch", "/tmp/scratch"]).exit_code == 0, "/tmp is a writable tmpfs"
+        mounts = {m["Destination"]: m for m in inspected["Mounts"]}
+        assert mounts[str(Path(API_KEYS_FILE).parent)]["RW"] is False
 
         # The uploads landed in the plugins volume (here a host folder), and the runtime found those plugins.
-        for upload in declared["uploads"]:
-            assert (tmp_path / upload["file"].removeprefix("/app/")).read_text() == upload["content"]
+        for upload in init["uploads"]:
+            volume = next(v for v in init["volumes"] if upload["file"].startswith(v["containerPath"] + "/"))
+            relative = upload["file"].removeprefix(volume["containerPath"] + "/")
+            assert (host_dirs[volume["volumeName"]] / relative).read_text() == upload["content"]
         plugin_names = {json.loads((PLUGINS_DIR / folder / "config.json").read_text())["name"]
-                        for folder in {u["file"].split("/")[3] for u in declared["uploads"]
-                                       if u["file"].endswith("/config.json")}}
+                        for folder in {u["file"].removeprefix(contract.PLUGINS_DIR + "/").split("/")[0]
+                                       for u in init["uploads"] if u["file"].endswith("/config.json")}}
         assert plugin_names, "the dev stack uploads the built-in plugins"
-        listed = json.loads(http_body(f"{base}/v1/plugins", key=SECRETS["moltbot:apiKeys"].split(",")[0]))
+        listed = json.loads(http_body(f"{base}/v1/plugins", key=KEYS[0]))
         assert plugin_names <= {plugin["name"] for plugin in listed["data"]}
 
-        # The declared healthcheck passes in this image (first probe after one interval).
+        # The declared healthcheck passes in this image as the service user (first probe after one interval).
         deadline = time.monotonic() + nanoseconds(check["interval"]) / 10**9 * 3 + 30
         while (health := engine.api.inspect_container(container.id)["State"]["Health"])["Status"] != "healthy":
             assert health["Status"] != "unhealthy" and time.monotonic() < deadline, \
                 f"healthcheck {health['Status']}; last probes: {health['Log'][-2:]}"
             time.sleep(1)
 
-        settings = engine.api.inspect_container(container.id)["HostConfig"]
-        assert settings["RestartPolicy"]["Name"] == "unless-stopped"
-        assert settings["NanoCpus"] == 2 * 10**9 and settings["Memory"] == 4096 * 1024**2
-        assert (tmp_path / "logs" / "moltbot.log").stat().st_size > 0, "the runtime logs into the logs volume"
+        host_config = engine.api.inspect_container(container.id)["HostConfig"]
+        assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
+        assert host_config["NanoCpus"] == 2 * 10**9 and host_config["Memory"] == 4096 * 1024**2
+        log_file = host_dirs["moltbot-logs"] / "moltbot.log"
+        assert log_file.stat().st_size > 0 and log_file.stat().st_uid == contract.RUNTIME_UID, \
+            "the runtime logs into the logs volume as the service user"
 
         # SIGTERM (the declared stop signal) drains and exits 0 within the declared stop timeout.
         container.stop(timeout=int(declared["stopTimeout"]))
         assert engine.api.inspect_container(container.id)["State"]["ExitCode"] == 0
     finally:
-        if container is not None:
-            container.remove(force=True)
+        for created in (container, init_container):
+            if created is not None:
+                created.remove(force=True)
         network.remove()

@@ -59,7 +59,9 @@ debootstrap --variant=minbase "${keyring_args[@]}" --include="$packages" \
   "$suite" "$workdir/rootfs" "$mirror" >"$workdir/debootstrap.log" 2>&1 \
   || { tail -n 30 "$workdir/debootstrap.log" >&2; exit 1; }
 printf '%s\n' "$sources" >"$workdir/rootfs/etc/apt/sources.list"
-rm -rf "$workdir/rootfs/var/cache/apt/archives/"*.deb
+# No package lists, as in cloud and Docker images: the first apt task must update them (debootstrap's lists
+# cover only the suite's main component, and look fresh to cache_valid_time).
+rm -rf "$workdir/rootfs/var/cache/apt/archives/"*.deb "$workdir/rootfs/var/lib/apt/lists/"*_*
 tar -C "$workdir/rootfs" -c . | docker import - "$rootfs_image" >/dev/null
 DOCKER_BUILDKIT=0 docker build -q -t "$image" --build-arg "BASE=$rootfs_image" -f "$here/test-host.Dockerfile" "$here" >/dev/null
 docker image rm "$rootfs_image" >/dev/null

@@ -29,3 +29,25 @@ def probe():
         return int(result.stdout.strip() or 0)
 
     return _probe
+
+
+@pytest.fixture(scope="module")
+def ansible_playbook():
+    """Return run(playbook, *args) -> CompletedProcess: a playbook of the current scenario (path relative to the
+    scenario folder) run against its test host as Molecule runs it (its inventory and configuration)."""
+
+    def _run(playbook: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        scenario_dir = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+        inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+        return subprocess.run(
+            ["ansible-playbook", "-i", inventory, os.path.join(scenario_dir, playbook), *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+            env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "1"},
+        )
+
+    return _run
+
+
+def task_result(output: str, task: str) -> str:
+    """The lines ansible-playbook printed for one task (from its TASK header to the next)."""
+    return output.split(f"{task}]", 1)[1].split("TASK [", 1)[0] if f"{task}]" in output else ""

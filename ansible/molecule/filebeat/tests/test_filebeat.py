@@ -1,7 +1,7 @@
-"""Filebeat's configuration and service environment are rendered as configured.
+"""Filebeat from Elastic's repository layout (signed stand-in), configured, checked and running.
 
-Not tested here (Elastic's repository and images can't be reached): installing the package, `filebeat test
-config`, the running service and shipping to Elasticsearch/Logstash.
+Not tested here (Elastic's repository and packages can't be reached): the real Filebeat's own parsing of the
+configuration and shipping to Elasticsearch/Logstash; the stand-in checks what `filebeat test config` rejects.
 """
 
 import yaml
@@ -45,3 +45,51 @@ def test_environment_selects_the_output_and_credentials(host):
     assert env["ELASTICSEARCH_PASSWORD"] == "molecule-secret"
     assert env["FILEBEAT_CA_CERT"] == "/etc/filebeat/certs/molecule-ca.crt"
     assert env["MOLTBOT_LOGS_DIR"] == "/data/moltbot/logs"
+
+
+def test_installed_from_the_signed_deb822_repository(host):
+    # deb822_repository names the file after `name` (elastic-8.x) with the dot replaced.
+    text = host.check_output("cat /etc/apt/sources.list.d/elastic-8*.sources")
+    assert "Signed-By: /etc/apt/keyrings/elastic.asc" in text
+    assert "URIs: http://127.0.0.1:8790/packages/8.x/apt" in text
+    assert host.package("python3-debian").is_installed
+    assert host.package("filebeat").version == "8.17.4"
+    assert "http://127.0.0.1:8790/packages/8.x/apt" in host.check_output("apt-cache policy filebeat")
+
+
+def test_ca_certificate_was_copied(host):
+    ca = host.file("/etc/filebeat/certs/molecule-ca.crt")
+    assert ca.exists and ca.mode == 0o644
+    assert "BEGIN CERTIFICATE" in ca.content_string
+
+
+def test_filebeat_test_config_passes_with_the_service_environment(host):
+    out = host.check_output("systemd-run --quiet --wait --pipe --collect -p EnvironmentFile=/etc/default/filebeat "
+                            "filebeat test config -c /etc/filebeat/filebeat.yml")
+    assert "Config OK" in out
+
+
+def test_filebeat_test_config_fails_without_the_ca(host):
+    # What the CA copy prevents: TLS to Elasticsearch with a CA file that is not on the host.
+    result = host.run("env FILEBEAT_CA_CERT=/etc/filebeat/certs/missing.crt "
+                      "filebeat test config -c /etc/filebeat/filebeat.yml")
+    assert result.rc != 0
+    assert "missing.crt" in result.stdout + result.stderr
+
+
+def test_service_runs_with_the_environment(host):
+    service = host.service("filebeat")
+    assert service.is_running and service.is_enabled
+    pid = host.check_output("systemctl show -p MainPID --value filebeat")
+    environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "ELASTICSEARCH_HOST=es.molecule.internal:9200" in environ
+
+
+def test_check_mode_diff_prints_no_secret(ansible_playbook):
+    # A changed password must not show up in a dry run's diff or results (the environment file is no_log, no diff).
+    result = ansible_playbook("converge.yml", "--check", "--diff", "-e", "filebeat_output_password=rotated-Secret-42")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "rotated-Secret-42" not in result.stdout + result.stderr
+    assert "molecule-secret" not in result.stdout + result.stderr
+    # The environment file would change: its task ran (and reported a change) without printing the content.
+    assert "changed: [" in result.stdout.split("Write the service environment", 1)[1].split("TASK [", 1)[0]

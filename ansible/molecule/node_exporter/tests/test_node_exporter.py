@@ -42,3 +42,16 @@ def test_unit_is_hardened(host):
     assert "ProtectSystem=strict" in show
     assert "NoNewPrivileges=yes" in show
     assert TEXTFILE_DIR in show
+
+
+def reloads(host) -> int:
+    # systemd logs "Reloading." (249) or "Reloading requested from ..." (252) for each daemon-reload.
+    return int(host.run("journalctl -q _PID=1 --no-pager | grep -c 'Reloading'").stdout.strip() or 0)
+
+
+def test_rerun_does_not_reload_systemd(host, ansible_playbook):
+    # A daemon-reload is NVIDIA's known trigger for containers losing their GPUs: an unchanged run must not do one.
+    before = reloads(host)
+    result = ansible_playbook("converge.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert reloads(host) == before

@@ -46,8 +46,13 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         labels = {**APP_LABELS, "app.kubernetes.io/instance": name}
 
-        def meta(object_name: str, **extra) -> ObjectMetaArgs:
+        def meta(object_name: str | None, **extra) -> ObjectMetaArgs:
             return ObjectMetaArgs(name=object_name, namespace=settings.namespace, labels=labels, **extra)
+
+        # The runtime reads its keys and certificate at start. Their Secrets get generated names (Pulumi's
+        # autonaming): changed data replaces the Secret under a new name, so the pod template changes and
+        # the Deployment rolls; a revoked key stops working once the rollout is done.
+        rolled = None
 
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
@@ -80,7 +85,7 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         # They reach the runtime as a mounted file, one key per line, never as an environment variable.
         secrets_dir, keys_file = API_KEYS_FILE.rsplit("/", 1)
         self.api_keys_secret = k8s.core.v1.Secret(
-            f"{name}-api-keys", metadata=meta(f"{name}-api-keys"), type="Opaque",
+            f"{name}-api-keys", metadata=meta(rolled), type="Opaque",
             string_data={keys_file: settings.api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys))},
             opts=in_namespace)
         env = [EnvVarArgs(name=k, value=v) for k, v in container_env(settings).items()]
@@ -130,7 +135,7 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         if settings.tls_cert is not None:
             # A kubernetes.io/tls Secret's keys are tls.crt and tls.key, the file names of the contract.
             self.tls_secret = k8s.core.v1.Secret(
-                f"{name}-tls", metadata=meta(f"{name}-tls"), type="kubernetes.io/tls",
+                f"{name}-tls", metadata=meta(rolled), type="kubernetes.io/tls",
                 string_data={"tls.crt": settings.tls_cert, "tls.key": settings.tls_key}, opts=in_namespace)
             volumes.append(VolumeArgs(name="tls", secret=SecretVolumeSourceArgs(
                 secret_name=self.tls_secret.metadata.name, default_mode=0o440, items=[

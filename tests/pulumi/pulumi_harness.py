@@ -71,6 +71,17 @@ MOCK_GATEWAY = "172.30.0.1"
 MOCK_REGISTRY_DIGEST = "sha256:" + "d" * 64
 
 
+def autoname(logical_name: str) -> str:
+    """The name the mocked engine gives a Kubernetes object declared without one (Pulumi's autonaming adds
+    a random suffix to the logical name)."""
+    return f"{logical_name}-{hashlib.sha256(logical_name.encode()).hexdigest()[:8]}"
+
+
+def k8s_name(declared: Declared) -> str:
+    """A declared Kubernetes object's name: the one given, else the generated one."""
+    return declared.inputs["metadata"].get("name") or autoname(declared.name)
+
+
 def fake_image_state(name: str) -> dict[str, str]:
     """A RemoteImage's computed outputs: the image ID, and a repo digest only for images pulled by digest (an
     image built or loaded locally has none)."""
@@ -93,6 +104,8 @@ class Mocks(pulumi.runtime.Mocks):
             state.update(self.image_state(args.inputs["name"]))
         elif args.typ == "docker:index/network:Network":
             state["ipamConfigs"] = [{"subnet": self.gateway.rsplit(".", 1)[0] + ".0/24", "gateway": self.gateway}]
+        elif args.typ.startswith("kubernetes:") and not (state.get("metadata") or {}).get("name"):
+            state["metadata"] = {**(state.get("metadata") or {}), "name": autoname(args.name)}
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):

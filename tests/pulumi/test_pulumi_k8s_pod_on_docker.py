@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 import contract
-from pulumi_harness import SECRETS, run_stack
+from pulumi_harness import SECRETS, k8s_name, run_stack
 from real_engine import free_port, http_get
 from stack_config import API_KEYS_FILE
 
@@ -38,8 +38,7 @@ def test_declared_pod_runs_as_declared(engine, runtime_image, tmp_path):
     pod = run.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").inputs["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == runtime_image
-    secrets = {s.inputs["metadata"]["name"]: s.inputs["stringData"]
-               for s in run.of_type("kubernetes:core/v1:Secret")}
+    secrets = {k8s_name(s): s.inputs["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
     configmaps = {c.inputs["metadata"]["name"]: c.inputs["data"] for c in run.of_type("kubernetes:core/v1:ConfigMap")}
 
     # Plain values only: the keys come as a file, no variable is resolved from a Secret.

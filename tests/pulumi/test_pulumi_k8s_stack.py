@@ -8,7 +8,7 @@ import json
 import yaml
 
 import contract
-from pulumi_harness import PROGRAM_DIR, SECRETS, StackRun, run_stack
+from pulumi_harness import PROGRAM_DIR, SECRETS, StackRun, autoname, run_stack
 from stack_config import API_KEYS_FILE
 
 SECRETS_DIR = API_KEYS_FILE.rsplit("/", 1)[0]
@@ -96,7 +96,7 @@ def test_deployment(k8s_stack: StackRun):
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "moltbot-models"}
     assert volumes["plugins"]["configMap"]["name"] == "moltbot-plugins"
     assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "512Mi"}
-    assert volumes["api-keys"]["secret"] == {"secretName": "moltbot-api-keys", "defaultMode": 0o440,
+    assert volumes["api-keys"]["secret"] == {"secretName": autoname("moltbot-api-keys"), "defaultMode": 0o440,
                                              "items": [{"key": "api-keys", "path": "api-keys"}]}
     assert "imagePullSecrets" not in spec
 
@@ -108,6 +108,19 @@ def test_api_keys_secret_is_a_pulumi_secret_holding_the_keys_file(k8s_stack: Sta
     assert secret.inputs["stringData"] == {"api-keys": "".join(
         f"{key}\n" for key in SECRETS["moltbot:apiKeys"].split(","))}
     assert not k8s_stack.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").has_secret
+
+
+def test_keys_and_certificate_secrets_have_generated_names_so_a_change_rolls_the_pods():
+    # The runtime reads them at start. Without a fixed name, Pulumi replaces a changed Secret under a new name
+    # (its default for Secret data), the pod template refers to the new name, and the Deployment rolls out.
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n"
+    run = run_stack("k8s", overrides={"moltbot:tlsCert": cert, "moltbot:tlsKey": key})
+    volumes = {v["name"]: v for v in pod_spec(run)["volumes"]}
+    for secret, volume in (("moltbot-api-keys", "api-keys"), ("moltbot-tls", "tls")):
+        declared = run.one("kubernetes:core/v1:Secret", secret)
+        assert "name" not in declared.inputs["metadata"], secret
+        assert volumes[volume]["secret"]["secretName"] == autoname(secret)
 
 
 def test_namespace_enforces_pod_security_restricted(k8s_stack: StackRun):

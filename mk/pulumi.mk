@@ -1,6 +1,7 @@
 # infra/pulumi/: the Pulumi programs (Docker host and Kubernetes). Their tests (tests/pulumi/) run in the
 # root pytest run on Pulumi's mock engine (no Pulumi CLI or provider plugins needed) plus the real Docker
-# engine for the declared runtime container, which uses moltbot:latest (`make image`, built on demand).
+# engine for the declared init and runtime containers, the Kubernetes pod and node exporter's listen address,
+# which use moltbot:latest (`make image`, built on demand), and Debian's Prometheus tools (`make system-deps`).
 .PHONY: pulumi-deps test-pulumi
 TEST_DEPS += pulumi-deps
 

@@ -49,6 +49,7 @@ def generated_files(contract: dict[str, Any]) -> dict[Path, str]:
             "moltbot_container_tls_dir": tls_dir,
             "moltbot_container_tls_cert": f"{tls_dir}/{contract['tls_files']['cert']}",
             "moltbot_container_tls_key": f"{tls_dir}/{contract['tls_files']['key']}",
+            "moltbot_container_api_keys_file": paths["api_keys_file"],
             "moltbot_gpu_cuda_major": gpu["cuda_major"],
         }),
         ROOT / "ansible/roles/nvidia_container_toolkit/vars/main.yml": _yaml({

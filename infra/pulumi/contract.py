@@ -21,3 +21,5 @@ LOGS_DIR: str = _CONTRACT["paths"]["logs"]
 TLS_DIR: str = _CONTRACT["paths"]["tls"]
 TLS_CERT: str = f"{TLS_DIR}/{_CONTRACT['tls_files']['cert']}"
 TLS_KEY: str = f"{TLS_DIR}/{_CONTRACT['tls_files']['key']}"
+# The API keys reach the runtime as this file (MOLTBOT_API_KEYS_FILE), never as environment variables.
+API_KEYS_FILE: str = _CONTRACT["paths"]["api_keys_file"]

@@ -35,8 +35,8 @@ DEFAULT_IMAGES = {
 
 # The API keys reach the runtime as a file (MOLTBOT_API_KEYS_FILE, one key per line), never as environment
 # variables that `docker inspect` or the pod spec would show. Docker: a volume the init container writes;
-# Kubernetes: the keys Secret mounted there. (The Ansible role mounts its keys file at the same path.)
-API_KEYS_FILE = "/run/secrets/moltbot/api-keys"
+# Kubernetes: the keys Secret mounted there. The path is the deployment contract's, as in the Ansible role.
+API_KEYS_FILE = contract.API_KEYS_FILE
 # Size of the /tmp tmpfs (Docker) or emptyDir (Kubernetes) under the read-only root file system, in MiB.
 TMP_SIZE_MIB = 512
 # Dashboards of monitoring/grafana/dashboards/ that only some stacks ship.

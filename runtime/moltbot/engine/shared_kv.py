@@ -1,0 +1,208 @@
+"""Graph runner for decoders whose past and present KV cache share one preallocated buffer.
+
+ONNX Runtime GenAI's model builder makes such graphs: GroupQueryAttention writes each new key/value into the
+cache at the row's own sequence length (taken from the attention mask's row sum) and applies rotary embeddings
+itself, MatMulNBits holds block-quantised weights. So nothing is concatenated as a conversation grows, and
+rows of one batch may have different lengths.
+
+Each running sequence owns one row ("slot") of a `[slots, kv_heads, max_length, head_dim]` buffer per layer.
+A step binds the rows `[0, high)` in place (no copy); a newcomer is prefilled straight into its free slot,
+the other rows untouched. A free slot below `high` is stepped as a dummy row of length one until a newcomer
+takes it, which keeps every binding a plain offset into the buffer on the CPU and on CUDA alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
+
+GENAI_CONFIG = "genai_config.json"
+_DTYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def is_shared_kv_graph(folder: Path) -> bool:
+    """A model builder folder whose decoder shares the past and present KV buffer."""
+    try:
+        config = json.loads((Path(folder) / GENAI_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("search", {}).get("past_present_share_buffer")) and "decoder" in config.get("model", {})
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the runner and /v1/models report about a graph."""
+
+    family: str  # "genai" (shared KV buffer) or "optimum" (KV concatenated each step)
+    precision: str  # fp32, fp16, int8, int4
+
+
+def genai_precision(folder: Path) -> str:
+    """The builder's precision, from the weights its graph holds."""
+    import onnx  # only to read the node list: the export extra's package, present with the builder
+
+    graph = onnx.load(str(Path(folder) / "model.onnx"), load_external_data=False).graph
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            return f"int{bits}"
+    first = next(i for i in graph.input if i.name.startswith("past_key_values"))
+    return "fp16" if first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+
+
+class SharedKVRunner:
+    """One decoder session with its slot buffers; used by one scheduler thread only."""
+
+    def __init__(self, folder: Path, options: DeviceOptions, slots: int, max_length: int,
+                 cache_dir: Path | None = None):
+        folder = Path(folder)
+        config = json.loads((folder / GENAI_CONFIG).read_text())["model"]
+        decoder = config["decoder"]
+        self.session = create_session(folder / decoder.get("filename", "model.onnx"), options, cache_dir)
+        self.provider = active_provider(self.session)
+        self.context_length = int(config.get("context_length", max_length))
+        self.max_length = min(max_length, self.context_length)
+        self.slots = slots
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        names = decoder.get("inputs", {})
+        outputs = decoder.get("outputs", {})
+        layers = int(decoder["num_hidden_layers"])
+        past_key, past_value = names.get("past_key_names", "past_key_values.%d.key"), names.get(
+            "past_value_names", "past_key_values.%d.value")
+        present_key, present_value = outputs.get("present_key_names", "present.%d.key"), outputs.get(
+            "present_value_names", "present.%d.value")
+        self.past_names = [n % i for i in range(layers) for n in (past_key, past_value)]
+        self.present_names = [n % i for i in range(layers) for n in (present_key, present_value)]
+        self.input_ids_name = names.get("input_ids", "input_ids")
+        self.mask_name = names.get("attention_mask", "attention_mask")
+        self.position_name = names.get("position_ids", "position_ids") if "position_ids" in inputs else None
+        self.logits_name = outputs.get("logits", "logits")
+        first = inputs[self.past_names[0]]
+        self.kv_heads = int(decoder.get("num_key_value_heads", first.shape[1]))
+        self.head_dim = int(decoder.get("head_size", first.shape[3]))
+        self.kv_dtype = _DTYPES[first.type]
+        self.eos_token_ids = _ids(config.get("eos_token_id"))
+        self.device = ("cuda", options.cuda_device_id) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
+        shape = (slots, self.kv_heads, self.max_length, self.head_dim)
+        self._row_bytes = int(np.prod(shape[1:])) * int(np.dtype(self.kv_dtype).itemsize)
+        # On the CPU, numpy's zeroed pages are only backed by memory once touched: a long max_length costs only
+        # what the sequences use. On CUDA the buffers are ORT's own device allocations.
+        self._buffers: list[Any] = (
+            [np.zeros(shape, self.kv_dtype) for _ in self.past_names] if self.device[0] == "cpu"
+            else [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, *self.device)
+                  for _ in self.past_names])
+        self._pointers = [b.ctypes.data if isinstance(b, np.ndarray) else b.data_ptr() for b in self._buffers]
+        self.lengths = np.zeros(slots, dtype=np.int64)  # tokens cached per slot; 0 for a free slot
+
+    # ---- slots ----------------------------------------------------------------------------------------
+    def free_slot(self) -> int | None:
+        free = np.flatnonzero(self.lengths == 0)
+        return int(free[0]) if len(free) else None
+
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0
+
+    def high(self) -> int:
+        """One past the highest slot in use: the rows a decode step covers."""
+        used = np.flatnonzero(self.lengths)
+        return int(used[-1]) + 1 if len(used) else 0
+
+    # ---- running the graph ----------------------------------------------------------------------------
+    def prefill(self, slots: list[int], prompts: list[list[int]], token_budget: int) -> np.ndarray:
+        """Write each prompt's KV cache into its (free) slot; returns each prompt's last-position logits.
+
+        Consecutive slots whose padded prompts fit the token budget run as one right-padded batch; a longer
+        prompt runs alone in chunks, each chunk continuing the cache the previous one wrote."""
+        for slot, prompt in zip(slots, prompts, strict=True):
+            if not 0 < len(prompt) < self.max_length:
+                raise ValueError(f"a prompt of {len(prompt)} tokens does not fit a context of {self.max_length}")
+            if self.lengths[slot]:
+                raise ValueError(f"slot {slot} is in use")
+        out: list[np.ndarray] = [np.empty(0)] * len(slots)
+        order = sorted(range(len(slots)), key=lambda i: slots[i])
+        group: list[int] = []
+
+        def flush() -> None:
+            if group:
+                rows = self._prefill_group([slots[i] for i in group], [prompts[i] for i in group])
+                for i, row in zip(group, rows, strict=True):
+                    out[i] = row
+                group.clear()
+
+        for i in order:
+            width = max([len(prompts[j]) for j in group] + [len(prompts[i])])
+            contiguous = not group or slots[i] == slots[group[-1]] + 1
+            if group and (not contiguous or width * (len(group) + 1) > token_budget):
+                flush()
+            if len(prompts[i]) > token_budget:
+                out[i] = self._prefill_chunked(slots[i], prompts[i], token_budget)
+            else:
+                group.append(i)
+        flush()
+        return np.stack(out)
+
+    def _prefill_group(self, slots: list[int], prompts: list[list[int]]) -> np.ndarray:
+        width = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = prompt
+        logits = self._run(slots[0], len(slots), ids, lengths, past_lengths=np.zeros_like(lengths))
+        self.lengths[slots[0]: slots[0] + len(slots)] = lengths
+        return logits[np.arange(len(prompts)), lengths - 1]
+
+    def _prefill_chunked(self, slot: int, prompt: list[int], chunk: int) -> np.ndarray:
+        done = 0
+        logits = np.empty(0)
+        while done < len(prompt):
+            piece = np.asarray([prompt[done: done + chunk]], dtype=np.int64)
+            total = np.array([done + piece.shape[1]], dtype=np.int64)
+            logits = self._run(slot, 1, piece, total, past_lengths=np.array([done], dtype=np.int64))[0, -1]
+            done += piece.shape[1]
+            self.lengths[slot] = done
+        return logits
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """One step for rows [0, high): `tokens[row]` is each row's last token (anything for a free row).
+        Returns [high, vocab] logits; each used row's length grows by one."""
+        high = len(tokens)
+        used = self.lengths[:high] > 0
+        if np.any(self.lengths[:high][used] >= self.max_length):
+            raise ValueError("a sequence reached the end of its context")
+        total = np.where(used, self.lengths[:high] + 1, 1)
+        logits = self._run(0, high, np.asarray(tokens, dtype=np.int64).reshape(high, 1), total,
+                           past_lengths=total - 1)
+        self.lengths[:high][used] += 1
+        return logits[:, -1]
+
+    def _run(self, first: int, rows: int, ids: np.ndarray, total: np.ndarray, past_lengths: np.ndarray) -> np.ndarray:
+        """Run the graph over slot rows [first, first + rows) with `total` tokens per row after this call."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_ids_name, ids)
+        width = int(total.max())
+        binding.bind_cpu_input(self.mask_name, (np.arange(width) < total[:, None]).astype(np.int64))
+        if self.position_name:
+            positions = past_lengths[:, None] + np.arange(ids.shape[1])
+            binding.bind_cpu_input(self.position_name, np.minimum(positions, total[:, None] - 1).astype(np.int64))
+        shape = [rows, self.kv_heads, self.max_length, self.head_dim]
+        offset = first * self._row_bytes
+        for past, present, pointer in zip(self.past_names, self.present_names, self._pointers, strict=True):
+            binding.bind_input(past, self.device[0], self.device[1], self.kv_dtype, shape, pointer + offset)
+            binding.bind_output(present, self.device[0], self.device[1], self.kv_dtype, shape, pointer + offset)
+        binding.bind_output(self.logits_name, "cpu")
+        self.session.run_with_iobinding(binding)
+        logits: np.ndarray = binding.get_outputs()[-1].numpy()
+        return logits.astype(np.float32, copy=False)  # fp16 graphs: sampling works in float32
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, list) else (int(value),)

@@ -188,3 +188,29 @@ def test_optimised_graph_is_cached_and_gives_the_same_logits(chat_dir, tmp_path)
     repaired = DecoderModel(chat_dir, DeviceOptions(), cache_dir=tmp_path)  # a damaged cache is made again
     assert repaired.run(*args, repaired.empty_past(1))[0].shape == fresh.run(*args, fresh.empty_past(1))[0].shape
     assert cached_files[0].read_bytes() != b"damaged"
+
+
+def test_newcomers_joining_the_batch_are_never_counted_twice(scheduler, monkeypatch):
+    """Admission counts waiting + being prefilled + running; a newcomer moves from the second to the third in one
+    step, so a full but not overfull model never answers QueueFull (a slow batch rebuild widens the window)."""
+    from moltbot.engine.generation import Batch
+
+    rebuild = Batch.rebuild
+
+    def slow_rebuild(self, *args):
+        rebuild(self, *args)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(Batch, "rebuild", slow_rebuild)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ids = scheduler.tokenizer.encode("busy")
+        params = SamplingParams(max_tokens=1800, temperature=0, ignore_eos=True)
+        handles = [scheduler.submit(ids, params, 1, loop)]
+        await asyncio.sleep(0.1)  # the first one is being rebuilt into the batch now
+        handles += [scheduler.submit(ids, params, 1, loop) for _ in range(5)]  # 4 running + 2 queued in all
+        for h in handles:
+            h.cancel()
+
+    asyncio.run(scenario())

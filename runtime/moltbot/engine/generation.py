@@ -414,7 +414,10 @@ class GenerationScheduler:
         if not admitted and not (finished and finished * 4 >= len(self._batch)):
             return
         keep = [i for i, seq in enumerate(self._batch.rows) if not seq.finish_reason]
-        self._batch.rebuild(keep, self._prefill(admitted).alive() if admitted else None)
+        new = self._prefill(admitted).alive() if admitted else None
+        with self._cond:  # newcomers leave `admitting` as they join the batch: submit() never counts them twice
+            self._batch.rebuild(keep, new)
+            self._admitting = 0
 
     def _prefill(self, seqs: list[Sequence]) -> Prefilled:
         """Run the prompts (left-padded, together) and sample each one's first token."""

@@ -10,7 +10,7 @@
 ANSIBLE_VENV ?= build/ansible-venv
 MOLECULE_IMAGE ?= moltbot-test/ubuntu-systemd:jammy
 # The two long scenarios first, so the short ones fill the other job slot.
-MOLECULE_SCENARIOS := site moltbot docker firewall node_exporter filebeat nvidia_container_toolkit
+MOLECULE_SCENARIOS := site nvidia_container_toolkit moltbot docker filebeat firewall node_exporter
 SCENARIO ?=
 MOLTBOT_IMAGE_ARCHIVE := build/images/moltbot-latest.tar
 

@@ -66,7 +66,8 @@ docker_repo() {
   pool="$dists/pool/stable/$arch"
   mkdir -p "$pool" "$dists/stable/binary-$arch"
   cp "$work/key.asc" "$base/gpg"
-  (cd "$work" && apt-get download -q docker.io >/dev/null)
+  # DOCKER_IO_VERSION: the docker.io version to repackage (empty: the candidate).
+  (cd "$work" && apt-get download -q "docker.io${DOCKER_IO_VERSION:+=$DOCKER_IO_VERSION}" >/dev/null)
   dpkg-deb -R "$work"/docker.io_*.deb "$work/docker-ce"
   local version
   version="5:$(sed -n 's/^Version: //p' "$work/docker-ce/DEBIAN/control")"

@@ -1,5 +1,5 @@
-"""The serving layer: hands validated requests to a model's backend and turns its typed events into OpenAI
-responses and chunks, whatever the backend. Owns the request's deadline and the access-log stats.
+"""The serving layer: hands requests to a model's backend (which validates them) and turns its typed events into
+OpenAI responses and chunks, whatever the backend. Owns the request's deadline and the access-log stats.
 
 Routes (routes.py) only parse, call one of these, and send what they return. Nothing here knows Sanic.
 """

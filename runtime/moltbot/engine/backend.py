@@ -9,7 +9,7 @@ made them. Knows nothing of HTTP; engine/backends/ holds one implementation per 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,7 +113,7 @@ class Generation:
     """A started chat or completion: its events, until every choice finished (then a Usage where the backend knows
     it). Closing it, even before its first event, frees the model's work."""
 
-    def __init__(self, events: AsyncIterator[Event], *, prompt_tokens: int = 0, prompt: str | None = None,
+    def __init__(self, events: AsyncGenerator[Event, None], *, prompt_tokens: int = 0, prompt: str | None = None,
                  release: Callable[[], Awaitable[None]] | None = None):
         self._events = events
         self._release = release
@@ -127,9 +127,7 @@ class Generation:
         return await anext(self._events)
 
     async def aclose(self) -> None:
-        close = getattr(self._events, "aclose", None)
-        if close is not None:
-            await close()
+        await self._events.aclose()
         if self._release is not None:
             await self._release()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from moltbot.engine.backend import (
@@ -103,7 +103,7 @@ class DecoderBackend:
                           release=release)
 
 
-async def _events(handle: GenerationHandle, validated: ValidatedRequest) -> AsyncIterator[Event]:
+async def _events(handle: GenerationHandle, validated: ValidatedRequest) -> AsyncGenerator[Event, None]:
     finished = completion_tokens = 0
     try:
         while finished < validated.sequences:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -128,12 +128,12 @@ class ServiceClient:
         await self._client.aclose()
 
 
-async def _replay(events: list[Event]) -> AsyncIterator[Event]:
+async def _replay(events: list[Event]) -> AsyncGenerator[Event, None]:
     for event in events:
         yield event
 
 
-async def _streamed_events(response: httpx.Response, parse: ChoiceParser) -> AsyncIterator[Event]:
+async def _streamed_events(response: httpx.Response, parse: ChoiceParser) -> AsyncGenerator[Event, None]:
     """Server-sent events `data: {chunk}` up to `data: [DONE]`, as our events."""
     try:
         async for line in response.aiter_lines():

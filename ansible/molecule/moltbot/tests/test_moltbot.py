@@ -33,10 +33,44 @@ def test_volumes_are_the_three_data_directories(container):
     assert mounts["/app/logs"] == "/data/moltbot/logs"
 
 
-def test_ports_8080_and_8443_are_published(container):
+def test_with_tls_plain_http_is_published_on_loopback_only(container):
     ports = container["HostConfig"]["PortBindings"]
-    assert ports["8080/tcp"][0]["HostPort"] == "8080"
-    assert ports["8443/tcp"][0]["HostPort"] == "8443"
+    assert (ports["8080/tcp"][0]["HostIp"], ports["8080/tcp"][0]["HostPort"]) == ("127.0.0.1", "8080")
+    assert (ports["8443/tcp"][0]["HostIp"], ports["8443/tcp"][0]["HostPort"]) == ("0.0.0.0", "8443")
+
+
+def test_from_the_network_only_https_answers(probe, host_address):
+    assert probe(f"https://{host_address}:8443/health") == 200
+    assert probe(f"http://{host_address}:8080/health") == 0
+
+
+def test_container_is_hardened(container):
+    config = container["HostConfig"]
+    assert container["Config"]["User"] == "10001:10001"
+    assert config["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in config["SecurityOpt"]
+    assert config["ReadonlyRootfs"] is True
+    assert "/tmp" in config["Tmpfs"]
+
+
+def test_runtime_process_runs_as_uid_10001_without_capabilities(host):
+    # `docker exec` can't enter nested containers here: read the process from the test host's /proc.
+    pid = host.check_output("docker inspect -f '{{.State.Pid}}' moltbot")
+    status = host.file(f"/proc/{pid}/status").content_string
+    assert "\nUid:\t10001\t10001\t10001\t10001\n" in status
+    assert "\nCapEff:\t0000000000000000\n" in status
+    assert "\nNoNewPrivs:\t1\n" in status
+
+
+def test_api_keys_are_a_mounted_file_not_environment(host, container):
+    env = container["Config"]["Env"]
+    assert "MOLTBOT_API_KEYS_FILE=/run/secrets/moltbot/api-keys" in env
+    assert not any(e.startswith("MOLTBOT_API_KEYS=") for e in env)
+    assert KEY not in host.check_output("docker inspect moltbot")
+    mount = next(m for m in container["Mounts"] if m["Destination"] == "/run/secrets/moltbot/api-keys")
+    assert mount["Source"] == "/etc/moltbot/api-keys" and mount["RW"] is False
+    keys_file = host.file("/etc/moltbot/api-keys")
+    assert (keys_file.user, keys_file.gid, keys_file.mode) == ("root", 10001, 0o440)
 
 
 def test_cpu_and_memory_limits(container):
@@ -46,6 +80,7 @@ def test_cpu_and_memory_limits(container):
 
 def test_no_gpu_requested_without_a_gpu(container):
     assert not container["HostConfig"]["DeviceRequests"]
+    assert "MOLTBOT_DEVICE=cpu" in container["Config"]["Env"]
 
 
 def test_health_and_ready(host):

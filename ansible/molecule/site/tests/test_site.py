@@ -1,6 +1,9 @@
 """site.yml turns a bare systemd host into a running, monitored, firewalled Moltbot host."""
 
 import json
+import os
+
+import yaml
 
 import pytest
 
@@ -67,3 +70,48 @@ def test_published_port_not_listed_is_filtered(unlisted_published_container, pro
 
 def test_node_exporter_is_closed_to_non_monitoring_sources(probe, host_address):
     assert probe(f"http://{host_address}:9100/metrics") == 0
+
+
+SECRETS = ["site-es-Secret-1", "site-api-Key-1"]
+ROTATED = ["rotated-es-Secret-2", "rotated-api-Key-2"]
+
+
+def test_check_mode_diff_works_and_prints_no_secret(ansible_playbook):
+    # Rotated secrets make the secret-bearing files differ, so a careless task would print them in its diff.
+    result = ansible_playbook(
+        "converge.yml", "--check", "--diff",
+        "-e", '{"filebeat_output_password": "%s", "moltbot_api_keys": ["%s"]}' % tuple(ROTATED))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    for secret in SECRETS + ROTATED:
+        assert secret not in output, f"{secret} printed by a --check --diff run"
+
+
+def test_converge_log_has_no_secret():
+    log = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "..", "build", "molecule", "site.log")
+    if not os.path.exists(log):
+        pytest.skip("no Molecule log (scenario not run through scripts/ansible-molecule.sh)")
+    text = open(log, encoding="utf-8", errors="replace").read()
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_api_keys_are_not_in_the_container_environment(host):
+    assert "site-api-Key-1" not in host.check_output("docker inspect moltbot")
+    assert status(host, "http://127.0.0.1:8080/v1/models") == 401
+
+
+def test_no_gpu_no_toolkit_no_dcgm(host):
+    assert not host.package("nvidia-container-toolkit").is_installed
+    assert "nvidia" not in json.loads(host.file("/etc/docker/daemon.json").content_string).get("runtimes", {})
+    assert host.run("docker inspect dcgm-exporter").rc != 0
+
+
+def test_prometheus_targets_are_written(host):
+    name = host.check_output("hostname")
+    moltbot = yaml.safe_load(host.file("/etc/prometheus/targets/moltbot.yml").content_string)
+    node = yaml.safe_load(host.file("/etc/prometheus/targets/node.yml").content_string)
+    dcgm = yaml.safe_load(host.file("/etc/prometheus/targets/dcgm.yml").content_string)
+    assert [t for g in moltbot for t in g["targets"]] == ["moltbot-molecule-site:8080"], (name, moltbot)
+    assert [t for g in node for t in g["targets"]] == ["moltbot-molecule-site:9100"]
+    assert dcgm == []  # a CPU host: no DCGM exporter to scrape

@@ -18,6 +18,8 @@ from bench.stats import RatioSummary, fmt, markdown_table, median, percentile, r
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "f16": 2.0, "int8": 1.0, "q8_0": 34 / 32, "int4": 0.5,
                     "q4_0": 18 / 32}
 
+PEERS = {"int8": "q8_0", "int4": "q4_0", "fp32": "f16"}  # like against like: runtime precision -> GGUF type
+
 
 @dataclass(frozen=True)
 class PointSpec:
@@ -196,7 +198,7 @@ def checks_table(checks: list[Check]) -> str:
 def ratio_check(pairs: dict[str, PairResult], precision: str, point: str, needed: float) -> Check:
     """`int8 vs q8_0 c8 >= 1.5x`: the median of the per-round ratios against the target."""
     pair = pairs.get(precision)
-    label = f"{pair.label if pair else precision}: {point} >= {needed:g}x (median of per-round ratios)"
+    label = f"moltbot {precision} vs llama-server {PEERS[precision]}: {point} >= {needed:g}x (median of per-round ratios)"
     if pair is None or pair.why or point not in pair.points:
         return Check(label, None, needed)
     return Check(label, pair.points[point].ratios().median, needed)

@@ -27,7 +27,7 @@ from bench import membw
 from bench.loadgen import HealthProbe, PointResult, run_point
 from bench.models import CPU_SHAPE, GPU_SHAPE, ModelShape, prompt_of_tokens
 from bench.prepare import ensure_checkpoint, ensure_gguf, ensure_onnx
-from bench.report import (BYTES_PER_WEIGHT, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
+from bench.report import (BYTES_PER_WEIGHT, PEERS, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
                           checks_table, cpu_checks, pair_table, unavailable_lines)
 from bench.servers import LlamaServer, MoltbotServer
 from bench.stats import fmt, interleaved_order, markdown_table, median, percentile
@@ -39,9 +39,10 @@ SHORT_PROMPT, SHORT_NEW, SHORT_CONCURRENCIES = 32, 64, (1, 8, 32)
 LONG_PROMPT, LONG_NEW, LONG_CONCURRENCY = 1024, 128, 8
 LONG_POINT = f"long c{LONG_CONCURRENCY}"
 # (runtime precision, llama.cpp GGUF type): the order they are measured in.
-PAIRS = (("int8", "q8_0"), ("int4", "q4_0"), ("fp32", "f16"))
+PAIRS = tuple(PEERS.items())
 OVERLOAD_TOKENS = 16  # the 256-request check is about status codes and /health, not throughput
 SLOT_MARGIN = 64  # llama-server context per slot beyond prompt + generated tokens
+WARMUP_TOKENS = 16  # one request per server and prompt length before the rounds
 
 
 def log(message: str) -> None:
@@ -202,11 +203,14 @@ def run_pair(pair: PairResult, specs: list[PointSpec], model: str, onnx: Path, g
             peers[prompt_tokens] = peer
         pair.load_seconds = {pair.a_label: a.load_seconds,
                              pair.b_label: median(p.load_seconds for p in peers.values())}
-        for spec in specs:  # warm-up, and the prompt length each side really saw
-            for label, url, llama in ((pair.a_label, a.url, False), (pair.b_label, peers[spec.prompt_tokens].url, True)):
-                used = one_request(url, model, prompts[spec.prompt_tokens].take(1)[0], spec.new_tokens, llama)
-                pair.prompt_tokens.setdefault(label, {})[spec.name] = used[0]
-                log(f"{label}: {spec.name} warm-up used {used[0]} prompt and {used[1]} completion tokens")
+        for prompt_tokens, peer in peers.items():  # warm-up, and the prompt length each side really counted
+            points = ", ".join(s.name for s in specs if s.prompt_tokens == prompt_tokens)
+            for label, url, llama in ((pair.a_label, a.url, False), (pair.b_label, peer.url, True)):
+                used = one_request(url, model, prompts[prompt_tokens].take(1)[0], WARMUP_TOKENS, llama)
+                pair.prompt_tokens.setdefault(label, {})[points] = used[0]
+                log(f"{label}: warm-up for {points} used {used[0]} prompt and {used[1]} completion tokens")
+                if used[1] != WARMUP_TOKENS:
+                    log(f"WARNING {label}: asked for {WARMUP_TOKENS} tokens with ignore_eos, got {used[1]}")
         log(f"{pair.label}: ready in {a.load_seconds:.1f} s and {pair.load_seconds[pair.b_label]:.2f} s")
         for spec in specs:
             point = PairPoint(spec, load_before=os.getloadavg()[0])
@@ -226,7 +230,7 @@ def run_pair(pair: PairResult, specs: list[PointSpec], model: str, onnx: Path, g
         if on_running:
             on_running(a)
     except RuntimeError as exc:  # a server that would not start or serve this precision
-        pair.why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        pair.why = str(exc).split("; last output:")[0].splitlines()[0][:400]
         log(f"{pair.label}: not measured: {exc}")
     finally:
         for server in servers:
@@ -379,7 +383,8 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
     report.append(f"Memory-bandwidth ceiling at batch 1: numpy copy (read + write), best of 1 and 2 threads, "
                   f"{bandwidth[0] / 1e9:.1f} GB/s before the pairs and {bandwidth[1] / 1e9:.1f} GB/s after; the "
                   f"ceiling uses {best / 1e9:.1f} GB/s and the weight bytes one decode step reads:\n")
-    report.append(ceiling_table(ceiling_rows(pairs, bytes_per_step, best)) + "\n")
+    rows = ceiling_rows(pairs, bytes_per_step, best)
+    report.append(ceiling_table(rows) + "\n" if rows else "(no pair measured at c1)\n")
     if eager:
         fp32 = by_precision.get("fp32")
         c1 = fp32.points["c1"].tokens_per_second("a") if fp32 and not fp32.why and "c1" in fp32.points else None

@@ -57,7 +57,11 @@ class ServerProcess:
             log.close()
 
         threading.Thread(target=pump, daemon=True).start()
-        self._wait_ready(started)
+        try:
+            self._wait_ready(started)
+        except BaseException:  # not ready, or the bench itself is stopped meanwhile: leave no server behind
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, started: float) -> None:
@@ -105,11 +109,28 @@ class MoltbotServer(ServerProcess):
         super().__init__(name, [moltbot, "serve"], env, home / "serve.log", port)
 
     def _wait_ready(self, started: float) -> None:
+        """Until the ready line; a service whose every model failed to load stays up but never ready, and says
+        why on /ready (`failed`), so that is asked too."""
+        next_ask = time.monotonic() + 1.0
         while not self._ready.wait(0.05):
             if self.process.poll() is not None:
                 raise self._failed(f"exited with {self.process.returncode} before it was ready")
+            if time.monotonic() > next_ask:
+                next_ask = time.monotonic() + 1.0
+                failed = self._load_failures()
+                if failed:
+                    raise self._failed("no model loaded: " + "; ".join(failed))
             if time.monotonic() - started > READY_TIMEOUT:
                 raise self._failed(f"not ready after {READY_TIMEOUT:.0f} s")
+
+    def _load_failures(self) -> list[str]:
+        try:
+            body = httpx.get(self.url + "/ready", timeout=2.0).json()
+        except (httpx.HTTPError, ValueError):
+            return []
+        if not isinstance(body, dict) or body.get("models") or body.get("status") == "ready":
+            return []
+        return [str(f.get("error", f)) if isinstance(f, dict) else str(f) for f in body.get("failed") or []]
 
 
 class LlamaServer(ServerProcess):

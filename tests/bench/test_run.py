@@ -104,7 +104,7 @@ def test_pair_rounds_interleave_and_alternate_which_side_goes_first(monkeypatch,
     assert point.order == [("a", "b"), ("b", "a"), ("a", "b"), ("b", "a"), ("a", "b")]
     assert point.ratios().median == pytest.approx(1.5)
     assert point.token_check() == "all 80 ok"
-    assert pair.prompt_tokens["moltbot int8"]["c1"] == 32
+    assert pair.prompt_tokens["moltbot int8"] == {"c1, c8, c32": 32, "long c8": 32}  # (the stand-in says 32)
 
 
 def test_a_precision_the_runtime_refuses_is_reported_not_started(monkeypatch, tmp_path):
@@ -140,3 +140,25 @@ def test_write_docs_keeps_the_hand_written_notes(tmp_path):
     assert "(preparation 1.0 min)" in text
     assert "## Method" in text and "GPU rows skipped" in text
     assert text.endswith(run.NOTES_MARKER + "\n\n## Notes\n\nkept\n")
+
+
+def test_a_runtime_that_loads_no_model_is_noticed_from_ready(monkeypatch, tmp_path):
+    """A runtime whose every model failed stays up but never ready: the bench reads why from /ready."""
+    from bench import servers
+
+    class Reply:
+        def __init__(self, body):
+            self.body = body
+
+        def json(self):
+            return self.body
+
+    server = servers.MoltbotServer("moltbot int4", {"name": "m"}, tmp_path, tmp_path / "cache")
+    bodies = {"loading": {"status": "loading", "models": [], "failed": []},
+              "failed": {"status": "loading", "models": [], "failed": [
+                  {"source": "m.json", "model": "m", "error": "int4 graphs are made by the model builder"}]},
+              "ready": {"status": "ready", "models": ["m"], "failed": []}}
+    for state, expected in (("loading", []), ("failed", ["int4 graphs are made by the model builder"]),
+                            ("ready", [])):
+        monkeypatch.setattr(servers.httpx, "get", lambda url, timeout, state=state: Reply(bodies[state]))
+        assert server._load_failures() == expected

@@ -11,7 +11,6 @@ graphs (in build/builder-venv, `make builder-venv`), and Optimum the reference e
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +21,6 @@ CHECKPOINT = "tiny-trained-hf"
 BUILDER_PYTHON = REPO / "build" / "builder-venv" / "bin" / "python"
 TRAIN_STEPS = 120
 TRAIN_SEED = 20261202
-
-
-def builder_env() -> dict[str, str]:
-    """The environment under which the runtime finds the model builder's venv."""
-    return {**os.environ, "MOLTBOT_BUILDER_PYTHON": str(BUILDER_PYTHON)}
 
 
 def ensure_checkpoint(root: Path = TEST_MODELS) -> Path:

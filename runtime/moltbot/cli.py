@@ -106,13 +106,12 @@ class _ProgressBar:
 def cmd_models_export(args: argparse.Namespace) -> int:
     from moltbot.export.__main__ import main as export_main
 
-    code = export_main([args.source, args.output, "--task", args.task, "--dtype", args.dtype,
-                        "--device", args.device])
-    if code or not args.quantize:
-        return code
-    from moltbot.export.quantize import main as quantize_main
-
-    return quantize_main([args.output, args.output])
+    # --dtype fp16 and --quantize int8 are the older spellings of --precision.
+    precision = args.precision or args.quantize or args.dtype or "fp32"
+    builder_python = _settings(args).builder_python
+    return export_main([args.source, args.output, "--task", args.task, "--precision", precision,
+                        "--device", args.device, "--graph", args.graph]
+                       + (["--builder-python", builder_python] if builder_python else []))
 
 
 def cmd_models_defaults(args: argparse.Namespace) -> int:
@@ -155,13 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("config_file")
     _add_setting_flags(pull)
     pull.set_defaults(func=cmd_models_pull)
-    export = models_sub.add_parser("export", help="export a Hugging Face checkpoint to ONNX (needs the export extra)")
+    export = models_sub.add_parser(
+        "export", help="make an ONNX model from a Hugging Face checkpoint: the model builder's graph where it "
+                       "covers the model (builder_python), else Optimum's export (needs the export extra)")
     export.add_argument("source")
     export.add_argument("output")
     export.add_argument("--task", choices=["chat", "embeddings"], default="chat")
-    export.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
-    export.add_argument("--device", default="cpu")
-    export.add_argument("--quantize", choices=["int8"], help="also quantise the export (CPU, dynamic int8)")
+    export.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"],
+                        help="weights (default fp32): fp16 for CUDA, int8 or int4 block-quantised (int4: builder only)")
+    export.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    export.add_argument("--graph", choices=["auto", "builder", "optimum"], default="auto",
+                        help="auto: the model builder where it covers the model, else Optimum")
+    export.add_argument("--dtype", choices=["fp32", "fp16"], help=argparse.SUPPRESS)
+    export.add_argument("--quantize", choices=["int8"], help=argparse.SUPPRESS)
+    export.add_argument("--builder-python", dest="builder_python", default=None, metavar="VALUE",
+                        help="Python of the model builder's venv (MOLTBOT_BUILDER_PYTHON)")
     export.set_defaults(func=cmd_models_export)
     defaults = models_sub.add_parser("defaults", help="make the embedded default models (needs the export extra)")
     defaults.add_argument("--output", help="folder (default: the defaults_dir setting)")

@@ -52,9 +52,11 @@ MODEL_LOAD_SECONDS = Gauge("moltbot_model_load_seconds", "Seconds the last load 
                            registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter("moltbot_model_load_failures", "Model configs that failed to load.", ["model"],
                               registry=REGISTRY)
-# `type` is the older single word for source and backend (local, remote or service).
+# `type` is the older single word for source and backend (local, remote or service); `graph` (genai | optimum)
+# and `precision` (fp32, fp16, int8, int4) are "none" for models without a local graph.
 MODEL_INFO = Gauge("moltbot_model_info", "1 for each served model, with where and how it runs.",
-                   ["model", "task", "type", "provider", "source", "backend"], registry=REGISTRY)
+                   ["model", "task", "type", "provider", "source", "backend", "graph", "precision"],
+                   registry=REGISTRY)
 STARTUP_SECONDS = Gauge("moltbot_startup_seconds", "Seconds from process start to ready.", registry=REGISTRY)
 
 # Plugins.

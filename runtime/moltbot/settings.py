@@ -76,6 +76,9 @@ class Settings:
     arena_extend_strategy: str = _doc("CUDA arena growth: `kNextPowerOfTwo` or `kSameAsRequested`.",
                                       default="kNextPowerOfTwo")
     intra_op_threads: int = _doc("ONNX Runtime threads per session (0: one per core).", default=0)
+    builder_python: str | None = _doc(
+        "Python of the ONNX Runtime GenAI model builder's venv (`make builder-venv`: build/builder-venv/bin/python), "
+        "used to make builder graphs (int4, int8, fp32, fp16) of Hugging Face checkpoints.", default=None)
     embedding_batch_size: int = _doc("Most inputs embedded in one batch.", default=64)
     embedding_batch_wait_ms: float = _doc("How long an embedding batch waits to fill.", default=3.0)
 

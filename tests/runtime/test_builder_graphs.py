@@ -7,14 +7,24 @@ runner's slot bookkeeping: rows of different lengths in one step, prefill in pla
 
 from __future__ import annotations
 
-import json
+import asyncio
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from moltbot.engine.backends.decoder import DecoderBackend
+from moltbot.engine.config import ModelConfig
+from moltbot.engine.export_marker import read_marker
+from moltbot.engine.sampling import SamplingParams
+from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.sessions import DeviceOptions
 from moltbot.engine.shared_kv import SharedKVRunner, genai_precision, is_shared_kv_graph
-from tests.builder_models import ensure_checkpoint, ensure_graph
+from moltbot.engine.sources import ModelSourceError
+from moltbot.engine.tokenizer import TextTokenizer
+from moltbot.settings import Settings
+from tests.builder_models import BUILDER_PYTHON, ensure_checkpoint, ensure_graph
 
 STEPS = 64
 AGREEMENT = {"fp32": 1.0, "int8": 0.97, "int4": 0.9}
@@ -48,10 +58,10 @@ def runner_of(precision: str, slots: int = 4) -> SharedKVRunner:
 def test_teacher_forced_top1_agreement_with_transformers(reference, precision):
     prompts, continuations = reference
     runner = runner_of(precision)
-    first = runner.prefill(list(range(len(prompts))), prompts, token_budget=1024)
+    slots, first = runner.prefill(prompts, token_budget=1024)
     choices = [[int(row.argmax())] for row in first]
     for step in range(STEPS - 1):
-        logits = runner.decode(np.array([c[step] for c in continuations]))
+        logits = runner.decode(slots, [c[step] for c in continuations])
         for row, picked in enumerate(choices):
             picked.append(int(logits[row].argmax()))
     agree = sum(a == b for picked, ref in zip(choices, continuations, strict=True)
@@ -65,55 +75,129 @@ def test_teacher_forced_top1_agreement_with_transformers(reference, precision):
 
 def test_graph_family_and_precision_are_read_from_the_folder():
     assert all(is_shared_kv_graph(ensure_graph(p)) for p in ("fp32", "int8", "int4"))
-    assert [genai_precision(ensure_graph(p)) for p in ("fp32", "int8", "int4")] == ["fp32", "int8", "int4"]
-    meta = json.loads((ensure_graph("int4") / "moltbot-export.json").read_text())
-    assert (meta["graph"], meta["precision"]) == ("genai", "int4")
+    assert [genai_precision(ensure_graph(p), np.float32) for p in ("fp32", "int8", "int4")] == [
+        "fp32", "int8", "int4"]
+    assert (read_marker(ensure_graph("int4"))["graph"], read_marker(ensure_graph("int4"))["precision"]) == (
+        "genai", "int4")
     assert not is_shared_kv_graph(ensure_checkpoint())
 
 
-def _greedy(runner: SharedKVRunner, slot: int, prompt: list[int], steps: int, budget: int = 1024) -> list[int]:
-    tokens = [int(runner.prefill([slot], [prompt], budget)[0].argmax())]
+def test_precision_is_read_from_the_graph_when_no_marker_says_it(tmp_path):
+    """Folders made by the builder directly carry no moltbot marker: the precision comes from MatMulNBits' bits."""
+    for precision in ("int8", "int4"):
+        bare = tmp_path / precision
+        bare.mkdir()
+        (bare / "model.onnx").write_bytes((ensure_graph(precision) / "model.onnx").read_bytes())
+        assert genai_precision(bare, np.float32) == precision
+    (tmp_path / "fp" / "model.onnx").parent.mkdir()
+    (tmp_path / "fp" / "model.onnx").write_bytes((ensure_graph("fp32") / "model.onnx").read_bytes())
+    assert genai_precision(tmp_path / "fp", np.float16) == "fp16"
+
+
+def _greedy(runner: SharedKVRunner, prompt: list[int], steps: int, budget: int = 1024) -> list[int]:
+    (slot,), first = runner.prefill([prompt], budget)
+    tokens = [int(first[0].argmax())]
     for _ in range(steps - 1):
-        row = np.zeros(runner.high(), dtype=np.int64)
-        row[slot] = tokens[-1]
-        tokens.append(int(runner.decode(row)[slot].argmax()))
+        tokens.append(int(runner.decode([slot], [tokens[-1]])[0].argmax()))
     return tokens
 
 
 def test_rows_of_different_lengths_chunked_prefill_and_holes_give_each_sequence_its_own_tokens(reference):
     prompts, _ = reference
-    alone = []
-    for prompt in prompts:
-        runner = runner_of("fp32", slots=1)
-        alone.append(_greedy(runner, 0, prompt, 12))
+    alone = [_greedy(runner_of("fp32", slots=1), prompt, 12) for prompt in prompts]
     runner = runner_of("fp32", slots=4)
-    # Slots 0 and 2 in one prefill call (not contiguous: two groups), slot 1 in chunks of 3 tokens.
-    first = runner.prefill([0, 2], [prompts[0], prompts[2]], token_budget=1024)
-    chunked = runner.prefill([1], [prompts[1]], token_budget=3)
-    assert list(runner.lengths[:3]) == [len(prompts[0]), len(prompts[1]), len(prompts[2])]
-    tokens = [[int(first[0].argmax())], [int(chunked[0].argmax())], [int(first[1].argmax())]]
+    # Two prompts in one prefill call (slots 0 and 1, one right-padded batch), the third in chunks of 3 tokens.
+    slots, first = runner.prefill([prompts[0], prompts[2]], token_budget=1024)
+    (chunked_slot,), chunked = runner.prefill([prompts[1]], token_budget=3)
+    assert slots == [0, 1] and chunked_slot == 2
+    assert list(runner.lengths[:3]) == [len(prompts[0]), len(prompts[2]), len(prompts[1])]
+    tokens = {0: [int(first[0].argmax())], 1: [int(first[1].argmax())], 2: [int(chunked[0].argmax())]}
     for _ in range(5):
-        logits = runner.decode(np.array([t[-1] for t in tokens]))
-        for row, seq in enumerate(tokens):
-            seq.append(int(logits[row].argmax()))
-    # Slot 1 leaves: a hole below `high`, stepped as a dummy row; the others go on unchanged.
+        logits = runner.decode([0, 1, 2], [tokens[s][-1] for s in (0, 1, 2)])
+        for row, slot in enumerate((0, 1, 2)):
+            tokens[slot].append(int(logits[row].argmax()))
+    # Slot 1 leaves: a hole below the highest slot, stepped as a dummy row; the others go on unchanged.
     runner.release(1)
-    assert runner.free_slot() == 1 and runner.high() == 3
+    assert runner.free_slots() == 2 and runner.high() == 3
     for _ in range(6):
-        logits = runner.decode(np.array([tokens[0][-1], 0, tokens[2][-1]]))
-        tokens[0].append(int(logits[0].argmax()))
-        tokens[2].append(int(logits[2].argmax()))
-    assert tokens[0] == alone[0] and tokens[2] == alone[2] and tokens[1] == alone[1][:6]
+        logits = runner.decode([2, 0], [tokens[2][-1], tokens[0][-1]])  # in any order
+        tokens[2].append(int(logits[0].argmax()))
+        tokens[0].append(int(logits[1].argmax()))
+    assert tokens[0] == alone[0] and tokens[2] == alone[1] and tokens[1] == alone[2][:6]
     # A newcomer takes the hole and is prefilled in place; the neighbours' caches are untouched.
-    newcomer = runner.prefill([1], [prompts[1]], token_budget=1024)
-    assert int(newcomer[0].argmax()) == alone[1][0]
-    assert list(runner.lengths[:3]) == [len(prompts[0]) + 11, len(prompts[1]), len(prompts[2]) + 11]
+    (slot,), newcomer = runner.prefill([prompts[2]], token_budget=1024)
+    assert slot == 1 and int(newcomer[0].argmax()) == alone[2][0]
+    assert list(runner.lengths[:3]) == [len(prompts[0]) + 11, len(prompts[2]), len(prompts[1]) + 11]
+    with pytest.raises(ValueError, match="every slot in use"):
+        runner.decode([0, 1], [1, 1])
 
 
 def test_prompts_that_do_not_fit_and_busy_slots_are_refused():
     runner = runner_of("fp32", slots=2)
     with pytest.raises(ValueError, match="does not fit"):
-        runner.prefill([0], [[5] * 256], token_budget=1024)
-    runner.prefill([0], [[5, 6, 7]], token_budget=1024)
-    with pytest.raises(ValueError, match="in use"):
-        runner.prefill([0], [[5]], token_budget=1024)
+        runner.prefill([[5] * 256], token_budget=1024)
+    runner.prefill([[5, 6, 7], [8]], token_budget=1024)
+    with pytest.raises(ValueError, match="free slots"):
+        runner.prefill([[5]], token_budget=1024)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_the_scheduler_over_a_builder_graph_gives_the_same_tokens_alone_and_in_a_shared_batch(reference, precision):
+    """fp32: transformers' tokens. int4: its own tokens alone and batched are the same (a quantised graph's choices
+    may differ from fp32's; they must not depend on what else is in the batch)."""
+    prompts, continuations = reference
+    tokenizer = TextTokenizer(ensure_graph(precision))
+    scheduler = GenerationScheduler(f"builder-{precision}", runner_of(precision), tokenizer, context_length=256,
+                                    max_running=4, max_queued=4)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+    async def generate(prompt: list[int]) -> list[int]:
+        handle = scheduler.submit(prompt, params, 1, asyncio.get_running_loop())
+        while not (await handle.next_event()).finish_reason:
+            pass
+        return handle.sequences[0].output.generated
+
+    async def scenario() -> tuple[list[list[int]], list[list[int]]]:
+        alone = [await generate(p) for p in prompts]
+        return alone, list(await asyncio.gather(*(generate(p) for p in prompts)))
+
+    try:
+        alone, together = asyncio.run(scenario())
+    finally:
+        scheduler.stop()
+    assert alone == together
+    if precision == "fp32":
+        assert alone == [c[:24] for c in continuations]
+
+
+def test_a_checkpoint_config_asking_for_int4_is_built_once_by_the_builder_and_served(tmp_path):
+    settings = Settings.load({"cache_dir": str(tmp_path / "cache"), "builder_python": str(BUILDER_PYTHON),
+                              "max_running": "2"}, environ={})
+    config = ModelConfig.from_dict({"name": "tiny-int4", "source": "local", "path": str(ensure_checkpoint()),
+                                    "quantize": "int4", "max_tokens": 256})
+    backend = DecoderBackend.load(config, ensure_checkpoint(), settings)
+    try:
+        info = backend.describe()
+        assert (info.graph, info.precision, info.provider) == ("genai", "int4", "CPUExecutionProvider")
+        built = list((tmp_path / "cache" / "exports").iterdir())
+        assert len(built) == 1 and "int4" in built[0].name
+    finally:
+        asyncio.run(backend.close())
+    # Without the builder, int4 cannot be had: the error says how to get it.
+    no_builder = Settings.load({"cache_dir": str(tmp_path / "other")}, environ={})
+    with pytest.raises(ModelSourceError, match="int4"):
+        DecoderBackend.load(config, ensure_checkpoint(), no_builder)
+
+
+def test_models_export_makes_a_builder_graph_or_says_why_not(tmp_path):
+    out = tmp_path / "int8"
+    made = subprocess.run([sys.executable, "-m", "moltbot", "models", "export", str(ensure_checkpoint()), str(out),
+                           "--precision", "int8", "--builder-python", str(BUILDER_PYTHON)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert is_shared_kv_graph(out) and read_marker(out)["precision"] == "int8"
+    refused = subprocess.run([sys.executable, "-m", "moltbot", "models", "export", str(ensure_checkpoint()),
+                              str(tmp_path / "no"), "--precision", "int4", "--graph", "optimum"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "int4 graphs come only from the model builder" in refused.stderr
+    assert not (tmp_path / "no").exists()

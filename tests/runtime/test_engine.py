@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from moltbot.engine.embedding import EncoderModel
-from moltbot.engine.generation import DecoderModel, GenerationScheduler, QueueFull, SamplingParams
+from moltbot.engine.errors import QueueFull
+from moltbot.engine.optimum_runner import Batch, DecoderModel, OptimumRunner
+from moltbot.engine.sampling import SamplingParams
+from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.sessions import DeviceOptions
 from moltbot.engine.tokenizer import TextTokenizer
 
@@ -24,7 +27,7 @@ def chat_dir(defaults_dir):
 @pytest.fixture
 def scheduler(chat_dir):
     tokenizer = TextTokenizer(chat_dir)
-    sched = GenerationScheduler("test-chat", DecoderModel(chat_dir, DeviceOptions()), tokenizer,
+    sched = GenerationScheduler("test-chat", OptimumRunner(chat_dir, DeviceOptions(), slots=4), tokenizer,
                                 context_length=2048, max_running=4, max_queued=2)
     yield sched
     sched.stop()
@@ -36,7 +39,7 @@ async def run(sched, prompt_ids, max_tokens, **kw):
     while True:
         event = await handle.next_event()
         if event.finish_reason:
-            return handle.sequences[0].generated, event.finish_reason
+            return handle.sequences[0].output.generated, event.finish_reason
 
 
 def test_greedy_tokens_equal_optimum_generate_alone_and_in_a_shared_batch(scheduler, chat_dir):
@@ -162,9 +165,9 @@ def test_device_resident_kv_path_gives_the_same_tokens(chat_dir):
     tokenizer = TextTokenizer(chat_dir)
     results = {}
     for resident in (False, True):
-        model = DecoderModel(chat_dir, DeviceOptions())
-        model.binds_host_buffers = not resident
-        sched = GenerationScheduler("resident", model, tokenizer, context_length=2048, max_running=4, max_queued=4)
+        runner = OptimumRunner(chat_dir, DeviceOptions(), slots=4)
+        runner.model.binds_host_buffers = not resident
+        sched = GenerationScheduler("resident", runner, tokenizer, context_length=2048, max_running=4, max_queued=4)
 
         async def scenario():
             return await asyncio.gather(*(run(sched, tokenizer.encode(p), 16) for p in PROMPTS))
@@ -193,8 +196,6 @@ def test_optimised_graph_is_cached_and_gives_the_same_logits(chat_dir, tmp_path)
 def test_newcomers_joining_the_batch_are_never_counted_twice(scheduler, monkeypatch):
     """Admission counts waiting + being prefilled + running; a newcomer moves from the second to the third in one
     step, so a full but not overfull model never answers QueueFull (a slow batch rebuild widens the window)."""
-    from moltbot.engine.generation import Batch
-
     rebuild = Batch.rebuild
 
     def slow_rebuild(self, *args):

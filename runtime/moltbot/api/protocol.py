@@ -196,6 +196,8 @@ class ModelCard(BaseModel):
     backend: str  # what serves it: onnxruntime, service
     provider: str
     context_length: int | None = None
+    graph: str | None = None  # local chat models: the graph family (genai: builder graph; optimum: Optimum export)
+    precision: str | None = None  # local chat models: fp32, fp16, int8 or int4
     description: str = ""
 
 

@@ -75,7 +75,8 @@ class OpenAIServing:
             info = backend.describe()
             cards.append(ModelCard(id=info.name, created=info.created, task=info.task, type=info.type,
                                    source=info.source, backend=info.backend, provider=info.provider,
-                                   context_length=info.context_length or None, description=info.description))
+                                   context_length=info.context_length or None, graph=info.graph,
+                                   precision=info.precision, description=info.description))
         return ModelList(data=cards).model_dump()
 
     def _backend(self, name: str, stats: RequestStats) -> ModelBackend:

@@ -31,6 +31,8 @@ class ModelInfo:
     source: str | None  # where its files come from: local | remote; None: it has none
     provider: str  # the ONNX Runtime execution provider, or "remote-api"
     context_length: int | None = None
+    graph: str | None = None  # local decoders: the graph family (genai | optimum)
+    precision: str | None = None  # local decoders: the weights' precision (fp32, fp16, int8, int4)
     description: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -40,9 +42,11 @@ class ModelInfo:
         return self.source or self.backend
 
     @classmethod
-    def of(cls, config: ModelConfig, provider: str, context_length: int | None = None) -> ModelInfo:
+    def of(cls, config: ModelConfig, provider: str, context_length: int | None = None, graph: str | None = None,
+           precision: str | None = None) -> ModelInfo:
         return cls(name=config.name, task=config.task, backend=config.backend, source=config.source,
-                   provider=provider, context_length=context_length, description=config.description)
+                   provider=provider, context_length=context_length, graph=graph, precision=precision,
+                   description=config.description)
 
 
 # ---- requests ---------------------------------------------------------------------------------------------------

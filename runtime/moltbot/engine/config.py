@@ -12,7 +12,9 @@ temperature (default when a request sets none), and two that say how the model i
 The older `type` (local | remote | service) says both in one word and stays valid: local and remote are those
 sources served by onnxruntime, service is the service backend.
 Optional for onnxruntime: device (cpu | cuda), max_running, max_queued (override the service settings),
-quantize (`int8`: ONNX Runtime dynamic quantisation of the MatMul weights, made once and cached; CPU).
+quantize (the chat graph's precision, default fp32: `int8` or `int4` block-quantised weights, `fp16` on CUDA; a
+checkpoint is built at that precision once, by the model builder where it covers the architecture, else exported
+with Optimum (int8 there by dynamic quantisation; int4 needs the builder)).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ SOURCES = ("local", "remote")
 BACKENDS = {"onnxruntime": True, "service": False}
 # The older `type` field: (source, backend) for each of its values.
 TYPES = {"local": ("local", "onnxruntime"), "remote": ("remote", "onnxruntime"), "service": (None, "service")}
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 _NEEDS = {"local": ("path",), "remote": ("url", "sha256"), "service": ("base_url", "model")}
 
 
@@ -97,8 +100,10 @@ class ModelConfig:
         temperature = data.get("temperature", 0.7)
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
             raise ModelConfigError(f"{where}: 'temperature' must be a number from 0 to 2")
-        if data.get("quantize") not in (None, "int8"):
-            raise ModelConfigError(f"{where}: quantize must be int8 (or left out)")
+        if data.get("quantize") not in (None, *PRECISIONS):
+            raise ModelConfigError(f"{where}: quantize must be one of {', '.join(PRECISIONS)} (or left out)")
+        if data.get("quantize") and task == "embeddings":
+            raise ModelConfigError(f"{where}: embedding models are served in fp32 here: leave quantize out")
         if data.get("quantize") and data["backend"] == "service":
             raise ModelConfigError(f"{where}: a service model cannot be quantised here")
         if data.get("device") not in (None, "cpu", "cuda"):

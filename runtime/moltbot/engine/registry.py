@@ -91,7 +91,8 @@ class ModelRegistry:
             info = backend.describe()
             metrics.MODEL_LOAD_SECONDS.labels(config.name).set(seconds)
             metrics.MODEL_INFO.labels(model=info.name, task=info.task, type=info.type, provider=info.provider,
-                                      source=info.source or "none", backend=info.backend).set(1)
+                                      source=info.source or "none", backend=info.backend,
+                                      graph=info.graph or "none", precision=info.precision or "none").set(1)
             log.info("model %s loaded in %.3f s on %s", config.name, seconds, info.provider,
                      extra={"model": config.name, "load_seconds": round(seconds, 4), "provider": info.provider,
                             "task": config.task, "backend": info.backend})

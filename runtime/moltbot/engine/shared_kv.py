@@ -14,13 +14,14 @@ takes it, which keeps every binding a plain offset into the buffer on the CPU an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from moltbot.engine.export_marker import read_marker
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
 
 GENAI_CONFIG = "genai_config.json"
@@ -36,29 +37,24 @@ def is_shared_kv_graph(folder: Path) -> bool:
     return bool(config.get("search", {}).get("past_present_share_buffer")) and "decoder" in config.get("model", {})
 
 
-@dataclass(frozen=True)
-class GraphInfo:
-    """What the runner and /v1/models report about a graph."""
-
-    family: str  # "genai" (shared KV buffer) or "optimum" (KV concatenated each step)
-    precision: str  # fp32, fp16, int8, int4
-
-
-def genai_precision(folder: Path) -> str:
-    """The builder's precision, from the weights its graph holds."""
-    import onnx  # only to read the node list: the export extra's package, present with the builder
-
-    graph = onnx.load(str(Path(folder) / "model.onnx"), load_external_data=False).graph
-    for node in graph.node:
-        if node.op_type == "MatMulNBits":
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-            return f"int{bits}"
-    first = next(i for i in graph.input if i.name.startswith("past_key_values"))
-    return "fp16" if first.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+def genai_precision(folder: Path, kv_dtype: Any) -> str:
+    """The graph's weight precision: from moltbot's export marker, else from the graph itself. (The serving path
+    has no onnx package: MatMulNBits' `bits` attribute is found in the small graph file's bytes.)"""
+    folder = Path(folder)
+    if "precision" in (meta := read_marker(folder)):
+        return str(meta["precision"])
+    graph = (folder / "model.onnx").read_bytes()
+    if b"MatMulNBits" in graph:
+        # AttributeProto {name: "bits" (field 1), i: 4 or 8 (field 3)}, serialised in field order.
+        bits = re.search(rb"\n\x04bits\x18([\x04\x08])", graph)
+        return f"int{bits.group(1)[0]}" if bits else "int"
+    return "fp16" if kv_dtype == np.float16 else "fp32"
 
 
 class SharedKVRunner:
     """One decoder session with its slot buffers; used by one scheduler thread only."""
+
+    family = "genai"
 
     def __init__(self, folder: Path, options: DeviceOptions, slots: int, max_length: int,
                  cache_dir: Path | None = None):
@@ -100,11 +96,11 @@ class SharedKVRunner:
                   for _ in self.past_names])
         self._pointers = [b.ctypes.data if isinstance(b, np.ndarray) else b.data_ptr() for b in self._buffers]
         self.lengths = np.zeros(slots, dtype=np.int64)  # tokens cached per slot; 0 for a free slot
+        self.precision = genai_precision(folder, self.kv_dtype)
 
     # ---- slots ----------------------------------------------------------------------------------------
-    def free_slot(self) -> int | None:
-        free = np.flatnonzero(self.lengths == 0)
-        return int(free[0]) if len(free) else None
+    def free_slots(self) -> int:
+        return int(np.count_nonzero(self.lengths == 0))
 
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
@@ -115,18 +111,20 @@ class SharedKVRunner:
         return int(used[-1]) + 1 if len(used) else 0
 
     # ---- running the graph ----------------------------------------------------------------------------
-    def prefill(self, slots: list[int], prompts: list[list[int]], token_budget: int) -> np.ndarray:
-        """Write each prompt's KV cache into its (free) slot; returns each prompt's last-position logits.
+    def prefill(self, prompts: list[list[int]], token_budget: int) -> tuple[list[int], np.ndarray]:
+        """Give each prompt the lowest free slot and write its KV cache there; returns the slots and each prompt's
+        last-position logits.
 
         Consecutive slots whose padded prompts fit the token budget run as one right-padded batch; a longer
         prompt runs alone in chunks, each chunk continuing the cache the previous one wrote."""
-        for slot, prompt in zip(slots, prompts, strict=True):
+        free = np.flatnonzero(self.lengths == 0)
+        if len(prompts) > len(free):
+            raise ValueError(f"{len(prompts)} prompts for {len(free)} free slots")
+        for prompt in prompts:
             if not 0 < len(prompt) < self.max_length:
                 raise ValueError(f"a prompt of {len(prompt)} tokens does not fit a context of {self.max_length}")
-            if self.lengths[slot]:
-                raise ValueError(f"slot {slot} is in use")
+        slots = [int(slot) for slot in free[: len(prompts)]]
         out: list[np.ndarray] = [np.empty(0)] * len(slots)
-        order = sorted(range(len(slots)), key=lambda i: slots[i])
         group: list[int] = []
 
         def flush() -> None:
@@ -136,17 +134,17 @@ class SharedKVRunner:
                     out[i] = row
                 group.clear()
 
-        for i in order:
-            width = max([len(prompts[j]) for j in group] + [len(prompts[i])])
+        for i, prompt in enumerate(prompts):
+            width = max([len(prompts[j]) for j in group] + [len(prompt)])
             contiguous = not group or slots[i] == slots[group[-1]] + 1
             if group and (not contiguous or width * (len(group) + 1) > token_budget):
                 flush()
-            if len(prompts[i]) > token_budget:
-                out[i] = self._prefill_chunked(slots[i], prompts[i], token_budget)
+            if len(prompt) > token_budget:
+                out[i] = self._prefill_chunked(slots[i], prompt, token_budget)
             else:
                 group.append(i)
         flush()
-        return np.stack(out)
+        return slots, np.stack(out)
 
     def _prefill_group(self, slots: list[int], prompts: list[list[int]]) -> np.ndarray:
         width = max(len(p) for p in prompts)
@@ -169,18 +167,21 @@ class SharedKVRunner:
             self.lengths[slot] = done
         return logits
 
-    def decode(self, tokens: np.ndarray) -> np.ndarray:
-        """One step for rows [0, high): `tokens[row]` is each row's last token (anything for a free row).
-        Returns [high, vocab] logits; each used row's length grows by one."""
-        high = len(tokens)
-        used = self.lengths[:high] > 0
-        if np.any(self.lengths[:high][used] >= self.max_length):
+    def decode(self, slots: list[int], tokens: list[int]) -> np.ndarray:
+        """One step for every slot in use (`slots`, with each one's last token); returns their logits in that
+        order. A free slot below the highest is stepped as a dummy row of length one."""
+        if sorted(slots) != [int(s) for s in np.flatnonzero(self.lengths)]:
+            raise ValueError("decode steps every slot in use, and only those")
+        if np.any(self.lengths[slots] >= self.max_length):
             raise ValueError("a sequence reached the end of its context")
+        high = max(slots) + 1
+        step_tokens = np.zeros((high, 1), dtype=np.int64)
+        step_tokens[slots, 0] = tokens
+        used = self.lengths[:high] > 0
         total = np.where(used, self.lengths[:high] + 1, 1)
-        logits = self._run(0, high, np.asarray(tokens, dtype=np.int64).reshape(high, 1), total,
-                           past_lengths=total - 1)
+        logits = self._run(0, high, step_tokens, total, past_lengths=total - 1)
         self.lengths[:high][used] += 1
-        return logits[:, -1]
+        return logits[slots, -1]
 
     def _run(self, first: int, rows: int, ids: np.ndarray, total: np.ndarray, past_lengths: np.ndarray) -> np.ndarray:
         """Run the graph over slot rows [first, first + rows) with `total` tokens per row after this call."""

@@ -19,6 +19,9 @@ from pathlib import Path
 import httpx
 
 from moltbot.engine.config import ModelConfig
+from moltbot.engine.export_marker import read_marker
+from moltbot.engine.shared_kv import genai_precision, is_shared_kv_graph
+from moltbot.settings import Settings
 
 SOURCE_MARKER = ".moltbot-source.json"
 # Told (bytes done, bytes in all when known) as a download goes.
@@ -39,8 +42,11 @@ def is_pytorch_checkpoint(folder: Path) -> bool:
         any(folder.glob(pattern)) for pattern in ("*.safetensors", "pytorch_model*.bin"))
 
 
-def resolve_local(folder: Path, task: str, cache_dir: Path) -> Path:
-    """The ONNX folder to serve: `folder` itself, or its cached export when it holds a PyTorch checkpoint."""
+def resolve_local(folder: Path, task: str, cache_dir: Path, precision: str = "fp32", device: str = "cpu",
+                  builder_python: str | None = None) -> Path:
+    """The ONNX folder to serve: `folder` itself, or its cached export when it holds a PyTorch checkpoint (for chat
+    models the model builder's graph at `precision` where the builder is there and covers the model, else
+    Optimum's; see export/__main__.py)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelSourceError(f"{folder}: no such model folder")
@@ -53,25 +59,36 @@ def resolve_local(folder: Path, task: str, cache_dir: Path) -> Path:
     for path in sorted(folder.iterdir()):
         if path.is_file():
             stamp.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    target = Path(cache_dir) / "exports" / f"{folder.name}-{task}-{stamp.hexdigest()[:16]}"
+    target = Path(cache_dir) / "exports" / f"{folder.name}-{task}-{precision}-{device}-{stamp.hexdigest()[:16]}"
     if is_onnx_export(target):
         return target
-    export_to(folder, target, task)
+    args = ["moltbot.export", str(folder), str(target), "--task", task, "--precision", precision, "--device", device]
+    _run_export_step(args + (["--builder-python", builder_python] if builder_python else []),
+                     f"exporting {folder} to ONNX ({precision})")
     return target
 
 
-def onnx_folder(folder: Path, config: ModelConfig, cache_dir: Path) -> Path:
-    """The folder of ONNX files to serve for `config`: its export when `folder` holds a checkpoint, quantised when
-    the config asks for it."""
-    folder = resolve_local(folder, config.task, cache_dir)
-    if config.quantize == "int8":
-        folder = quantized(folder, cache_dir)
+def onnx_folder(folder: Path, config: ModelConfig, settings: Settings) -> Path:
+    """The folder of ONNX files to serve for `config`: its export when `folder` holds a checkpoint, at the precision
+    the config's `quantize` asks for (fp32 without one)."""
+    device = config.device or settings.device
+    precision = config.quantize or "fp32"
+    if precision == "fp16" and device != "cuda":
+        raise ModelSourceError(f"{config.name}: quantize fp16 is for device cuda (on the CPU use int8 or int4)")
+    folder = resolve_local(folder, config.task, settings.cache_dir, precision, device, settings.builder_python)
+    if is_shared_kv_graph(folder):
+        made = genai_precision(folder, None)
+        if config.quantize and made != config.quantize:
+            raise ModelSourceError(f"{folder} is a {made} graph, but the config asks for quantize {config.quantize}: "
+                                   "point path at the checkpoint (it is built at that precision once) or at a "
+                                   f"{config.quantize} graph")
+        return folder
+    if precision == "int8" and read_marker(folder).get("precision") != "int8":
+        return quantized(folder, settings.cache_dir)
+    if precision == "int4":
+        raise ModelSourceError(f"{folder}: int4 graphs are made by the model builder from a Hugging Face "
+                               "checkpoint: point path at the checkpoint and set builder_python")
     return folder
-
-
-def export_to(src: Path, dst: Path, task: str) -> None:
-    """Export with Optimum in a child process, so that this process never imports torch."""
-    _run_export_step(["moltbot.export", str(src), str(dst), "--task", task], f"exporting {src} to ONNX")
 
 
 def quantized(folder: Path, cache_dir: Path) -> Path:

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from moltbot.engine.export_marker import MARKER
 from moltbot.engine.sources import file_sha256
-from moltbot.export.optimum_export import MARKER, export_checkpoint
+from moltbot.export.optimum_export import export_checkpoint
 
 TINY_CHAT = "tiny-chat"
 MINILM = "all-minilm-l6-v2"

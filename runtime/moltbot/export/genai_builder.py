@@ -6,14 +6,13 @@ int8 (engine/shared_kv.py serves them). It covers the common decoder families (L
 Gemma, ...); Optimum's export (optimum_export.py) stays the fallback for the rest and for encoders.
 
 The builder needs transformers 5, Optimum's exporter pins 4.57: the builder runs in its own environment
-(`make builder-venv`, or any Python with requirements/builder.txt installed), found as `builder_python`
-(MOLTBOT_BUILDER_PYTHON), else this interpreter when it has the builder.
+(`make builder-venv`, or any Python with requirements/builder.txt installed), named by the `builder_python`
+setting (MOLTBOT_BUILDER_PYTHON), else this interpreter when it has the builder.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -21,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from moltbot.engine.export_marker import write_marker
+
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-MARKER = "moltbot-export.json"
 # Files the serving path reads, taken from the checkpoint itself (the builder rewrites tokenizer_config.json
 # through transformers 5, which drops fields such as added tokens).
 _CHECKPOINT_FILES = ("config.json", "generation_config.json", "special_tokens_map.json", "tokenizer_config.json",
@@ -40,7 +40,6 @@ class ArchitectureNotCovered(RuntimeError):
 
 def find_builder_python(configured: str | None = None) -> str:
     """The interpreter that runs the builder: the configured one, else this one if it has the builder."""
-    configured = configured or os.environ.get("MOLTBOT_BUILDER_PYTHON") or None
     if configured:
         if not Path(configured).exists():
             raise BuilderUnavailable(f"builder_python {configured} does not exist")
@@ -78,7 +77,7 @@ def build_graph(src: str | Path, dst: str | Path, precision: str = "int4", devic
             if (src / name).exists():
                 shutil.copy2(src / name, graph / name)
         meta = {"task": "chat", "graph": "genai", "precision": precision, "device": device, "source": str(src)}
-        (graph / MARKER).write_text(json.dumps(meta, indent=2))
+        write_marker(graph, meta)
         graph.chmod(0o755)
         if dst.exists():
             shutil.rmtree(dst)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from moltbot.engine.export_marker import write_marker
+
 TASKS = {"chat": "text-generation-with-past", "embeddings": "feature-extraction"}
-MARKER = "moltbot-export.json"
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, task: str = "chat", dtype: str | None = None,
@@ -33,8 +33,9 @@ def export_checkpoint(src: str | Path, dst: str | Path, task: str = "chat", dtyp
                      "sentence_bert_config.json", "chat_template.jinja"):
             if (src / name).exists() and not (work / name).exists():
                 shutil.copy2(src / name, work / name)
-        meta = {"task": task, "source": str(src), "dtype": dtype or "float32", **(extra_meta or {})}
-        (work / MARKER).write_text(json.dumps(meta, indent=2))
+        graph = {"graph": "optimum", "precision": "fp16" if dtype == "fp16" else "fp32"} if task == "chat" else {}
+        write_marker(work, {"task": task, "source": str(src), "dtype": dtype or "float32", **graph,
+                            **(extra_meta or {})})
         if dst.exists():
             shutil.rmtree(dst)
         work.chmod(0o755)  # mkdtemp makes it private; the service may run as another user

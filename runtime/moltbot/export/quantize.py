@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from moltbot.engine.export_marker import read_marker, write_marker
+
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """Write an int8 copy of the model folder `src` to `dst`, atomically."""
@@ -28,6 +30,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
         for item in src.iterdir():
             if item.is_file() and not item.name.startswith("model.onnx") and not (work / item.name).exists():
                 shutil.copy2(item, work / item.name)
+        write_marker(work, {**read_marker(src), "precision": "int8"})
         work.chmod(0o755)
         if dst.exists():
             shutil.rmtree(dst)

@@ -1,4 +1,5 @@
-"""Local chat models: an ONNX decoder on ONNX Runtime, behind the continuous-batching scheduler (generation.py)."""
+"""Local chat models: an ONNX decoder on ONNX Runtime (a graph runner, runner.py), behind the continuous-batching
+scheduler (scheduler.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import GenerationFailed, InvalidRequest
-from moltbot.engine.generation import DecoderModel, GenerationHandle, GenerationScheduler
+from moltbot.engine.runner import open_runner
+from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
 from moltbot.engine.sessions import admission_limits, device_options
 from moltbot.engine.sources import onnx_folder
 from moltbot.engine.tokenizer import TemplateError, TextTokenizer
@@ -43,15 +45,17 @@ class DecoderBackend:
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> DecoderBackend:
         if folder is None:
             raise ValueError(f"{config.name}: the onnxruntime backend needs model files")
-        folder = onnx_folder(folder, config, settings.cache_dir)
-        decoder = DecoderModel(folder, device_options(config, settings), settings.cache_dir)
+        folder = onnx_folder(folder, config, settings)
         tokenizer = TextTokenizer(folder)
         model_limit = _model_context_limit(folder)
         context = min(config.max_tokens, model_limit) if model_limit else config.max_tokens
         max_running, max_queued = admission_limits(config, settings)
-        scheduler = GenerationScheduler(config.name, decoder, tokenizer, context_length=context,
+        runner = open_runner(folder, device_options(config, settings), slots=max_running, context_length=context,
+                             cache_dir=settings.cache_dir)
+        scheduler = GenerationScheduler(config.name, runner, tokenizer, context_length=context,
                                         max_running=max_running, max_queued=max_queued)
-        return cls(ModelInfo.of(config, decoder.provider, context), scheduler, tokenizer, config.temperature)
+        info = ModelInfo.of(config, runner.provider, context, graph=runner.family, precision=runner.precision)
+        return cls(info, scheduler, tokenizer, config.temperature)
 
     def describe(self) -> ModelInfo:
         return self.info

@@ -32,7 +32,7 @@ class EncoderBackend:
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> EncoderBackend:
         if folder is None:
             raise ValueError(f"{config.name}: the onnxruntime backend needs model files")
-        folder = onnx_folder(folder, config, settings.cache_dir)
+        folder = onnx_folder(folder, config, settings)
         encoder = EncoderModel(folder, device_options(config, settings), settings.cache_dir)
         max_running, max_queued = admission_limits(config, settings)
         batcher = EmbeddingBatcher(config.name, encoder, settings.embedding_batch_size,

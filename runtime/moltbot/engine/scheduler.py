@@ -1,0 +1,265 @@
+"""Continuous batching: one scheduler thread per model plans the steps its graph runner runs.
+
+Sequences wait in a bounded queue (admission beyond it is refused with QueueFull, a 429), join the running batch
+between decode steps (prefilled into free slots, a bounded number of prompt tokens at a time) and leave it as
+soon as they finish or their client goes away: a cancelled sequence is not stepped again. The runner
+(runner.py) runs the graph; sampling.py picks tokens; output.py turns them into text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moltbot import metrics
+from moltbot.engine.errors import EngineStopped, QueueFull
+from moltbot.engine.output import OutputProcessor
+from moltbot.engine.runner import GraphRunner
+from moltbot.engine.sampling import SamplingParams, sample
+from moltbot.engine.tokenizer import TextTokenizer
+
+log = logging.getLogger("moltbot.engine")
+
+# Most (padded) prompt tokens in one prefill call: bounds the [rows, tokens, vocab] logits a prefill makes.
+# Longer prompts are prefilled in chunks, each continuing the cache the previous one wrote.
+PREFILL_TOKEN_BUDGET = 1024
+
+
+@dataclass
+class TokenEvent:
+    """What the scheduler hands to the request's side: new text, and once, the finish reason."""
+
+    text: str
+    tokens: int
+    finish_reason: str | None = None
+    index: int = 0  # which of the request's n sequences
+
+
+@dataclass
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[TokenEvent], None]
+    output: OutputProcessor
+    index: int = 0
+    slot: int | None = None  # the runner's slot while running
+    last_token: int = 0
+    finish_reason: str | None = None
+    cancelled: bool = False
+    admitted_at: float = field(default_factory=time.monotonic)
+    last_token_at: float | None = None
+
+    def __post_init__(self) -> None:
+        # Seeded: reproducible, and different for each of a request's n choices (any int64 seed is accepted).
+        seed = None if self.params.seed is None else [self.params.seed & (2**64 - 1), self.index]
+        self.rng = np.random.default_rng(seed)
+
+
+class GenerationHandle:
+    """The asyncio side of one request: an async iterator of TokenEvents, cancellable."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.sequences: list[Sequence] = []
+
+    def emit(self, event: TokenEvent) -> None:  # called from the scheduler thread
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def next_event(self) -> TokenEvent:
+        return await self._queue.get()
+
+    def cancel(self) -> None:
+        for seq in self.sequences:
+            seq.cancelled = True
+
+
+class GenerationScheduler:
+    """Owns one graph runner; admits, batches and steps sequences on its own thread."""
+
+    def __init__(self, name: str, runner: GraphRunner, tokenizer: TextTokenizer, context_length: int,
+                 max_running: int, max_queued: int):
+        self.name = name
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []  # in a slot; changed under the lock, read by submit()
+        self._admitting = 0  # taken from the queue, being prefilled
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._step_seconds = 0.05  # running estimate, for Retry-After
+        self._thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
+        metrics.MAX_RUNNING.labels(name).set(max_running)
+        metrics.MAX_QUEUED.labels(name).set(max_queued)
+        metrics.QUEUED.labels(name).set(0)
+        metrics.RUNNING.labels(name).set(0)
+        self._thread.start()
+
+    # ---- request side (any thread) -------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop,
+               handle: GenerationHandle | None = None) -> GenerationHandle:
+        """Queue n sequences of one prompt. Passing an earlier handle adds them to it (indexes run on)."""
+        handle = handle or GenerationHandle(loop)
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped(self.name)
+            in_system = len(self._waiting) + self._admitting + len(self._running)
+            if in_system + n > self.max_running + self.max_queued:
+                metrics.REJECTED.labels(self.name).inc()
+                raise QueueFull(self.name, retry_after=self._retry_after())
+            first = len(handle.sequences)
+            for index in range(first, first + n):
+                output = OutputProcessor(self.tokenizer, params, len(prompt_ids), self.context_length)
+                seq = Sequence(prompt_ids=prompt_ids, params=params, emit=handle.emit, output=output, index=index)
+                handle.sequences.append(seq)
+                self._waiting.append(seq)
+            metrics.QUEUED.labels(self.name).set(len(self._waiting))
+            metrics.PROMPT_TOKENS.labels(self.name).inc(len(prompt_ids) * n)
+            self._cond.notify()
+        return handle
+
+    def _retry_after(self) -> int:
+        queued_steps = (len(self._waiting) / max(self.max_running, 1) + 1) * 64
+        return max(1, min(60, int(queued_steps * self._step_seconds) + 1))
+
+    def load(self) -> tuple[int, int]:
+        """(running, queued) sequences."""
+        with self._cond:
+            return len(self._running), len(self._waiting)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            for seq in list(self._waiting) + self._running:
+                seq.cancelled = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    # ---- scheduler thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._running and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self._waiting and not self._running:
+                    return
+                self._drop_cancelled_waiting()
+                admitted = self._take_admissible()
+                self._admitting = len(admitted)
+            try:
+                self._release_cancelled()
+                if admitted:
+                    self._admit(admitted)
+                running = [s for s in self._running if s.slot is not None]  # all of them: admitted with a slot
+                if running:
+                    started = time.monotonic()
+                    logits = self.runner.decode([s.slot for s in running if s.slot is not None],
+                                                [s.last_token for s in running])
+                    self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.monotonic() - started)
+                    self._advance(running, logits)
+            except Exception as exc:  # a failing model must not leave clients waiting forever
+                log.exception("generation failed for model %s", self.name)
+                self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
+            with self._cond:
+                self._admitting = 0
+                metrics.QUEUED.labels(self.name).set(len(self._waiting))
+                metrics.RUNNING.labels(self.name).set(len(self._running))
+
+    def _drop_cancelled_waiting(self) -> None:
+        kept = deque(s for s in self._waiting if not s.cancelled)
+        for seq in self._waiting:
+            if seq.cancelled:
+                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
+        self._waiting = kept
+
+    def _take_admissible(self) -> list[Sequence]:
+        """Newcomers for the next prefill: as many as there are free slots, up to the prefill token budget
+        (a prompt longer than the budget goes alone, in chunks)."""
+        room = min(self.max_running - len(self._running), self.runner.free_slots())
+        taken: list[Sequence] = []
+        longest = 0
+        while self._waiting and len(taken) < room:
+            nxt = self._waiting[0]
+            padded = (len(taken) + 1) * max(longest, len(nxt.prompt_ids))
+            if taken and padded > PREFILL_TOKEN_BUDGET:
+                break  # the next prefill takes it
+            longest = max(longest, len(nxt.prompt_ids))
+            taken.append(self._waiting.popleft())
+        return taken
+
+    def _release_cancelled(self) -> None:
+        """A client that went away frees its slot now: it is not stepped again."""
+        for seq in list(self._running):
+            if seq.cancelled and not seq.finish_reason:
+                self._finish(seq, "cancelled")
+                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
+
+    def _admit(self, admitted: list[Sequence]) -> None:
+        """Prefill the newcomers into free slots and sample their first tokens. A failure (e.g. out of memory on
+        a long prompt) fails only the newcomers."""
+        try:
+            slots, logits = self.runner.prefill([s.prompt_ids for s in admitted], PREFILL_TOKEN_BUDGET)
+        except Exception as exc:
+            log.exception("prefill failed for model %s", self.name)
+            with self._cond:
+                self._admitting = 0
+            self._fail(admitted, f"prefill failed: {type(exc).__name__}: {exc}")
+            return
+        with self._cond:  # newcomers leave `admitting` as they join the batch: submit() never counts them twice
+            for seq, slot in zip(admitted, slots, strict=True):
+                seq.slot = slot
+            self._running.extend(admitted)
+            self._admitting = 0
+        self._advance(admitted, logits)
+
+    def _advance(self, seqs: list[Sequence], logits: np.ndarray) -> None:
+        """Sample each sequence's next token from its row of logits, emit its text, finish where it ends."""
+        now = time.monotonic()
+        for seq, row in zip(seqs, logits, strict=True):
+            token = sample(row, seq.params, seq.rng)
+            seq.last_token = token
+            if seq.last_token_at is None:
+                metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - seq.admitted_at)
+            else:
+                metrics.INTER_TOKEN_LATENCY.labels(self.name).observe(now - seq.last_token_at)
+            seq.last_token_at = now
+            metrics.GENERATION_TOKENS.labels(self.name).inc()
+            delta, finish = seq.output.push(token)
+            if finish:
+                self._finish(seq, finish)
+            seq.emit(TokenEvent(delta, 1, finish, seq.index))
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        if seq.slot is not None:
+            self.runner.release(seq.slot)
+        with self._cond:
+            self._running.remove(seq)
+
+    def _fail_running(self, message: str) -> None:
+        victims = [s for s in self._running if not s.finish_reason]
+        for seq in victims:
+            with contextlib.suppress(Exception):  # the runner that failed may fail again: the slots go anyway
+                self._finish(seq, "error")
+            with self._cond:
+                if seq in self._running:
+                    self._running.remove(seq)
+        self._fail(victims, message)
+
+    @staticmethod
+    def _fail(seqs: list[Sequence], message: str) -> None:
+        for seq in seqs:
+            seq.finish_reason = "error"
+            seq.emit(TokenEvent(message, 0, "error", seq.index))

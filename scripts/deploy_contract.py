@@ -52,6 +52,15 @@ def generated_files(contract: dict[str, Any]) -> dict[Path, str]:
             "moltbot_container_api_keys_file": paths["api_keys_file"],
             "moltbot_gpu_cuda_major": gpu["cuda_major"],
         }),
+        # Roles that name the moltbot role's published ports fall back to the image's own when those are unset.
+        ROOT / "ansible/roles/firewall/vars/main.yml": _yaml({
+            "firewall_contract_http_port": ports["http"],
+            "firewall_contract_https_port": ports["https"],
+        }),
+        ROOT / "ansible/roles/prometheus_targets/vars/main.yml": _yaml({
+            "prometheus_targets_contract_http_port": ports["http"],
+            "prometheus_targets_contract_https_port": ports["https"],
+        }),
         ROOT / "ansible/roles/nvidia_container_toolkit/vars/main.yml": _yaml({
             "nvidia_container_toolkit_cuda_major": gpu["cuda_major"],
             "nvidia_container_toolkit_min_driver_version": gpu["min_driver_version"],

@@ -215,3 +215,28 @@ def test_newcomers_joining_the_batch_are_never_counted_twice(scheduler, monkeypa
             h.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_event_loop_is_woken_once_per_step_not_once_per_sequence(scheduler):
+    """Each scheduler pass hands all its sequences' events to the loop in one call: with many streams, one
+    wake-up per token per stream would crowd out everything else the loop serves (/health, /metrics)."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        calls = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting
+        ids = [scheduler.tokenizer.encode(p) for p in PROMPTS]
+        results = await asyncio.gather(*(run(scheduler, i, 16) for i in ids))
+        return calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert [len(tokens) for tokens, _ in results] == [16] * len(PROMPTS)
+    # 4 sequences x 16 tokens = 64 events; at most one wake-up per pass (a prefill pass, 16 decode passes, and
+    # passes that admit a sequence submitted a moment later).
+    assert calls <= 16 + len(PROMPTS) + 1

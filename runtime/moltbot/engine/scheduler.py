@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +46,7 @@ class TokenEvent:
 class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
-    emit: Callable[[TokenEvent], None]
+    handle: GenerationHandle
     output: OutputProcessor
     index: int = 0
     slot: int | None = None  # the runner's slot while running
@@ -67,13 +66,12 @@ class GenerationHandle:
     """The asyncio side of one request: an async iterator of TokenEvents, cancellable."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self.loop = loop
         self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.sequences: list[Sequence] = []
 
-    def emit(self, event: TokenEvent) -> None:  # called from the scheduler thread
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+    def deliver(self, event: TokenEvent) -> None:  # on the handle's loop
+        self._queue.put_nowait(event)
 
     async def next_event(self) -> TokenEvent:
         return await self._queue.get()
@@ -100,6 +98,9 @@ class GenerationScheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
+        # Events of one scheduler pass, handed to each event loop in one call: one wake-up of the loop per step
+        # rather than one per sequence (with 32 streams, per-sequence wake-ups crowd out /health and the rest).
+        self._outbox: list[tuple[GenerationHandle, TokenEvent]] = []
         self._thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
         metrics.MAX_RUNNING.labels(name).set(max_running)
         metrics.MAX_QUEUED.labels(name).set(max_queued)
@@ -122,7 +123,7 @@ class GenerationScheduler:
             first = len(handle.sequences)
             for index in range(first, first + n):
                 output = OutputProcessor(self.tokenizer, params, len(prompt_ids), self.context_length)
-                seq = Sequence(prompt_ids=prompt_ids, params=params, emit=handle.emit, output=output, index=index)
+                seq = Sequence(prompt_ids=prompt_ids, params=params, handle=handle, output=output, index=index)
                 handle.sequences.append(seq)
                 self._waiting.append(seq)
             metrics.QUEUED.labels(self.name).set(len(self._waiting))
@@ -172,6 +173,7 @@ class GenerationScheduler:
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
                 self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
+            self._flush()
             with self._cond:
                 self._admitting = 0
                 metrics.QUEUED.labels(self.name).set(len(self._waiting))
@@ -181,7 +183,7 @@ class GenerationScheduler:
         kept = deque(s for s in self._waiting if not s.cancelled)
         for seq in self._waiting:
             if seq.cancelled:
-                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
+                self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
         self._waiting = kept
 
     def _take_admissible(self) -> list[Sequence]:
@@ -204,7 +206,7 @@ class GenerationScheduler:
         for seq in list(self._running):
             if seq.cancelled and not seq.finish_reason:
                 self._finish(seq, "cancelled")
-                seq.emit(TokenEvent("", 0, "cancelled", seq.index))
+                self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
 
     def _admit(self, admitted: list[Sequence]) -> None:
         """Prefill the newcomers into free slots and sample their first tokens. A failure (e.g. out of memory on
@@ -239,7 +241,7 @@ class GenerationScheduler:
             delta, finish = seq.output.push(token)
             if finish:
                 self._finish(seq, finish)
-            seq.emit(TokenEvent(delta, 1, finish, seq.index))
+            self._emit(seq, TokenEvent(delta, 1, finish, seq.index))
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
@@ -258,8 +260,25 @@ class GenerationScheduler:
                     self._running.remove(seq)
         self._fail(victims, message)
 
-    @staticmethod
-    def _fail(seqs: list[Sequence], message: str) -> None:
+    def _fail(self, seqs: list[Sequence], message: str) -> None:
         for seq in seqs:
             seq.finish_reason = "error"
-            seq.emit(TokenEvent(message, 0, "error", seq.index))
+            self._emit(seq, TokenEvent(message, 0, "error", seq.index))
+
+    def _emit(self, seq: Sequence, event: TokenEvent) -> None:
+        self._outbox.append((seq.handle, event))
+
+    def _flush(self) -> None:
+        """Hand this pass's events to their loops, one call per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationHandle, TokenEvent]]] = {}
+        for handle, event in self._outbox:
+            by_loop.setdefault(handle.loop, []).append((handle, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[GenerationHandle, TokenEvent]]) -> None:
+    for handle, event in items:
+        handle.deliver(event)

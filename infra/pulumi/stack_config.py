@@ -30,7 +30,7 @@ DEFAULT_IMAGES = {
     "alertmanagerImage": "prom/alertmanager:v0.28.1",
     "grafanaImage": "grafana/grafana:11.6.0",
     "nodeExporterImage": "prom/node-exporter:v1.9.1",
-    "dcgmExporterImage": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04",
+    "dcgmExporterImage": "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.0-ubuntu22.04",
 }
 
 # The API keys reach the runtime as a file (MOLTBOT_API_KEYS_FILE, one key per line), never as environment

@@ -201,3 +201,14 @@ def test_models_export_makes_a_builder_graph_or_says_why_not(tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "int4 graphs come only from the model builder" in refused.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_a_builder_graph_with_external_weights_loads_again_from_the_same_cache_dir(tmp_path):
+    """The optimised-graph cache skips graphs with external weight files (a cached copy would point at weights
+    that are not beside it, and the next load would fail)."""
+    for _ in range(2):
+        runner = SharedKVRunner(ensure_graph("int8"), DeviceOptions(intra_op_threads=2), slots=1, max_length=64,
+                                cache_dir=tmp_path)
+        (slot,), logits = runner.prefill([[5, 6, 7]], token_budget=64)
+        assert slot == 0 and np.isfinite(logits).all()
+    assert not list(tmp_path.rglob("*.onnx"))

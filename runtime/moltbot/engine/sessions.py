@@ -107,7 +107,10 @@ _MAX_CACHED_MODEL_BYTES = 1_500_000_000
 def _optimised_path(model_path: Path, cache_dir: Path | None) -> Path | None:
     """Where this model's optimised graph is cached: keyed by the file, its size and time, and ORT's version
     (the optimised graph holds this machine's CPU-specific kernels, so the cache is never shipped elsewhere)."""
-    if cache_dir is None or (model_path.parent / "model.onnx_data").exists():
+    # A graph with external weights (Optimum's model.onnx_data, the builder's model.onnx.data) is not cached: the
+    # optimised copy would point at weight files beside it that are not there. The builder's graphs come optimised.
+    external = (model_path.with_name(model_path.name + ".data"), model_path.with_name(model_path.name + "_data"))
+    if cache_dir is None or any(path.exists() for path in external):
         return None
     stat = model_path.stat()
     if stat.st_size > _MAX_CACHED_MODEL_BYTES:

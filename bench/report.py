@@ -132,6 +132,21 @@ def _pair_of(a: float | None, b: float | None) -> str:
     return f"{fmt(a)} / {fmt(b)}"
 
 
+NOISY_SPREAD = 1.5  # highest over lowest per-round ratio beyond which a point is flagged
+
+
+def noisy_points(pairs: list[PairResult], spread: float = NOISY_SPREAD) -> list[str]:
+    """`pair point (1.22-2.79)` for each point whose per-round ratios spread by more than `spread`: a side was
+    slowed in some rounds (other load on the machine), so its median says less than the others'."""
+    out = []
+    for pair in pairs:
+        for name, point in pair.points.items():
+            ratios = point.ratios()
+            if ratios.ratios and ratios.high > spread * ratios.low:
+                out.append(f"{pair.label} {name} ({ratios.low:.2f}-{ratios.high:.2f})")
+    return out
+
+
 def unavailable_lines(pairs: list[PairResult]) -> list[str]:
     return [f"- {pair.label}: not available in this runtime ({pair.why})" for pair in pairs if pair.why]
 

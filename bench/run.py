@@ -27,8 +27,8 @@ from bench import membw
 from bench.loadgen import HealthProbe, PointResult, run_point
 from bench.models import CPU_SHAPE, GPU_SHAPE, ModelShape, prompt_of_tokens
 from bench.prepare import ensure_checkpoint, ensure_gguf, ensure_onnx
-from bench.report import (BYTES_PER_WEIGHT, PEERS, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
-                          checks_table, cpu_checks, pair_table, unavailable_lines)
+from bench.report import (BYTES_PER_WEIGHT, NOISY_SPREAD, PEERS, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
+                          checks_table, cpu_checks, noisy_points, pair_table, unavailable_lines)
 from bench.servers import LlamaServer, MoltbotServer
 from bench.stats import fmt, interleaved_order, markdown_table, median, percentile
 
@@ -231,7 +231,7 @@ def run_pair(pair: PairResult, specs: list[PointSpec], model: str, onnx: Path, g
             on_running(a)
     except RuntimeError as exc:  # a server that would not start or serve this precision
         pair.why = str(exc).split("; last output:")[0].splitlines()[0][:400]
-        log(f"{pair.label}: not measured: {exc}")
+        log(f"{pair.label}: not measured: {pair.why}")
     finally:
         for server in servers:
             server.stop()
@@ -368,6 +368,10 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
         "after the last round of the point.\n")
     if any(not p.why for p in pairs):
         report.append(pair_table([p for p in pairs if not p.why]) + "\n")
+        noisy = noisy_points(pairs)
+        if noisy:
+            report.append(f"Per-round ratios spread by more than {NOISY_SPREAD}x (a side slowed in some rounds; "
+                          "check the load average and read these medians with care): " + "; ".join(noisy) + ".\n")
     missing = unavailable_lines(pairs)
     if missing:
         report.append("Not measured:\n\n" + "\n".join(missing) + "\n")

@@ -3,7 +3,7 @@
 import pytest
 
 from bench.loadgen import PointResult, RequestResult
-from bench.report import (Check, PairPoint, PairResult, PointSpec, ceiling_rows, cpu_checks, pair_table,
+from bench.report import (Check, PairPoint, PairResult, PointSpec, ceiling_rows, cpu_checks, noisy_points, pair_table,
                           unavailable_lines)
 
 SPEC = PointSpec("c8", 8, 32, 64, 8, 3)
@@ -97,3 +97,11 @@ def test_check_rows_for_failures_and_at_most():
     assert Check("slow", 0.9, 1.0).row() == ["slow", "0.90x", ">= 1.00x", "FAIL"]
     assert Check("itl", 70.0, 60.0, "ms", at_most=True).verdict == "FAIL"
     assert Check("nothing", None, 1.0).row() == ["nothing", "n/a", ">= 1.00x", "n/a"]
+
+
+def test_points_with_a_wide_spread_of_round_ratios_are_flagged():
+    steady = measured_pair()
+    disturbed = PairResult("fp32", "f16")
+    disturbed.points["c32"] = PairPoint(PointSpec("c32", 32, 32, 64, 32, 3), a=[point(100)] * 3,
+                                        b=[point(100), point(40), point(90)])
+    assert noisy_points([steady, disturbed]) == ["moltbot fp32 vs llama-server f16 c32 (1.00-2.50)"]

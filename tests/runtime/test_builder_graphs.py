@@ -118,7 +118,7 @@ def test_rows_of_different_lengths_chunked_prefill_and_holes_give_each_sequence_
             tokens[slot].append(int(logits[row].argmax()))
     # Slot 1 leaves: a hole below the highest slot, stepped as a dummy row; the others go on unchanged.
     runner.release(1)
-    assert runner.free_slots() == 2 and runner.high() == 3
+    assert runner.free_slots() == 2 and list(runner.lengths[:3] > 0) == [True, False, True]
     for _ in range(6):
         logits = runner.decode([2, 0], [tokens[2][-1], tokens[0][-1]])  # in any order
         tokens[2].append(int(logits[0].argmax()))
@@ -212,3 +212,24 @@ def test_a_builder_graph_with_external_weights_loads_again_from_the_same_cache_d
         (slot,), logits = runner.prefill([[5, 6, 7]], token_budget=64)
         assert slot == 0 and np.isfinite(logits).all()
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_a_prefill_that_fails_half_way_gives_its_slots_back(monkeypatch):
+    runner = runner_of("fp32", slots=2)
+    run = runner._run
+    calls = 0
+
+    def failing_second_chunk(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("out of memory")
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_run", failing_second_chunk)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.prefill([list(range(5, 15))], token_budget=4)  # chunks of 4: the second one fails
+    assert runner.free_slots() == 2
+    monkeypatch.setattr(runner, "_run", run)
+    slots, _ = runner.prefill([[5, 6], [7, 8, 9]], token_budget=64)
+    assert slots == [0, 1] and list(runner.lengths) == [2, 3]

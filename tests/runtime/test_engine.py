@@ -27,7 +27,7 @@ def chat_dir(defaults_dir):
 @pytest.fixture
 def scheduler(chat_dir):
     tokenizer = TextTokenizer(chat_dir)
-    sched = GenerationScheduler("test-chat", OptimumRunner(chat_dir, DeviceOptions(), slots=4), tokenizer,
+    sched = GenerationScheduler("test-chat", OptimumRunner(chat_dir, DeviceOptions(), slots=4, max_length=2048), tokenizer,
                                 context_length=2048, max_running=4, max_queued=2)
     yield sched
     sched.stop()
@@ -165,7 +165,7 @@ def test_device_resident_kv_path_gives_the_same_tokens(chat_dir):
     tokenizer = TextTokenizer(chat_dir)
     results = {}
     for resident in (False, True):
-        runner = OptimumRunner(chat_dir, DeviceOptions(), slots=4)
+        runner = OptimumRunner(chat_dir, DeviceOptions(), slots=4, max_length=2048)
         runner.model.binds_host_buffers = not resident
         sched = GenerationScheduler("resident", runner, tokenizer, context_length=2048, max_running=4, max_queued=4)
 
@@ -240,3 +240,34 @@ def test_the_event_loop_is_woken_once_per_step_not_once_per_sequence(scheduler):
     # 4 sequences x 16 tokens = 64 events; at most one wake-up per pass (a prefill pass, 16 decode passes, and
     # passes that admit a sequence submitted a moment later).
     assert calls <= 16 + len(PROMPTS) + 1
+
+
+def test_a_failing_step_fails_the_batch_then_the_model_serves_again(scheduler, monkeypatch):
+    """Every running sequence gets an error event (no client hangs), the runner starts again empty, and the next
+    request is served."""
+    decode = scheduler.runner.decode
+    failures = []
+
+    def failing_once(slots, tokens):
+        if not failures:
+            failures.append(len(slots))
+            raise RuntimeError("kernel failed")
+        return decode(slots, tokens)
+
+    monkeypatch.setattr(scheduler.runner, "decode", failing_once)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+        handles = [scheduler.submit(scheduler.tokenizer.encode(p), params, 1, loop) for p in PROMPTS[:2]]
+        finals = []
+        for handle in handles:
+            while not (event := await handle.next_event()).finish_reason:
+                pass
+            finals.append((event.finish_reason, event.text))
+        return finals, await run(scheduler, scheduler.tokenizer.encode("again"), 8)
+
+    finals, (tokens, reason) = asyncio.run(scenario())
+    assert failures and all(r == "error" and "kernel failed" in t for r, t in finals)
+    assert reason == "length" and len(tokens) == 8
+    assert scheduler.load() == (0, 0) and scheduler.runner.free_slots() == 4

@@ -102,8 +102,8 @@ class ModelConfig:
             raise ModelConfigError(f"{where}: 'temperature' must be a number from 0 to 2")
         if data.get("quantize") not in (None, *PRECISIONS):
             raise ModelConfigError(f"{where}: quantize must be one of {', '.join(PRECISIONS)} (or left out)")
-        if data.get("quantize") and task == "embeddings":
-            raise ModelConfigError(f"{where}: embedding models are served in fp32 here: leave quantize out")
+        if data.get("quantize") not in (None, "int8") and task == "embeddings":
+            raise ModelConfigError(f"{where}: embedding models take quantize int8 (dynamic) or none")
         if data.get("quantize") and data["backend"] == "service":
             raise ModelConfigError(f"{where}: a service model cannot be quantised here")
         if data.get("device") not in (None, "cpu", "cuda"):

@@ -201,14 +201,22 @@ class OptimumRunner:
 
     family = "optimum"
 
-    def __init__(self, folder: Path, options: DeviceOptions, slots: int, cache_dir: Path | None = None):
+    eos_token_ids: tuple[int, ...] = ()  # the tokenizer's files say them
+
+    def __init__(self, folder: Path, options: DeviceOptions, slots: int, max_length: int,
+                 cache_dir: Path | None = None):
         self.model = DecoderModel(folder, options, cache_dir)
         self.provider = self.model.provider
         self.precision = str(read_marker(folder).get("precision") or
                              ("fp16" if self.model.kv_dtype == np.float16 else "fp32"))
-        self.slots = slots
+        self.max_length = max_length  # the graph has no buffer of its own to bound it
+        self._slots = slots
+        self.reset()
+
+    def reset(self) -> None:
+        """Every slot free, the cache empty (after a failure that may have left the batch half-built)."""
         self.batch = Batch(self.model)
-        self._free = list(range(slots))
+        self._free = list(range(self._slots))
 
     def free_slots(self) -> int:
         return len(self._free)

@@ -25,6 +25,8 @@ class GraphRunner(Protocol):
     family: str  # genai | optimum
     precision: str  # fp32 | fp16 | int8 | int4
     provider: str  # the ONNX Runtime execution provider in use
+    max_length: int  # the most tokens (prompt + generated) a slot holds
+    eos_token_ids: tuple[int, ...]  # end-of-sequence ids the graph's own config names
 
     def free_slots(self) -> int: ...
 
@@ -38,9 +40,13 @@ class GraphRunner(Protocol):
 
     def release(self, slot: int) -> None: ...
 
+    def reset(self) -> None:
+        """Every slot free: after a failure, so that the next requests start from a consistent state."""
+        ...
+
 
 def open_runner(folder: Path, options: DeviceOptions, slots: int, context_length: int,
                 cache_dir: Path | None = None) -> GraphRunner:
     if is_shared_kv_graph(folder):
         return SharedKVRunner(folder, options, slots=slots, max_length=context_length, cache_dir=cache_dir)
-    return OptimumRunner(folder, options, slots=slots, cache_dir=cache_dir)
+    return OptimumRunner(folder, options, slots=slots, max_length=context_length, cache_dir=cache_dir)

@@ -2,7 +2,7 @@
 
 Sequences wait in a bounded queue (admission beyond it is refused with QueueFull, a 429), join the running batch
 between decode steps (prefilled into free slots, a bounded number of prompt tokens at a time) and leave it as
-soon as they finish or their client goes away: a cancelled sequence is not stepped again. The runner
+soon as they finish or their client goes away: a cancelled sequence leaves at the next step. The runner
 (runner.py) runs the graph; sampling.py picks tokens; output.py turns them into text.
 """
 
@@ -94,7 +94,7 @@ class GenerationScheduler:
         self.max_queued = max_queued
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []  # in a slot; changed under the lock, read by submit()
-        self._admitting = 0  # taken from the queue, being prefilled
+        self._admitting: list[Sequence] = []  # taken from the queue, being prefilled
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
@@ -116,7 +116,7 @@ class GenerationScheduler:
         with self._cond:
             if self._stopping:
                 raise EngineStopped(self.name)
-            in_system = len(self._waiting) + self._admitting + len(self._running)
+            in_system = len(self._waiting) + len(self._admitting) + len(self._running)
             if in_system + n > self.max_running + self.max_queued:
                 metrics.REJECTED.labels(self.name).inc()
                 raise QueueFull(self.name, retry_after=self._retry_after())
@@ -143,7 +143,7 @@ class GenerationScheduler:
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            for seq in list(self._waiting) + self._running:
+            for seq in [*self._waiting, *self._admitting, *self._running]:
                 seq.cancelled = True
             self._cond.notify()
         self._thread.join(timeout=10)
@@ -151,18 +151,19 @@ class GenerationScheduler:
     # ---- scheduler thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._waiting and not self._running and not self._stopping:
-                    self._cond.wait()
-                if self._stopping and not self._waiting and not self._running:
-                    return
-                self._drop_cancelled_waiting()
-                admitted = self._take_admissible()
-                self._admitting = len(admitted)
+            admitted: list[Sequence] = []
             try:
+                with self._cond:
+                    while not self._waiting and not self._running and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping and not self._waiting and not self._running:
+                        return
+                    self._drop_cancelled_waiting()
+                    admitted = self._admitting = self._take_admissible()
                 self._release_cancelled()
                 if admitted:
                     self._admit(admitted)
+                    self._flush()  # first tokens out now, not after the next decode step
                 running = [s for s in self._running if s.slot is not None]  # all of them: admitted with a slot
                 if running:
                     started = time.monotonic()
@@ -172,10 +173,10 @@ class GenerationScheduler:
                     self._advance(running, logits)
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
-                self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
+                self._fail_all(admitted, f"generation failed: {type(exc).__name__}: {exc}")
             self._flush()
             with self._cond:
-                self._admitting = 0
+                self._admitting = []
                 metrics.QUEUED.labels(self.name).set(len(self._waiting))
                 metrics.RUNNING.labels(self.name).set(len(self._running))
 
@@ -205,32 +206,42 @@ class GenerationScheduler:
         """A client that went away frees its slot now: it is not stepped again."""
         for seq in list(self._running):
             if seq.cancelled and not seq.finish_reason:
-                self._finish(seq, "cancelled")
                 self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
+                self._finish(seq, "cancelled")
 
     def _admit(self, admitted: list[Sequence]) -> None:
-        """Prefill the newcomers into free slots and sample their first tokens. A failure (e.g. out of memory on
-        a long prompt) fails only the newcomers."""
+        """Prefill the newcomers into free slots and sample their first tokens. A failed prefill (e.g. out of memory
+        on a long prompt) fails only the newcomers: the runner frees the slots it had given them."""
         try:
             slots, logits = self.runner.prefill([s.prompt_ids for s in admitted], PREFILL_TOKEN_BUDGET)
         except Exception as exc:
             log.exception("prefill failed for model %s", self.name)
             with self._cond:
-                self._admitting = 0
+                self._admitting = []
             self._fail(admitted, f"prefill failed: {type(exc).__name__}: {exc}")
             return
         with self._cond:  # newcomers leave `admitting` as they join the batch: submit() never counts them twice
             for seq, slot in zip(admitted, slots, strict=True):
                 seq.slot = slot
             self._running.extend(admitted)
-            self._admitting = 0
+            self._admitting = []
         self._advance(admitted, logits)
 
     def _advance(self, seqs: list[Sequence], logits: np.ndarray) -> None:
-        """Sample each sequence's next token from its row of logits, emit its text, finish where it ends."""
+        """Sample each sequence's next token from its row of logits, emit its text, finish where it ends. A row
+        that cannot be sampled (NaN scores) fails its own sequence only."""
         now = time.monotonic()
         for seq, row in zip(seqs, logits, strict=True):
-            token = sample(row, seq.params, seq.rng)
+            if seq.cancelled and not seq.finish_reason:  # went away during this step
+                self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
+                self._finish(seq, "cancelled")
+                continue
+            try:
+                token = sample(row, seq.params, seq.rng)
+            except ValueError as exc:
+                self._emit(seq, TokenEvent(f"sampling failed: {exc}", 0, "error", seq.index))
+                self._finish(seq, "error")
+                continue
             seq.last_token = token
             if seq.last_token_at is None:
                 metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - seq.admitted_at)
@@ -239,25 +250,31 @@ class GenerationScheduler:
             seq.last_token_at = now
             metrics.GENERATION_TOKENS.labels(self.name).inc()
             delta, finish = seq.output.push(token)
+            self._emit(seq, TokenEvent(delta, 1, finish, seq.index))
             if finish:
                 self._finish(seq, finish)
-            self._emit(seq, TokenEvent(delta, 1, finish, seq.index))
 
     def _finish(self, seq: Sequence, reason: str) -> None:
+        """The sequence leaves the batch (its final event is already emitted) and its slot is freed."""
         seq.finish_reason = reason
-        if seq.slot is not None:
-            self.runner.release(seq.slot)
         with self._cond:
-            self._running.remove(seq)
+            if seq in self._running:
+                self._running.remove(seq)
+        if seq.slot is not None:
+            slot, seq.slot = seq.slot, None
+            self.runner.release(slot)
 
-    def _fail_running(self, message: str) -> None:
-        victims = [s for s in self._running if not s.finish_reason]
+    def _fail_all(self, admitted: list[Sequence], message: str) -> None:
+        """After a failure of the runner or of this thread: every unfinished sequence in the batch or being admitted
+        gets an error, and the runner starts again empty."""
+        with self._cond:
+            victims = [s for s in [*self._running, *admitted] if not s.finish_reason]
+            self._running = []
+            self._admitting = []
         for seq in victims:
-            with contextlib.suppress(Exception):  # the runner that failed may fail again: the slots go anyway
-                self._finish(seq, "error")
-            with self._cond:
-                if seq in self._running:
-                    self._running.remove(seq)
+            seq.slot = None
+        with contextlib.suppress(Exception):  # the runner that failed may fail again: its state is dropped anyway
+            self.runner.reset()
         self._fail(victims, message)
 
     def _fail(self, seqs: list[Sequence], message: str) -> None:

@@ -65,7 +65,6 @@ class SharedKVRunner:
         self.provider = active_provider(self.session)
         self.context_length = int(config.get("context_length", max_length))
         self.max_length = min(max_length, self.context_length)
-        self.slots = slots
         inputs = {i.name: i for i in self.session.get_inputs()}
         names = decoder.get("inputs", {})
         outputs = decoder.get("outputs", {})
@@ -84,7 +83,7 @@ class SharedKVRunner:
         self.kv_heads = int(decoder.get("num_key_value_heads", first.shape[1]))
         self.head_dim = int(decoder.get("head_size", first.shape[3]))
         self.kv_dtype = _DTYPES[first.type]
-        self.eos_token_ids = _ids(config.get("eos_token_id"))
+        self.eos_token_ids = _ids(config.get("eos_token_id"))  # beside the tokenizer's, for folders without one
         self.device = ("cuda", options.cuda_device_id) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
         shape = (slots, self.kv_heads, self.max_length, self.head_dim)
         self._row_bytes = int(np.prod(shape[1:])) * int(np.dtype(self.kv_dtype).itemsize)
@@ -105,10 +104,9 @@ class SharedKVRunner:
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
 
-    def high(self) -> int:
-        """One past the highest slot in use: the rows a decode step covers."""
-        used = np.flatnonzero(self.lengths)
-        return int(used[-1]) + 1 if len(used) else 0
+    def reset(self) -> None:
+        """Every slot free (what is left in the buffers is never read: a slot's length says what is valid)."""
+        self.lengths[:] = 0
 
     # ---- running the graph ----------------------------------------------------------------------------
     def prefill(self, prompts: list[list[int]], token_budget: int) -> tuple[list[int], np.ndarray]:
@@ -124,6 +122,13 @@ class SharedKVRunner:
             if not 0 < len(prompt) < self.max_length:
                 raise ValueError(f"a prompt of {len(prompt)} tokens does not fit a context of {self.max_length}")
         slots = [int(slot) for slot in free[: len(prompts)]]
+        try:
+            return slots, self._prefill_into(slots, prompts, token_budget)
+        except BaseException:
+            self.lengths[slots] = 0  # a half-written prefill must not keep its slots
+            raise
+
+    def _prefill_into(self, slots: list[int], prompts: list[list[int]], token_budget: int) -> np.ndarray:
         out: list[np.ndarray] = [np.empty(0)] * len(slots)
         group: list[int] = []
 
@@ -144,7 +149,7 @@ class SharedKVRunner:
             else:
                 group.append(i)
         flush()
-        return slots, np.stack(out)
+        return np.stack(out)
 
     def _prefill_group(self, slots: list[int], prompts: list[list[int]]) -> np.ndarray:
         width = max(len(p) for p in prompts)
@@ -152,9 +157,9 @@ class SharedKVRunner:
         lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = prompt
-        logits = self._run(slots[0], len(slots), ids, lengths, past_lengths=np.zeros_like(lengths))
+        logits = self._run(slots[0], len(slots), ids, lengths, past_lengths=np.zeros_like(lengths), last=lengths - 1)
         self.lengths[slots[0]: slots[0] + len(slots)] = lengths
-        return logits[np.arange(len(prompts)), lengths - 1]
+        return logits
 
     def _prefill_chunked(self, slot: int, prompt: list[int], chunk: int) -> np.ndarray:
         done = 0
@@ -162,7 +167,8 @@ class SharedKVRunner:
         while done < len(prompt):
             piece = np.asarray([prompt[done: done + chunk]], dtype=np.int64)
             total = np.array([done + piece.shape[1]], dtype=np.int64)
-            logits = self._run(slot, 1, piece, total, past_lengths=np.array([done], dtype=np.int64))[0, -1]
+            logits = self._run(slot, 1, piece, total, past_lengths=np.array([done], dtype=np.int64),
+                               last=np.array([piece.shape[1] - 1]))[0]
             done += piece.shape[1]
             self.lengths[slot] = done
         return logits
@@ -179,12 +185,14 @@ class SharedKVRunner:
         step_tokens[slots, 0] = tokens
         used = self.lengths[:high] > 0
         total = np.where(used, self.lengths[:high] + 1, 1)
-        logits = self._run(0, high, step_tokens, total, past_lengths=total - 1)
+        logits = self._run(0, high, step_tokens, total, past_lengths=total - 1, last=np.zeros(high, dtype=np.int64))
         self.lengths[:high][used] += 1
-        return logits[slots, -1]
+        return logits[slots]
 
-    def _run(self, first: int, rows: int, ids: np.ndarray, total: np.ndarray, past_lengths: np.ndarray) -> np.ndarray:
-        """Run the graph over slot rows [first, first + rows) with `total` tokens per row after this call."""
+    def _run(self, first: int, rows: int, ids: np.ndarray, total: np.ndarray, past_lengths: np.ndarray,
+             last: np.ndarray) -> np.ndarray:
+        """Run the graph over slot rows [first, first + rows) with `total` tokens per row after this call; returns
+        each row's logits at its position `last` (in this call's tokens), [rows, vocab] in float32."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.input_ids_name, ids)
         width = int(total.max())
@@ -200,7 +208,8 @@ class SharedKVRunner:
         binding.bind_output(self.logits_name, "cpu")
         self.session.run_with_iobinding(binding)
         logits: np.ndarray = binding.get_outputs()[-1].numpy()
-        return logits.astype(np.float32, copy=False)  # fp16 graphs: sampling works in float32
+        picked: np.ndarray = logits[np.arange(rows), last]  # before converting: a prefill's logits span every position
+        return picked.astype(np.float32, copy=False)  # fp16 graphs: sampling works in float32
 
 
 def _ids(value: Any) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ import httpx
 
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.export_marker import read_marker
-from moltbot.engine.shared_kv import genai_precision, is_shared_kv_graph
+from moltbot.engine.shared_kv import is_shared_kv_graph
 from moltbot.settings import Settings
 
 SOURCE_MARKER = ".moltbot-source.json"
@@ -59,7 +59,10 @@ def resolve_local(folder: Path, task: str, cache_dir: Path, precision: str = "fp
     for path in sorted(folder.iterdir()):
         if path.is_file():
             stamp.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    target = Path(cache_dir) / "exports" / f"{folder.name}-{task}-{precision}-{device}-{stamp.hexdigest()[:16]}"
+    # Keyed by what can change the result, the builder's presence included (without it, chat models fall back to
+    # Optimum's export; once it is there, the builder's graph is made).
+    maker = "builder" if builder_python and task == "chat" else "optimum"
+    target = Path(cache_dir) / "exports" / f"{folder.name}-{task}-{precision}-{device}-{maker}-{stamp.hexdigest()[:16]}"
     if is_onnx_export(target):
         return target
     args = ["moltbot.export", str(folder), str(target), "--task", task, "--precision", precision, "--device", device]
@@ -70,18 +73,15 @@ def resolve_local(folder: Path, task: str, cache_dir: Path, precision: str = "fp
 
 def onnx_folder(folder: Path, config: ModelConfig, settings: Settings) -> Path:
     """The folder of ONNX files to serve for `config`: its export when `folder` holds a checkpoint, at the precision
-    the config's `quantize` asks for (fp32 without one)."""
+    the config's `quantize` asks for (fp32 without one). Embedding models: Optimum's export, int8 by dynamic
+    quantisation. The backend checks that a graph it was given as is has the precision asked for."""
     device = config.device or settings.device
     precision = config.quantize or "fp32"
     if precision == "fp16" and device != "cuda":
         raise ModelSourceError(f"{config.name}: quantize fp16 is for device cuda (on the CPU use int8 or int4)")
-    folder = resolve_local(folder, config.task, settings.cache_dir, precision, device, settings.builder_python)
+    export_precision = precision if config.task == "chat" else "fp32"
+    folder = resolve_local(folder, config.task, settings.cache_dir, export_precision, device, settings.builder_python)
     if is_shared_kv_graph(folder):
-        made = genai_precision(folder, None)
-        if config.quantize and made != config.quantize:
-            raise ModelSourceError(f"{folder} is a {made} graph, but the config asks for quantize {config.quantize}: "
-                                   "point path at the checkpoint (it is built at that precision once) or at a "
-                                   f"{config.quantize} graph")
         return folder
     if precision == "int8" and read_marker(folder).get("precision") != "int8":
         return quantized(folder, settings.cache_dir)

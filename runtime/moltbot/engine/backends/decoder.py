@@ -25,7 +25,7 @@ from moltbot.engine.errors import GenerationFailed, InvalidRequest
 from moltbot.engine.runner import open_runner
 from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
 from moltbot.engine.sessions import admission_limits, device_options
-from moltbot.engine.sources import onnx_folder
+from moltbot.engine.sources import ModelSourceError, onnx_folder
 from moltbot.engine.tokenizer import TemplateError, TextTokenizer
 from moltbot.engine.validation import ModelLimits, SamplingRequest, ValidatedRequest, validate
 from moltbot.settings import Settings
@@ -52,6 +52,12 @@ class DecoderBackend:
         max_running, max_queued = admission_limits(config, settings)
         runner = open_runner(folder, device_options(config, settings), slots=max_running, context_length=context,
                              cache_dir=settings.cache_dir)
+        if config.quantize and runner.precision != config.quantize:
+            raise ModelSourceError(f"{folder} holds a {runner.precision} graph, but the config asks for quantize "
+                                   f"{config.quantize}: point path at the checkpoint (built once at that precision) "
+                                   f"or at a {config.quantize} graph")
+        context = runner.max_length  # the graph's own limit may be lower (a builder graph's context_length)
+        tokenizer.eos_token_ids.update(runner.eos_token_ids)
         scheduler = GenerationScheduler(config.name, runner, tokenizer, context_length=context,
                                         max_running=max_running, max_queued=max_queued)
         info = ModelInfo.of(config, runner.provider, context, graph=runner.family, precision=runner.precision)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from moltbot.engine.errors import InvalidRequest, ModelNotFound
+
 from .errors import PluginError, PluginTimeout
 
 if TYPE_CHECKING:
@@ -67,9 +69,9 @@ def _model_errors() -> Iterator[None]:
     """The registry's refusals as errors the plugin (and its caller) can act on."""
     try:
         yield
-    except KeyError as exc:  # the registry's ModelNotFound
-        raise PluginError(f"model {exc.args[0] if exc.args else ''} is not served", code="model_not_found") from None
-    except ValueError as exc:  # e.g. a prompt longer than the model's context
+    except ModelNotFound as exc:
+        raise PluginError(f"model {exc.name} is not served", code="model_not_found") from None
+    except InvalidRequest as exc:  # e.g. a prompt longer than the model's context
         raise PluginError(f"the model refused the request: {exc}", code="model_error") from None
 
 

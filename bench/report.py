@@ -142,7 +142,7 @@ def noisy_points(pairs: list[PairResult], spread: float = NOISY_SPREAD) -> list[
     for pair in pairs:
         for name, point in pair.points.items():
             ratios = point.ratios()
-            if ratios.ratios and ratios.high > spread * ratios.low:
+            if _spread_too_wide(ratios, spread):
                 out.append(f"{pair.label} {name} ({ratios.low:.2f}-{ratios.high:.2f})")
     return out
 
@@ -182,6 +182,7 @@ class Check:
     unit: str = "x"
     at_most: bool = False
     shown: tuple[str, str] | None = None  # how to write measured and needed, where numbers would not say it
+    noisy: bool = False  # measured on a point whose rounds disagree (see noisy_points): the verdict says so
 
     @property
     def verdict(self) -> str:
@@ -200,10 +201,11 @@ class Check:
         return f"{fmt(value)} {self.unit}"
 
     def row(self) -> list[str]:
+        verdict = f"{self.verdict} (noisy)" if self.noisy and self.measured is not None else self.verdict
         if self.shown:
-            return [self.label, *self.shown, self.verdict]
+            return [self.label, *self.shown, verdict]
         return [self.label, self._text(self.measured), ("<= " if self.at_most else ">= ") + self._text(self.needed),
-                self.verdict]
+                verdict]
 
 
 def checks_table(checks: list[Check]) -> str:
@@ -216,7 +218,12 @@ def ratio_check(pairs: dict[str, PairResult], precision: str, point: str, needed
     label = f"moltbot {precision} vs llama-server {PEERS[precision]}: {point} >= {needed:g}x (median of per-round ratios)"
     if pair is None or pair.why or point not in pair.points:
         return Check(label, None, needed)
-    return Check(label, pair.points[point].ratios().median, needed)
+    ratios = pair.points[point].ratios()
+    return Check(label, ratios.median, needed, noisy=_spread_too_wide(ratios))
+
+
+def _spread_too_wide(ratios: RatioSummary, spread: float | None = None) -> bool:
+    return bool(ratios.ratios) and ratios.high > (spread or NOISY_SPREAD) * ratios.low
 
 
 def cpu_checks(pairs: dict[str, PairResult], long_point: str, ceiling_int8: float | None) -> list[Check]:
@@ -229,13 +236,15 @@ def cpu_checks(pairs: dict[str, PairResult], long_point: str, ceiling_int8: floa
     itl_b = long.latency("b", "itl") if long else None
     checks.append(Check(f"moltbot int8: {long_point} ITL p50 at most llama-server q8_0's", itl_a,
                         itl_b if itl_b is not None else 0.0, "ms", at_most=True,
-                        shown=None if itl_a is not None and itl_b is not None else ("n/a", "n/a")))
+                        shown=None if itl_a is not None and itl_b is not None else ("n/a", "n/a"),
+                        noisy=long is not None and _spread_too_wide(long.ratios())))
     checks += [ratio_check(pairs, "int4", p, n) for p, n in (("c1", 1.0), ("c32", 1.5))]
     c1 = int8.points.get("c1") if measured_int8 else None
     share = None
     if c1 is not None and ceiling_int8 and c1.tokens_per_second("a") is not None:
         share = 100 * c1.tokens_per_second("a") / ceiling_int8
-    checks.append(Check("moltbot int8: c1 >= 50% of the int8 bandwidth ceiling (same run)", share, 50.0, "%"))
+    checks.append(Check("moltbot int8: c1 >= 50% of the int8 bandwidth ceiling (same run)", share, 50.0, "%",
+                        noisy=c1 is not None and _spread_too_wide(c1.ratios())))
     points = [p for pair in pairs.values() if not pair.why for p in pair.points.values()]
     short = sum(p.short_requests("a") + p.short_requests("b") for p in points)
     total = sum(p.request_count("a") + p.request_count("b") for p in points)

@@ -105,3 +105,12 @@ def test_points_with_a_wide_spread_of_round_ratios_are_flagged():
     disturbed.points["c32"] = PairPoint(PointSpec("c32", 32, 32, 64, 32, 3), a=[point(100)] * 3,
                                         b=[point(100), point(40), point(90)])
     assert noisy_points([steady, disturbed]) == ["moltbot fp32 vs llama-server f16 c32 (1.00-2.50)"]
+
+
+def test_targets_on_noisy_points_say_so():
+    pair = measured_pair(ratio=1.6)
+    pair.points["c8"] = pair_point([160, 160, 160], [100, 40, 100])  # one round of B slowed by other load
+    checks = {c.label.split(" (")[0]: c for c in cpu_checks({"int8": pair}, "long c8", ceiling_int8=100.0)}
+    assert checks["moltbot int8 vs llama-server q8_0: c8 >= 1.5x"].row()[1:] == ["1.60x", ">= 1.50x", "pass (noisy)"]
+    assert checks["moltbot int8 vs llama-server q8_0: c1 >= 1x"].row()[-1] == "pass"
+    assert Check("x", None, 1.0, noisy=True).row()[-1] == "n/a"

@@ -1,6 +1,6 @@
-"""Make the benchmark's artefacts once and cache them under build/bench/: the Hugging Face checkpoint, its ONNX
-export (`moltbot models export`), and its GGUF files for llama-server: f16 by llama.cpp's converter, q8_0 and
-q4_0 by `llama-quantize` from the f16 file."""
+"""Make the benchmark's artefacts once and cache them under build/bench/: the Hugging Face checkpoint (the runtime
+makes its own graphs from it, cached under build/bench/cache/) and its GGUF files for llama-server: f16 by
+llama.cpp's converter, q8_0 and q4_0 by `llama-quantize` from the f16 file."""
 
 from __future__ import annotations
 
@@ -47,21 +47,6 @@ def ensure_checkpoint(shape: ModelShape, root: Path, dtype: str = "float32", log
     _mark(work, seconds=round(time.monotonic() - started, 1))
     _publish(work, folder)
     log(f"checkpoint: made in {folder} ({time.monotonic() - started:.0f} s)")
-    return folder
-
-
-def ensure_onnx(checkpoint: Path, root: Path, name: str, dtype: str = "fp32", device: str = "cpu",
-                log=print) -> Path:
-    """The ONNX export, made with the runtime's own CLI as a user would."""
-    folder = root / f"{name}-onnx-{dtype}"
-    if (folder / "model.onnx").exists() and (folder / "moltbot-export.json").exists():
-        log(f"onnx export: cached in {folder}")
-        return folder
-    started = time.monotonic()
-    moltbot = Path(sys.executable).with_name("moltbot")
-    subprocess.run([str(moltbot), "models", "export", str(checkpoint), str(folder), "--task", "chat",
-                    "--dtype", dtype, "--device", device], check=True)
-    log(f"onnx export: made in {folder} ({time.monotonic() - started:.0f} s)")
     return folder
 
 

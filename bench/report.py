@@ -94,6 +94,7 @@ class PairResult:
     points: dict[str, PairPoint] = field(default_factory=dict)
     why: str | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)  # side label -> process start to ready
+    served: str = ""  # the runtime's own word on what it serves (/v1/models graph and precision)
     prompt_tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # side -> point name -> tokens seen
 
     @property

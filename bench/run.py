@@ -26,7 +26,7 @@ from pathlib import Path
 from bench import membw
 from bench.loadgen import HealthProbe, PointResult, run_point
 from bench.models import CPU_SHAPE, GPU_SHAPE, ModelShape, prompt_of_tokens
-from bench.prepare import ensure_checkpoint, ensure_gguf, ensure_onnx
+from bench.prepare import ensure_checkpoint, ensure_gguf
 from bench.report import (BYTES_PER_WEIGHT, NOISY_SPREAD, PEERS, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
                           checks_table, cpu_checks, noisy_points, pair_table, unavailable_lines)
 from bench.servers import LlamaServer, MoltbotServer
@@ -49,10 +49,11 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def moltbot_model_config(name: str, onnx: Path, precision: str) -> dict:
-    """The runtime's model config for one precision: fp32 is the export as it is; int8 and int4 are the runtime's
-    own `quantize` field (a runtime that lacks one rejects the config, and the pair is reported unavailable)."""
-    config = {"name": name, "type": "local", "path": str(onnx), "max_tokens": 2048}
+def moltbot_model_config(name: str, checkpoint: Path, precision: str) -> dict:
+    """The runtime's model config for one precision: the Hugging Face checkpoint, which the runtime turns once into
+    a graph at the precision its `quantize` field asks for (fp32 without one); a runtime that cannot refuses the
+    config or the load, and the pair is reported unavailable."""
+    config = {"name": name, "type": "local", "path": str(checkpoint), "max_tokens": 2048}
     quantize = {"fp32": None, "int8": "int8", "int4": "int4"}[precision]
     if quantize:
         config["quantize"] = quantize
@@ -149,6 +150,23 @@ def describe(label: str, spec: PointSpec, point: PointResult) -> str:
     return text
 
 
+def builder_env() -> dict:
+    """MOLTBOT_BUILDER_PYTHON for the runtime when the model builder's venv is there (`make builder-venv`): the
+    runtime then makes builder graphs (shared KV buffer; int4 needs it); without it, Optimum exports."""
+    python = REPO / "build" / "builder-venv" / "bin" / "python"
+    return {"MOLTBOT_BUILDER_PYTHON": os.path.abspath(python)} if python.exists() else {}  # abspath: keep the venv
+
+
+def served_graph(url: str, model: str) -> str:
+    """What the runtime says it serves (/v1/models: graph family and precision), e.g. `genai int8`."""
+    import httpx
+
+    for entry in httpx.get(url + "/v1/models", timeout=30).json().get("data", []):
+        if entry.get("id") == model:
+            return " ".join(str(entry[k]) for k in ("graph", "precision") if entry.get(k)) or "not stated"
+    return "not listed"
+
+
 def runtime_refuses(config: dict, home: Path) -> str | None:
     """`moltbot models check` on a models dir holding only this config: None when the runtime accepts it,
     else its error."""
@@ -174,11 +192,11 @@ def llama_tools() -> tuple[Path, Path, Path]:
     return root / "bin" / "llama-server", root / "bin" / "llama-quantize", root / "src"
 
 
-def run_pair(pair: PairResult, specs: list[PointSpec], model: str, onnx: Path, gguf: Path, llama_bin: Path,
+def run_pair(pair: PairResult, specs: list[PointSpec], model: str, checkpoint: Path, gguf: Path, llama_bin: Path,
              prompts: dict[int, PromptPool], work: Path, on_running=None) -> None:
     """Both servers up; every point in interleaved rounds. `on_running(server)` runs after the points while
     the runtime's server is still up (the overload checks)."""
-    config = moltbot_model_config(model, onnx, pair.precision)
+    config = moltbot_model_config(model, checkpoint, pair.precision)
     home = work / pair.precision
     refused = runtime_refuses(config, home)
     if refused:
@@ -187,12 +205,16 @@ def run_pair(pair: PairResult, specs: list[PointSpec], model: str, onnx: Path, g
         return
     servers: list = []
     try:
-        if "quantize" in config:  # the first start makes the quantised model (cached); the next one is timed
-            started = time.monotonic()
-            with MoltbotServer(pair.a_label, config, home / "prepare", BUILD / "cache"):
-                log(f"{pair.a_label}: first start (quantises unless cached) {time.monotonic() - started:.1f} s")
-        a = MoltbotServer(pair.a_label, config, home / "serve", BUILD / "cache").start()
+        env = builder_env()
+        started = time.monotonic()  # the first start makes the graph (cached); the next one is timed
+        with MoltbotServer(pair.a_label, config, home / "prepare", BUILD / "cache", extra_env=env):
+            log(f"{pair.a_label}: first start (makes the graph unless cached) {time.monotonic() - started:.1f} s")
+        a = MoltbotServer(pair.a_label, config, home / "serve", BUILD / "cache", extra_env=env).start()
         servers.append(a)
+        pair.served = served_graph(a.url, model)
+        log(f"{pair.a_label}: serves {pair.served}")
+        if pair.precision not in pair.served.split():
+            log(f"WARNING {pair.a_label}: the runtime says it serves {pair.served}")
         peers: dict[int, LlamaServer] = {}  # prompt length -> a llama-server with slots for that point
         for prompt_tokens in sorted({s.prompt_tokens for s in specs}):
             slots = max(s.concurrency for s in specs if s.prompt_tokens == prompt_tokens)
@@ -307,7 +329,6 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
     models_root = BUILD / "models"
     started = time.monotonic()
     checkpoint = ensure_checkpoint(shape, models_root, log=log)
-    onnx = ensure_onnx(checkpoint, models_root, shape.name, log=log)
     llama_bin, quantize_bin, llama_src = llama_tools()
     ggufs = {g: ensure_gguf(checkpoint, models_root, shape.name, llama_src, g, quantize_bin, log=log)
              for _, g in args.pairs}
@@ -333,7 +354,7 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
             if precision == overload_on and not args.skip_overload:
                 overload.extend(overload_checks(server, shape.name, prompts[SHORT_PROMPT]))
 
-        run_pair(pair, specs, shape.name, onnx, ggufs[gguf_type], llama_bin, prompts, work, on_running)
+        run_pair(pair, specs, shape.name, checkpoint, ggufs[gguf_type], llama_bin, prompts, work, on_running)
         if pair.why and precision == overload_on:  # the overload checks go to the next runtime variant
             overload_on = next((p for p, _ in args.pairs[args.pairs.index((precision, gguf_type)) + 1:]), None)
         timings[pair.label] = time.monotonic() - pair_started
@@ -380,10 +401,13 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
     if prompt_rows:
         report.append("Prompt tokens each server counted (warm-up request; the same text for both sides):\n")
         report.append(markdown_table(["System", "Point", "Prompt tokens"], prompt_rows) + "\n")
-    load_rows = [[label, seconds] for p in pairs for label, seconds in p.load_seconds.items()]
+    load_rows = [[label, seconds, p.served if label == p.a_label else f"GGUF {p.gguf_type}"]
+                 for p in pairs for label, seconds in p.load_seconds.items()]
     if load_rows:
-        report.append("Cold load (process start to ready; model files already made and cached):\n")
-        report.append(markdown_table(["System", "Seconds"], load_rows) + "\n")
+        report.append("What each server ran, and its cold load (process start to ready; model files already made "
+                      "and cached):\n")
+        report.append(markdown_table(["System", "Cold load s", "Graph (the runtime's /v1/models: family, precision)"],
+                                     load_rows) + "\n")
     report.append(f"Memory-bandwidth ceiling at batch 1: numpy copy (read + write), best of 1 and 2 threads, "
                   f"{bandwidth[0] / 1e9:.1f} GB/s before the pairs and {bandwidth[1] / 1e9:.1f} GB/s after; the "
                   f"ceiling uses {best / 1e9:.1f} GB/s and the weight bytes one decode step reads:\n")
@@ -423,13 +447,16 @@ def run_gpu(args, work: Path, report: list[str], gpu: str) -> None:
     models_root = BUILD / "models"
     new_tokens = 128
     checkpoint = ensure_checkpoint(shape, models_root, dtype="float16", log=log)
-    onnx = ensure_onnx(checkpoint, models_root, shape.name, dtype="fp16", device="cuda", log=log)
     prompts = PromptPool(make_prompts(checkpoint, SHORT_PROMPT, 1000))
-    config = {"name": shape.name, "type": "local", "path": str(onnx), "max_tokens": 2048, "device": "cuda"}
+    config = {"name": shape.name, "type": "local", "path": str(checkpoint), "max_tokens": 2048, "device": "cuda",
+              "quantize": "fp16"}
     label = "moltbot fp16 cuda"
     bandwidth = gpu_bandwidth()
     points: dict[int, list[PointResult]] = {}
-    with MoltbotServer(label, config, work / "gpu", BUILD / "cache", device="cuda") as server:
+    with MoltbotServer(label, config, work / "gpu-prepare", BUILD / "cache", device="cuda", extra_env=builder_env()):
+        pass  # the first start makes the graph (cached)
+    with MoltbotServer(label, config, work / "gpu", BUILD / "cache", device="cuda", extra_env=builder_env()) as server:
+        served = served_graph(server.url, shape.name)
         one_request(server.url, shape.name, prompts.take(1)[0], new_tokens, False)
         for _ in range(args.rounds):
             for c in SHORT_CONCURRENCIES:
@@ -443,7 +470,8 @@ def run_gpu(args, work: Path, report: list[str], gpu: str) -> None:
     short = sum(len(r.short_requests(new_tokens)) for runs in points.values() for r in runs)
     total = sum(len(r.results) for runs in points.values() for r in runs)
     ceiling = bandwidth / shape.weight_bytes_per_step(2) if bandwidth else None
-    report.append(f"## GPU: {shape.name} (Qwen2, {shape.parameter_count() / 1e6:.0f} M parameters, fp16) on {gpu}\n")
+    report.append(f"## GPU: {shape.name} (Qwen2, {shape.parameter_count() / 1e6:.0f} M parameters, fp16) on {gpu}; "
+                  f"the runtime serves {served}\n")
     report.append(f"{SHORT_PROMPT}-token prompts, {new_tokens} generated tokens, median of {args.rounds} rounds; "
                   f"{total - short} of {total} requests gave 200 with exactly {new_tokens} tokens; cold load "
                   f"{fmt(load)} s; device copy bandwidth "
@@ -486,10 +514,13 @@ METHOD = f"""## Method
 
 - Models are made here with random weights and a fixed seed (bench/models.py): nothing is downloaded. The
   tokenizer is a byte-level BPE trained with `tokenizers` on a generated corpus of pseudo-words to the real
-  vocabulary size. The checkpoint is exported with `moltbot models export CKPT OUT --task chat` (Optimum,
-  fp32). The runtime's variants are model configs on that export: fp32 as it is, int8 and int4 through the
-  runtime's own `"quantize"` field (bench/run.py `moltbot_model_config`); a precision the runtime's model
-  config rejects (`moltbot models check`) is reported as not available, not measured.
+  vocabulary size. The runtime's variants are model configs on that Hugging Face checkpoint (bench/run.py
+  `moltbot_model_config`): `quantize` int8 or int4, none for fp32. The runtime makes the graph once at that
+  precision (cached): with ONNX Runtime GenAI's model builder when `MOLTBOT_BUILDER_PYTHON` names its venv
+  (the bench sets it when `make builder-venv` has made build/builder-venv), else with Optimum (int8 by dynamic
+  quantisation, no int4). The table of what each server ran gives the runtime's own word on the graph
+  (/v1/models). A precision the runtime refuses (`moltbot models check`, or no model loaded) is reported as
+  not available, not measured.
 - llama.cpp (built from the sources in the llama-cpp-python sdist on PyPI, bench/build_llama_server.sh)
   converts the same weights to GGUF f16 with `convert_hf_to_gguf.py` (pre-tokenizer mapped to `gpt-2`);
   q8_0 and q4_0 are made from the f16 file by `llama-quantize` with its default per-tensor choices.

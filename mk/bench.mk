@@ -25,7 +25,8 @@ bench-system-deps:
 	    cmake ninja-build g++ make; \
 	fi
 
-bench-deps: $(VENV)/.installed-bench bench-system-deps
+# builder-venv (mk/builder.mk): the model builder, with which the runtime makes its int4 (and int8, fp32) graphs.
+bench-deps: $(VENV)/.installed-bench bench-system-deps builder-venv
 
 bench: bench-deps
 	timeout --signal=INT $(BENCH_TIMEOUT) $(PY) -m bench.run

@@ -13,13 +13,13 @@ from bench.report import PairResult
 
 
 def test_model_config_per_precision():
-    onnx = Path("/models/export")
-    base = {"name": "m", "type": "local", "path": "/models/export", "max_tokens": 2048}
-    assert run.moltbot_model_config("m", onnx, "fp32") == base
-    assert run.moltbot_model_config("m", onnx, "int8") == {**base, "quantize": "int8"}
-    assert run.moltbot_model_config("m", onnx, "int4") == {**base, "quantize": "int4"}
+    checkpoint = Path("/models/checkpoint")
+    base = {"name": "m", "type": "local", "path": "/models/checkpoint", "max_tokens": 2048}
+    assert run.moltbot_model_config("m", checkpoint, "fp32") == base
+    assert run.moltbot_model_config("m", checkpoint, "int8") == {**base, "quantize": "int8"}
+    assert run.moltbot_model_config("m", checkpoint, "int4") == {**base, "quantize": "int4"}
     with pytest.raises(KeyError):
-        run.moltbot_model_config("m", onnx, "fp8")
+        run.moltbot_model_config("m", checkpoint, "fp8")
 
 
 def test_payloads_ask_for_an_exact_token_count():
@@ -85,14 +85,15 @@ def test_pair_rounds_interleave_and_alternate_which_side_goes_first(monkeypatch,
     monkeypatch.setattr(run, "runtime_refuses", lambda config, home: None)
     monkeypatch.setattr(run, "one_request", lambda url, model, prompt, new, llama: (32, new))
     monkeypatch.setattr(run, "measure", fake_measure)
+    monkeypatch.setattr(run, "served_graph", lambda url, model: "genai int8")
     pair = PairResult("int8", "q8_0")
     specs = run.point_specs(rounds=5, long_rounds=3, long=True)
     prompts = {32: run.PromptPool([f"p{i}" for i in range(100)]), 1024: run.PromptPool(["long"] * 10)}
     seen = []
     run.run_pair(pair, specs, "m", tmp_path / "onnx", tmp_path / "g.gguf", tmp_path / "llama-server", prompts,
                  tmp_path, on_running=lambda server: seen.append(server.name))
-    assert pair.why is None
-    # a quantised variant starts once to quantise, then for real; one llama-server for short and one for long
+    assert pair.why is None and pair.served == "genai int8"
+    # the runtime starts once to make its graph, then for real; one llama-server for short and one for long
     assert FakeServer.started == ["moltbot int8", "moltbot int8", "llama-np32", "llama-np8"]
     assert seen == ["moltbot int8"]
     c1 = [side for name, side, _ in calls if name == "c1"]
@@ -120,9 +121,9 @@ def test_a_precision_the_runtime_refuses_is_reported_not_started(monkeypatch, tm
 
 def test_runtime_refuses_says_what_the_model_config_check_says(tmp_path):
     """The real `moltbot models check` on a config it accepts and one it cannot (an unknown precision)."""
-    onnx = tmp_path / "export"
-    assert run.runtime_refuses(run.moltbot_model_config("m", onnx, "int8"), tmp_path / "ok") is None
-    bad = {**run.moltbot_model_config("m", onnx, "int8"), "quantize": "int3"}
+    checkpoint = tmp_path / "checkpoint"
+    assert run.runtime_refuses(run.moltbot_model_config("m", checkpoint, "int8"), tmp_path / "ok") is None
+    bad = {**run.moltbot_model_config("m", checkpoint, "int8"), "quantize": "int3"}
     why = run.runtime_refuses(bad, tmp_path / "bad")
     assert "quantize" in why and str(tmp_path) not in why
 

@@ -2,10 +2,11 @@
 # fp32 vs f16), both servers up at once and measured in interleaved rounds, through the HTTP API.
 #   make bench    prepare the models (cached under build/bench/), measure, print the tables, write docs/benchmarks.md
 # Not part of TEST_TARGETS: a benchmark is not a test (tests/bench/ checks the helpers in the normal pytest run).
-# Environment: BENCH_ROUNDS (default 5) rounds per short point, BENCH_LONG_ROUNDS (default 3) for the long-context
+# Environment: BENCH_ROUNDS (default 5) rounds per short point, BENCH_LONG_ROUNDS (default 5) for the long-context
 # point, BENCH_PAIRS (default int8,int4,fp32), BENCH_LONG (precisions with the long-context point, default int8).
-# Sized to finish in under 25 minutes on 2 cores once the models and llama.cpp are built (a first run builds
-# llama-server and llama-quantize too: about 5 more minutes).
+# Sized to finish in under 25 minutes on 2 cores once the models and llama.cpp are built (a first run also builds
+# llama-server and llama-quantize: 5 minutes on a quiet machine, 30 on a busy one). Under other load a run takes
+# longer (one at load 4-6 took 27 minutes) and its figures are less worth: see docs/benchmarks.md.
 
 BENCH_TIMEOUT ?= 3600
 

@@ -32,7 +32,7 @@ def test_payloads_ask_for_an_exact_token_count():
 def test_point_specs_and_pairs():
     specs = run.point_specs(rounds=5, long_rounds=3, long=True)
     assert [(s.name, s.concurrency, s.prompt_tokens, s.new_tokens, s.requests, s.rounds) for s in specs] == [
-        ("c1", 1, 32, 64, 2, 5), ("c8", 8, 32, 64, 8, 5), ("c32", 32, 32, 64, 32, 5),
+        ("c1", 1, 32, 64, 4, 5), ("c8", 8, 32, 64, 8, 5), ("c32", 32, 32, 64, 32, 5),
         ("long c8", 8, 1024, 128, 8, 3)]
     assert [s.name for s in run.point_specs(5, 3, long=False)] == ["c1", "c8", "c32"]
     assert run.parse_pairs("fp32, int8") == [("int8", "q8_0"), ("fp32", "f16")]
@@ -105,6 +105,7 @@ def test_pair_rounds_interleave_and_alternate_which_side_goes_first(monkeypatch,
     assert point.order == [("a", "b"), ("b", "a"), ("a", "b"), ("b", "a"), ("a", "b")]
     assert point.ratios().median == pytest.approx(1.5)
     assert point.token_check() == "all 80 ok"
+    assert [n for name, _, n in calls if name == "c1"] == [4] * 10
     assert pair.prompt_tokens["moltbot int8"] == {"c1, c8, c32": 32, "long c8": 32}  # (the stand-in says 32)
 
 

@@ -144,6 +144,7 @@ def test_int8_quantised_model_stays_close_to_fp32(chat_dir, tmp_path):
 
     int8_dir = quantized(chat_dir, tmp_path)
     assert quantized(chat_dir, tmp_path) == int8_dir  # made once, then taken from the cache
+    assert OptimumRunner(int8_dir, DeviceOptions(), slots=1, max_length=64).precision == "int8"  # what it reports
     tokenizer = TextTokenizer(chat_dir)
     ids = np.array([tokenizer.encode("The quick brown fox jumps over the lazy dog")], dtype=np.int64)
     mask = np.ones_like(ids)

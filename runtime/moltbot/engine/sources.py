@@ -95,7 +95,9 @@ def quantized(folder: Path, cache_dir: Path) -> Path:
     """The int8 copy of an ONNX model folder, made once (in a child process) and cached."""
     onnx_file = folder / "model.onnx"
     stamp = hashlib.sha256(f"{folder.resolve()}:{onnx_file.stat().st_size}:{onnx_file.stat().st_mtime_ns}".encode())
-    target = Path(cache_dir) / "quantized" / f"{folder.name}-int8-{stamp.hexdigest()[:16]}"
+    # "marked": copies made since the export marker records their precision (older cached copies lack it and
+    # would be taken for fp32 graphs), so those are made again.
+    target = Path(cache_dir) / "quantized" / f"{folder.name}-int8-marked-{stamp.hexdigest()[:16]}"
     if not is_onnx_export(target):
         _run_export_step(["moltbot.export.quantize", str(folder), str(target)], f"quantising {folder} to int8")
     return target

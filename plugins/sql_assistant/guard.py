@@ -1,13 +1,18 @@
 """Read-only SQL: one SELECT statement, checked as text and then run on a connection that cannot write.
 
 The text check gives clear errors early; the connection is what actually enforces read-only (SQLite: a `mode=ro`
-URI, `PRAGMA query_only` and an authorizer that allows only reads; PostgreSQL: a read-only transaction).
+URI, `PRAGMA query_only` and an authorizer that allows only reads and the functions in SQLITE_FUNCTIONS;
+PostgreSQL: a read-only transaction, a role checked at connect time, and the functions in POSTGRES_FUNCTIONS).
+Resources are bounded too: the size of one value (SQLite's SQLITE_LIMIT_LENGTH), the bytes of a whole result,
+the rows, and the time (checked every few hundred virtual-machine steps, and by an interrupt at the deadline).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +28,45 @@ WRITE_WORDS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "INTO"}
 ONLY_SELECT = "only one read-only SELECT statement is allowed"
 
 
+# Functions an analyst's SELECT may call; any other is refused with an error naming it. Never load_extension,
+# fts3_tokenizer (it reads and writes the server's memory), readfile/writefile or anything that changes state.
+# Not SQLite's printf/format either: a huge width runs for seconds inside one step, past any interrupt, before
+# the value cap stops it; nor zeroblob/randomblob.
+COMMON_FUNCTIONS = frozenset("""
+    abs avg ceil ceiling coalesce count cos cot degrees exp floor greatest least length ln log log10 lower ltrim
+    max min mod nullif pi power radians replace round rtrim sign sin sqrt substr substring sum tan trim trunc upper
+    row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
+""".split())
+SQLITE_FUNCTIONS = COMMON_FUNCTIONS | frozenset("""
+    acos acosh asin asinh atan atan2 atanh char concat concat_ws cosh glob group_concat hex ifnull iif
+    instr like likelihood likely log2 octet_length pow quote random sinh soundex string_agg tanh total
+    typeof unhex unicode unlikely
+    date time datetime julianday unixepoch strftime timediff current_date current_time current_timestamp
+    json jsonb json_array jsonb_array json_array_length json_extract jsonb_extract json_insert jsonb_insert
+    json_object jsonb_object json_patch jsonb_patch json_remove jsonb_remove json_replace jsonb_replace json_set
+    jsonb_set json_type json_valid json_quote json_group_array jsonb_group_array json_group_object
+    jsonb_group_object json_each json_tree json_error_position json_pretty
+""".split())
+NEVER_ALLOWED = frozenset({"load_extension", "fts3_tokenizer"})
+
+
 def refused(reason: str) -> PluginError:
     return PluginError(f"refused: {reason}; {ONLY_SELECT}", code="write_refused")
 
 
-def _code_only(sql: str) -> str:
-    """The statement with string literals, quoted identifiers and comments blanked out."""
+def function_refused(name: str) -> PluginError:
+    return PluginError(f"refused: the function {name}() is not on the list of functions a query may call",
+                       code="function_refused")
+
+
+def result_too_large(limit: int) -> PluginError:
+    return PluginError(f"the result is larger than {limit} bytes (the plugin's max_result_bytes): select fewer "
+                       "rows or columns, or shorter values", code="result_too_large")
+
+
+def _code_only(sql: str, keep_identifiers: bool = False) -> str:
+    """The statement with string literals, quoted identifiers and comments blanked out (quoted identifiers
+    unquoted instead with keep_identifiers, so that a quoted function name is still seen)."""
     out = []
     i, n = 0, len(sql)
     while i < n:
@@ -54,7 +92,13 @@ def _code_only(sql: str) -> str:
                     j += 2
                     continue
                 break
-            out.append(" '' " if ch == "'" else " x ")
+            if ch == "'":
+                out.append(" '' ")
+            elif keep_identifiers:
+                inner = sql[i + 1:j]
+                out.append(f" {inner} " if re.fullmatch(r"[A-Za-z_][\w$]*", inner) else " x ")
+            else:
+                out.append(" x ")
             i = j + 1
         elif ch == "$" and (m := re.match(r"\$([A-Za-z_]\w*)?\$", sql[i:])):
             tag = m.group(0)
@@ -117,18 +161,37 @@ def _jsonable(value: Any) -> Any:
 
 # ---- SQLite
 
-_SQLITE_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_SQLITE_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
+# Virtual-machine steps between checks of the clock: with values capped by SQLITE_LIMIT_LENGTH no single step
+# runs long, so the time limit holds to well within a second.
+PROGRESS_STEPS = 200
 
 
-def _authorize(action: int, *_: Any) -> int:
-    return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
+class _Authorizer:
+    """Reads and the allowed functions; remembers the first refused function to name it in the error."""
+
+    def __init__(self) -> None:
+        self.refused_function: str | None = None
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+        if action in _SQLITE_READS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION:
+            name = (arg2 or "").lower()
+            if name in SQLITE_FUNCTIONS and name not in NEVER_ALLOWED:
+                return sqlite3.SQLITE_OK
+            self.refused_function = self.refused_function or name
+        return sqlite3.SQLITE_DENY
 
 
-def sqlite_connect(path: Path, timeout: float) -> sqlite3.Connection:
+def sqlite_connect(path: Path, timeout: float, max_value_bytes: int = 1_000_000) -> sqlite3.Connection:
     if not path.is_file():
         raise PluginError(f"SQLite database {path.name} does not exist", code="database_missing")
     db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=timeout, check_same_thread=False)
     db.execute("PRAGMA query_only = ON")
+    # No string or blob above this size can be made (printf('%.*c', ...), zeroblob, randomblob, replace, ...).
+    db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
+    db.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000)  # LIKE/GLOB patterns: their cost grows with it
     return db
 
 
@@ -142,31 +205,131 @@ def sqlite_schema(path: Path, max_chars: int) -> str:
     return "\n".join(row[0].strip() + ";" for row in rows)[:max_chars]
 
 
-def sqlite_run(path: Path, statement: str, max_rows: int, timeout: float) -> QueryResult:
-    db = sqlite_connect(path, timeout)
+def sqlite_run(path: Path, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
+               max_result_bytes: int = 4_000_000) -> QueryResult:
+    db = sqlite_connect(path, timeout, max_value_bytes)
     deadline = time.monotonic() + timeout
+    authorizer = _Authorizer()
+    # The progress handler stops a query between steps; the timer also interrupts one that is inside a long step.
+    alarm = threading.Timer(timeout, db.interrupt)
+    alarm.daemon = True
     try:
-        db.set_authorizer(_authorize)
-        db.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        db.set_authorizer(authorizer)
+        db.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        alarm.start()
         try:
             cursor = db.execute(statement)
             if cursor.description is None:
                 raise refused("the statement returns no rows")
-            rows = cursor.fetchmany(max_rows + 1)
+            rows = _bounded_rows(cursor.fetchone, max_rows, max_result_bytes)
         except sqlite3.DatabaseError as exc:
             message = str(exc)
+            if authorizer.refused_function:
+                raise function_refused(authorizer.refused_function) from None
             if "not authorized" in message or "readonly" in message or "read-only" in message:
                 raise refused("the statement would change the database") from None
             if "interrupted" in message:
                 raise PluginError(f"the query took longer than {timeout:g} s", code="query_timeout") from None
+            if "too big" in message:
+                raise PluginError(f"a value would be larger than {max_value_bytes} bytes (the plugin's "
+                                  "max_value_bytes)", code="value_too_large") from None
             raise PluginError(f"SQL error: {message}", code="sql_error") from None
         columns = [d[0] for d in cursor.description]
     finally:
+        alarm.cancel()
         db.close()
-    return QueryResult(columns, [[_jsonable(v) for v in row] for row in rows[:max_rows]], len(rows) > max_rows)
+    return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
+
+
+def _bounded_rows(fetchone: Any, max_rows: int, max_result_bytes: int) -> list[list[Any]]:
+    """Up to max_rows + 1 rows as JSON values, or result_too_large once their JSON passes max_result_bytes."""
+    rows: list[list[Any]] = []
+    size = 0
+    while len(rows) <= max_rows:
+        row = fetchone()
+        if row is None:
+            break
+        values = [_jsonable(v) for v in row]
+        if len(rows) < max_rows:  # the extra row only says the result was truncated
+            size += len(json.dumps(values, default=str))
+            if size > max_result_bytes:
+                raise result_too_large(max_result_bytes)
+        rows.append(values)
+    return rows
 
 
 # ---- PostgreSQL (needs psycopg 3)
+
+POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | frozenset("""
+    age array_agg array_length array_position bool_and bool_or btrim cardinality cbrt char_length
+    character_length concat concat_ws corr covar_pop covar_samp date_bin date_part date_trunc div every extract
+    format generate_series initcap isfinite json_agg json_array_length json_build_array json_build_object
+    json_extract_path json_extract_path_text json_object_agg json_typeof jsonb_agg jsonb_array_length
+    jsonb_build_array jsonb_build_object jsonb_extract_path jsonb_extract_path_text jsonb_object_agg jsonb_typeof
+    justify_days justify_hours justify_interval left lpad make_date make_interval make_time make_timestamp mode
+    now percentile_cont percentile_disc position reverse right rpad split_part starts_with stddev stddev_pop
+    stddev_samp string_agg strpos to_char to_date to_json to_jsonb to_number to_timestamp translate unnest
+    var_pop var_samp variance width_bucket
+""".split())
+# Words that precede "(" without being a function call (syntax and type names with a precision).
+_SQL_WORDS = frozenset("""
+    all and any array as between by case cast char character collate decimal distinct else end except exists
+    filter from group having ilike in intersect interval is join lateral like limit not numeric offset on or
+    order over partition recursive row select similar some table then time timestamp timestamptz union using
+    values varchar when where window with within
+""".split())
+# A role that can read or write server files, run programs, signal backends or open other connections can act
+# outside a read-only transaction: the plugin refuses to run its queries as one.
+_ROLE_CHECK = """
+SELECT r.rolsuper,
+       pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'),
+       pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'),
+       pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'),
+       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
+       EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname LIKE 'dblink%' AND has_function_privilege(p.oid, 'EXECUTE'))
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+_ROLE_POWERS = ("is a superuser", "is a member of pg_read_server_files", "is a member of pg_write_server_files",
+                "is a member of pg_execute_server_program", "is a member of pg_signal_backend",
+                "can execute dblink functions")
+
+
+def called_functions(statement: str) -> list[str]:
+    """The names of the functions a PostgreSQL statement calls (lower case; quoted names unquoted), outside
+    string literals and comments: an identifier before "(" that is not SQL syntax, an alias's or a WITH query's
+    column list."""
+    code = _code_only(statement, keep_identifiers=True)
+    names = []
+    for match in re.finditer(r"([A-Za-z_][\w$]*)\s*\(", code):
+        name = match.group(1).lower()
+        before = re.findall(r"[A-Za-z_][\w$]*|\S", code[:match.start()])
+        previous = before[-1].lower() if before else ""
+        if name in _SQL_WORDS or previous in ("as", "::", "table", "into", "references"):
+            continue
+        after = code[_closing_paren(code, match.end() - 1) + 1:]
+        if previous in ("with", ",", "recursive") and re.match(r"\s*AS\b", after, re.I):
+            continue  # WITH name(columns) AS (...)
+        names.append(name)
+    return names
+
+
+def _closing_paren(code: str, opening: int) -> int:
+    depth = 0
+    for i in range(opening, len(code)):
+        if code[i] == "(":
+            depth += 1
+        elif code[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(code)
+
+
+def check_postgres_functions(statement: str) -> None:
+    for name in called_functions(statement):
+        if name not in POSTGRES_FUNCTIONS or name in NEVER_ALLOWED:
+            raise function_refused(name)
+
 
 def _psycopg():
     try:
@@ -188,7 +351,26 @@ def _pg_connect(url: str, timeout: float):
         raise PluginError(f"cannot connect to PostgreSQL: {str(exc).splitlines()[0]}",
                           code="database_unreachable") from None
     conn.read_only = True
+    try:
+        check_postgres_role(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def check_postgres_role(conn: Any) -> None:
+    """Refuse a role with powers beyond reading tables (see _ROLE_CHECK)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_ROLE_CHECK)
+            row = cur.fetchone()
+    finally:
+        conn.rollback()
+    powers = [what for what, has in zip(_ROLE_POWERS, row or (True,) * len(_ROLE_POWERS), strict=True) if has]
+    if powers:
+        raise PluginError(f"refused: the database role {'; '.join(powers)}; give the plugin a role that can "
+                          "only SELECT the tables it should see", code="role_refused")
 
 
 def postgres_schema(url: str, max_chars: int) -> str:
@@ -203,15 +385,18 @@ def postgres_schema(url: str, max_chars: int) -> str:
     return "\n".join(f"CREATE TABLE {t} ({', '.join(cols)});" for t, cols in tables.items())[:max_chars]
 
 
-def postgres_run(url: str, statement: str, max_rows: int, timeout: float) -> QueryResult:
+def postgres_run(url: str, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
+                 max_result_bytes: int = 4_000_000) -> QueryResult:
+    """max_value_bytes is not enforced per value on PostgreSQL (the result's size and statement_timeout are)."""
     psycopg = _psycopg()
+    check_postgres_functions(statement)
     with _pg_connect(url, timeout) as conn:
         try:
             with conn.cursor() as cur:
                 cur.execute(statement)
                 if cur.description is None:
                     raise refused("the statement returns no rows")
-                rows = cur.fetchmany(max_rows + 1)
+                rows = _bounded_rows(cur.fetchone, max_rows, max_result_bytes)
                 columns = [d.name for d in cur.description]
         except psycopg.errors.ReadOnlySqlTransaction:
             raise refused("the statement would change the database") from None
@@ -221,4 +406,4 @@ def postgres_run(url: str, statement: str, max_rows: int, timeout: float) -> Que
             raise PluginError(f"SQL error: {str(exc).splitlines()[0]}", code="sql_error") from None
         finally:
             conn.rollback()
-    return QueryResult(columns, [[_jsonable(v) for v in row] for row in rows[:max_rows]], len(rows) > max_rows)
+    return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)

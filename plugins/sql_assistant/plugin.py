@@ -35,8 +35,12 @@ class SqlAssistantPlugin(BasePlugin):
         self.chat_model = config.get("chat_model") or None
         self.max_tokens = int(config.get("max_tokens", 256))
         self.schema_max_chars = int(config.get("schema_max_chars", 6000))
+        self.max_value_bytes = int(config.get("max_value_bytes", 1_000_000))
+        self.max_result_bytes = int(config.get("max_result_bytes", 4_000_000))
         if self.max_rows < 1 or self.timeout <= 0:
             raise ValueError("max_rows must be at least 1 and timeout_seconds above 0")
+        if self.max_value_bytes < 1000 or self.max_result_bytes < 1000:
+            raise ValueError("max_value_bytes and max_result_bytes must be at least 1000")
 
     def _target(self, context) -> tuple[str, Any]:
         """('postgresql', url) or ('sqlite', path); a relative SQLite path is in the plugin's data folder."""
@@ -80,7 +84,8 @@ class SqlAssistantPlugin(BasePlugin):
         dialect, target = self._target(context)
         started = time.perf_counter()
         run = sqlite_run if dialect == "sqlite" else postgres_run
-        rows = run(target, statement, max_rows, min(self.timeout, max(context.time_left(), 0.1)))
+        rows = run(target, statement, max_rows, min(self.timeout, max(context.time_left(), 0.1)),
+                   max_value_bytes=self.max_value_bytes, max_result_bytes=self.max_result_bytes)
         result.update(sql=statement, columns=rows.columns, rows=rows.rows, row_count=len(rows.rows),
                       truncated=rows.truncated, elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
         return result

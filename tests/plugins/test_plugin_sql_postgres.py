@@ -33,6 +33,16 @@ def as_postgres(*command: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# Roles the plugin must refuse to run queries as, and what gives each its power.
+ROLES_WITH_POWERS = {
+    "reads_files": "GRANT pg_read_server_files TO {role}",
+    "writes_files": "GRANT pg_write_server_files TO {role}",
+    "runs_programs": "GRANT pg_execute_server_program TO {role}",
+    "signals": "GRANT pg_signal_backend TO {role}",
+    "links": "GRANT EXECUTE ON FUNCTION dblink_exec(text, text) TO {role}",
+}
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     bindir = postgres_bin()
@@ -58,7 +68,18 @@ def postgres_url():
             conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer REFERENCES customers, "
                          "total numeric(10, 2) NOT NULL)")
             conn.execute("INSERT INTO orders SELECT i, 1 + i % 3, i * 15 FROM generate_series(1, 30) AS i")
-        yield url
+            # dblink installed, as on many servers; its functions are revoked from PUBLIC as they should be.
+            conn.execute("CREATE EXTENSION dblink")
+            conn.execute("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC")
+            # The plugin's role: it could even write (read-only must hold anyway), but has no powers beyond.
+            conn.execute("CREATE ROLE analyst LOGIN")
+            conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO analyst")
+            conn.execute("GRANT CREATE ON SCHEMA public TO analyst")
+            for role, power in ROLES_WITH_POWERS.items():
+                conn.execute(f"CREATE ROLE {role} LOGIN")
+                conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+                conn.execute(power.format(role=role))
+        yield url.replace("owner@", "analyst@")
     finally:
         as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(home, ignore_errors=True)
@@ -66,7 +87,7 @@ def postgres_url():
 
 @pytest.fixture
 async def pg_sql(tmp_path, models, monkeypatch, postgres_url):
-    # The table owner (a superuser here): read-only must hold even for a role that could write.
+    # A role that could write: read-only must hold anyway.
     monkeypatch.setenv("SQL_ASSISTANT_DATABASE", postgres_url)
     manager = PluginManager(make_settings(BUILTIN_PLUGINS, tmp_path), models=models)
     await manager.reload(["sql_assistant"])
@@ -106,7 +127,8 @@ async def test_postgres_writes_are_refused_by_the_read_only_transaction(pg_sql, 
 async def test_postgres_time_limit_schema_and_model_wiring(pg_sql, models):
     guard = plugin_module(pg_sql, "sql_assistant", "guard")
     with pytest.raises(PluginError, match="longer than 0.5 s") as slow:
-        guard.postgres_run(os.environ["SQL_ASSISTANT_DATABASE"], "SELECT pg_sleep(3)", 10, 0.5)
+        guard.postgres_run(os.environ["SQL_ASSISTANT_DATABASE"],
+                           "SELECT count(*) FROM generate_series(1, 2000000000)", 10, 0.5)
     assert slow.value.code == "query_timeout"
     try:
         await pg_sql.execute("sql_assistant", {"question": "How many orders does Ada have?"}, request_id="t")
@@ -117,3 +139,67 @@ async def test_postgres_time_limit_schema_and_model_wiring(pg_sql, models):
     assert "PostgreSQL database" in system
     assert "CREATE TABLE customers (id integer, name text, city text);" in system
     assert "CREATE TABLE orders (id integer, customer_id integer, total numeric);" in system
+
+
+# ---- issue #16, item 3: roles with powers beyond reading, and functions off the list
+
+@pytest.mark.parametrize("role, power", [
+    ("owner", "is a superuser"),
+    ("reads_files", "pg_read_server_files"),
+    ("writes_files", "pg_write_server_files"),
+    ("runs_programs", "pg_execute_server_program"),
+    ("signals", "pg_signal_backend"),
+    ("links", "can execute dblink functions"),
+])
+async def test_postgres_roles_with_powers_are_refused_at_connect(pg_sql, postgres_url, role, power):
+    guard = plugin_module(pg_sql, "sql_assistant", "guard")
+    url = postgres_url.replace("analyst@", f"{role}@")
+    with pytest.raises(PluginError) as refused:
+        guard.postgres_run(url, "SELECT count(*) FROM customers", 10, 5.0)
+    assert refused.value.code == "role_refused"
+    assert power in refused.value.message
+    with pytest.raises(PluginError) as schema_refused:
+        guard.postgres_schema(url, 1000)
+    assert schema_refused.value.code == "role_refused"
+
+
+@pytest.mark.parametrize("statement, function", [
+    # DDL inside a string literal passes a text check; the function itself is what is refused.
+    ("SELECT dblink_exec('dbname=shop user=owner', 'DROP TABLE customers')", "dblink_exec"),
+    ("SELECT * FROM dblink('dbname=shop user=owner', 'SELECT 1') AS t(x int)", "dblink"),
+    ("SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+    ('SELECT "pg_read_file"(\'/etc/passwd\')', "pg_read_file"),
+    ("SELECT pg_catalog.pg_ls_dir('.')", "pg_ls_dir"),
+    ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "pg_terminate_backend"),
+    ("SELECT lo_import('/etc/passwd')", "lo_import"),
+    ("SELECT pg_sleep(10)", "pg_sleep"),
+    ("SELECT name FROM customers WHERE id IN (SELECT current_setting('x')::int)", "current_setting"),
+])
+async def test_postgres_functions_off_the_list_are_refused_by_name(pg_sql, postgres_url, statement, function):
+    with pytest.raises(PluginError) as refused:
+        await pg_sql.execute("sql_assistant", {"sql": statement}, request_id="t")
+    assert refused.value.code == "function_refused"
+    assert f"{function}()" in refused.value.message
+    assert customer_count(postgres_url) == 3
+
+
+async def test_postgres_the_functions_an_analyst_uses_are_allowed(pg_sql):
+    result = await pg_sql.execute("sql_assistant", {"sql": """
+        WITH per_customer(customer_id, spent) AS (SELECT customer_id, sum(total) FROM orders GROUP BY customer_id)
+        SELECT upper(c.name), CAST(p.spent AS numeric(10, 2)), round(avg(p.spent) OVER (), 2),
+               date_trunc('day', now()) <= now(), coalesce(NULL, 'x'), extract(year FROM DATE '2026-05-01'),
+               to_char(DATE '2026-05-01', 'YYYY-MM'), string_agg(c.city, ',') OVER (), length(c.name)
+        FROM per_customer p JOIN customers c ON c.id = p.customer_id
+        WHERE c.name IN ('Ada', 'Grace') AND EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)
+        ORDER BY c.name"""}, request_id="t")
+    assert result["row_count"] == 2
+    assert result["rows"][0][0] == "ADA" and result["rows"][0][3] is True
+
+
+async def test_postgres_result_size_is_capped(pg_sql):
+    guard = plugin_module(pg_sql, "sql_assistant", "guard")
+    with pytest.raises(PluginError) as big:
+        guard.postgres_run(os.environ["SQL_ASSISTANT_DATABASE"],
+                           "SELECT lpad('x', 5000, 'y') FROM generate_series(1, 100)", 200, 5.0,
+                           max_result_bytes=100_000)
+    assert big.value.code == "result_too_large" and "100000 bytes" in big.value.message

@@ -55,6 +55,12 @@ class Settings:
                                default_factory=list)
     api_keys_file: Path | None = _doc("File with one API key per line (added to api_keys).", default=None)
     metrics_require_key: bool = _doc("Protect /metrics with the API keys too.", default=False)
+    admin_api_keys: list[str] = _doc(
+        "Comma-separated admin keys; when any is set, routes that change server state (plugin reload, knowledge "
+        "base ingest) need one (403 for an ordinary key); an admin key also works on every other /v1 route.",
+        default_factory=list)
+    admin_api_keys_file: Path | None = _doc("File with one admin key per line (added to admin_api_keys).",
+                                            default=None)
 
     # Limits
     max_body_bytes: int = _doc("Largest request body accepted (413 beyond).", default=4 * 1024 * 1024)
@@ -100,14 +106,10 @@ class Settings:
         return bool(self.tls_cert and self.tls_key)
 
     def all_api_keys(self) -> list[str]:
-        keys = [k for k in self.api_keys if k]
-        if self.api_keys_file:
-            try:
-                lines = Path(self.api_keys_file).read_text().splitlines()
-            except OSError as exc:
-                raise SettingsError(f"api_keys_file: cannot read {self.api_keys_file}: {exc.strerror}") from exc
-            keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-        return keys
+        return _keys(self.api_keys, self.api_keys_file, "api_keys_file")
+
+    def all_admin_api_keys(self) -> list[str]:
+        return _keys(self.admin_api_keys, self.admin_api_keys_file, "admin_api_keys_file")
 
     def validate(self) -> Settings:
         for name in ("port", "https_port"):
@@ -137,6 +139,10 @@ class Settings:
         if (self.api_keys or self.api_keys_file) and not self.all_api_keys():
             # Keys were asked for but none was found: refuse to start rather than serve without keys.
             raise SettingsError("api_keys / api_keys_file are set but hold no key")
+        if (self.admin_api_keys or self.admin_api_keys_file) and not self.all_admin_api_keys():
+            raise SettingsError("admin_api_keys / admin_api_keys_file are set but hold no key")
+        if set(self.all_admin_api_keys()) & set(self.all_api_keys()):
+            raise SettingsError("a key is both in api_keys and admin_api_keys: keep admin keys separate")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         self.log_level = self.log_level.upper()
@@ -173,6 +179,17 @@ class Settings:
                 default = ",".join(default)
             rows.append((ENV_PREFIX + f.name.upper(), "" if default is None else str(default), f.metadata["doc"]))
         return rows
+
+
+def _keys(inline: list[str], file: Path | None, name: str) -> list[str]:
+    keys = [k for k in inline if k]
+    if file:
+        try:
+            lines = Path(file).read_text().splitlines()
+        except OSError as exc:
+            raise SettingsError(f"{name}: cannot read {file}: {exc.strerror}") from exc
+        keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return keys
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

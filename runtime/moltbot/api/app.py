@@ -30,6 +30,9 @@ from moltbot.settings import Settings
 log = logging.getLogger("moltbot.api")
 
 OPEN_PATHS = ("/health", "/ready", "/openapi.json")
+# Routes that change server state: with admin keys set, they need one (403 for an ordinary key). Plugin calls that
+# change state (config.json "admin") are checked by the plugin manager.
+ADMIN_ROUTES = {("POST", "/v1/plugins/reload")}
 App = Sanic[Config, SimpleNamespace]
 
 
@@ -62,7 +65,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.ctx.serving = OpenAIServing(registry, settings)
     app.ctx.plugins = PluginManager(settings, models=registry)
     app.ctx.state = ServiceState(process_started=process_started or time.monotonic())
-    app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()]
+    # Admin keys work on every route; ordinary keys on all but the admin ones (ADMIN_ROUTES, admin plugin calls).
+    app.ctx.admin_keys = [k.encode() for k in settings.all_admin_api_keys()]
+    app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()] + app.ctx.admin_keys
     # Requests being handled; weak, so that a handler cancelled by a client going away is not counted forever.
     app.ctx.active = weakref.WeakSet()
     app.ctx.busy_websockets = set()  # sockets handling a message: the drain lets them finish
@@ -86,9 +91,16 @@ async def _start_request(request: Request) -> HTTPResponse | None:
     request.ctx.stats = RequestStats()
     request.app.ctx.active.add(request)
     request.ctx.counted = True
-    if _needs_key(request) and not _authorised(request):
+    request.ctx.authorised = bool(request.app.ctx.api_keys) and _authorised(request)  # a valid key was offered
+    # Admin: when no admin key is configured, everyone who is let in; otherwise the holders of an admin key.
+    request.ctx.admin = not request.app.ctx.admin_keys or (
+        request.ctx.authorised and _authorised(request, request.app.ctx.admin_keys))
+    if _needs_key(request) and not request.ctx.authorised:
         raise APIError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'",
                        code="invalid_api_key")
+    if (request.method, request.path.rstrip("/")) in ADMIN_ROUTES and not request.ctx.admin:
+        raise APIError(403, "This route changes server state: it needs an admin key (admin_api_keys)",
+                       code="admin_key_required")
     return None
 
 
@@ -101,7 +113,7 @@ def _needs_key(request: Request) -> bool:
     return path == "/metrics" and request.app.ctx.settings.metrics_require_key
 
 
-def _authorised(request: Request) -> bool:
+def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
     header = request.headers.get("authorization", "")
     offered = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
     if not offered:
@@ -109,7 +121,7 @@ def _authorised(request: Request) -> bool:
     candidate = offered.encode()
     # Compare against every key, always, so the time taken says nothing about which one nearly matched.
     matched = False
-    for key in request.app.ctx.api_keys:
+    for key in request.app.ctx.api_keys if keys is None else keys:
         matched |= hmac.compare_digest(candidate, key)
     return matched
 

@@ -28,6 +28,7 @@ from moltbot.plugins.errors import (
     PluginAPIError,
     PluginError,
     PluginFailed,
+    PluginForbidden,
     PluginInputError,
     PluginNotFound,
     PluginTimeout,
@@ -43,8 +44,8 @@ ERROR_TYPES = {
     503: "service_unavailable", 504: "timeout_error",
 }
 PLUGIN_STATUS: dict[type[PluginAPIError], int] = {
-    PluginInputError: 400, PluginNotFound: 404, PluginUnavailable: 409, PluginError: 422, PluginFailed: 500,
-    PluginTimeout: 504,
+    PluginInputError: 400, PluginForbidden: 403, PluginNotFound: 404, PluginUnavailable: 409, PluginError: 422,
+    PluginFailed: 500, PluginTimeout: 504,
 }
 
 ErrorResponse = tuple[int, dict[str, Any], dict[str, str]]

@@ -65,7 +65,8 @@ async def execute_plugin(request: Request, name: str) -> response.HTTPResponse:
     try:
         body = _json_body(request)
         version = manager.get(name).config.version
-        result = await manager.execute(name, body, request_id=request_id)
+        result = await manager.execute(name, body, request_id=request_id,
+                                       admin=getattr(request.ctx, "admin", not manager.admin_required))
     except (APIError, PluginAPIError) as exc:
         return error_json(exc, request)
     return response.json({

@@ -21,6 +21,7 @@ from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from moltbot.api.serving import Chunks, OpenAIServing, RequestStats
 from moltbot.api.tool_calls import chat_with_plugin_tools, names_plugins
+from moltbot.logs import redact_urls
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
@@ -66,8 +67,12 @@ async def health(request: Request) -> HTTPResponse:
 async def ready(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     registry = request.app.ctx.registry
+    failures = [{**f, "error": redact_urls(f["error"])} for f in registry.failures]
+    # Open route: counts and model names only. The errors (which name files and hosts) need a key, or no keys set.
+    detailed = not request.app.ctx.api_keys or request.ctx.authorised
     body: dict[str, Any] = {"status": state.status, "models": registry.model_names(),
-                            "failed": registry.failures}
+                            "failed": failures if detailed else [{"model": f["model"]} for f in failures],
+                            "counts": {"loaded": len(registry.model_names()), "failed": len(failures)}}
     return json_response(body, status=200 if state.ready else 503)
 
 
@@ -202,7 +207,7 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
         name, payload = body.get("name"), body.get("input", {})
         if not isinstance(name, str):
             raise APIError(400, "A plugin message needs 'name' (a string)", param="name")
-        result = await plugins.execute(name, payload, request_id=request_id)
+        result = await plugins.execute(name, payload, request_id=request_id, admin=request.ctx.admin)
         await ws.send(json.dumps({"type": "plugin_result", "plugin": name, "request_id": request_id,
                                   "result": result}))
         return

@@ -32,6 +32,7 @@ from .context import PluginContext, PluginDirectory, PluginModels, _Deadline, _L
 from .errors import (
     PluginAPIError,
     PluginFailed,
+    PluginForbidden,
     PluginInputError,
     PluginLoadError,
     PluginNotFound,
@@ -88,6 +89,7 @@ class PluginRecord:
             "error": self.error,
             "timeout": config.timeout if config else None,
             "input_schema": schema,
+            "admin": config.admin if config else False,
             "loaded_at": self.serving.loaded_at if self.serving else None,
         }
 
@@ -99,6 +101,9 @@ class PluginManager:
         self.plugins_dir = Path(settings.plugins_dir)
         self.default_timeout = float(settings.plugin_timeout)
         self.log_prompts = bool(getattr(settings, "log_prompts", False))
+        # With admin keys set, calls a plugin's config.json marks "admin" need a caller holding one.
+        self.admin_required = bool(getattr(settings, "admin_api_keys", None)
+                                   or getattr(settings, "admin_api_keys_file", None))
         self._executor = ThreadPoolExecutor(max_workers=int(settings.plugin_workers),
                                             thread_name_prefix="moltbot-plugin")
         self._records: dict[Path, PluginRecord] = {}
@@ -326,19 +331,25 @@ class PluginManager:
         where = f"'{param}'" if param else "the input"
         raise PluginInputError(f"plugin {plugin.config.name!r}: {where}: {error.message}", param=param)
 
-    async def execute(self, name: str, payload: Any, *, request_id: str, depth: int = 0) -> dict[str, Any]:
-        """Validate and run one call; raises a PluginAPIError subclass on any failure."""
+    async def execute(self, name: str, payload: Any, *, request_id: str, depth: int = 0,
+                      admin: bool = False) -> dict[str, Any]:
+        """Validate and run one call; raises a PluginAPIError subclass on any failure. `admin`: the caller holds
+        an admin key (or none is configured); a call marked admin is refused without it when admin keys are set."""
         started = time.perf_counter()
         outcome = "error"
         try:
             plugin = self.get(name)
+            if self.admin_required and not admin and plugin.config.needs_admin(payload):
+                outcome = "forbidden"
+                raise PluginForbidden(f"this call of plugin {name!r} changes server state: it needs an admin key "
+                                      "(admin_api_keys)")
             try:
                 self.validate(plugin, payload)
             except PluginInputError:
                 outcome = "invalid"
                 raise
             timeout = plugin.config.timeout or self.default_timeout
-            context = self._context(plugin, payload, request_id, timeout, depth)
+            context = self._context(plugin, payload, request_id, timeout, depth, admin)
             if self.log_prompts:
                 context.logger.info("plugin call input: %s", json.dumps(payload, default=str)[:4000])
             else:
@@ -358,7 +369,7 @@ class PluginManager:
                 metrics.PLUGIN_LATENCY.labels(plugin=name).observe(elapsed)
 
     def _context(self, plugin: LoadedPlugin, payload: Any, request_id: str, timeout: float,
-                 depth: int) -> PluginContext:
+                 depth: int, admin: bool = False) -> PluginContext:
         name = plugin.config.name
         deadline = _Deadline(timeout)
         bridge = _LoopBridge(asyncio.get_running_loop(), deadline, name)
@@ -367,7 +378,7 @@ class PluginManager:
         return PluginContext(
             plugin=name, input=payload, request_id=request_id, logger=logger,
             settings=dict(plugin.config.settings), models=PluginModels(self.models, bridge),
-            plugins=PluginDirectory(self, bridge, request_id, depth), data_root=self.data_root(),
+            plugins=PluginDirectory(self, bridge, request_id, depth, admin), data_root=self.data_root(),
             log_prompts=self.log_prompts, _deadline=deadline,
         )
 

@@ -1,5 +1,7 @@
-"""Service models: a third-party OpenAI-compatible API. Requests are forwarded as the client sent them (less our
-model name and extensions); the upstream's replies, streamed or not, come back as the same typed events as a local
+"""Service models: a third-party OpenAI-compatible API. Requests are forwarded on the operator's upstream key, so
+only the OpenAI fields in FORWARDED go (anything else a client sends, e.g. store, service_tier, metadata, is
+dropped), and max_tokens / max_completion_tokens and n are capped per model (max_completion_tokens, max_n in the
+model config: a 400 beyond). The upstream's replies, streamed or not, come back as the same typed events as a local
 model's, and its errors as UpstreamError (status and body passed through)."""
 
 from __future__ import annotations
@@ -28,9 +30,20 @@ from moltbot.engine.backend import (
     wrong_task,
 )
 from moltbot.engine.config import ModelConfig
-from moltbot.engine.errors import UpstreamError, upstream_error_body
+from moltbot.engine.errors import InvalidRequest, UpstreamError, upstream_error_body
 from moltbot.engine.validation import check_sampling
 from moltbot.settings import Settings
+
+# The request fields forwarded upstream, per endpoint: what the reply depends on, nothing that bills, stores or
+# routes differently on the operator's account (store, service_tier, metadata, prediction, audio, best_of, ...).
+_SAMPLING = {"max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
+             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user"}
+FORWARDED = {
+    "chat/completions": _SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choice",
+                                     "parallel_tool_calls", "response_format"},
+    "completions": _SAMPLING | {"prompt", "echo", "suffix"},
+    "embeddings": {"input", "dimensions", "encoding_format", "user"},
+}
 
 # One upstream choice (a non-streamed `choices` entry, or a streamed chunk's) as our event.
 ChoiceParser = Callable[[dict[str, Any]], ChoiceDelta]
@@ -90,6 +103,8 @@ class ServiceClient:
         if not config.base_url:
             raise ValueError(f"{config.file or config.name}: a service model needs base_url")
         self.upstream_model = config.model
+        self.max_completion_tokens = config.max_completion_tokens
+        self.max_n = config.max_n
         headers = {}
         if config.api_key_env:
             key = os.environ.get(config.api_key_env)
@@ -99,19 +114,30 @@ class ServiceClient:
         self._client = httpx.AsyncClient(base_url=config.base_url.rstrip("/") + "/", headers=headers,
                                          timeout=httpx.Timeout(timeout, connect=10.0))
 
-    def _payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        return {**payload, "model": self.upstream_model}
+    def _payload(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The allowed fields of the request (FORWARDED), within the model's caps, with the upstream's model."""
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = payload.get(field)
+            if isinstance(value, int) and value > self.max_completion_tokens:
+                raise InvalidRequest(f"{field} is at most {self.max_completion_tokens} for this model",
+                                     param=field, code="max_tokens_too_large")
+        n = payload.get("n")
+        if isinstance(n, int) and n > self.max_n:
+            raise InvalidRequest(f"n is at most {self.max_n} for this model", param="n", code="n_too_large")
+        allowed = FORWARDED[path]
+        return {**{k: v for k, v in payload.items() if k in allowed}, "model": self.upstream_model}
 
     async def post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        body = self._payload(path, payload)
         try:
-            response = await self._client.post(path.lstrip("/"), json=self._payload(payload))
+            response = await self._client.post(path.lstrip("/"), json=body)
         except httpx.HTTPError as exc:
             raise UpstreamError(502, upstream_error_body(f"upstream unreachable: {type(exc).__name__}")) from exc
         return _json_or_error(response)
 
     async def open_stream(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
         """The upstream's streamed response, once its status says it streams (an error status raises here)."""
-        request = self._client.build_request("POST", path.lstrip("/"), json=self._payload(payload))
+        request = self._client.build_request("POST", path.lstrip("/"), json=self._payload(path, payload))
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:

@@ -28,16 +28,20 @@ WRITE_WORDS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "INTO"}
 ONLY_SELECT = "only one read-only SELECT statement is allowed"
 
 
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Functions an analyst's SELECT may call; any other is refused with an error naming it. Never load_extension,
 # fts3_tokenizer (it reads and writes the server's memory), readfile/writefile or anything that changes state.
 # Not SQLite's printf/format either: a huge width runs for seconds inside one step, past any interrupt, before
 # the value cap stops it; nor zeroblob/randomblob.
-COMMON_FUNCTIONS = frozenset("""
+COMMON_FUNCTIONS = _names("""
     abs avg ceil ceiling coalesce count cos cot degrees exp floor greatest least length ln log log10 lower ltrim
     max min mod nullif pi power radians replace round rtrim sign sin sqrt substr substring sum tan trim trunc upper
     row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
-""".split())
-SQLITE_FUNCTIONS = COMMON_FUNCTIONS | frozenset("""
+""")
+SQLITE_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     acos acosh asin asinh atan atan2 atanh char concat concat_ws cosh glob group_concat hex ifnull iif
     instr like likelihood likely log2 octet_length pow quote random sinh soundex string_agg tanh total
     typeof unhex unicode unlikely
@@ -46,7 +50,7 @@ SQLITE_FUNCTIONS = COMMON_FUNCTIONS | frozenset("""
     json_object jsonb_object json_patch jsonb_patch json_remove jsonb_remove json_replace jsonb_replace json_set
     jsonb_set json_type json_valid json_quote json_group_array jsonb_group_array json_group_object
     jsonb_group_object json_each json_tree json_error_position json_pretty
-""".split())
+""")
 NEVER_ALLOWED = frozenset({"load_extension", "fts3_tokenizer"})
 
 
@@ -260,7 +264,7 @@ def _bounded_rows(fetchone: Any, max_rows: int, max_result_bytes: int) -> list[l
 
 # ---- PostgreSQL (needs psycopg 3)
 
-POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | frozenset("""
+POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     age array_agg array_length array_position bool_and bool_or btrim cardinality cbrt char_length
     character_length concat concat_ws corr covar_pop covar_samp date_bin date_part date_trunc div every extract
     format generate_series initcap isfinite json_agg json_array_length json_build_array json_build_object
@@ -270,14 +274,14 @@ POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | frozenset("""
     now percentile_cont percentile_disc position reverse right rpad split_part starts_with stddev stddev_pop
     stddev_samp string_agg strpos to_char to_date to_json to_jsonb to_number to_timestamp translate unnest
     var_pop var_samp variance width_bucket
-""".split())
+""")
 # Words that precede "(" without being a function call (syntax and type names with a precision).
-_SQL_WORDS = frozenset("""
+_SQL_WORDS = _names("""
     all and any array as between by case cast char character collate decimal distinct else end except exists
     filter from group having ilike in intersect interval is join lateral like limit not numeric offset on or
     order over partition recursive row select similar some table then time timestamp timestamptz union using
     values varchar when where window with within
-""".split())
+""")
 # A role that can read or write server files, run programs, signal backends or open other connections can act
 # outside a read-only transaction: the plugin refuses to run its queries as one.
 _ROLE_CHECK = """

@@ -21,7 +21,8 @@ def slow_remote_model(home, defaults_dir, seconds: int):
     with ArchiveServer(archive, bytes_per_second=len(archive.read_bytes()) // seconds) as remote:
         (home / "models").mkdir(parents=True)
         (home / "models" / "slow.json").write_text(json.dumps(
-            {"name": "slow-chat", "type": "remote", "url": remote.url, "sha256": remote.sha256}))
+            {"name": "slow-chat", "type": "remote", "url": remote.url, "sha256": remote.sha256,
+             "allow_http": True}))
         yield remote
 
 

@@ -21,7 +21,7 @@ def archive(defaults_dir, tmp_path_factory):
 
 
 def remote_config(url: str, sha256: str, name: str = "remote-chat") -> ModelConfig:
-    return ModelConfig.from_dict({"name": name, "type": "remote", "url": url, "sha256": sha256})
+    return ModelConfig.from_dict({"name": name, "type": "remote", "url": url, "sha256": sha256, "allow_http": True})
 
 
 def test_remote_download_verifies_and_unpacks_once(archive, tmp_path):
@@ -55,13 +55,15 @@ def test_interrupted_transfer_says_so_and_the_next_pull_resumes(archive, tmp_pat
 def test_models_pull_cli_shows_progress_and_errors(archive, tmp_path):
     config = tmp_path / "remote.json"
     with ArchiveServer(archive) as remote:
-        config.write_text(json.dumps({"name": "pulled", "type": "remote", "url": remote.url, "sha256": remote.sha256}))
+        config.write_text(json.dumps({"name": "pulled", "type": "remote", "url": remote.url, "sha256": remote.sha256,
+                                      "allow_http": True}))
         done = subprocess.run([sys.executable, "-m", "moltbot", "models", "pull", str(config),
                                "--models-dir", str(tmp_path / "models")], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert "pulled [" in done.stderr and "MB" in done.stderr
         assert (tmp_path / "models" / "pulled" / "model.onnx").exists()
-        config.write_text(json.dumps({"name": "bad", "type": "remote", "url": remote.url, "sha256": "1" * 64}))
+        config.write_text(json.dumps({"name": "bad", "type": "remote", "url": remote.url, "sha256": "1" * 64,
+                                      "allow_http": True}))
         failed = subprocess.run([sys.executable, "-m", "moltbot", "models", "pull", str(config),
                                  "--models-dir", str(tmp_path / "models")], capture_output=True, text=True)
     assert failed.returncode == 1 and "sha256 mismatch" in failed.stderr

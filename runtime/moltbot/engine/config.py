@@ -11,6 +11,9 @@ temperature (default when a request sets none), and two that say how the model i
   API, no files: base_url, model (the upstream name), api_key_env (variable holding the upstream key)).
 The older `type` (local | remote | service) says both in one word and stays valid: local and remote are those
 sources served by onnxruntime, service is the service backend.
+Optional for remote: max_download_bytes (the largest archive taken, 16 GiB by default), allow_http (true to
+accept a plain http:// URL or a redirect to one; refused by default).
+Optional for service: max_completion_tokens (4096) and max_n (4), the most a request may ask the upstream for.
 Optional for onnxruntime: device (cpu | cuda), max_running, max_queued (override the service settings),
 quantize (the chat graph's precision, default fp32: `int8` or `int4` block-quantised weights, `fp16` on CUDA; a
 checkpoint is built at that precision once, by the model builder where it covers the architecture, else exported
@@ -58,6 +61,12 @@ class ModelConfig:
     max_running: int | None = None
     max_queued: int | None = None
     quantize: str | None = None
+    # remote: the largest archive downloaded (bytes), and whether a plain http:// URL (or a redirect to one) is taken
+    max_download_bytes: int = 16 * 1024**3
+    allow_http: bool = False
+    # service: the most tokens (max_tokens / max_completion_tokens) and choices (n) one request may ask upstream for
+    max_completion_tokens: int = 4096
+    max_n: int = 4
     description: str = ""
     file: str = ""  # the config file it came from, or "embedded default"
 
@@ -93,7 +102,13 @@ class ModelConfig:
                 raise ModelConfigError(f"{where}: url must be http:// or https://")
             if not re.fullmatch(r"[0-9a-fA-F]{64}", data["sha256"]):
                 raise ModelConfigError(f"{where}: sha256 must be 64 hexadecimal digits")
-        for int_field, least in (("max_tokens", 1), ("max_running", 1), ("max_queued", 0)):
+        if data["source"] == "remote" and data["url"].startswith("http://") and data.get("allow_http") is not True:
+            raise ModelConfigError(f"{where}: url is plain http://, which anyone on the path can read and change; "
+                                   'use https://, or set "allow_http": true to accept it')
+        if not isinstance(data.get("allow_http", False), bool):
+            raise ModelConfigError(f"{where}: 'allow_http' must be true or false")
+        for int_field, least in (("max_tokens", 1), ("max_running", 1), ("max_queued", 0),
+                                 ("max_download_bytes", 1), ("max_completion_tokens", 1), ("max_n", 1)):
             value = data.get(int_field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
                 raise ModelConfigError(f"{where}: '{int_field}' must be an integer of at least {least}")

@@ -21,16 +21,22 @@ import httpx
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.export_marker import read_marker
 from moltbot.engine.shared_kv import is_shared_kv_graph
+from moltbot.logs import redact_url, redact_urls
 from moltbot.settings import Settings
 
 SOURCE_MARKER = ".moltbot-source.json"
 # Told (bytes done, bytes in all when known) as a download goes.
 Progress = Callable[[int, int | None], None]
 CHUNK = 1 << 20
+MAX_REDIRECTS = 5
 
 
 class ModelSourceError(RuntimeError):
-    """The model's files cannot be had; the message says what went wrong."""
+    """The model's files cannot be had; the message says what went wrong. URLs in it lose their user info and
+    query string (a signed URL's signature): the message goes to the log and, behind a key, to /ready."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_urls(message))
 
 
 def is_onnx_export(folder: Path) -> bool:
@@ -133,23 +139,36 @@ def fetch_remote(config: ModelConfig, models_dir: Path,
     downloads = models_dir / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     part = downloads / f"{expected}.part"
-    _download(config.url, part, progress, timeout, cancel)
+    _download(config.url, part, progress, timeout, cancel, max_bytes=config.max_download_bytes,
+              allow_http=config.allow_http)
     actual = file_sha256(part)
     if actual != expected:
         part.unlink(missing_ok=True)
         raise ModelSourceError(f"{config.url}: sha256 mismatch (expected {expected}, got {actual}); "
                                "the download was discarded")
-    _unpack_atomically(part, target, {"url": config.url, "sha256": expected})
+    _unpack_atomically(part, target, {"url": redact_url(config.url), "sha256": expected})
     part.unlink(missing_ok=True)
     return target
 
 
-def _download(url: str, part: Path, progress: Progress | None, timeout: float, cancel: threading.Event | None
-              ) -> None:
+def _download(url: str, part: Path, progress: Progress | None, timeout: float, cancel: threading.Event | None,
+              max_bytes: int = 16 * 1024**3, allow_http: bool = False) -> None:
+    """GET url into part (resuming it), following at most MAX_REDIRECTS redirects; refuses a plain http:// URL or
+    redirect unless allow_http, and stops (deleting the part) once Content-Length or the bytes received pass
+    max_bytes."""
+    if url.startswith("http://") and not allow_http:
+        raise ModelSourceError(f"{url}: plain http:// is refused; use https:// or set allow_http in the model config")
     have = part.stat().st_size if part.exists() else 0
+    if have > max_bytes:
+        part.unlink()
+        have = 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+        with httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=timeout) as client, \
+                client.stream("GET", url, headers=headers) as response:
+            if response.url.scheme != "https" and not allow_http:
+                raise ModelSourceError(f"{url}: redirected to {redact_url(str(response.url))} (plain http://), "
+                                       "which is refused; set allow_http in the model config to accept it")
             if response.status_code == 416 and have:  # nothing left to fetch
                 return
             if response.status_code not in (200, 206):
@@ -158,18 +177,29 @@ def _download(url: str, part: Path, progress: Progress | None, timeout: float, c
                 have = 0  # the server ignored the range: start again
             total = response.headers.get("content-length")
             total = int(total) + have if total is not None else None
+            if total is not None and total > max_bytes:
+                part.unlink(missing_ok=True)
+                raise ModelSourceError(f"{url}: the archive is {total} bytes, more than the model's "
+                                       f"max_download_bytes ({max_bytes}); nothing was kept")
             with part.open("ab" if have else "wb") as fh:
                 done = have
                 for chunk in response.iter_raw():  # as received, undecoded: every byte counts for a resume
                     if cancel is not None and cancel.is_set():
                         raise ModelSourceError(f"{url}: download stopped at shutdown; it resumes at the next start")
-                    fh.write(chunk)
                     done += len(chunk)
+                    if done > max_bytes:
+                        fh.close()
+                        part.unlink(missing_ok=True)
+                        raise ModelSourceError(f"{url}: more than the model's max_download_bytes ({max_bytes}) "
+                                               "received; the download was stopped and discarded")
+                    fh.write(chunk)
                     if progress:
                         progress(done, total)
             if total is not None and done < total:
                 raise ModelSourceError(f"{url}: transfer interrupted at {done} of {total} bytes; "
                                        "run again to resume")
+    except httpx.TooManyRedirects:
+        raise ModelSourceError(f"{url}: more than {MAX_REDIRECTS} redirects") from None
     except httpx.HTTPError as exc:
         size = part.stat().st_size if part.exists() else 0
         raise ModelSourceError(f"{url}: download failed after {size} bytes ({type(exc).__name__}: {exc}); "

@@ -19,7 +19,7 @@ from .errors import PluginLoadError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {"type": "object"}
 # Keys describing the plugin itself; any other top-level key is a setting, like those under "settings".
-META_KEYS = {"name", "version", "description", "class", "enabled", "timeout", "settings", "input_schema"}
+META_KEYS = {"name", "version", "description", "class", "enabled", "timeout", "settings", "input_schema", "admin"}
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -33,6 +33,14 @@ class PluginConfig:
     timeout: float | None = None
     settings: dict[str, Any] = field(default_factory=dict, repr=False)
     input_schema: dict[str, Any] | None = None
+    # Calls that change server state, which need an admin key when admin keys are set: true (every call), or
+    # {"input field": [values]} (a call whose input has one of those values there, e.g. {"action": ["ingest"]}).
+    admin: bool | dict[str, list[Any]] = False
+
+    def needs_admin(self, payload: Any) -> bool:
+        if isinstance(self.admin, bool):
+            return self.admin
+        return isinstance(payload, dict) and any(payload.get(key) in values for key, values in self.admin.items())
 
 
 def read_config(folder: Path, environ: Mapping[str, str] | None = None) -> PluginConfig:
@@ -79,10 +87,14 @@ def parse_config(raw: dict[str, Any], *, default_name: str, environ: Mapping[str
     schema = raw.get("input_schema")
     if schema is not None:
         check_schema(schema)
+    admin = raw.get("admin", False)
+    if not isinstance(admin, bool) and not (isinstance(admin, dict) and all(
+            isinstance(k, str) and isinstance(v, list) for k, v in admin.items())):
+        raise PluginLoadError('config.json: admin must be true, false or {"input field": [values, ...]}')
     return PluginConfig(
         name=name, version=version, description=description, class_name=class_name, enabled=enabled,
         timeout=float(timeout) if timeout is not None else None,
-        settings=resolve_secrets(merged, environ, "settings"), input_schema=schema,
+        settings=resolve_secrets(merged, environ, "settings"), input_schema=schema, admin=admin,
     )
 
 

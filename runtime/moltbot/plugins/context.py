@@ -112,11 +112,13 @@ class PluginModels:
 class PluginDirectory:
     """The other loaded plugins, callable with the same validation and limits as over HTTP."""
 
-    def __init__(self, manager: PluginManager, bridge: _LoopBridge, request_id: str, depth: int):
+    def __init__(self, manager: PluginManager, bridge: _LoopBridge, request_id: str, depth: int,
+                 admin: bool = False):
         self._manager = manager
         self._bridge = bridge
         self._request_id = request_id
         self._depth = depth
+        self._admin = admin  # a plugin calls others with its caller's rights
 
     def names(self) -> list[str]:
         return self._manager.runnable_names()
@@ -125,7 +127,8 @@ class PluginDirectory:
         if self._depth + 1 > MAX_CALL_DEPTH:
             raise PluginError(f"plugins called each other more than {MAX_CALL_DEPTH} levels deep",
                               code="plugin_call_depth")
-        return await self._manager.execute(name, payload, request_id=self._request_id, depth=self._depth + 1)
+        return await self._manager.execute(name, payload, request_id=self._request_id, depth=self._depth + 1,
+                                           admin=self._admin)
 
     def call(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self._bridge.wait(lambda: self.acall(name, payload))

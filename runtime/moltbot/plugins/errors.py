@@ -40,6 +40,13 @@ class PluginUnavailable(PluginAPIError):
     code = "plugin_unavailable"
 
 
+class PluginForbidden(PluginAPIError):
+    """The call changes server state (config.json "admin") and the caller holds no admin key."""
+
+    type = "permission_error"
+    code = "admin_key_required"
+
+
 class PluginInputError(PluginAPIError):
     type = "invalid_request_error"
     code = "invalid_plugin_input"

@@ -27,21 +27,22 @@ def plugin_tool_specs(manager: PluginManager, names: list[str]) -> list[dict[str
 
 
 async def run_tool_calls(manager: PluginManager, tool_calls: list[dict[str, Any]],
-                         request_id: str) -> list[dict[str, Any]]:
+                         request_id: str, admin: bool = False) -> list[dict[str, Any]]:
     """Run the model's tool calls (concurrently) and return one `role: tool` message per call, in order.
 
-    A failing call does not fail the others: its message carries {"error": {...}} for the model to read.
+    A failing call does not fail the others: its message carries {"error": {...}} for the model to read. Calls
+    that need an admin key (with admin keys set) are refused unless `admin`.
     """
-    return list(await asyncio.gather(*(_run_one(manager, call, request_id) for call in tool_calls)))
+    return list(await asyncio.gather(*(_run_one(manager, call, request_id, admin) for call in tool_calls)))
 
 
-async def _run_one(manager: PluginManager, call: dict[str, Any], request_id: str) -> dict[str, Any]:
+async def _run_one(manager: PluginManager, call: dict[str, Any], request_id: str, admin: bool) -> dict[str, Any]:
     call_id = call.get("id", "")
     function = call.get("function") or {}
     name = function.get("name", "")
     try:
         arguments = _arguments(function.get("arguments"))
-        content: dict[str, Any] = await manager.execute(name, arguments, request_id=request_id)
+        content: dict[str, Any] = await manager.execute(name, arguments, request_id=request_id, admin=admin)
     except PluginAPIError as exc:
         content = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
     return {"role": "tool", "tool_call_id": call_id, "name": name, "content": json.dumps(content)}

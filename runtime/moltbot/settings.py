@@ -61,6 +61,9 @@ class Settings:
         default_factory=list)
     admin_api_keys_file: Path | None = _doc("File with one admin key per line (added to admin_api_keys).",
                                             default=None)
+    cors_origins: list[str] = _doc(
+        "Comma-separated origins (`https://app.example.com`, or `*`) whose browser pages may call the API (CORS, "
+        "preflight answered); empty: off.", default_factory=list)
 
     # Limits
     max_body_bytes: int = _doc("Largest request body accepted (413 beyond).", default=4 * 1024 * 1024)
@@ -87,6 +90,9 @@ class Settings:
         "used to make builder graphs (int4, int8, fp32, fp16) of Hugging Face checkpoints.", default=None)
     embedding_batch_size: int = _doc("Most inputs embedded in one batch.", default=64)
     embedding_batch_wait_ms: float = _doc("How long an embedding batch waits to fill.", default=3.0)
+    embedding_truncate: bool = _doc(
+        "Cut embedding inputs longer than the model's context to fit (off: refused with a 400, as OpenAI does).",
+        default=False)
 
     # Plugins
     plugin_timeout: float = _doc("Default seconds a plugin call may take (504 beyond).", default=30.0)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 from sanic import Request, Sanic
 from sanic.config import Config
+from sanic.exceptions import MethodNotAllowed
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from moltbot import READY_LINE, metrics
@@ -91,6 +92,8 @@ async def _start_request(request: Request) -> HTTPResponse | None:
     request.ctx.stats = RequestStats()
     request.app.ctx.active.add(request)
     request.ctx.counted = True
+    if _is_preflight(request):  # a browser's CORS preflight never carries a key
+        return _preflight(request)
     request.ctx.authorised = bool(request.app.ctx.api_keys) and _authorised(request)  # a valid key was offered
     # Admin: when no admin key is configured, everyone who is let in; otherwise the holders of an admin key.
     request.ctx.admin = not request.app.ctx.admin_keys or (
@@ -128,13 +131,47 @@ def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
 
 async def _finish_request(request: Request, response: BaseHTTPResponse) -> None:
     response.headers["x-request-id"] = getattr(request.ctx, "request_id", "") or uuid.uuid4().hex
+    origin = _cors_origin(request)
+    if origin:
+        response.headers["access-control-allow-origin"] = origin
+        response.headers["access-control-expose-headers"] = "x-request-id, retry-after"
+        response.headers["vary"] = "Origin"
     if response.content_type and response.content_type.startswith("text/event-stream"):
         return  # a stream: observed by observe_stream_end when it ends
     observe(request, response.status)
 
 
+# ---- CORS (the cors_origins setting) ------------------------------------------------------------------
+CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, x-request-id"
+
+
+def _cors_origin(request: Request) -> str | None:
+    """The value of Access-Control-Allow-Origin for this request: its Origin when allowed, else None."""
+    allowed: list[str] = request.app.ctx.settings.cors_origins
+    origin = request.headers.get("origin")
+    if not allowed or not origin:
+        return None
+    return origin if "*" in allowed or origin in allowed else None
+
+
+def _is_preflight(request: Request) -> bool:
+    return (request.method == "OPTIONS" and bool(request.headers.get("access-control-request-method"))
+            and _cors_origin(request) is not None)
+
+
+def _preflight(request: Request) -> HTTPResponse:
+    """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method): no route has OPTIONS, so it is
+    answered here, before any key is asked for (a preflight never carries one)."""
+    headers = {"access-control-allow-methods": "GET, POST, OPTIONS", "access-control-max-age": "600",
+               "access-control-allow-headers": request.headers.get("access-control-request-headers")
+               or CORS_ALLOW_HEADERS}
+    return HTTPResponse(status=204, headers=headers)
+
+
 # ---- errors ----------------------------------------------------------------------------------------
 async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, MethodNotAllowed) and _is_preflight(request):
+        return _preflight(request)
     return error_json(exc, request)
 
 

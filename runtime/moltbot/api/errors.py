@@ -8,6 +8,7 @@ errors in their own terms (engine/errors.py, plugins/errors.py); only this modul
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -63,6 +64,35 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+
+
+MAX_JSON_DEPTH = 128  # nesting of arrays and objects in a request: deeper is refused, never a RecursionError later
+
+
+def load_json(data: bytes | str, what: str = "The request body") -> Any:
+    """A request's JSON (a body, a WebSocket message), or a 400 invalid_request_error for anything the parser
+    cannot take: not JSON, not UTF-8, nested too deeply (for the parser, or for what validates it later)."""
+    too_deep = APIError(400, f"{what} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+                        code="invalid_json")
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"{what} is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise too_deep from None
+    if _too_deep(value):
+        raise too_deep
+    return value
+
+
+def _too_deep(value: Any) -> bool:
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, (dict, list)) for item in level)
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -126,7 +156,8 @@ def _routing_error(exc: SanicException, request: Request) -> ErrorResponse:
 def from_validation_error(exc: ValidationError) -> APIError:
     """The first problem pydantic found, with the field path as `param`."""
     first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if not str(part).startswith(("function-", "tagged-union"))]
+    loc = [str(part) for part in first.get("loc", ())
+           if not str(part).startswith(("function-", "tagged-union", "constrained-", "literal["))]
     # Drop pydantic's union branch names (e.g. 'str', 'list[str]') from the path.
     loc = [p for p in loc if not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool")]
     param = ".".join(loc) or None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from sanic import Blueprint, Request, response
 
-from moltbot.api.errors import APIError, error_json
+from moltbot.api.errors import APIError, error_json, load_json
 from moltbot.api.openapi import add_paths
 from moltbot.plugins.errors import PluginAPIError
 from moltbot.plugins.manager import PluginManager
@@ -29,10 +28,7 @@ def _manager(request: Request) -> PluginManager:
 def _json_body(request: Request) -> Any:
     if not request.body:
         return {}
-    try:
-        return json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    return load_json(request.body)
 
 
 @bp.get("/v1/plugins")
@@ -46,7 +42,7 @@ async def reload_plugins(request: Request) -> response.HTTPResponse:
     try:
         body = _json_body(request)
         names = body.get("names") if isinstance(body, dict) else None
-        if not isinstance(body, dict) or (names is not None and not (
+        if not isinstance(body, dict) or ("names" in body and not (
                 isinstance(names, list) and all(isinstance(n, str) for n in names))):
             raise APIError(400, "body must be an object with an optional list of plugin names in 'names'",
                            param="names")

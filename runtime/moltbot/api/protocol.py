@@ -9,50 +9,86 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moltbot.engine.backend import ChatInput, CompletionInput, EmbeddingInput
-from moltbot.engine.validation import MAX_CHOICES, MAX_STOP_SEQUENCES, MAX_TEMPERATURE, SamplingRequest
+from moltbot.engine.validation import (
+    MAX_CHOICES,
+    MAX_STOP_SEQUENCES,
+    MAX_TEMPERATURE,
+    NamedTool,
+    SamplingRequest,
+    ToolChoice,
+)
 
 # Our extensions: never forwarded to a service model's upstream (a strict upstream refuses unknown fields).
 EXTENSIONS = {"ignore_eos", "max_tool_rounds"}
 
 
-class _Request(BaseModel):
+class _Strict(BaseModel):
+    # Types are strict, as OpenAI's: "yes" is not a boolean, "1" is not a number.
+    model_config = ConfigDict(strict=True)
+
+
+class _Request(_Strict):
     # Unknown fields are accepted and ignored (as vLLM does), so that newer clients keep working.
-    model_config = ConfigDict(extra="allow", strict=False)
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
-class TextPart(BaseModel):
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(_Strict):
     name: str
     arguments: str
 
 
-class ToolCall(BaseModel):
+class ToolCall(_Strict):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+_UNSUPPORTED_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+
+def _content_parts(value: Any) -> Any:
+    """A message's content: a string, or a list of text parts; other parts are refused by what they are."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError("content should be a string or a list of content parts")
+    for part in value:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _UNSUPPORTED_PARTS:
+            raise ValueError(f"{_UNSUPPORTED_PARTS[kind]} input is not supported by this model: send text")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise ValueError("each content part should be {\"type\": \"text\", \"text\": <a string>}")
+    return value
+
+
+class ChatMessage(_Strict):
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        return _content_parts(value)
+
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content")
+            article = "an" if self.role[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {self.role} message needs content")
         return self
 
     def text(self) -> str:
@@ -61,19 +97,78 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class FunctionDef(BaseModel):
-    name: str
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
 
-class ToolDef(BaseModel):
+class ToolDef(_Strict):
     type: Literal["function"]
     function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+def _token_input(field: str) -> Any:
+    """A before-validator of `prompt` / `input`: a string, a list of strings, token ids, or lists of token ids."""
+
+    def check(cls: Any, value: Any) -> Any:
+        wrong = ValueError(f"{field} should be a string, a list of strings, or token ids")
+        if isinstance(value, str):
+            if not value:
+                raise ValueError(f"{field} must not be an empty string")
+            return value
+        if not isinstance(value, list):
+            raise wrong
+        if not value:
+            raise ValueError(f"{field} must not be an empty list")
+        if len(value) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request")
+        if all(isinstance(item, str) for item in value):
+            if not all(value):
+                raise ValueError(f"{field} strings must not be empty")
+            return value
+        if all(_is_token(item) for item in value):
+            return value
+        if all(isinstance(item, list) and all(_is_token(t) for t in item) for item in value):
+            if any(not item for item in value):
+                raise ValueError(f"{field}: a list of token ids must not be empty")
+            return value
+        raise wrong
+
+    return field_validator(field, mode="before")(check)
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+MAX_INPUTS = 2048
+NonEmpty = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[int], Field(min_length=1)]
+PromptInput = NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_INPUTS)] | TokenIds | \
+    Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
+
+
+def prompts_of(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    """The inputs one by one: a string, token ids (one input), or a list of either."""
+    if isinstance(value, str):
+        return [value]
+    if all(_is_token(t) for t in value):
+        return [cast(list[int], value)]  # one input of token ids
+    return cast(list[str] | list[list[int]], value)
 
 
 class _SamplingRequest(_Request):
@@ -120,58 +215,47 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     tools: list[ToolDef] | None = None
-    tool_choice: Any = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     max_tool_rounds: int = Field(default=4, ge=1, le=16)  # extension: bound on plugin tool-call rounds
+
+    def choice_of_tool(self) -> ToolChoice:
+        """tool_choice as the engine reads it (checked against the tools in engine/validation.py)."""
+        choice = self.tool_choice
+        return NamedTool(choice.function.name) if isinstance(choice, NamedToolChoice) else choice
 
     def to_input(self) -> ChatInput:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in self.messages]
         # The tools as the chat template expects them (as transformers passes them).
         tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
         return ChatInput(messages, self.to_sampling(self.max_completion_tokens or self.max_tokens), tools=tools,
-                         stream=self.stream, openai_body=self.openai_body())
+                         stream=self.stream, openai_body=self.openai_body(), tool_choice=self.choice_of_tool())
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str | list[str]
+    prompt: PromptInput
     echo: bool = False
     suffix: str | None = None
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be an empty list")
-        return value
+    _prompt = _token_input("prompt")
 
     def to_input(self) -> CompletionInput:
         sampling = self.to_sampling(self.max_tokens or 16)  # 16: OpenAI's default for completions
         sampling = replace(sampling, echo=self.echo, suffix=self.suffix)
-        prompts = [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-        return CompletionInput(prompts, sampling, stream=self.stream, openai_body=self.openai_body())
+        return CompletionInput(prompts_of(self.prompt), sampling, stream=self.stream,
+                               openai_body=self.openai_body())
 
 
 class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
-    input: str | list[str]
+    input: PromptInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, gt=0)
     user: str | None = None
 
-    @field_validator("input")
-    @classmethod
-    def _input(cls, value: str | list[str]) -> str | list[str]:
-        items = [value] if isinstance(value, str) else value
-        if not items:
-            raise ValueError("input must not be an empty list")
-        if len(items) > 2048:
-            raise ValueError("at most 2048 inputs per request")
-        if any(item == "" for item in items):
-            raise ValueError("input strings must not be empty")
-        return value
+    _input = _token_input("input")
 
     def to_input(self) -> EmbeddingInput:
-        texts = [self.input] if isinstance(self.input, str) else list(self.input)
-        return EmbeddingInput(texts, self.dimensions,
+        return EmbeddingInput(prompts_of(self.input), self.dimensions,
                               openai_body=self.model_dump(exclude_unset=True, exclude={"model"}))
 
 

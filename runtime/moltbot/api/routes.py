@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from moltbot import metrics
 from moltbot.api.access import observe
-from moltbot.api.errors import APIError, error_response
+from moltbot.api.errors import APIError, error_response, load_json
 from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from moltbot.api.serving import Chunks, OpenAIServing, RequestStats
@@ -34,10 +34,7 @@ def parse(request: Request, schema: type[Schema]) -> Schema:
     if content_type != "application/json":
         raise APIError(415, "Send the request body as JSON with Content-Type: application/json",
                        code="unsupported_media_type")
-    try:
-        body = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    body = load_json(request.body or b"")
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object", code="invalid_json")
     return schema.model_validate(body)  # a ValidationError is a 400 naming the field (api/errors.py)
@@ -122,8 +119,8 @@ async def _as_chunks(reply: dict[str, Any]) -> AsyncGenerator[dict[str, Any], No
     """A finished chat.completion as one streamed chunk per choice (the plugin-tool path runs to the end)."""
     for choice in reply["choices"]:
         delta = {"role": "assistant", "content": choice["message"].get("content") or ""}
-        if choice["message"].get("tool_calls"):
-            delta["tool_calls"] = choice["message"]["tool_calls"]
+        if choice["message"].get("tool_calls"):  # a chunk's tool calls say which of the choice's calls they are
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(choice["message"]["tool_calls"])]
         yield {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
                "model": reply["model"], "choices": [{"index": choice["index"], "delta": delta, "logprobs": None,
                                                      "finish_reason": choice["finish_reason"]}]}
@@ -195,10 +192,7 @@ bp.add_websocket_route(websocket, "/v1/ws")
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:
-    try:
-        body = json.loads(message)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"The message is not valid JSON: {exc}", code="invalid_json") from None
+    body = load_json(message, "The message")
     if not isinstance(body, dict):
         raise APIError(400, "The message must be a JSON object", code="invalid_json")
     request_id = f"{request.ctx.request_id}-{uuid.uuid4().hex[:8]}"
@@ -220,6 +214,7 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
         chunks = await srv.chat_stream(req, RequestStats())
     content: dict[int, str] = {}
     reasons: dict[int, str] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> the tool calls streamed, joined
     model, usage, chunk_id = req.model, None, None
     async with contextlib.aclosing(chunks):  # a client gone mid-stream frees the model's sequences
         async for chunk in chunks:
@@ -228,11 +223,20 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices", []):
                 content[choice["index"]] = content.get(choice["index"], "") + (choice["delta"].get("content") or "")
+                for piece in choice["delta"].get("tool_calls") or []:
+                    call = calls.setdefault(choice["index"], {}).setdefault(piece["index"], {
+                        "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                    call["id"] = piece.get("id") or call["id"]
+                    call["function"]["name"] += piece["function"].get("name") or ""
+                    call["function"]["arguments"] += piece["function"].get("arguments") or ""
                 if choice.get("finish_reason"):
                     reasons[choice["index"]] = choice["finish_reason"]
-    final: dict[str, Any] = {"id": chunk_id, "object": "chat.completion", "model": model,
-             "choices": [{"index": i, "message": {"role": "assistant", "content": content[i]},
-                          "finish_reason": reasons.get(i)} for i in sorted(content)]}
+    final: dict[str, Any] = {"id": chunk_id, "object": "chat.completion", "model": model, "choices": []}
+    for i in sorted(content):
+        reply: dict[str, Any] = {"role": "assistant", "content": content[i], "refusal": None}
+        if calls.get(i):
+            reply.update(content=content[i] or None, tool_calls=[calls[i][k] for k in sorted(calls[i])])
+        final["choices"].append({"index": i, "message": reply, "finish_reason": reasons.get(i)})
     if usage:
         final["usage"] = usage
     await ws.send(json.dumps({"type": "done", "data": final}))

@@ -10,6 +10,8 @@ import ssl
 import time
 
 from sanic import Websocket
+from sanic.application.state import ApplicationServerInfo
+from sanic.http.constants import HTTP
 from sanic.server.async_server import AsyncioServer
 from sanic.server.protocols.http_protocol import HttpProtocol
 
@@ -42,6 +44,10 @@ async def serve(settings: Settings, process_started: float | None = None, app: A
     servers = [await _listen(app, settings.host, settings.port)]
     if settings.tls_enabled:
         servers.append(await _listen(app, settings.host, settings.https_port, tls_context(settings)))
+    # create_server leaves Sanic's list of servers empty, and then its start-up touch-up keeps the `alt-svc: ""`
+    # placeholder on every response; told that every server speaks HTTP/1.1, it takes the header out.
+    app.state.server_info[:] = [ApplicationServerInfo(settings={"version": HTTP.VERSION_1, "port": port})
+                                for port in (settings.port, settings.https_port)[:len(servers)]]
     await servers[0].startup()
     await servers[0].before_start()
     log.info("listening", extra={"http": f"{settings.host}:{settings.port}",

@@ -23,8 +23,8 @@ from moltbot.api.protocol import (
     new_id,
     now,
 )
-from moltbot.api.tool_parser import parse_tool_calls
-from moltbot.engine.backend import ChoiceDelta, Event, Generation, ModelBackend, Usage, collect
+from moltbot.api.tool_parser import StreamingToolCallParser, ToolCallPiece, parse_tool_calls
+from moltbot.engine.backend import Event, Generation, ModelBackend, ToolCallDelta, Usage, collect
 from moltbot.engine.registry import ModelRegistry
 from moltbot.settings import Settings
 
@@ -124,13 +124,14 @@ class OpenAIServing:
         choices = []
         for i, choice in enumerate(result.choices):
             content, calls = choice.text, [call.as_openai() for call in choice.tool_calls]
-            if req.tools and not calls:  # a local model writes its tool calls into its text
+            if reads_tool_calls(req) and not calls:  # a local model writes its tool calls into its text
                 rest, calls = parse_tool_calls(choice.text)
                 content = rest if calls else content
             reason = choice.finish_reason or "stop"
-            message: dict[str, Any] = {"role": "assistant", "content": content}
+            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
             if calls:
-                message, reason = {"role": "assistant", "content": content or None, "tool_calls": calls}, "tool_calls"
+                message = {"role": "assistant", "content": content or None, "refusal": None, "tool_calls": calls}
+                reason = "tool_calls" if reason == "stop" else reason
             choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
         if stats.output is not None:
             stats.output = "\n".join(c.text for c in result.choices)
@@ -150,12 +151,27 @@ class OpenAIServing:
             yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
         usage = None
+        # A local model writes its tool calls into its text: read them as they come, per choice.
+        parsers = {i: StreamingToolCallParser() for i in range(req.n)} if reads_tool_calls(req) else {}
+        called: set[int] = set()
         async for event in self._events(generation, stats):
             if isinstance(event, Usage):
                 usage = event
-            elif event.text or event.tool_calls or event.finish_reason:
-                yield {**base, "choices": [{"index": event.index, "delta": _chat_delta(event), "logprobs": None,
-                                            "finish_reason": event.finish_reason}]}
+                continue
+            text, pieces = event.text, [_piece(call) for call in event.tool_calls]
+            parser = parsers.get(event.index)
+            if parser is not None and not event.tool_calls:
+                text, pieces = parser.push(event.text)
+                if event.finish_reason:
+                    rest, more = parser.finish()
+                    text, pieces = text + rest, pieces + more
+            called |= {event.index} if pieces else set()
+            reason = event.finish_reason
+            if reason == "stop" and event.index in called:
+                reason = "tool_calls"
+            if text or pieces or reason:
+                yield {**base, "choices": [{"index": event.index, "delta": _chat_delta(text, pieces),
+                                            "logprobs": None, "finish_reason": reason}]}
         if req.stream_options and req.stream_options.include_usage and usage is not None:
             yield {**base, "choices": [], "usage": _usage(usage, stats)}
 
@@ -214,13 +230,20 @@ class OpenAIServing:
                 "usage": {"prompt_tokens": stats.prompt_tokens, "total_tokens": stats.prompt_tokens}}
 
 
-def _chat_delta(event: ChoiceDelta) -> dict[str, Any]:
-    delta: dict[str, Any] = {"content": event.text} if event.text else {}
-    if event.tool_calls:
-        delta["tool_calls"] = [
-            {"index": call.index, **({"id": call.id, "type": "function"} if call.id else {}),
-             "function": {**({"name": call.name} if call.name else {}), "arguments": call.arguments}}
-            for call in event.tool_calls]
+def reads_tool_calls(req: ChatCompletionRequest) -> bool:
+    """Whether the model's text is read for tool calls: tools were given and tool_choice is not none (the backend
+    has refused what it cannot honour)."""
+    return bool(req.tools) and req.tool_choice != "none"
+
+
+def _piece(call: ToolCallDelta) -> ToolCallPiece:
+    return ToolCallPiece(call.index, call.id, call.name, call.arguments)
+
+
+def _chat_delta(text: str, pieces: list[ToolCallPiece]) -> dict[str, Any]:
+    delta: dict[str, Any] = {"content": text} if text else {}
+    if pieces:
+        delta["tool_calls"] = [piece.as_openai() for piece in pieces]
     return delta
 
 

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import InvalidRequest
-from moltbot.engine.validation import SamplingRequest
+from moltbot.engine.validation import SamplingRequest, ToolChoice
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,16 @@ class ChatInput:
     tools: list[dict[str, Any]] | None = None  # as the chat template expects them
     stream: bool = False  # the client reads the output as it comes
     openai_body: Mapping[str, Any] = field(default_factory=dict)
+    tool_choice: ToolChoice = None  # none | auto | required | a NamedTool; None: not sent (auto with tools)
+
+
+# Prompts as a client may send them: texts, or token ids of the model's own tokenizer (one list per prompt).
+Prompts = list[str] | list[list[int]]
 
 
 @dataclass(frozen=True)
 class CompletionInput:
-    prompts: list[str]
+    prompts: Prompts
     sampling: SamplingRequest
     stream: bool = False
     openai_body: Mapping[str, Any] = field(default_factory=dict)
@@ -72,7 +77,7 @@ class CompletionInput:
 
 @dataclass(frozen=True)
 class EmbeddingInput:
-    texts: list[str]
+    texts: Prompts
     dimensions: int | None = None
     openai_body: Mapping[str, Any] = field(default_factory=dict)
 

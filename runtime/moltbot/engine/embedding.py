@@ -24,7 +24,7 @@ log = logging.getLogger("moltbot.engine")
 Vectors = npt.NDArray[np.float32]
 # What a request waits for: (vectors, each input's token count).
 EmbeddingFuture = Future[tuple[Vectors, list[int]]]
-Pending = tuple[list[str], EmbeddingFuture]
+Pending = tuple[list[list[int]], EmbeddingFuture]  # each input's token ids, special tokens included
 
 
 class EncoderModel:
@@ -40,14 +40,17 @@ class EncoderModel:
         max_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.exists() else None
         self.max_length = int(max_len or self.tokenizer.max_length or 512)
         self.tokenizer.tokenizer.no_padding()
-        self.tokenizer.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.tokenizer.no_truncation()  # an input beyond max_length is refused (or cut) by the validator
 
     def embed(self, texts: list[str]) -> tuple[Vectors, list[int]]:
-        """L2-normalised mean-pooled embeddings, and each input's token count."""
-        encoded = self.tokenizer.encode_batch(texts)
+        """L2-normalised mean-pooled embeddings of texts (cut to max_length), and each input's token count."""
+        return self.embed_ids([ids[:self.max_length] for ids in self.tokenizer.encode_batch(texts)])
+
+    def embed_ids(self, encoded: list[list[int]]) -> tuple[Vectors, list[int]]:
+        """L2-normalised mean-pooled embeddings of tokenised inputs, and each input's token count."""
         length = max(len(ids) for ids in encoded)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
+        ids = np.zeros((len(encoded), length), dtype=np.int64)
+        mask = np.zeros((len(encoded), length), dtype=np.int64)
         for row, seq in enumerate(encoded):
             ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
@@ -76,7 +79,7 @@ class EmbeddingBatcher:
         self._thread = threading.Thread(target=self._loop, name=f"embed-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, texts: list[str]) -> EmbeddingFuture:
+    def submit(self, texts: list[list[int]]) -> EmbeddingFuture:
         """A future of (vectors, token counts); QueueFull when max_pending requests are already waiting."""
         with self._lock:
             if self._pending >= self.max_pending:
@@ -126,7 +129,7 @@ class EmbeddingBatcher:
             chunks = [order[i:i + self.max_batch] for i in range(0, len(order), self.max_batch)]
             parts, counts = {}, {}
             for chunk in chunks:
-                chunk_vectors, chunk_counts = self.model.embed([texts[i] for i in chunk])
+                chunk_vectors, chunk_counts = self.model.embed_ids([texts[i] for i in chunk])
                 for idx, vec, count in zip(chunk, chunk_vectors, chunk_counts, strict=True):
                     parts[idx], counts[idx] = vec, count
             vectors = np.stack([parts[i] for i in range(len(texts))])

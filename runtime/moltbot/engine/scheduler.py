@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -30,6 +32,7 @@ log = logging.getLogger("moltbot.engine")
 # Most (padded) prompt tokens in one prefill call: bounds the [rows, tokens, vocab] logits a prefill makes.
 # Longer prompts are prefilled in chunks, each continuing the cache the previous one wrote.
 PREFILL_TOKEN_BUDGET = 1024
+RETRY_AFTER_MAX = 600  # seconds: the most a 429's Retry-After asks a client to wait
 
 
 @dataclass
@@ -132,8 +135,19 @@ class GenerationScheduler:
         return handle
 
     def _retry_after(self) -> int:
-        queued_steps = (len(self._waiting) / max(self.max_running, 1) + 1) * 64
-        return max(1, min(60, int(queued_steps * self._step_seconds) + 1))
+        """Seconds until a newcomer would get a slot (at least 1): the work ahead of it, in decode steps, at the
+        measured step rate. Each slot frees when its sequence has generated the rest of its max_tokens (an upper
+        bound: EOS may come sooner); the queued take the slots as they free, in order."""
+        slots = sorted(self._remaining_steps(s) for s in [*self._running, *self._admitting])
+        slots += [0] * max(0, self.max_running - len(slots))
+        heapq.heapify(slots)
+        for seq in self._waiting:
+            heapq.heapreplace(slots, slots[0] + self._remaining_steps(seq))
+        return max(1, min(RETRY_AFTER_MAX, math.ceil(slots[0] * self._step_seconds)))
+
+    @staticmethod
+    def _remaining_steps(seq: Sequence) -> int:
+        return max(0, min(seq.params.max_tokens, seq.output.room) - len(seq.output.generated))
 
     def load(self) -> tuple[int, int]:
         """(running, queued) sequences."""

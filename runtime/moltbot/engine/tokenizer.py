@@ -73,6 +73,21 @@ class TextTokenizer:
                 x, indent=indent, ensure_ascii=ensure_ascii)
             self._template = env.from_string(template)
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to vocab_size - 1 (added tokens included)."""
+        size: int = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        return size
+
+    def special_tokens_around(self) -> tuple[list[int], list[int]]:
+        """The special tokens encode() puts before and after a text (BERT's [CLS] and [SEP]; often none)."""
+        bare = self.encode("a", add_special_tokens=False)
+        full = self.encode("a", add_special_tokens=True)
+        for start in range(len(full) - len(bare) + 1):
+            if full[start:start + len(bare)] == bare:
+                return full[:start], full[start + len(bare):]
+        return [], []
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         return ids

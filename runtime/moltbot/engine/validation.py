@@ -9,6 +9,7 @@ SamplingRequest, the checks below, SamplingParams and the sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from moltbot.engine.errors import InvalidRequest
 from moltbot.engine.sampling import SamplingParams
@@ -38,6 +39,17 @@ class SamplingRequest:
 
 
 @dataclass(frozen=True)
+class NamedTool:
+    """tool_choice naming one function."""
+
+    name: str
+
+
+# tool_choice as the engine reads it: "none", "auto", "required", a NamedTool, or None (not sent).
+ToolChoice = str | NamedTool | None
+
+
+@dataclass(frozen=True)
 class ModelLimits:
     """What a local model can take: the validator's view of it."""
 
@@ -45,6 +57,7 @@ class ModelLimits:
     context_length: int
     capacity: int  # sequences at once: running batch plus queue
     default_temperature: float
+    vocab_size: int = 0  # token ids a client may send are below it (0: not checked)
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelL
                              param="echo" if sampling.echo else "suffix")
     if not prompts or any(not ids for ids in prompts):
         raise InvalidRequest("the prompt is empty after tokenisation", param="prompt")
+    check_token_ids(prompts, limits, "prompt")
     context = limits.context_length
     longest = max(len(ids) for ids in prompts)
     if longest >= context:
@@ -123,3 +137,58 @@ def check_dimensions(requested: int | None, native: int, model: str) -> None:
     """An embedding request's `dimensions`: a local model makes its own number only (no truncation here)."""
     if requested is not None and requested != native:
         raise InvalidRequest(f"The model '{model}' makes {native}-dimensional embeddings only", param="dimensions")
+
+
+def check_token_ids(prompts: list[list[int]], limits: ModelLimits, param: str) -> None:
+    """Token ids a client sent are the model's own: each within its tokenizer's vocabulary."""
+    if not limits.vocab_size:
+        return
+    for ids in prompts:
+        bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is not in the vocabulary of the model '{limits.model}' (ids 0 to "
+                                 f"{limits.vocab_size - 1}): token ids must come from this model's own tokenizer; "
+                                 "send text otherwise", param=param, code="invalid_token_ids")
+
+
+def check_embedding_inputs(inputs: list[list[int]], limits: ModelLimits, truncate: bool, reserved: int = 0
+                           ) -> list[list[int]]:
+    """An embedding request's tokenised inputs against the model's context, of which the model's special tokens
+    take `reserved`: longer ones are refused (as OpenAI does), or cut to fit when `truncate` (the
+    embedding_truncate setting)."""
+    if not inputs or any(not ids for ids in inputs):
+        raise InvalidRequest("an input is empty after tokenisation", param="input")
+    room = limits.context_length - reserved
+    longest = max(len(ids) for ids in inputs)
+    if longest > room:
+        if not truncate:
+            raise InvalidRequest(f"This model's maximum context length is {limits.context_length} tokens; an input "
+                                 f"has {longest + reserved} tokens. Shorten the input (or have the server cut it to "
+                                 "the context: the embedding_truncate setting).", param="input",
+                                 code="context_length_exceeded")
+        return [ids[:room] for ids in inputs]
+    return inputs
+
+
+def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None, *, constrained: bool) -> bool:
+    """Whether the model's output is to be read for tool calls. `constrained`: the backend can make the model call
+    a tool (a service model's upstream can; a local model cannot, so `required` and a named function are refused
+    there rather than silently ignored)."""
+    names = {(tool.get("function") or {}).get("name") for tool in tools or []}
+    if choice is None:
+        return bool(tools)
+    if not tools:
+        raise InvalidRequest("tool_choice is only allowed when tools are given", param="tool_choice")
+    if isinstance(choice, NamedTool):
+        if choice.name not in names:
+            raise InvalidRequest(f"tool_choice names the function '{choice.name}', which is not among the tools",
+                                 param="tool_choice")
+    elif choice not in ("none", "auto", "required"):
+        raise InvalidRequest("tool_choice must be none, auto, required or a named function", param="tool_choice")
+    if choice == "none":
+        return False
+    if choice != "auto" and not constrained:
+        what = "'required'" if choice == "required" else "a named function"
+        raise InvalidRequest(f"tool_choice {what} is not supported by this model (it cannot be made to call a tool); "
+                             "send auto or none", param="tool_choice", code="unsupported_tool_choice")
+    return True

@@ -469,7 +469,8 @@ def _error_rank(error: Any) -> tuple[int, str]:
 def _error_param(error: Any) -> str | None:
     path = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [k for k in error.validator_value if k not in error.instance]
+        # jsonschema reports each missing property as its own error: name the one this error is about.
+        missing = [k for k in error.validator_value if k not in error.instance and error.message.startswith(repr(k))]
         if missing:
             path.append(missing[0])
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):

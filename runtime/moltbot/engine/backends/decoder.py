@@ -17,6 +17,7 @@ from moltbot.engine.backend import (
     Event,
     Generation,
     ModelInfo,
+    Prompts,
     Usage,
     wrong_task,
 )
@@ -27,7 +28,13 @@ from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
 from moltbot.engine.sessions import admission_limits, device_options
 from moltbot.engine.sources import ModelSourceError, onnx_folder
 from moltbot.engine.tokenizer import TemplateError, TextTokenizer
-from moltbot.engine.validation import ModelLimits, SamplingRequest, ValidatedRequest, validate
+from moltbot.engine.validation import (
+    ModelLimits,
+    SamplingRequest,
+    ValidatedRequest,
+    check_tool_choice,
+    validate,
+)
 from moltbot.settings import Settings
 
 
@@ -39,7 +46,8 @@ class DecoderBackend:
         self.tokenizer = tokenizer
         self.limits = ModelLimits(model=info.name, context_length=scheduler.context_length,
                                   capacity=scheduler.max_running + scheduler.max_queued,
-                                  default_temperature=default_temperature)
+                                  default_temperature=default_temperature,
+                                  vocab_size=tokenizer.vocab_size)
 
     @classmethod
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> DecoderBackend:
@@ -67,6 +75,8 @@ class DecoderBackend:
         return self.info
 
     async def chat(self, request: ChatInput) -> Generation:
+        check_tool_choice(request.tool_choice, request.tools, constrained=False)
+
         def prepare() -> tuple[str, ValidatedRequest]:
             try:
                 prompt = self.tokenizer.render_chat(request.messages, add_generation_prompt=True,
@@ -81,7 +91,8 @@ class DecoderBackend:
     async def complete(self, request: CompletionInput) -> Generation:
         validated = await asyncio.to_thread(self._validate, request.sampling, request.prompts,
                                             add_special_tokens=True)
-        return self._start(validated, "\n".join(request.prompts))
+        return self._start(validated, "\n".join(p if isinstance(p, str) else self.tokenizer.decode(p)
+                                                for p in request.prompts))
 
     async def embed(self, request: EmbeddingInput) -> Embeddings:
         raise wrong_task(self.info, "embeddings")
@@ -89,9 +100,11 @@ class DecoderBackend:
     async def close(self) -> None:
         await asyncio.to_thread(self.scheduler.stop)
 
-    def _validate(self, sampling: SamplingRequest, prompts: list[str], *, add_special_tokens: bool
+    def _validate(self, sampling: SamplingRequest, prompts: Prompts, *, add_special_tokens: bool
                   ) -> ValidatedRequest:
-        ids = [self.tokenizer.encode(p, add_special_tokens=add_special_tokens) for p in prompts]
+        # Token ids are taken as sent (as OpenAI and vLLM do); validate() checks they are the model's own.
+        ids = [self.tokenizer.encode(p, add_special_tokens=add_special_tokens) if isinstance(p, str) else list(p)
+               for p in prompts]
         return validate(sampling, ids, self.limits)
 
     def _start(self, validated: ValidatedRequest, prompt: str) -> Generation:

@@ -12,21 +12,27 @@ from moltbot.engine.backend import (
     Embeddings,
     Generation,
     ModelInfo,
+    Prompts,
     wrong_task,
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.embedding import EmbeddingBatcher, EncoderModel
 from moltbot.engine.sessions import admission_limits, device_options
 from moltbot.engine.sources import onnx_folder
-from moltbot.engine.validation import check_dimensions
+from moltbot.engine.validation import ModelLimits, check_dimensions, check_embedding_inputs, check_token_ids
 from moltbot.settings import Settings
 
 
 class EncoderBackend:
-    def __init__(self, info: ModelInfo, batcher: EmbeddingBatcher):
+    def __init__(self, info: ModelInfo, batcher: EmbeddingBatcher, truncate: bool = False):
         self.info = info
         self.batcher = batcher
+        self.truncate = truncate
         self.dimensions = int(batcher.model.session.get_outputs()[0].shape[-1])
+        tokenizer = batcher.model.tokenizer
+        self.limits = ModelLimits(model=info.name, context_length=batcher.model.max_length, capacity=0,
+                                  default_temperature=0.0, vocab_size=tokenizer.vocab_size)
+        self.prefix, self.suffix = tokenizer.special_tokens_around()
 
     @classmethod
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> EncoderBackend:
@@ -37,7 +43,8 @@ class EncoderBackend:
         max_running, max_queued = admission_limits(config, settings)
         batcher = EmbeddingBatcher(config.name, encoder, settings.embedding_batch_size,
                                    settings.embedding_batch_wait_ms / 1000, max_pending=max_running + max_queued)
-        return cls(ModelInfo.of(config, encoder.provider, encoder.max_length), batcher)
+        return cls(ModelInfo.of(config, encoder.provider, encoder.max_length), batcher,
+                   truncate=settings.embedding_truncate)
 
     def describe(self) -> ModelInfo:
         return self.info
@@ -50,9 +57,20 @@ class EncoderBackend:
 
     async def embed(self, request: EmbeddingInput) -> Embeddings:
         check_dimensions(request.dimensions, self.dimensions, self.info.name)
+        inputs = await asyncio.to_thread(self._tokenise, request.texts)
         # Cancelling this (a timeout) cancels the future, so a batch not yet run leaves it out.
-        vectors, token_counts = await asyncio.wrap_future(self.batcher.submit(list(request.texts)))
+        vectors, token_counts = await asyncio.wrap_future(self.batcher.submit(inputs))
         return Embeddings(vectors, int(sum(token_counts)))
+
+    def _tokenise(self, texts: Prompts) -> list[list[int]]:
+        """Each input's token ids with the model's special tokens around them, checked against its context.
+        Token ids a client sent are taken as the model's own (check_token_ids refuses those that cannot be)."""
+        tokenizer = self.batcher.model.tokenizer
+        ids = [tokenizer.encode(t, add_special_tokens=False) if isinstance(t, str) else list(t) for t in texts]
+        check_token_ids([i for t, i in zip(texts, ids, strict=True) if not isinstance(t, str)], self.limits, "input")
+        ids = check_embedding_inputs(ids, self.limits, self.truncate,
+                                     reserved=len(self.prefix) + len(self.suffix))
+        return [[*self.prefix, *i, *self.suffix] for i in ids]
 
     async def close(self) -> None:
         await asyncio.to_thread(self.batcher.stop)

@@ -31,7 +31,7 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import InvalidRequest, UpstreamError, upstream_error_body
-from moltbot.engine.validation import check_sampling
+from moltbot.engine.validation import check_sampling, check_tool_choice
 from moltbot.settings import Settings
 
 # The request fields forwarded upstream, per endpoint: what the reply depends on, nothing that bills, stores or
@@ -65,6 +65,7 @@ class ServiceBackend:
         if self.info.task != "chat":
             raise wrong_task(self.info, "chat")
         check_sampling(request.sampling)
+        check_tool_choice(request.tool_choice, request.tools, constrained=True)  # the upstream honours it
         return await self._generate("chat/completions", request.openai_body, request.stream, _chat_choice)
 
     async def complete(self, request: CompletionInput) -> Generation:

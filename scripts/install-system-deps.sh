@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite uses (a Docker engine, debootstrap for local base
-# images, Prometheus with promtool, node exporter, Alertmanager with amtool) when they are missing,
+# images, Prometheus with promtool, node exporter, Alertmanager with amtool, Chromium for the chat page's
+# browser tests) when they are missing,
 # then makes sure a Docker engine answers. Needs root or passwordless sudo.
 set -euo pipefail
-packages=(docker.io debootstrap prometheus prometheus-node-exporter prometheus-alertmanager iproute2 procps curl)
+packages=(docker.io debootstrap prometheus prometheus-node-exporter prometheus-alertmanager iproute2 procps curl
+          chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,7 @@ class Settings:
     https_port: int = _doc("HTTPS port, served when tls_cert and tls_key are both set.", default=8443)
     tls_cert: str | None = _doc("PEM certificate (chain) for HTTPS.", default=None)
     tls_key: str | None = _doc("PEM private key for HTTPS.", default=None)
+    ui: bool = _doc("Serve the chat page at / and /ui/ (off: those paths answer 404).", default=True)
 
     # Folders
     models_dir: Path = _doc("Model configs (`*.json`) and downloaded models.", default=Path("./data/models"))

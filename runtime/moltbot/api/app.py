@@ -4,6 +4,8 @@ model-loading lifecycle. Routes live in routes.py; the work in serving.py and th
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 import math
@@ -75,6 +77,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     metrics.IN_FLIGHT.set_function(lambda: len(app.ctx.active))
     app.blueprint(routes.bp)
     app.blueprint(plugin_routes.bp)
+    if settings.ui:
+        from moltbot.ui import create_blueprint  # the chat page (MOLTBOT_UI)
+
+        app.blueprint(create_blueprint())
 
     app.on_request(_start_request)
     app.middleware(_finish_request, attach_to="response")
@@ -119,6 +125,7 @@ def _needs_key(request: Request) -> bool:
 def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
     header = request.headers.get("authorization", "")
     offered = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    offered = offered or _websocket_key(request)
     if not offered:
         return False
     candidate = offered.encode()
@@ -127,6 +134,25 @@ def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
     for key in request.app.ctx.api_keys if keys is None else keys:
         matched |= hmac.compare_digest(candidate, key)
     return matched
+
+
+WS_KEY_PROTOCOL = "moltbot.key."
+
+
+def _websocket_key(request: Request) -> str:
+    """A browser cannot set headers on a WebSocket, so the chat page offers its key as a subprotocol,
+    `moltbot.key.<base64url of the key, no padding>`, beside `moltbot` (the one the server picks)."""
+    if request.headers.get("upgrade", "").lower() != "websocket":
+        return ""
+    for protocol in request.headers.get("sec-websocket-protocol", "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(WS_KEY_PROTOCOL):
+            encoded = protocol[len(WS_KEY_PROTOCOL):]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, ValueError):
+                return ""
+    return ""
 
 
 async def _finish_request(request: Request, response: BaseHTTPResponse) -> None:

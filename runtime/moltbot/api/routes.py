@@ -116,14 +116,18 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
 
 
 async def _as_chunks(reply: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-    """A finished chat.completion as one streamed chunk per choice (the plugin-tool path runs to the end)."""
-    for choice in reply["choices"]:
+    """A finished chat.completion as one streamed chunk per choice (the plugin-tool path runs to the end). The
+    first chunk carries the reply's `plugin_calls` (extension: the plugins run on the way, with their results)."""
+    for number, choice in enumerate(reply["choices"]):
         delta = {"role": "assistant", "content": choice["message"].get("content") or ""}
         if choice["message"].get("tool_calls"):  # a chunk's tool calls say which of the choice's calls they are
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(choice["message"]["tool_calls"])]
-        yield {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
-               "model": reply["model"], "choices": [{"index": choice["index"], "delta": delta, "logprobs": None,
-                                                     "finish_reason": choice["finish_reason"]}]}
+        chunk = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+                 "model": reply["model"], "choices": [{"index": choice["index"], "delta": delta, "logprobs": None,
+                                                       "finish_reason": choice["finish_reason"]}]}
+        if number == 0 and reply.get("plugin_calls"):
+            chunk["plugin_calls"] = reply["plugin_calls"]
+        yield chunk
 
 
 @bp.post("/v1/completions")
@@ -188,7 +192,8 @@ async def websocket(request: Request, ws: Websocket) -> None:
             busy.discard(ws)
 
 
-bp.add_websocket_route(websocket, "/v1/ws")
+# `moltbot`: the subprotocol the chat page offers (with its key beside it, see app._websocket_key).
+bp.add_websocket_route(websocket, "/v1/ws", subprotocols=["moltbot"])
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The deployment contract (deploy/contract.json) and the files generated from it.
 
-The image's service uid, ports, in-container paths and CUDA major version are stated once, in
-deploy/contract.json. Ansible roles cannot read a file outside themselves when they are installed elsewhere,
+The image's service uid, ports, in-container paths and CUDA major version, the runtime container's default
+limits and the pinned public images of the monitoring services are stated once, in deploy/contract.json. Ansible roles cannot read a file outside themselves when they are installed elsewhere,
 so their copies are generated here as role vars; the Dockerfile's ARG defaults and the runtime's settings
 are checked against it by tests/test_deploy_contract.py, and scripts/image-build.sh passes the values as
 build arguments.
@@ -36,6 +36,7 @@ def _yaml(values: dict[str, Any]) -> str:
 
 def generated_files(contract: dict[str, Any]) -> dict[Path, str]:
     user, ports, paths, gpu = contract["service_user"], contract["ports"], contract["paths"], contract["gpu"]
+    limits, images = contract["runtime_limits"], contract["images"]
     tls_dir = paths["tls"]
     return {
         ROOT / "ansible/roles/moltbot/vars/main.yml": _yaml({
@@ -50,7 +51,13 @@ def generated_files(contract: dict[str, Any]) -> dict[Path, str]:
             "moltbot_container_tls_cert": f"{tls_dir}/{contract['tls_files']['cert']}",
             "moltbot_container_tls_key": f"{tls_dir}/{contract['tls_files']['key']}",
             "moltbot_container_api_keys_file": paths["api_keys_file"],
+            "moltbot_container_admin_api_keys_file": paths["admin_api_keys_file"],
             "moltbot_gpu_cuda_major": gpu["cuda_major"],
+            "moltbot_contract_memory": limits["memory"],
+            "moltbot_contract_pids_limit": limits["pids"],
+        }),
+        ROOT / "ansible/roles/dcgm_exporter/vars/main.yml": _yaml({
+            "dcgm_exporter_contract_image": images["dcgm_exporter"],
         }),
         # Roles that name the moltbot role's published ports fall back to the image's own when those are unset.
         ROOT / "ansible/roles/firewall/vars/main.yml": _yaml({

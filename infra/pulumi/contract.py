@@ -23,3 +23,10 @@ TLS_CERT: str = f"{TLS_DIR}/{_CONTRACT['tls_files']['cert']}"
 TLS_KEY: str = f"{TLS_DIR}/{_CONTRACT['tls_files']['key']}"
 # The API keys reach the runtime as this file (MOLTBOT_API_KEYS_FILE), never as environment variables.
 API_KEYS_FILE: str = _CONTRACT["paths"]["api_keys_file"]
+# Admin keys (plugin reload, knowledge base ingest: MOLTBOT_ADMIN_API_KEYS_FILE), beside the API keys file.
+ADMIN_API_KEYS_FILE: str = _CONTRACT["paths"]["admin_api_keys_file"]
+# The runtime container's default limits (Docker: --memory, the nproc ulimit of its user; Kubernetes: memory).
+DEFAULT_MEMORY: str = _CONTRACT["runtime_limits"]["memory"]
+DEFAULT_PIDS_LIMIT: int = _CONTRACT["runtime_limits"]["pids"]
+# The pinned public images of the monitoring services (also the Ansible dcgm_exporter role's default).
+IMAGES: dict[str, str] = _CONTRACT["images"]

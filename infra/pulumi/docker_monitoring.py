@@ -98,7 +98,8 @@ class DockerMonitoring(pulumi.ComponentResource):
                 "--config.file=/etc/prometheus/prometheus.yml",
                 "--storage.tsdb.path=/prometheus",
                 "--storage.tsdb.retention.time=15d",
-                "--web.enable-lifecycle",
+                # No --web.enable-lifecycle: Prometheus has no authentication here, and with it anything on the
+                # bridge could POST /-/quit or /-/reload. A changed configuration replaces the container instead.
             ],
             ports=[docker.ContainerPortArgs(internal=9090, external=settings.prometheus_port, ip=bind)],
             volumes=[storage.mount("prometheus", "/prometheus")],

@@ -9,7 +9,7 @@ import pulumi_docker as docker
 
 import contract
 from docker_storage import DockerStorage
-from stack_config import API_KEYS_FILE, TMP_SIZE_MIB, Settings, container_env, text_files
+from stack_config import ADMIN_API_KEYS_FILE, API_KEYS_FILE, TMP_SIZE_MIB, Settings, container_env, text_files
 
 # The image's Python answers the healthcheck, so it needs no curl.
 HEALTHCHECK_COMMAND = [
@@ -29,7 +29,7 @@ def data_sets(settings: Settings) -> dict[str, str]:
     mounts = {"models": contract.MODELS_DIR, "plugins": contract.PLUGINS_DIR, "logs": contract.LOGS_DIR}
     if settings.tls_cert is not None:
         mounts["tls"] = contract.TLS_DIR
-    if settings.api_keys is not None:
+    if settings.api_keys is not None or settings.admin_api_keys is not None:
         mounts["secrets"] = API_KEYS_FILE.rsplit("/", 1)[0]
     return mounts
 
@@ -105,6 +105,14 @@ class MoltbotContainer(pulumi.ComponentResource):
                 file=API_KEYS_FILE, content=settings.api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys)),
                 permissions=PRIVATE_MODE, owner=str(contract.RUNTIME_UID)))
             private_files.append(API_KEYS_FILE)
+        if settings.admin_api_keys is not None:
+            # Separate admin keys (plugin reload, knowledge base ingest), a file beside the API keys file.
+            env["MOLTBOT_ADMIN_API_KEYS_FILE"] = ADMIN_API_KEYS_FILE
+            uploads.append(docker.ContainerUploadArgs(
+                file=ADMIN_API_KEYS_FILE,
+                content=settings.admin_api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys)),
+                permissions=PRIVATE_MODE, owner=str(contract.RUNTIME_UID)))
+            private_files.append(ADMIN_API_KEYS_FILE)
 
         self.init = docker.Container(
             f"{name}-init",
@@ -131,7 +139,8 @@ class MoltbotContainer(pulumi.ComponentResource):
             hostname=name,
             envs=[f"{key}={value}" for key, value in env.items()],
             ports=ports,
-            volumes=[storage.mount(data_set, path, read_only=data_set in ("tls", "secrets"))
+            # The plugins are code: read-only for the runtime (the init container writes them), as on Kubernetes.
+            volumes=[storage.mount(data_set, path, read_only=data_set in ("plugins", "tls", "secrets"))
                      for data_set, path in mounts.items()],
             networks_advanced=storage.attach("moltbot"),
             # Hardened: the image's service user, nothing writable but the volumes and /tmp, no capabilities.
@@ -147,6 +156,8 @@ class MoltbotContainer(pulumi.ComponentResource):
             gpus="all" if settings.gpu else None,
             cpus=f"{settings.cpus:g}",
             memory=settings.memory_mb,
+            # The provider has no --pids-limit: the nproc ulimit bounds the service user's processes and threads.
+            ulimits=[docker.ContainerUlimitArgs(name="nproc", soft=settings.pids_limit, hard=settings.pids_limit)],
             log_driver="json-file",
             log_opts={"max-size": "10m", "max-file": "3"},
             # SIGTERM drains in-flight requests (MOLTBOT_SHUTDOWN_TIMEOUT) before exiting; Docker kills later.

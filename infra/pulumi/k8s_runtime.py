@@ -24,8 +24,8 @@ from pulumi_kubernetes.networking.v1 import (
 
 import contract
 from stack_config import (
-    API_KEYS_FILE, DOCKER_HUB_CONFIG_KEY, DOCKER_HUB_REGISTRY, PRE_STOP_SLEEP_SECONDS, TMP_SIZE_MIB, Settings,
-    container_env, text_files,
+    ADMIN_API_KEYS_FILE, API_KEYS_FILE, DOCKER_HUB_CONFIG_KEY, DOCKER_HUB_REGISTRY, PRE_STOP_SLEEP_SECONDS,
+    TMP_SIZE_MIB, Settings, container_env, text_files,
 )
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
@@ -84,12 +84,16 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         # The keys are required here (stack_config): every pod in the cluster can reach a ClusterIP Service.
         # They reach the runtime as a mounted file, one key per line, never as an environment variable.
         secrets_dir, keys_file = API_KEYS_FILE.rsplit("/", 1)
+        admin_keys_file = ADMIN_API_KEYS_FILE.rsplit("/", 1)[1]
+        key_files = {keys_file: settings.api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys))}
+        if settings.admin_api_keys is not None:  # separate admin keys: plugin reload, knowledge base ingest
+            key_files[admin_keys_file] = settings.admin_api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys))
         self.api_keys_secret = k8s.core.v1.Secret(
-            f"{name}-api-keys", metadata=meta(rolled), type="Opaque",
-            string_data={keys_file: settings.api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys))},
-            opts=in_namespace)
+            f"{name}-api-keys", metadata=meta(rolled), type="Opaque", string_data=key_files, opts=in_namespace)
         env = [EnvVarArgs(name=k, value=v) for k, v in container_env(settings).items()]
         env.append(EnvVarArgs(name="MOLTBOT_API_KEYS_FILE", value=API_KEYS_FILE))
+        if settings.admin_api_keys is not None:
+            env.append(EnvVarArgs(name="MOLTBOT_ADMIN_API_KEYS_FILE", value=ADMIN_API_KEYS_FILE))
 
         self.pull_secret = None
         if settings.registry_username:
@@ -118,7 +122,7 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             # Readable by the fsGroup (the service user's group) only.
             VolumeArgs(name="api-keys", secret=SecretVolumeSourceArgs(
                 secret_name=self.api_keys_secret.metadata.name, default_mode=0o440,
-                items=[KeyToPathArgs(key=keys_file, path=keys_file)])),
+                items=[KeyToPathArgs(key=file, path=file) for file in key_files])),
         ]
         mounts = [
             VolumeMountArgs(name="models", mount_path=contract.MODELS_DIR),

@@ -24,19 +24,22 @@ PROJECT_DIR = Path(__file__).resolve().parent
 CPU_IMAGE = "moltbot:latest"
 GPU_IMAGE = "moltbot:gpu"
 
-# Pinned public images for the monitoring services; each one can be overridden by its config key.
+# Pinned public images for the monitoring services, from the deployment contract (deploy/contract.json, the one
+# place they are pinned); each one can be overridden by its config key.
 DEFAULT_IMAGES = {
-    "prometheusImage": "prom/prometheus:v2.55.1",
-    "alertmanagerImage": "prom/alertmanager:v0.28.1",
-    "grafanaImage": "grafana/grafana:11.6.0",
-    "nodeExporterImage": "prom/node-exporter:v1.9.1",
-    "dcgmExporterImage": "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.0-ubuntu22.04",
+    "prometheusImage": contract.IMAGES["prometheus"],
+    "alertmanagerImage": contract.IMAGES["alertmanager"],
+    "grafanaImage": contract.IMAGES["grafana"],
+    "nodeExporterImage": contract.IMAGES["node_exporter"],
+    "dcgmExporterImage": contract.IMAGES["dcgm_exporter"],
 }
 
 # The API keys reach the runtime as a file (MOLTBOT_API_KEYS_FILE, one key per line), never as environment
 # variables that `docker inspect` or the pod spec would show. Docker: a volume the init container writes;
 # Kubernetes: the keys Secret mounted there. The path is the deployment contract's, as in the Ansible role.
 API_KEYS_FILE = contract.API_KEYS_FILE
+# Admin keys (routes that change server state), a file beside it (MOLTBOT_ADMIN_API_KEYS_FILE).
+ADMIN_API_KEYS_FILE = contract.ADMIN_API_KEYS_FILE
 # Size of the /tmp tmpfs (Docker) or emptyDir (Kubernetes) under the read-only root file system, in MiB.
 TMP_SIZE_MIB = 512
 # Dashboards of monitoring/grafana/dashboards/ that only some stacks ship.
@@ -53,6 +56,8 @@ MANAGED_ENV = {
     "MOLTBOT_HTTPS_PORT": "moltbot:httpsPort",
     "MOLTBOT_API_KEYS": "moltbot:apiKeys",
     "MOLTBOT_API_KEYS_FILE": "moltbot:apiKeys",
+    "MOLTBOT_ADMIN_API_KEYS": "moltbot:adminApiKeys",
+    "MOLTBOT_ADMIN_API_KEYS_FILE": "moltbot:adminApiKeys",
     "MOLTBOT_TLS_CERT": "moltbot:tlsCert",
     "MOLTBOT_TLS_KEY": "moltbot:tlsKey",
     "MOLTBOT_MODELS_DIR": f"the models volume ({contract.MODELS_DIR})",
@@ -86,8 +91,8 @@ PRE_STOP_SLEEP_SECONDS = 10
 # Every key this program reads (README.md documents each one); any other `moltbot:*` key is a typo.
 KNOWN_KEYS = frozenset({
     "platform", "image", "imagePull", "registryUsername", "registryPassword", "httpPort", "httpsPort",
-    "bindAddress", "httpBindAddress", "publicHost", "dataDir", "cpus", "memory", "gpu", "apiKeys", "tlsCert",
-    "tlsKey", "env", "modelConfigsDir", "pluginsDir", "dockerHost", "monitoring", "grafanaAdminPassword",
+    "bindAddress", "httpBindAddress", "publicHost", "dataDir", "cpus", "memory", "pidsLimit", "gpu", "apiKeys",
+    "adminApiKeys", "tlsCert", "tlsKey", "env", "modelConfigsDir", "pluginsDir", "dockerHost", "monitoring", "grafanaAdminPassword",
     "monitoringBindAddress", "prometheusPort", "alertmanagerPort", "grafanaPort", "monitoringDir", "namespace",
     "replicas", "maxReplicas", "targetCpuUtilization", "serviceType", "modelsStorage", "modelsAccessMode",
     "storageClass", "terminationGracePeriodSeconds", "prometheusOperator", "operatorLabels", "dashboardsNamespace",
@@ -118,6 +123,8 @@ class Settings:
     memory_bytes: int
     gpu: bool
     api_keys: pulumi.Output | None  # secret Output of list[str]
+    admin_api_keys: pulumi.Output | None  # secret Output of list[str]; separate from api_keys
+    pids_limit: int
     tls_cert: pulumi.Output | None  # PEM text
     tls_key: pulumi.Output | None  # PEM text, secret
     env: dict[str, str]
@@ -213,6 +220,14 @@ def _int(config: pulumi.Config, name: str, default: int) -> int:
         raise ConfigError(f"moltbot:{name}: {raw!r} is not a whole number") from None
 
 
+def _pids_limit(config: pulumi.Config) -> int:
+    """The most processes and threads the runtime's user may run (Docker: the nproc ulimit)."""
+    limit = _int(config, "pidsLimit", contract.DEFAULT_PIDS_LIMIT)
+    if limit < 64:
+        raise ConfigError(f"moltbot:pidsLimit: {limit} is too few for the runtime's threads; at least 64")
+    return limit
+
+
 def _bool(config: pulumi.Config, name: str, default: bool) -> bool:
     raw = config.get(name)
     if raw is None:
@@ -225,22 +240,22 @@ def _bool(config: pulumi.Config, name: str, default: bool) -> bool:
     raise ConfigError(f"moltbot:{name}: {raw!r} is not true or false")
 
 
-def _api_keys(raw: str) -> list[str]:
+def _api_keys(raw: str, key: str = "moltbot:apiKeys") -> list[str]:
     """A JSON list (`--path` or structured config) or one comma-separated string, like MOLTBOT_API_KEYS."""
     text = raw.strip()
     if text.startswith("["):
         try:
             keys = json.loads(text)
         except ValueError:
-            raise ConfigError("moltbot:apiKeys: starts with '[' but is not a JSON list of strings") from None
+            raise ConfigError(f"{key}: starts with '[' but is not a JSON list of strings") from None
         if not all(isinstance(k, str) for k in keys):
-            raise ConfigError("moltbot:apiKeys: the list must hold strings only")
+            raise ConfigError(f"{key}: the list must hold strings only")
     else:
         keys = text.split(",")
     keys = [k.strip() for k in keys if k.strip()]
-    for key in keys:
-        if "," in key or any(ch.isspace() for ch in key):
-            raise ConfigError("moltbot:apiKeys: a key may not contain commas or white space")
+    for one in keys:
+        if "," in one or any(ch.isspace() for ch in one):
+            raise ConfigError(f"{key}: a key may not contain commas or white space")
     return keys
 
 
@@ -398,6 +413,10 @@ def load(config: pulumi.Config | None = None) -> Settings:
     # Read as plain text to check it now (before any resource is declared), then kept as a secret Output.
     keys = _api_keys(config.get("apiKeys") or "")
     api_keys = pulumi.Output.secret(keys) if keys else None
+    admin_keys = _api_keys(config.get("adminApiKeys") or "", "moltbot:adminApiKeys")
+    if set(admin_keys) & set(keys):
+        raise ConfigError("moltbot:adminApiKeys: a key is also in moltbot:apiKeys; admin keys must be separate")
+    admin_api_keys = pulumi.Output.secret(admin_keys) if admin_keys else None
     bind_address = _ip(config, "bindAddress")
     # With TLS, plain HTTP stays on the host's loopback unless moltbot:httpBindAddress opens it.
     http_bind_address = _ip(config, "httpBindAddress", "127.0.0.1" if tls_cert is not None else bind_address)
@@ -484,9 +503,11 @@ def load(config: pulumi.Config | None = None) -> Settings:
         machine=machine,
         data_dir=data_dir.rstrip("/") if data_dir else None,
         cpus=cpus,
-        memory_bytes=parse_memory("moltbot:memory", config.get("memory") or "4g"),
+        memory_bytes=parse_memory("moltbot:memory", config.get("memory") or contract.DEFAULT_MEMORY),
+        pids_limit=_pids_limit(config),
         gpu=gpu,
         api_keys=api_keys,
+        admin_api_keys=admin_api_keys,
         tls_cert=pulumi.Output.from_input(tls_cert) if tls_cert is not None else None,
         tls_key=pulumi.Output.secret(tls_key) if tls_key is not None else None,
         env=env,

@@ -72,7 +72,7 @@ def test_dev_runtime_container(dev_stack: StackRun):
     assert [(p["internal"], p["external"], p["ip"]) for p in runtime["ports"]] == [
         (contract.HTTP_PORT, 8080, "127.0.0.1")]
     assert [(v["containerPath"], v["volumeName"], v["readOnly"]) for v in runtime["volumes"]] == [
-        (contract.MODELS_DIR, "moltbot-models", False), (contract.PLUGINS_DIR, "moltbot-plugins", False),
+        (contract.MODELS_DIR, "moltbot-models", False), (contract.PLUGINS_DIR, "moltbot-plugins", True),
         (contract.LOGS_DIR, "moltbot-logs", False), (SECRETS_DIR, "moltbot-secrets", True)]
     assert "uploads" not in runtime, "Docker refuses uploads into a read-only root; the init container has them"
     assert runtime["restart"] == "unless-stopped"

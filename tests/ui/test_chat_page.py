@@ -81,6 +81,20 @@ def test_page_and_files_are_served_with_strict_headers(ui_server: Server) -> Non
         assert http.get("/v1/models").status_code == 200  # the API is untouched
 
 
+def test_the_websocket_picks_the_page_subprotocol_and_still_takes_clients_offering_none(ui_server: Server) -> None:
+    from websockets.sync.client import connect
+
+    url = f"ws://127.0.0.1:{ui_server.port}/v1/ws"
+    with connect(url) as plain:
+        assert plain.subprotocol is None
+        plain.send(json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}],
+                               "max_tokens": 2}))
+        while json.loads(plain.recv(timeout=30))["type"] != "done":
+            pass
+    with connect(url, subprotocols=["moltbot"]) as page_like:  # type: ignore[list-item]
+        assert page_like.subprotocol == "moltbot"
+
+
 def test_moltbot_ui_off_answers_404(server_factory: Any) -> None:
     srv = server_factory("off", env={"MOLTBOT_UI": "off", "MOLTBOT_DEFAULT_MODELS": "off"})
     for path in ("/", "/ui/", "/ui/app.js"):

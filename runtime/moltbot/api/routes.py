@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sanic import Blueprint, Request, Websocket
+from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 from websockets.exceptions import ConnectionClosed
@@ -192,8 +193,29 @@ async def websocket(request: Request, ws: Websocket) -> None:
             busy.discard(ws)
 
 
-# `moltbot`: the subprotocol the chat page offers (with its key beside it, see app._websocket_key).
-bp.add_websocket_route(websocket, "/v1/ws", subprotocols=["moltbot"])
+class _Subprotocols(Sequence[str]):
+    """The subprotocols the handshake may pick: `moltbot` when the client offers it (the chat page does, with its
+    key beside it, see app._websocket_key: a browser must get one of its offered subprotocols back), none for a
+    client that offers none (the websockets library refuses those when the server names any). Read from the
+    request being upgraded, as Sanic hands the route's list to the handshake unchanged."""
+
+    NAME = "moltbot"
+
+    def _names(self) -> list[str]:
+        try:
+            offered = Request.get_current().headers.get("sec-websocket-protocol", "")
+        except SanicException:
+            return []
+        return [self.NAME] if self.NAME in (p.strip() for p in offered.split(",")) else []
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+bp.add_websocket_route(websocket, "/v1/ws", subprotocols=_Subprotocols())
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:

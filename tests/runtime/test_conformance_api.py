@@ -313,3 +313,38 @@ def test_cors_preflight_needs_no_key(server_factory):
     assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == ORIGIN
     refused = httpx.get(keyed.url + "/v1/models", headers={"Origin": ORIGIN})
     assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == ORIGIN
+
+
+# ---- 7. Retry-After from the queue --------------------------------------------------------------------------------
+def test_retry_after_is_the_expected_wait_and_the_openai_sdk_gets_through(server_factory):
+    import threading
+    import time
+
+    import openai
+
+    # Every slot taken by one request's 16 choices for seconds (a batch of 16 steps slower than one sequence).
+    srv = server_factory(env={"MOLTBOT_MAX_RUNNING": "16", "MOLTBOT_MAX_QUEUED": "0"})
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "ignore_eos": True, "n": 16}
+    started = time.monotonic()
+    assert httpx.post(srv.url + "/v1/chat/completions", json={**body, "max_tokens": 200}, timeout=60).is_success
+    per_token = (time.monotonic() - started) / 200
+    tokens = max(200, min(1900, int(3.0 / per_token)))  # about 3 s (less on a machine too fast for it)
+    hold = tokens * per_token
+
+    held = []
+    holder = threading.Thread(target=lambda: held.append(httpx.post(srv.url + "/v1/chat/completions",
+                                                         json={**body, "max_tokens": tokens}, timeout=120).elapsed))
+    holder_started = time.monotonic()
+    holder.start()
+    time.sleep(0.5)
+    refused_at = time.monotonic()
+    refused = httpx.post(srv.url + "/v1/chat/completions", json={**body, "n": 1, "max_tokens": 1}, timeout=60)
+    assert refused.status_code == 429, refused.text
+    retry_after = int(refused.headers["Retry-After"])
+    with openai.OpenAI(base_url=srv.url + "/v1", api_key="none") as client:  # its defaults: two retries
+        reply = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    assert reply.choices[0].message.content is not None  # it waited as told, and got through
+    holder.join()
+    left = held[0].total_seconds() - (refused_at - holder_started)  # how long the slots were still held
+    # The expected wait (it said 1 s whatever the wait), from the step rate: within a factor of about two.
+    assert max(1.0, left / 2.5) <= retry_after <= 2 * left + 1, (retry_after, left, hold)

@@ -101,6 +101,7 @@ class GenerationScheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
+        self._last_step_at: float | None = None
         # Events of one scheduler pass, handed to each event loop in one call: one wake-up of the loop per step
         # rather than one per sequence (with 32 streams, per-sequence wake-ups crowd out /health and the rest).
         self._outbox: list[tuple[GenerationHandle, TokenEvent]] = []
@@ -122,7 +123,8 @@ class GenerationScheduler:
             in_system = len(self._waiting) + len(self._admitting) + len(self._running)
             if in_system + n > self.max_running + self.max_queued:
                 metrics.REJECTED.labels(self.name).inc()
-                raise QueueFull(self.name, retry_after=self._retry_after())
+                raise QueueFull(self.name, retry_after=self._retry_after(in_system + n - self.max_running
+                                                                         - self.max_queued))
             first = len(handle.sequences)
             for index in range(first, first + n):
                 output = OutputProcessor(self.tokenizer, params, len(prompt_ids), self.context_length)
@@ -134,16 +136,22 @@ class GenerationScheduler:
             self._cond.notify()
         return handle
 
-    def _retry_after(self) -> int:
-        """Seconds until a newcomer would get a slot (at least 1): the work ahead of it, in decode steps, at the
-        measured step rate. Each slot frees when its sequence has generated the rest of its max_tokens (an upper
-        bound: EOS may come sooner); the queued take the slots as they free, in order."""
-        slots = sorted(self._remaining_steps(s) for s in [*self._running, *self._admitting])
+    def _retry_after(self, excess: int) -> int:
+        """Seconds until `excess` more sequences have left, so that a request refused now would be admitted (at
+        least 1): the work ahead, in steps, at the measured step rate. A running sequence leaves when it has
+        generated the rest of its max_tokens (an upper bound: EOS may come sooner); queued ones take the slots
+        as they free, in order, and leave as long after."""
+        slots = [self._remaining_steps(s) for s in [*self._running, *self._admitting]]
+        leaving = list(slots)
         slots += [0] * max(0, self.max_running - len(slots))
         heapq.heapify(slots)
         for seq in self._waiting:
-            heapq.heapreplace(slots, slots[0] + self._remaining_steps(seq))
-        return max(1, min(RETRY_AFTER_MAX, math.ceil(slots[0] * self._step_seconds)))
+            end = slots[0] + self._remaining_steps(seq)
+            heapq.heapreplace(slots, end)
+            leaving.append(end)
+        leaving.sort()
+        steps = leaving[min(max(excess, 1), len(leaving)) - 1] if leaving else 0
+        return max(1, min(RETRY_AFTER_MAX, math.ceil(steps * self._step_seconds)))
 
     @staticmethod
     def _remaining_steps(seq: Sequence) -> int:
@@ -180,10 +188,9 @@ class GenerationScheduler:
                     self._flush()  # first tokens out now, not after the next decode step
                 running = [s for s in self._running if s.slot is not None]  # all of them: admitted with a slot
                 if running:
-                    started = time.monotonic()
+                    self._time_step()
                     logits = self.runner.decode([s.slot for s in running if s.slot is not None],
                                                 [s.last_token for s in running])
-                    self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.monotonic() - started)
                     self._advance(running, logits)
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
@@ -193,6 +200,14 @@ class GenerationScheduler:
                 self._admitting = []
                 metrics.QUEUED.labels(self.name).set(len(self._waiting))
                 metrics.RUNNING.labels(self.name).set(len(self._running))
+
+    def _time_step(self) -> None:
+        """The time from one decode step to the next while the batch runs (decode, sampling, output, admissions:
+        the rate at which a sequence's tokens come), averaged, for Retry-After."""
+        now = time.monotonic()
+        if self._last_step_at is not None and now - self._last_step_at < 1.0:  # not after an idle wait
+            self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - self._last_step_at)
+        self._last_step_at = now
 
     def _drop_cancelled_waiting(self) -> None:
         kept = deque(s for s in self._waiting if not s.cancelled)

@@ -15,7 +15,7 @@ Optional for remote: max_download_bytes (the largest archive taken, 16 GiB by de
 accept a plain http:// URL or a redirect to one; refused by default).
 Optional for service: max_completion_tokens (4096) and max_n (4), the most a request may ask the upstream for.
 Optional for onnxruntime: device (cpu | cuda), max_running, max_queued (override the service settings),
-quantize (the chat graph's precision, default fp32: `int8` or `int4` block-quantised weights, `fp16` on CUDA; a
+quantize (the chat graph's precision, default fp32: `int8` or `int4` quantised weights, `fp16` on CUDA; a
 checkpoint is built at that precision once, by the model builder where it covers the architecture, else exported
 with Optimum (int8 there by dynamic quantisation; int4 needs the builder)).
 """

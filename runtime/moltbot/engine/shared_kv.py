@@ -48,6 +48,8 @@ def genai_precision(folder: Path, kv_dtype: Any) -> str:
         # AttributeProto {name: "bits" (field 1), i: 4 or 8 (field 3)}, serialised in field order.
         bits = re.search(rb"\n\x04bits\x18([\x04\x08])", graph)
         return f"int{bits.group(1)[0]}" if bits else "int"
+    if b"MatMulInteger" in graph or b"DynamicQuantizeMatMul" in graph:  # the CPU int8 graph (export/quantize.py)
+        return "int8"
     return "fp16" if kv_dtype == np.float16 else "fp32"
 
 

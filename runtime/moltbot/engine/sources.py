@@ -21,6 +21,7 @@ import httpx
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.export_marker import read_marker
 from moltbot.engine.shared_kv import is_shared_kv_graph
+from moltbot.export.genai_builder import graph_recipe
 from moltbot.logs import redact_url, redact_urls
 from moltbot.settings import Settings
 
@@ -67,7 +68,7 @@ def resolve_local(folder: Path, task: str, cache_dir: Path, precision: str = "fp
             stamp.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
     # Keyed by what can change the result, the builder's presence included (without it, chat models fall back to
     # Optimum's export; once it is there, the builder's graph is made).
-    maker = "builder" if builder_python and task == "chat" else "optimum"
+    maker = graph_recipe(precision, device) if builder_python and task == "chat" else "optimum"
     target = Path(cache_dir) / "exports" / f"{folder.name}-{task}-{precision}-{device}-{maker}-{stamp.hexdigest()[:16]}"
     if is_onnx_export(target):
         return target

@@ -1,8 +1,12 @@
-"""int8 dynamic quantisation of an exported model (needs the `export` extra: onnx).
+"""int8 dynamic quantisation of an exported model (needs onnx and onnxruntime).
 
 Weights of the MatMuls become int8 (per channel), activations stay float and are quantised on the fly. Only
 MatMuls with constant weights are touched (`MatMulConstBOnly`): on the CPU this reads a quarter of the bytes per
 decode step and was measured faster than quantising the attention MatMuls too (see docs/benchmarks.md).
+
+Used for Optimum's exports, and for the model builder's fp32 graphs to make the CPU int8 graph (genai_builder.py
+runs this file in the builder's own environment: `python quantize.py --graph-only SRC.onnx DST.onnx`; so this
+module imports nothing of moltbot at its top).
 """
 
 from __future__ import annotations
@@ -13,20 +17,34 @@ import sys
 import tempfile
 from pathlib import Path
 
-from moltbot.engine.export_marker import read_marker, write_marker
+# An int8 graph below this size is written as one file: ONNX Runtime caches the optimised form of such a graph
+# (engine/sessions.py), which makes later starts faster. A protobuf file cannot exceed 2 GB.
+SINGLE_FILE_BYTES = 1_500_000_000
+
+
+def quantize_graph(src: str | Path, dst: str | Path, external_data: bool | None = None) -> None:
+    """Write the int8 copy of the graph file `src` to `dst`; its weights go beside it when `external_data`, or
+    (None) when the float graph with its weights is larger than SINGLE_FILE_BYTES (int8 keeps about a third)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if external_data is None:
+        float_bytes = sum(path.stat().st_size for path in Path(src).parent.glob(Path(src).name + "*"))
+        external_data = float_bytes > SINGLE_FILE_BYTES
+    quantize_dynamic(Path(src), Path(dst), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True},
+                     use_external_data_format=external_data)
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """Write an int8 copy of the model folder `src` to `dst`, atomically."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from moltbot.engine.export_marker import read_marker, write_marker
 
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        quantize_dynamic(src / "model.onnx", work / "model.onnx", per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True},
-                         use_external_data_format=(src / "model.onnx_data").exists())
+        external = any((src / name).exists() for name in ("model.onnx_data", "model.onnx.data"))
+        quantize_graph(src / "model.onnx", work / "model.onnx", external_data=external)
         for item in src.iterdir():
             if item.is_file() and not item.name.startswith("model.onnx") and not (work / item.name).exists():
                 shutil.copy2(item, work / item.name)
@@ -45,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moltbot.export.quantize")
     parser.add_argument("source", help="an ONNX model folder (model.onnx + tokenizer files)")
     parser.add_argument("output")
+    parser.add_argument("--graph-only", action="store_true",
+                        help="source and output are graph files (weights written beside the output)")
     args = parser.parse_args(argv)
     try:
-        quantize_int8(args.source, args.output)
+        if args.graph_only:
+            quantize_graph(args.source, args.output)
+        else:
+            quantize_int8(args.source, args.output)
     except ImportError as exc:
-        print(f"moltbot: quantising needs the export extra (pip install 'moltbot[export]'): {exc}", file=sys.stderr)
+        print(f"moltbot: quantising needs onnx (pip install 'moltbot[export]'): {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # report any failure of the quantiser in one line
         print(f"moltbot: quantisation failed: {type(exc).__name__}: {exc}", file=sys.stderr)

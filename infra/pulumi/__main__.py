@@ -6,6 +6,7 @@ Reads the stack's `moltbot:*` config (stack_config.py), composes the components 
 import pulumi
 import pulumi_docker as docker
 
+import grafana_external
 import stack_config
 from docker_monitoring import DockerMonitoring
 from docker_runtime import MoltbotContainer, data_sets
@@ -15,6 +16,7 @@ from k8s_monitoring import OperatorMonitoring
 from k8s_runtime import MoltbotKubernetes
 
 settings = stack_config.load()
+external_grafana = grafana_external.load(settings)
 
 if settings.platform == "docker":
     # Without moltbot:dockerHost or a registry login the default provider talks to the local engine
@@ -52,3 +54,8 @@ else:
                            opts=pulumi.ResourceOptions(depends_on=[cluster.service]))
     # The dashboards for Grafana's dashboard sidecar (kube-prometheus-stack's Grafana has one).
     GrafanaDashboards("moltbot", settings, opts=pulumi.ResourceOptions(depends_on=[cluster.namespace]))
+
+if external_grafana:
+    # The same dashboards (and the Prometheus data source when asked) in a Grafana the team already runs.
+    existing = grafana_external.ExistingGrafana("moltbot-grafana", external_grafana)
+    pulumi.export("externalGrafanaDashboards", existing.urls)

@@ -97,6 +97,8 @@ KNOWN_KEYS = frozenset({
     "replicas", "maxReplicas", "targetCpuUtilization", "serviceType", "modelsStorage", "modelsAccessMode",
     "storageClass", "terminationGracePeriodSeconds", "prometheusOperator", "operatorLabels", "dashboardsNamespace",
     *DEFAULT_PEERS, *DEFAULT_IMAGES,
+    # grafana_external.py: the dashboards declared in an existing Grafana (pulumiverse-grafana).
+    "externalGrafanaUrl", "externalGrafanaToken", "externalGrafanaFolder", "externalGrafanaPrometheusUrl",
 })
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 KEY = "molecule-key-1"
+ADMIN_KEY = "molecule-admin-key"
 
 
 def http(host, url: str, *curl_args: str) -> int:
@@ -31,6 +32,9 @@ def test_volumes_are_the_three_data_directories(container):
     assert mounts["/app/models"] == "/data/moltbot/models"
     assert mounts["/app/plugins"] == "/data/moltbot/plugins"
     assert mounts["/app/logs"] == "/data/moltbot/logs"
+    writable = {m["Destination"]: m["RW"] for m in container["Mounts"]}
+    # The plugins are code: read-only for the runtime (issue #16), as on Kubernetes.
+    assert (writable["/app/models"], writable["/app/plugins"], writable["/app/logs"]) == (True, False, True)
 
 
 def test_with_tls_plain_http_is_published_on_loopback_only(container):
@@ -73,9 +77,27 @@ def test_api_keys_are_a_mounted_file_not_environment(host, container):
     assert (keys_file.user, keys_file.gid, keys_file.mode) == ("root", 10001, 0o440)
 
 
-def test_cpu_and_memory_limits(container):
+def test_cpu_memory_and_pids_limits(container):
     assert container["HostConfig"]["NanoCpus"] == 1_500_000_000
     assert container["HostConfig"]["Memory"] == 2 * 1024**3
+    assert container["HostConfig"]["PidsLimit"] == 1024  # deploy/contract.json's default
+
+
+def test_admin_keys_are_their_own_mounted_file(host, container):
+    env = container["Config"]["Env"]
+    assert "MOLTBOT_ADMIN_API_KEYS_FILE=/run/secrets/moltbot/admin-api-keys" in env
+    assert ADMIN_KEY not in host.check_output("docker inspect moltbot")
+    mount = next(m for m in container["Mounts"] if m["Destination"] == "/run/secrets/moltbot/admin-api-keys")
+    assert mount["Source"] == "/etc/moltbot/admin-api-keys" and mount["RW"] is False
+    keys_file = host.file("/etc/moltbot/admin-api-keys")
+    assert (keys_file.user, keys_file.gid, keys_file.mode) == ("root", 10001, 0o440)
+
+
+def test_admin_routes_need_the_admin_key(host):
+    reload_url = "http://127.0.0.1:8080/v1/plugins/reload"
+    assert http(host, reload_url, "-X", "POST", "-H", f"'Authorization: Bearer {KEY}'") == 403
+    assert http(host, reload_url, "-X", "POST", "-H", f"'Authorization: Bearer {ADMIN_KEY}'") == 200
+    assert http(host, "http://127.0.0.1:8080/v1/models", "-H", f"'Authorization: Bearer {ADMIN_KEY}'") == 200
 
 
 def test_no_gpu_requested_without_a_gpu(container):

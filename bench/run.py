@@ -581,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--skip-eager", action="store_true", help="leave out transformers eager")
     parser.add_argument("--skip-overload", action="store_true", help="leave out the overload checks")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the GPU rows (scripts/gpu-check.sh on a machine with a GPU and no network)")
     args = parser.parse_args(argv)
     args.long = [p.strip() for p in args.long.split(",") if p.strip()]
     if args.rounds < 1 or args.long_rounds < 1:
@@ -590,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     report: list[str] = []
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="moltbot-bench-") as tmp:
-        run_cpu(args, Path(tmp), report, timings)
+        if not args.gpu_only:
+            run_cpu(args, Path(tmp), report, timings)
         gpu = gpu_name()
         if gpu:
             gpu_started = time.monotonic()

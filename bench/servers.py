@@ -105,8 +105,8 @@ class MoltbotServer(ServerProcess):
             "MOLTBOT_DEFAULTS_DIR": str(home / "defaults"), "MOLTBOT_DEFAULT_MODELS": "off",
             "MOLTBOT_DEVICE": device, "MOLTBOT_LOG_LEVEL": "WARNING", **(extra_env or {}),
         }
-        moltbot = str(Path(sys.executable).with_name("moltbot"))
-        super().__init__(name, [moltbot, "serve"], env, home / "serve.log", port)
+        # `python -m moltbot`: also where the package is on PYTHONPATH rather than installed (scripts/gpu-check.sh)
+        super().__init__(name, [sys.executable, "-m", "moltbot", "serve"], env, home / "serve.log", port)
 
     def _wait_ready(self, started: float) -> None:
         """Until the ready line; a service whose every model failed to load stays up but never ready, and says

@@ -7,6 +7,7 @@
 # Sized to finish in under 25 minutes on 2 cores once the models and llama.cpp are built (a first run also builds
 # llama-server and llama-quantize: 5 minutes on a quiet machine, 30 on a busy one). Under other load a run takes
 # longer (one at load 4-6 took 27 minutes) and its figures are less worth: see docs/benchmarks.md.
+# The GPU rows alone, on a machine with a GPU and no network: scripts/gpu-check.sh (wheels carried from here).
 
 BENCH_TIMEOUT ?= 3600
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -46,6 +47,7 @@ Provider = str | tuple[str, dict[str, Any]]
 def providers_for(options: DeviceOptions) -> list[Provider]:
     if options.device == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
+            _preload_cuda_libraries()
             cuda: dict[str, Any] = {"device_id": options.cuda_device_id,
                                     "arena_extend_strategy": options.arena_extend_strategy}
             if options.gpu_mem_limit:
@@ -55,6 +57,17 @@ def providers_for(options: DeviceOptions) -> list[Provider]:
                     "(install moltbot[gpu] and run with a GPU); using the CPU",
                     extra={"available_providers": ort.get_available_providers()})
     return ["CPUExecutionProvider"]
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load CUDA's and cuDNN's libraries from the nvidia-* wheels that onnxruntime-gpu[cuda,cudnn] installs: the
+    serving process imports no torch, which would otherwise have loaded them, and they are not on the loader's
+    path. Where they are missing, the system's are used (or the CUDA provider fails and says so)."""
+    try:
+        ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # a partial set: the provider's own load reports what is missing
+        log.warning("could not preload CUDA libraries from the nvidia wheels: %s", exc)
 
 
 def create_session(model_path: Path, options: DeviceOptions, cache_dir: Path | None = None) -> ort.InferenceSession:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +18,8 @@ import httpx
 import pytest
 
 from tests.conftest import Server, start_server
+from tests.ui.browser import LAUNCH_ARGS, chromium_executable, playwright_missing
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-# Where the screenshots go: a temporary folder, or docs/images with MOLTBOT_SCREENSHOTS=docs (`make ui-screenshots`).
 REPO = Path(__file__).resolve().parents[2]
 
 ECHO_PLUGIN = {
@@ -45,28 +43,15 @@ FRIENDLY = ("Moltbot serves models over an **OpenAI-compatible API**. A first re
             "- streaming over SSE or the WebSocket\n- plugins as tools\n")
 
 
-def chromium_executable() -> str | None:
-    wanted = os.environ.get("MOLTBOT_TEST_CHROMIUM")
-    if wanted:
-        return wanted
-    for candidate in CHROMIUM_CANDIDATES:
-        if Path(candidate).exists():
-            return candidate
-    return shutil.which("chromium")
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
-    executable = chromium_executable()
-    if executable is None:
-        pytest.skip("no Chromium: `apt-get install chromium` (scripts/install-system-deps.sh installs it)")
+    reason = playwright_missing()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
-        # --no-sandbox: the tests run as root on CI, where Chromium's sandbox refuses to start.
-        browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium_executable(), args=LAUNCH_ARGS)
         yield browser
         browser.close()
 
@@ -216,6 +201,7 @@ def metric(srv: Server, series: str) -> float | None:
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
+    """Where screenshots go: the test's temporary folder, or docs/images with MOLTBOT_SCREENSHOTS=docs."""
     if os.environ.get("MOLTBOT_SCREENSHOTS") == "docs":
         target = REPO / "docs" / "images"
         target.mkdir(parents=True, exist_ok=True)

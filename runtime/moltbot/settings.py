@@ -98,6 +98,10 @@ class Settings:
     # Plugins
     plugin_timeout: float = _doc("Default seconds a plugin call may take (504 beyond).", default=30.0)
     plugin_workers: int = _doc("Threads running blocking plugin code.", default=4)
+    plugin_isolation: str = _doc(
+        "How plugins whose config.json sets no `isolation` run: `process` (a worker process each, killed and "
+        "restarted on a timeout or crash, with a memory limit) or `thread` (in the service's process). The "
+        "built-in plugins set `thread`.", default="process")
     plugin_watch_interval: float = _doc(
         "Seconds between checks of the plugins dir for changed plugins, reloaded on their own (0: off; "
         "POST /v1/plugins/reload always works).", default=0.0)
@@ -150,6 +154,8 @@ class Settings:
             raise SettingsError("admin_api_keys / admin_api_keys_file are set but hold no key")
         if set(self.all_admin_api_keys()) & set(self.all_api_keys()):
             raise SettingsError("a key is both in api_keys and admin_api_keys: keep admin keys separate")
+        if self.plugin_isolation not in ("process", "thread"):
+            raise SettingsError(f"plugin_isolation: {self.plugin_isolation!r} is not process or thread")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         self.log_level = self.log_level.upper()

@@ -30,6 +30,10 @@ def write_plugin(root: Path, folder: str, code: str, config: dict[str, Any] | st
 
 
 def make_settings(plugins_dir: Path, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a PluginManager in the test process. Plugins without an `isolation` run in-process here (the
+    loader's and the thread pool's rules); test_plugin_isolation.py covers worker processes, the service's
+    default."""
+    overrides.setdefault("plugin_isolation", "thread")
     return Settings(plugins_dir=plugins_dir, cache_dir=tmp_path / "data" / "cache", **overrides).validate()
 
 

@@ -19,7 +19,10 @@ from .errors import PluginLoadError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {"type": "object"}
 # Keys describing the plugin itself; any other top-level key is a setting, like those under "settings".
-META_KEYS = {"name", "version", "description", "class", "enabled", "timeout", "settings", "input_schema", "admin"}
+META_KEYS = {"name", "version", "description", "class", "enabled", "timeout", "settings", "input_schema", "admin",
+             "isolation", "memory_mb"}
+ISOLATIONS = ("process", "thread")
+DEFAULT_MEMORY_MB = 2048
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -36,6 +39,11 @@ class PluginConfig:
     # Calls that change server state, which need an admin key when admin keys are set: true (every call), or
     # {"input field": [values]} (a call whose input has one of those values there, e.g. {"action": ["ingest"]}).
     admin: bool | dict[str, list[Any]] = False
+    # "process": a worker process of its own, killed and restarted on a timeout or crash, with an address-space
+    # limit of memory_mb; "thread": in the service's process (the built-in plugins say so); None: the service's
+    # plugin_isolation setting ("process" unless changed).
+    isolation: str | None = None
+    memory_mb: int = DEFAULT_MEMORY_MB
 
     def needs_admin(self, payload: Any) -> bool:
         if isinstance(self.admin, bool):
@@ -91,10 +99,17 @@ def parse_config(raw: dict[str, Any], *, default_name: str, environ: Mapping[str
     if not isinstance(admin, bool) and not (isinstance(admin, dict) and all(
             isinstance(k, str) and isinstance(v, list) for k, v in admin.items())):
         raise PluginLoadError('config.json: admin must be true, false or {"input field": [values, ...]}')
+    isolation = raw.get("isolation")
+    if isolation is not None and isolation not in ISOLATIONS:
+        raise PluginLoadError(f"config.json: isolation must be one of {', '.join(ISOLATIONS)}, not {isolation!r}")
+    memory_mb = raw.get("memory_mb", DEFAULT_MEMORY_MB)
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
+        raise PluginLoadError("config.json: memory_mb must be a whole number of MiB, at least 64")
     return PluginConfig(
         name=name, version=version, description=description, class_name=class_name, enabled=enabled,
         timeout=float(timeout) if timeout is not None else None,
         settings=resolve_secrets(merged, environ, "settings"), input_schema=schema, admin=admin,
+        isolation=isolation, memory_mb=memory_mb,
     )
 
 

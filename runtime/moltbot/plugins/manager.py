@@ -40,6 +40,7 @@ from .errors import (
     PluginUnavailable,
 )
 from .importer import MODULE_PREFIX, package_spec
+from .isolation import ProcessPlugin
 
 log = logging.getLogger("moltbot.plugins")
 _generation = itertools.count(1)
@@ -218,8 +219,9 @@ class PluginManager:
         if old is not None:
             self._close_instance(old)
             self._drop_modules(old.module_name)
-        log.info("plugin %s %s loaded (%s execute)", config.name, config.version,
-                 "async" if loaded.is_async else "blocking")
+        log.info("plugin %s %s loaded (%s)", config.name, config.version,
+                 f"worker process {loaded.instance.pid}" if isinstance(loaded.instance, ProcessPlugin)
+                 else "async execute" if loaded.is_async else "blocking execute")
         record = PluginRecord(config.name, folder, config=config, serving=loaded)
         return record, {"name": config.name, "status": "loaded", "error": None, "version": config.version}
 
@@ -242,6 +244,8 @@ class PluginManager:
         if not (folder / "plugin.py").exists():
             raise PluginLoadError("plugin.py is missing")
         package = f"{MODULE_PREFIX}{_safe(config.name)}_{next(_generation)}"
+        if (config.isolation or getattr(self.settings, "plugin_isolation", "process")) == "process":
+            return self._start_worker(folder, config, package)
         try:
             init = folder / "__init__.py"
             if init.exists():
@@ -274,6 +278,22 @@ class PluginManager:
         return LoadedPlugin(config=config, instance=instance, module_name=package,
                             is_async=inspect.iscoroutinefunction(instance.execute),
                             input_schema=schema, validator=validator)
+
+    @staticmethod
+    def _start_worker(folder: Path, config: PluginConfig, package: str) -> LoadedPlugin:
+        """A plugin in a worker process of its own (isolation.py); its import errors come back as load errors."""
+        worker = ProcessPlugin(folder, config.name, config.class_name, dict(config.settings),
+                               config.memory_mb).start()
+        schema = config.input_schema
+        if schema is None:
+            schema = worker.schema or DEFAULT_INPUT_SCHEMA
+            try:
+                check_schema(schema)
+            except PluginLoadError:
+                worker.close()
+                raise
+        return LoadedPlugin(config=config, instance=worker, module_name=package, is_async=False,
+                            input_schema=schema, validator=validators.validator_for(schema)(schema))
 
     @staticmethod
     def _drop_modules(package: str) -> None:
@@ -392,6 +412,11 @@ class PluginManager:
             return await asyncio.wait_for(loop.run_in_executor(self._executor, plugin.instance.execute, context),
                                           timeout)
         except (TimeoutError, PluginTimeout):
+            if isinstance(plugin.instance, ProcessPlugin):  # unlike a thread, a process can be stopped
+                plugin.instance.kill()
+                context.logger.warning("plugin call timed out after %.1f s; its worker process was killed and "
+                                       "is restarted for the next call", timeout)
+                raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
             context.logger.warning("plugin call timed out after %.1f s", timeout)
             raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
         except PluginAPIError:

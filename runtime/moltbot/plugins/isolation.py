@@ -1,0 +1,383 @@
+"""Process isolation for plugins (config.json `"isolation": "process"`, the default outside the built-ins).
+
+The plugin is imported and run in a worker process of its own (`python -m moltbot.plugins.isolation`), started
+when the plugin loads, with an address-space limit (config.json `memory_mb`). The service talks to it over its
+stdin/stdout in JSON lines, one call at a time: the worker answers a call with its result or error, and in the
+middle of a call asks the service for what `context.models` and `context.plugins` give (the service runs those).
+A call that passes its timeout kills the worker, as does a worker that dies; the next call starts a new one, so
+a plugin that loops, leaks or crashes never takes the service (or the other plugins) with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+from .base import BasePlugin
+from .errors import PluginAPIError, PluginError, PluginFailed, PluginLoadError
+
+log = logging.getLogger("moltbot.plugins")
+# A worker that does not answer its load within this many seconds is stopped (imports hanging, a busy loop).
+LOAD_TIMEOUT = 120.0
+
+
+class ProcessPlugin(BasePlugin):
+    """The service side of one isolated plugin: a proxy whose blocking `execute(context)` runs the call in the
+    worker process (the manager runs it on its thread pool, as any plain `execute`)."""
+
+    def __init__(self, folder: Path, name: str, class_name: str | None, settings: dict[str, Any],
+                 memory_mb: int):
+        super().__init__(settings)
+        self.folder, self.name, self.class_name, self.memory_mb = folder, name, class_name, memory_mb
+        self.settings = settings
+        self.schema: dict[str, Any] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # one call at a time per worker
+        self.restarts = 0
+
+    # ---- the worker's life
+
+    def start(self) -> ProcessPlugin:
+        """Start the worker and load the plugin there; PluginLoadError with the worker's reason otherwise."""
+        # Not the service's own settings (its API keys among them); the plugin's settings come with the load.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOLTBOT_")}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, cwd=str(self.folder))
+        timer = threading.Timer(LOAD_TIMEOUT, self.kill)
+        timer.start()
+        try:
+            self._send({"op": "load", "folder": str(self.folder), "name": self.name, "class": self.class_name,
+                        "settings": self.settings})
+            reply = self._receive()
+        finally:
+            timer.cancel()
+        if reply is None:
+            code = self.kill()
+            raise PluginLoadError(f"the plugin's worker process exited while loading (exit code {code})")
+        if reply["op"] == "load_error":
+            self.kill()
+            raise PluginLoadError(reply["error"])
+        self.schema = reply.get("input_schema")
+        return self
+
+    def kill(self) -> int | None:
+        """Stop the worker at once (a timed-out or broken call); the next call starts a new one."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()
+        return process.wait()
+
+    def close(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            try:
+                self._send({"op": "close"})
+                process.wait(timeout=5)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # ---- calls
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                if self._process is not None:
+                    log.warning("plugin %s: its worker process had exited (%s); starting a new one", self.name,
+                                self._process.returncode)
+                self.kill()
+                self.restarts += 1
+                self.start()
+            self._send({"op": "call", "input": context.input, "request_id": context.request_id,
+                        "time_left": context.time_left(), "data_root": str(context.data_root),
+                        "log_prompts": context.log_prompts})
+            while True:
+                message = self._receive()
+                if message is None:
+                    code = self.kill()
+                    raise PluginFailed(f"plugin {self.name!r}: its worker process died (exit code {code}) during "
+                                       f"the call (request id {context.request_id}); it is restarted for the next")
+                op = message["op"]
+                if op == "log":
+                    context.logger.log(message["level"], "%s", message["message"])
+                elif op == "rpc":
+                    self._send(_answer(context, message))
+                elif op == "result":
+                    result: dict[str, Any] = message["result"]
+                    return result
+                elif op == "error":
+                    if message.get("traceback"):
+                        context.logger.error("plugin call raised in its worker process:\n%s", message["traceback"])
+                    if message["kind"] == "plugin_error":
+                        raise PluginError(message["message"], code=message.get("code"), param=message.get("param"))
+                    if message["kind"] == "memory":
+                        self.kill()
+                    raise PluginFailed(f"plugin {self.name!r} failed (request id {context.request_id}); "
+                                       "the server log has the details")
+
+    def _send(self, message: dict[str, Any]) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise PluginFailed(f"plugin {self.name!r}: no worker process")
+        try:
+            process.stdin.write(json.dumps(message, default=str).encode() + b"\n")
+            process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the worker is gone: _receive sees the end of its output
+
+    def _receive(self) -> dict[str, Any] | None:
+        process = self._process
+        if process is None or process.stdout is None:
+            return None
+        try:
+            line = process.stdout.readline()
+        except (OSError, ValueError):
+            return None
+        if not line:
+            return None
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+
+def _answer(context: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """Run a worker's request for context.models / context.plugins here, in the service."""
+    method, args = request["method"], request.get("args") or {}
+    try:
+        if method == "models.chat":
+            value: Any = context.models.chat(args.pop("messages"), **args)
+        elif method == "models.embed":
+            value = context.models.embed(args["texts"], model=args.get("model"))
+        elif method == "models.names":
+            value = context.models.names(args.get("task"))
+        elif method == "plugins.call":
+            value = context.plugins.call(args["name"], args["input"])
+        elif method == "plugins.names":
+            value = context.plugins.names()
+        else:
+            raise PluginError(f"unknown request {method!r}", code="bad_request")
+    except PluginAPIError as exc:
+        return {"op": "rpc_result", "id": request["id"], "error": {
+            "type": type(exc).__name__, "message": exc.message, "code": exc.code, "param": exc.param}}
+    return {"op": "rpc_result", "id": request["id"], "result": value}
+
+
+# ---- the worker process --------------------------------------------------------------------------------------
+
+class _Channel:
+    """The worker's end: JSON lines on the stdout it was started with (the plugin's own prints go to stderr)."""
+
+    def __init__(self, reader: IO[bytes], writer: IO[bytes]):
+        self.reader, self.writer = reader, writer
+        self.lock = threading.Lock()
+        self.next_id = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            self.writer.write(json.dumps(message, default=str).encode() + b"\n")
+            self.writer.flush()
+
+    def receive(self) -> dict[str, Any]:
+        line = self.reader.readline()
+        if not line:
+            raise SystemExit(0)  # the service closed the pipe
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def request(self, method: str, **args: Any) -> Any:
+        with self.lock:
+            self.next_id += 1
+            call_id = self.next_id
+            self.writer.write(json.dumps({"op": "rpc", "id": call_id, "method": method, "args": args}).encode()
+                              + b"\n")
+            self.writer.flush()
+            reply = self.receive()
+        if "error" in reply:
+            error = reply["error"]
+            if error["type"] == "PluginTimeout":
+                from .errors import PluginTimeout
+                raise PluginTimeout(error["message"])
+            raise PluginError(error["message"], code=error.get("code") or "plugin_error", param=error.get("param"))
+        return reply["result"]
+
+
+class _ChannelHandler(logging.Handler):
+    def __init__(self, channel: _Channel):
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a broken pipe: the service is gone
+            self.channel.send({"op": "log", "level": record.levelno, "message": record.getMessage()})
+
+
+class _Models:
+    def __init__(self, channel: _Channel):
+        self._channel = channel
+
+    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = self._channel.request("models.chat", messages=messages, **kwargs)
+        return reply
+
+    def embed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
+        vectors: list[list[float]] = self._channel.request("models.embed", texts=texts, model=model)
+        return vectors
+
+    def names(self, task: str | None = None) -> list[str]:
+        names: list[str] = self._channel.request("models.names", task=task)
+        return names
+
+    async def achat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.chat, messages, **kwargs)
+
+    async def aembed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed, texts, model=model)
+
+
+class _Plugins:
+    def __init__(self, channel: _Channel):
+        self._channel = channel
+
+    def call(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._channel.request("plugins.call", name=name, input=payload)
+        return result
+
+    async def acall(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(self.call, name, payload)
+
+    def names(self) -> list[str]:
+        names: list[str] = self._channel.request("plugins.names")
+        return names
+
+
+class WorkerContext:
+    """What `execute(context)` gets in a worker process: the same attributes as PluginContext."""
+
+    def __init__(self, plugin: str, message: dict[str, Any], settings: dict[str, Any], channel: _Channel):
+        self.plugin = plugin
+        self.input = message["input"]
+        self.request_id = message["request_id"]
+        self.settings = settings
+        self.data_root = Path(message["data_root"])
+        self.log_prompts = bool(message["log_prompts"])
+        self._expires = time.monotonic() + float(message["time_left"])
+        self.logger = logging.LoggerAdapter(logging.getLogger(f"moltbot.plugins.{plugin}"),
+                                            {"plugin": plugin, "request_id": self.request_id})
+        self.models = _Models(channel)
+        self.plugins = _Plugins(channel)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.settings
+
+    @property
+    def data_dir(self) -> Path:
+        path = self.data_root / self.plugin
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def time_left(self) -> float:
+        return self._expires - time.monotonic()
+
+
+def _limit_memory(megabytes: int) -> None:
+    if megabytes > 0:
+        import resource
+        limit = megabytes * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def worker_main(memory_mb: int) -> int:
+    # The protocol owns the original stdout; whatever the plugin prints goes to stderr.
+    channel = _Channel(os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"))
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    logger = logging.getLogger("moltbot")
+    logger.handlers = [_ChannelHandler(channel)]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    _limit_memory(memory_mb)
+
+    from . import importer
+    from .manager import _describe, _find_plugin_class  # the same rules as in-process plugins
+    importer.install()
+
+    load = channel.receive()
+    folder, name = Path(load["folder"]), load["name"]
+    settings: dict[str, Any] = load["settings"]
+    package = f"{importer.MODULE_PREFIX}{name.replace('-', '_')}_worker"
+    try:
+        import importlib
+        import importlib.util
+        import types
+        init = folder / "__init__.py"
+        if init.exists():
+            spec = importer.package_spec(package, init)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[package] = module
+            assert spec.loader is not None
+            spec.loader.exec_module(module)
+        else:
+            module = types.ModuleType(package)
+            module.__path__ = [str(folder)]
+            sys.modules[package] = module
+        plugin_module = importlib.import_module(f"{package}.plugin")
+        cls = _find_plugin_class(plugin_module, package, load["class"])
+        try:
+            instance = cls(dict(settings))
+        except (Exception, SystemExit) as exc:
+            raise PluginLoadError(f"{cls.__name__}.__init__ raised {type(exc).__name__}: {exc}") from None
+    except PluginLoadError as exc:
+        channel.send({"op": "load_error", "error": str(exc)})
+        return 0
+    except (Exception, SystemExit) as exc:
+        channel.send({"op": "load_error", "error": f"import failed: {_describe(exc, folder)}"})
+        return 0
+    is_async = asyncio.iscoroutinefunction(instance.execute)
+    channel.send({"op": "loaded", "is_async": is_async, "input_schema": getattr(instance, "input_schema", None)})
+
+    while True:
+        message = channel.receive()
+        if message["op"] == "close":
+            with contextlib.suppress(Exception):
+                instance.close()
+            return 0
+        context = WorkerContext(name, message, settings, channel)
+        try:
+            execute: Any = instance.execute  # a plain or an async method
+            result = asyncio.run(execute(context)) if is_async else execute(context)
+            channel.send({"op": "result", "result": result})
+        except PluginAPIError as exc:
+            kind = "plugin_error" if isinstance(exc, PluginError) else "failed"
+            channel.send({"op": "error", "kind": kind, "message": exc.message, "code": exc.code,
+                          "param": exc.param})
+        except MemoryError:
+            channel.send({"op": "error", "kind": "memory", "message": "out of memory",
+                          "traceback": f"MemoryError: the plugin passed its memory limit ({memory_mb} MiB)"})
+            return 1
+        except (Exception, SystemExit):
+            channel.send({"op": "error", "kind": "failed", "message": "failed",
+                          "traceback": traceback.format_exc()})
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(int(sys.argv[1])))

@@ -308,9 +308,12 @@ def screenshot_dir(tmp_path: Path) -> Path:
 
 def panel_problems(browser: Any, grafana: Grafana, uid: str, screenshot: Path) -> dict[str, list[str]]:
     """Opens a dashboard (last 15 minutes, every panel in view) and returns the panels showing "No data" and
-    those showing an error, after its queries have settled; saves a PNG of it."""
+    those showing an error, after its queries have settled; saves a PNG of it. The selectors are Grafana's own
+    test ids (@grafana/e2e-selectors 11.6: `data-testid Panel header <title>` on each panel's section,
+    `data-testid Panel status error` on a panel whose query failed); the viewport is tall enough that every
+    panel is in view (Grafana draws only those)."""
     auth = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
-    context = browser.new_context(viewport={"width": 1600, "height": 3000},
+    context = browser.new_context(viewport={"width": 1600, "height": 4500},
                                   extra_http_headers={"Authorization": f"Basic {auth}"})
     try:
         page = context.new_page()

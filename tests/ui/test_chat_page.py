@@ -7,11 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, start_server
 from tests.ui.conftest import PageProblems, ScriptedUpstream, metric, screenshot_dir
 
 RUNNING = 'moltbot_running_requests{model="tiny-chat"}'
@@ -221,28 +224,46 @@ def test_model_markup_is_shown_as_text_never_run(ui_server: Server, open_page: A
     page.screenshot(path=str(screenshot_dir(tmp_path) / "ui-chat-phone-dark.png"))
 
 
-def test_a_key_protected_server_refuses_a_wrong_key_and_takes_a_right_one(
-        server_factory: Any, open_page: Any, tmp_path: Any) -> None:
-    srv = server_factory("keyed", env={"MOLTBOT_API_KEYS": "sk-right-key", "MOLTBOT_DEFAULT_MODELS": "on"})
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, defaults_dir: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("keyed"), env={"MOLTBOT_API_KEYS": "sk-right-key",
+                                                               "MOLTBOT_DEFAULT_MODELS": "on"})
+    srv.wait_ready()
+    yield srv
+    srv.stop()
 
-    # The WebSocket takes the key as a subprotocol (a browser cannot set headers there).
+
+def test_the_websocket_takes_the_key_as_a_subprotocol(keyed_server: Server) -> None:
+    """A browser cannot set headers on a WebSocket: the page offers `moltbot` and `moltbot.key.<base64url>`."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     def key_protocol(key: str) -> Any:
         return "moltbot.key." + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
-    def handshake(protocols: list[Any]) -> Any:
+    def handshake(protocols: list[Any], headers: dict[str, str] | None = None) -> Any:
         try:
-            with connect(f"ws://127.0.0.1:{srv.port}/v1/ws", subprotocols=protocols) as ws:
+            with connect(f"ws://127.0.0.1:{keyed_server.port}/v1/ws", subprotocols=protocols or None,
+                         additional_headers=headers) as ws:
                 return ws.subprotocol
         except InvalidStatus as exc:
             return exc.response.status_code
 
     assert handshake(["moltbot", key_protocol("sk-wrong")]) == 401
+    assert handshake(["moltbot", "moltbot.key.%%%"]) == 401  # not base64: no key
     assert handshake(["moltbot"]) == 401
+    assert handshake([]) == 401
     assert handshake(["moltbot", key_protocol("sk-right-key")]) == "moltbot"
+    assert handshake([], {"Authorization": "Bearer sk-right-key"}) is None  # headers still work
+    # Only on the WebSocket upgrade: a plain request with the subprotocol header is not let in.
+    plain = httpx.get(keyed_server.url + "/v1/models", timeout=10,
+                      headers={"sec-websocket-protocol": key_protocol("sk-right-key")})
+    assert plain.status_code == 401
 
+
+def test_a_key_protected_server_refuses_a_wrong_key_and_takes_a_right_one(
+        keyed_server: Server, open_page: Any, tmp_path: Any) -> None:
+    srv = keyed_server
     page, problems = open_page(srv.url + "/")
     urls: list[str] = []
     page.on("request", lambda request: urls.append(request.url))

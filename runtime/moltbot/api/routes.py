@@ -105,7 +105,8 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     srv = serving(request)
     plugins = request.app.ctx.plugins
     if names_plugins(req, plugins):
-        reply = await chat_with_plugin_tools(srv, plugins, req, stats(request), request.ctx.request_id)
+        reply = await chat_with_plugin_tools(srv, plugins, req, stats(request), request.ctx.request_id,
+                                             admin=request.ctx.admin)
         if req.stream:
             await stream_sse(request, _as_chunks(reply))
             return None
@@ -236,7 +237,8 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
     srv = serving(request)
     chunks: Chunks
     if names_plugins(req, plugins):
-        chunks = _as_chunks(await chat_with_plugin_tools(srv, plugins, req, RequestStats(), request_id))
+        chunks = _as_chunks(await chat_with_plugin_tools(srv, plugins, req, RequestStats(), request_id,
+                                                         admin=request.ctx.admin))
     else:
         chunks = await srv.chat_stream(req, RequestStats())
     content: dict[int, str] = {}

@@ -20,7 +20,8 @@ def names_plugins(req: ChatCompletionRequest, plugins: PluginManager | None) -> 
 
 
 async def chat_with_plugin_tools(serving: OpenAIServing, plugins: PluginManager, req: ChatCompletionRequest,
-                                 stats: RequestStats, request_id: str) -> dict[str, Any]:
+                                 stats: RequestStats, request_id: str, admin: bool = False) -> dict[str, Any]:
+    """`admin`: the caller holds an admin key (or none is configured); plugin calls marked admin need it."""
     runnable = set(plugins.runnable_names())
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     executed: list[dict[str, Any]] = []
@@ -36,7 +37,7 @@ async def chat_with_plugin_tools(serving: OpenAIServing, plugins: PluginManager,
         calls = message.get("tool_calls")
         if not calls or not all(call["function"]["name"] in runnable for call in calls):
             break  # the answer, or calls of tools the client runs itself (handed back as OpenAI does)
-        results = await run_tool_calls(plugins, calls, request_id)
+        results = await run_tool_calls(plugins, calls, request_id, admin=admin)
         executed += [{"tool_call": call, "result": json.loads(result["content"])}
                      for call, result in zip(calls, results, strict=True)]
         messages += [{"role": "assistant", "content": message.get("content") or None, "tool_calls": calls},

@@ -114,6 +114,7 @@ def test_a_message_streams_an_answer_from_the_small_model(ui_server: Server, ope
     models = page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
     assert "tiny-chat" in models and "scripted" in models
     assert "all-minilm-l6-v2" not in models  # not a chat model
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(255, 255, 255)"  # light
     set_options(page, temperature="0", max_tokens="24")
     answer = ask(page, "tiny-chat", "Hello there")
     assert wait_finished(answer) in ("done", "length")
@@ -216,6 +217,8 @@ def test_model_markup_is_shown_as_text_never_run(ui_server: Server, open_page: A
     answer.locator("pre .copy").click()
     assert page.evaluate("navigator.clipboard.readText()").strip() == 'print("hello from a code block")'
     assert answer.locator("pre .copy").inner_text() == "Copied"
+    # The dark style follows the system setting (this context prefers dark).
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(21, 24, 28)"
     # Usable at phone width: nothing wider than the screen, the composer on screen.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     box = page.locator("#prompt").bounding_box()

@@ -7,11 +7,19 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from moltbot.ui import STATIC, load_files
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _setuptools_major() -> int:
+    try:
+        return int(version("setuptools").split(".")[0])
+    except PackageNotFoundError:
+        return 0
 
 
 def test_the_wheel_carries_every_static_file(tmp_path: Path) -> None:
@@ -21,7 +29,9 @@ def test_the_wheel_carries_every_static_file(tmp_path: Path) -> None:
     shutil.copy(REPO / "pyproject.toml", source)
     shutil.copy(REPO / "README.md", source)
     shutil.copytree(REPO / "runtime", source / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    # Offline with the venv's setuptools when it is new enough for pyproject.toml, else in pip's build isolation.
+    no_isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *no_isolation,
                              "-w", str(tmp_path / "wheels"), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     wheel = next((tmp_path / "wheels").glob("moltbot-*.whl"))

@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-# --no-sandbox: the tests run as root on CI, where Chromium's sandbox refuses to start.
-LAUNCH_ARGS = ["--no-sandbox"]
+# --no-sandbox: the tests run as root on CI, where Chromium's sandbox refuses to start; --disable-dev-shm-usage:
+# containers often have a small /dev/shm, where Chromium's renderers crash.
+LAUNCH_ARGS = ["--no-sandbox", "--disable-dev-shm-usage"]
 
 
 def chromium_executable() -> str | None:

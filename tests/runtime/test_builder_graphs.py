@@ -128,8 +128,41 @@ def test_rows_of_different_lengths_chunked_prefill_and_holes_give_each_sequence_
     (slot,), newcomer = runner.prefill([prompts[2]], token_budget=1024)
     assert slot == 1 and int(newcomer[0].argmax()) == alone[2][0]
     assert list(runner.lengths[:3]) == [len(prompts[0]) + 11, len(prompts[2]), len(prompts[1]) + 11]
-    with pytest.raises(ValueError, match="every slot in use"):
-        runner.decode([0, 1], [1, 1])
+    with pytest.raises(ValueError, match="distinct slots in use"):
+        runner.decode([0, 3], [1, 1])  # slot 3 is free
+    with pytest.raises(ValueError, match="distinct slots in use"):
+        runner.decode([0, 0], [1, 1])
+
+
+def test_a_prompt_prefilled_in_chunks_between_decode_steps_of_others_gets_its_own_tokens(reference):
+    """Chunked prefill between steps: the long prompt's slot sits below and between running rows, is stepped as a
+    dummy row that advances nothing while its chunks go in, and then continues exactly as alone, as do the
+    others."""
+    prompts, _ = reference
+    alone = [_greedy(runner_of("fp32", slots=1), prompt, 10) for prompt in prompts]
+    runner = runner_of("fp32", slots=4)
+    slots, first = runner.prefill([prompts[0], prompts[2]], token_budget=1024)
+    runner.release(0)  # slot 0 free: the chunked prompt takes it, below the running slot 1
+    (slot,), again = runner.prefill([prompts[0]], token_budget=1024)
+    tokens = {0: [int(again[0].argmax())], 1: [int(first[1].argmax())]}
+    chunks = [prompts[1][i: i + 2] for i in range(0, len(prompts[1]), 2)]
+    chunked_slot = None
+    for chunk in chunks:
+        chunked_slot, logits = runner.prefill_chunk(chunked_slot, chunk)
+        assert chunked_slot == 2
+        step = runner.decode([0, 1], [tokens[0][-1], tokens[1][-1]])  # the chunked slot left out
+        tokens[0].append(int(step[0].argmax()))
+        tokens[1].append(int(step[1].argmax()))
+        assert runner.lengths[2] == sum(len(c) for c in chunks[: chunks.index(chunk) + 1])
+    tokens[2] = [int(logits.argmax())]
+    while len(tokens[2]) < 10:
+        step = runner.decode([2, 0, 1], [tokens[2][-1], tokens[0][-1], tokens[1][-1]])
+        for row, s in enumerate((2, 0, 1)):
+            tokens[s].append(int(step[row].argmax()))
+    assert tokens[2][:10] == alone[1] and tokens[0][:10] == alone[0] and tokens[1][:10] == alone[2]
+    with pytest.raises(ValueError, match="does not fit"):
+        runner.prefill_chunk(None, list(range(5, 5 + runner.max_length)))
+    assert runner.free_slots() == 1  # the refused prompt took no slot
 
 
 def test_prompts_that_do_not_fit_and_busy_slots_are_refused():
@@ -168,6 +201,45 @@ def test_the_scheduler_over_a_builder_graph_gives_the_same_tokens_alone_and_in_a
     assert alone == together
     if precision == "fp32":
         assert alone == [c[:24] for c in continuations]
+
+
+def test_a_long_newcomer_is_prefilled_in_chunks_while_the_running_stream_goes_on(reference, monkeypatch):
+    """While a sequence runs, a prompt longer than PREFILL_CHUNK_TOKENS goes in a chunk a pass with a decode step
+    of the running one between chunks (its stream does not stall for the whole prefill), and both get exactly
+    the tokens they get alone."""
+    import moltbot.engine.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "PREFILL_CHUNK_TOKENS", 1)  # the test prompts are a few tokens long
+    prompts, continuations = reference
+    long_prompt = prompts[1]
+    chunks = len(long_prompt)
+    assert chunks >= 3
+    scheduler = GenerationScheduler("builder-chunks", runner_of("fp32"), TextTokenizer(ensure_graph("fp32")),
+                                    context_length=256, max_running=4, max_queued=4)
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        loop = asyncio.get_running_loop()
+        running = scheduler.submit(prompts[0], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True), 1,
+                                   loop)
+        while len(running.sequences[0].output.generated) < 3:
+            await running.next_event()
+        newcomer = scheduler.submit(long_prompt, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), 1,
+                                    loop)
+        at_submit = len(running.sequences[0].output.generated)
+        await newcomer.next_event()  # its first token: the prompt is whole
+        during = len(running.sequences[0].output.generated) - at_submit
+        while not (await newcomer.next_event()).finish_reason:
+            pass
+        while not (await running.next_event()).finish_reason:
+            pass
+        return running.sequences[0].output.generated, newcomer.sequences[0].output.generated, during
+
+    try:
+        first, second, during = asyncio.run(scenario())
+    finally:
+        scheduler.stop()
+    assert during >= chunks - 1  # a step of the running stream between each two chunks
+    assert first == continuations[0][:40] and second == continuations[1][:12]
 
 
 def test_a_checkpoint_config_asking_for_int4_is_built_once_by_the_builder_and_served(tmp_path):

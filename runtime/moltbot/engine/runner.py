@@ -12,7 +12,7 @@ slot. It knows nothing of requests, sampling or text (scheduler.py, sampling.py,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +42,16 @@ class GraphRunner(Protocol):
 
     def reset(self) -> None:
         """Every slot free: after a failure, so that the next requests start from a consistent state."""
+        ...
+
+
+@runtime_checkable
+class ChunkedPrefillRunner(Protocol):
+    """A runner that can prefill a prompt in chunks with decode steps of the others between them (shared_kv.py)."""
+
+    def prefill_chunk(self, slot: int | None, tokens: list[int]) -> tuple[int, np.ndarray]:
+        """Append `tokens` to the slot's cache (a new slot when None); the slot, and the last token's logits.
+        Until its prompt is whole, `decode` leaves such a slot out of `slots` and does not advance it."""
         ...
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from moltbot import metrics
 from moltbot.engine.errors import EngineStopped, QueueFull
 from moltbot.engine.output import OutputProcessor
-from moltbot.engine.runner import GraphRunner
+from moltbot.engine.runner import ChunkedPrefillRunner, GraphRunner
 from moltbot.engine.sampling import SamplingParams, sample
 from moltbot.engine.tokenizer import TextTokenizer
 
@@ -32,6 +32,10 @@ log = logging.getLogger("moltbot.engine")
 # Most (padded) prompt tokens in one prefill call: bounds the [rows, tokens, vocab] logits a prefill makes.
 # Longer prompts are prefilled in chunks, each continuing the cache the previous one wrote.
 PREFILL_TOKEN_BUDGET = 1024
+# While sequences are running, a longer prompt is prefilled this many tokens per pass, a decode step of the
+# running ones between its chunks (where the runner can: ChunkedPrefillRunner): a 1024-token newcomer no
+# longer stalls every stream for its whole prefill (vLLM's chunked prefill, in its simplest form).
+PREFILL_CHUNK_TOKENS = 256
 RETRY_AFTER_MAX = 600  # seconds: the most a 429's Retry-After asks a client to wait
 
 
@@ -52,7 +56,8 @@ class Sequence:
     handle: GenerationHandle
     output: OutputProcessor
     index: int = 0
-    slot: int | None = None  # the runner's slot while running
+    slot: int | None = None  # the runner's slot while running (or while its prompt is prefilled in chunks)
+    prefilled: int = 0  # prompt tokens in the slot so far, for a prompt prefilled in chunks between steps
     last_token: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
@@ -98,6 +103,7 @@ class GenerationScheduler:
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []  # in a slot; changed under the lock, read by submit()
         self._admitting: list[Sequence] = []  # taken from the queue, being prefilled
+        self._chunking: list[Sequence] = []  # at most one: its prompt prefilled a chunk a pass, between steps
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
@@ -120,7 +126,7 @@ class GenerationScheduler:
         with self._cond:
             if self._stopping:
                 raise EngineStopped(self.name)
-            in_system = len(self._waiting) + len(self._admitting) + len(self._running)
+            in_system = len(self._waiting) + len(self._admitting) + len(self._chunking) + len(self._running)
             if in_system + n > self.max_running + self.max_queued:
                 metrics.REJECTED.labels(self.name).inc()
                 raise QueueFull(self.name, retry_after=self._retry_after(in_system + n - self.max_running
@@ -141,7 +147,7 @@ class GenerationScheduler:
         least 1): the work ahead, in steps, at the measured step rate. A running sequence leaves when it has
         generated the rest of its max_tokens (an upper bound: EOS may come sooner); queued ones take the slots
         as they free, in order, and leave as long after."""
-        slots = [self._remaining_steps(s) for s in [*self._running, *self._admitting]]
+        slots = [self._remaining_steps(s) for s in [*self._running, *self._admitting, *self._chunking]]
         leaving = list(slots)
         slots += [0] * max(0, self.max_running - len(slots))
         heapq.heapify(slots)
@@ -165,7 +171,7 @@ class GenerationScheduler:
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            for seq in [*self._waiting, *self._admitting, *self._running]:
+            for seq in [*self._waiting, *self._admitting, *self._chunking, *self._running]:
                 seq.cancelled = True
             self._cond.notify()
         self._thread.join(timeout=10)
@@ -176,9 +182,9 @@ class GenerationScheduler:
             admitted: list[Sequence] = []
             try:
                 with self._cond:
-                    while not self._waiting and not self._running and not self._stopping:
+                    while not self._waiting and not self._running and not self._chunking and not self._stopping:
                         self._cond.wait()
-                    if self._stopping and not self._waiting and not self._running:
+                    if self._stopping and not self._waiting and not self._running and not self._chunking:
                         return
                     self._drop_cancelled_waiting()
                     admitted = self._admitting = self._take_admissible()
@@ -186,6 +192,8 @@ class GenerationScheduler:
                 if admitted:
                     self._admit(admitted)
                     self._flush()  # first tokens out now, not after the next decode step
+                if self._chunking:
+                    self._prefill_chunk(self._chunking[0])
                 running = [s for s in self._running if s.slot is not None]  # all of them: admitted with a slot
                 if running:
                     self._time_step()
@@ -219,11 +227,16 @@ class GenerationScheduler:
     def _take_admissible(self) -> list[Sequence]:
         """Newcomers for the next prefill: as many as there are free slots, up to the prefill token budget
         (a prompt longer than the budget goes alone, in chunks)."""
-        room = min(self.max_running - len(self._running), self.runner.free_slots())
+        room = min(self.max_running - len(self._running) - len(self._chunking), self.runner.free_slots())
         taken: list[Sequence] = []
         longest = 0
         while self._waiting and len(taken) < room:
             nxt = self._waiting[0]
+            if self._running and len(nxt.prompt_ids) > PREFILL_CHUNK_TOKENS and isinstance(
+                    self.runner, ChunkedPrefillRunner):
+                if not self._chunking:  # one long prompt at a time; those behind it wait their turn
+                    self._chunking.append(self._waiting.popleft())
+                break
             padded = (len(taken) + 1) * max(longest, len(nxt.prompt_ids))
             if taken and padded > PREFILL_TOKEN_BUDGET:
                 break  # the next prefill takes it
@@ -233,10 +246,29 @@ class GenerationScheduler:
 
     def _release_cancelled(self) -> None:
         """A client that went away frees its slot now: it is not stepped again."""
-        for seq in list(self._running):
+        for seq in [*self._running, *self._chunking]:
             if seq.cancelled and not seq.finish_reason:
                 self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
                 self._finish(seq, "cancelled")
+
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        """The next chunk of a long prompt into its slot; after the last, the sequence joins the batch with its
+        first token. A failure fails this sequence only (the runner frees its slot)."""
+        assert isinstance(self.runner, ChunkedPrefillRunner)
+        chunk = seq.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK_TOKENS]
+        try:
+            seq.slot, logits = self.runner.prefill_chunk(seq.slot, chunk)
+        except Exception as exc:
+            log.exception("prefill failed for model %s", self.name)
+            self._finish(seq, "error")
+            self._fail([seq], f"prefill failed: {type(exc).__name__}: {exc}")
+            return
+        seq.prefilled += len(chunk)
+        if seq.prefilled == len(seq.prompt_ids):
+            with self._cond:
+                self._chunking.remove(seq)
+                self._running.append(seq)
+            self._advance([seq], logits[None])
 
     def _admit(self, admitted: list[Sequence]) -> None:
         """Prefill the newcomers into free slots and sample their first tokens. A failed prefill (e.g. out of memory
@@ -289,6 +321,8 @@ class GenerationScheduler:
         with self._cond:
             if seq in self._running:
                 self._running.remove(seq)
+            if seq in self._chunking:
+                self._chunking.remove(seq)
         if seq.slot is not None:
             slot, seq.slot = seq.slot, None
             self.runner.release(slot)
@@ -297,9 +331,10 @@ class GenerationScheduler:
         """After a failure of the runner or of this thread: every unfinished sequence in the batch or being admitted
         gets an error, and the runner starts again empty."""
         with self._cond:
-            victims = [s for s in [*self._running, *admitted] if not s.finish_reason]
+            victims = [s for s in [*self._running, *self._chunking, *admitted] if not s.finish_reason]
             self._running = []
             self._admitting = []
+            self._chunking = []
         for seq in victims:
             seq.slot = None
         with contextlib.suppress(Exception):  # the runner that failed may fail again: its state is dropped anyway

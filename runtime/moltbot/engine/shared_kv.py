@@ -181,22 +181,45 @@ class SharedKVRunner:
             self.lengths[slot] = done
         return logits
 
+    def prefill_chunk(self, slot: int | None, tokens: list[int]) -> tuple[int, np.ndarray]:
+        """Append `tokens` to the cache of `slot` (the lowest free slot when None); returns the slot and the last
+        token's logits. Decode steps between chunks leave the slot out (see decode)."""
+        if slot is None:
+            free = np.flatnonzero(self.lengths == 0)
+            if not len(free):
+                raise ValueError("no free slot")
+            slot = int(free[0])
+        done = int(self.lengths[slot])
+        if not tokens or done + len(tokens) >= self.max_length:
+            raise ValueError(f"a prompt of {done + len(tokens)} tokens does not fit a context of {self.max_length}")
+        try:
+            logits = self._run(slot, 1, np.asarray([tokens], dtype=np.int64),
+                               np.array([done + len(tokens)], dtype=np.int64),
+                               past_lengths=np.array([done], dtype=np.int64), last=np.array([len(tokens) - 1]))
+        except BaseException:
+            self.lengths[slot] = 0  # a half-written prompt must not keep its slot
+            raise
+        self.lengths[slot] = done + len(tokens)
+        return slot, logits[0]
+
     def decode(self, slots: list[int], tokens: list[int]) -> np.ndarray:
-        """One step for every slot in use (`slots`, with each one's last token); returns their logits in that
-        order. A free slot below the highest is stepped as a dummy row of length one."""
-        if sorted(slots) != [int(s) for s in np.flatnonzero(self.lengths)]:
-            raise ValueError("decode steps every slot in use, and only those")
+        """One step for the slots in use named in `slots` (each with its last token); returns their logits in that
+        order. Other rows below the highest are stepped as dummies that advance nothing: a free slot as a row
+        of length one, a slot whose prompt is being prefilled in chunks with a token at its length, which its
+        next chunk overwrites."""
+        in_use = set(np.flatnonzero(self.lengths).tolist())
+        if not slots or not set(slots) <= in_use or len(set(slots)) != len(slots):
+            raise ValueError("decode steps distinct slots in use")
         if np.any(self.lengths[slots] >= self.max_length):
             raise ValueError("a sequence reached the end of its context")
         high = max(slots) + 1
         step_tokens = np.zeros((high, 1), dtype=np.int64)
         step_tokens[slots, 0] = tokens
-        used = self.lengths[:high] > 0
-        total = np.where(used, self.lengths[:high] + 1, 1)
+        total = np.where(self.lengths[:high] > 0, self.lengths[:high] + 1, 1)
         binding, logits = self._decode_binding(high)
         self._bind_step(binding, step_tokens, total, past_lengths=total - 1)
         self.session.run_with_iobinding(binding)
-        self.lengths[:high][used] += 1
+        self.lengths[slots] += 1
         picked: np.ndarray = logits[slots, 0]
         return picked.astype(np.float32)  # a copy: the next step overwrites the bound logits
 

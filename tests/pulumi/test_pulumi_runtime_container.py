@@ -35,7 +35,7 @@ KEYS = SECRETS["moltbot:apiKeys"].split(",")
 RUNTIME_ARGS = {"name", "hostname", "image", "envs", "ports", "volumes", "networksAdvanced", "healthcheck",
                 "restart", "gpus", "cpus", "memory", "logDriver", "logOpts", "stopSignal", "stopTimeout",
                 "destroyGraceSeconds", "labels", "wait", "waitTimeout", "user", "readOnly", "tmpfs",
-                "capabilities", "securityOpts"}
+                "capabilities", "securityOpts", "ulimits"}
 INIT_ARGS = {"name", "image", "entrypoints", "volumes", "uploads", "mustRun", "attach", "restart", "networkMode",
              "capabilities", "securityOpts", "labels"}
 DURATION = re.compile(r"^(\d+)(ms|s|m)$")
@@ -144,6 +144,8 @@ def test_declared_runtime_runs_hardened_on_the_real_engine(engine, runtime_image
             if declared.get("gpus") else None,
             nano_cpus=int(float(declared["cpus"]) * 10**9),
             mem_limit=f"{int(declared['memory'])}m",
+            ulimits=[docker.types.Ulimit(name=u["name"], soft=int(u["soft"]), hard=int(u["hard"]))
+                     for u in declared.get("ulimits", [])],
             log_config=docker.types.LogConfig(type=declared["logDriver"], config=declared["logOpts"]),
             stop_signal=declared["stopSignal"],
             labels=labels_of(declared),
@@ -182,6 +184,12 @@ def test_declared_runtime_runs_hardened_on_the_real_engine(engine, runtime_image
         assert container.exec_run(["touch", "/tmp/scratch"]).exit_code == 0, "/tmp is a writable tmpfs"
         mounts = {m["Destination"]: m for m in inspected["Mounts"]}
         assert mounts[str(Path(API_KEYS_FILE).parent)]["RW"] is False
+        # The plugins are read-only for the runtime; its processes and threads are bounded (the nproc ulimit).
+        assert mounts[contract.PLUGINS_DIR]["RW"] is False
+        assert container.exec_run(["touch", f"{contract.PLUGINS_DIR}/new-file"]).exit_code != 0
+        limits = container.exec_run(["cat", "/proc/1/limits"]).output.decode()
+        processes = next(line for line in limits.splitlines() if line.startswith("Max processes")).split()
+        assert processes[2:4] == [str(contract.DEFAULT_PIDS_LIMIT)] * 2
 
         # The uploads landed in the plugins volume (here a host folder), and the runtime found those plugins.
         for upload in init["uploads"]:

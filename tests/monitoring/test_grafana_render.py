@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -70,22 +71,33 @@ class EchoPlugin(BasePlugin):
 
 
 # ---- Grafana ---------------------------------------------------------------------------------------------
-def find_grafana() -> tuple[list[str], Path] | None:
-    """(the command that starts Grafana's server, its home path), or None when there is no Grafana here."""
+def grafana_image() -> str:
+    """The Grafana image the deployments pin (deploy/contract.json)."""
+    return str(json.loads((REPO / "deploy" / "contract.json").read_text())["images"]["grafana"])
+
+
+def find_grafana() -> tuple[str, list[str], Path | None] | None:
+    """How to start a Grafana here: ("binary", command, home path) for an unpacked release in
+    MOLTBOT_TEST_GRAFANA_HOME or Grafana's Debian package, ("image", docker command, None) when the Docker
+    engine has the pinned image; None when there is no Grafana here."""
     home_env = os.environ.get("MOLTBOT_TEST_GRAFANA_HOME")
-    homes = [Path(home_env)] if home_env else [Path("/usr/share/grafana")]
-    for home in homes:
-        for binary, argv in (("grafana", ["server"]), ("grafana-server", [])):
-            path = home / "bin" / binary if home_env else shutil.which(binary)
-            if path and Path(path).exists() and (home / "public").is_dir():
-                return [str(path), *argv], home
+    home = Path(home_env) if home_env else Path("/usr/share/grafana")
+    for binary, argv in (("grafana", ["server"]), ("grafana-server", [])):
+        path = str(home / "bin" / binary) if home_env else shutil.which(binary)
+        if path and Path(path).exists() and (home / "public").is_dir():
+            return "binary", [path, *argv], home
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "image", "inspect", grafana_image()], capture_output=True,
+                                 timeout=30).returncode == 0:
+        return "image", [docker], None
     return None
 
 
 GRAFANA_MISSING = (
-    "no Grafana here: set MOLTBOT_TEST_GRAFANA_HOME to an unpacked Grafana release, or install Grafana's Debian "
-    "package (grafana, /usr/share/grafana); neither Debian, PyPI, npm nor a container registry offers one on "
-    "the machines this project is tested on")
+    "no Grafana here: set MOLTBOT_TEST_GRAFANA_HOME to an unpacked Grafana release, install Grafana's Debian "
+    "package (grafana, /usr/share/grafana), or load the pinned image (deploy/contract.json) into the Docker "
+    "engine; neither Debian, PyPI, npm nor a container registry offers one on the machines this project is "
+    "tested on")
 
 
 @dataclass
@@ -104,55 +116,63 @@ class Grafana:
         self.process.stop()
 
 
+GRAFANA_SETTINGS = {  # as GF_<SECTION>_<KEY> variables; the same in grafana.ini for a release or package
+    "security": {"admin_user": "admin", "admin_password": ADMIN_PASSWORD},
+    "analytics": {"reporting_enabled": "false", "check_for_updates": "false", "check_for_plugin_updates": "false"},
+    "news": {"news_feed_enabled": "false"},
+    "users": {"default_theme": "light", "allow_sign_up": "false"},
+    "auth.anonymous": {"enabled": "false"},
+    "log": {"mode": "console", "level": "warn"},
+}
+
+
 def start_grafana(work_dir: Path, prometheus_url: str | None) -> Grafana:
-    """A Grafana on a free 127.0.0.1 port; provisioned as the deployments do it when `prometheus_url` is given
-    (the datasource file reads PROMETHEUS_URL; the dashboards go where the dashboard provider looks)."""
+    """A Grafana on a free 127.0.0.1 port; provisioned as the deployments do it when `prometheus_url` is given:
+    monitoring/grafana/provisioning/ as /etc/grafana/provisioning (the datasource file reads PROMETHEUS_URL),
+    the dashboards' JSON in the provider's folder (/var/lib/grafana/dashboards/moltbot in the image)."""
     found = find_grafana()
     assert found is not None, GRAFANA_MISSING
-    command, home = found
+    kind, command, home = found
     port = free_port()
     provisioning = work_dir / "provisioning"
-    for sub in ("datasources", "dashboards", "plugins", "alerting", "notifiers"):
+    dashboards = work_dir / "dashboards" / "moltbot"
+    for sub in ("datasources", "dashboards", "plugins", "alerting"):
         (provisioning / sub).mkdir(parents=True, exist_ok=True)
+    dashboards.mkdir(parents=True)
     if prometheus_url:
         shutil.copy(PROVISIONING / "datasources" / "prometheus.yml", provisioning / "datasources")
-        provider = yaml.safe_load((PROVISIONING / "dashboards" / "moltbot.yml").read_text())
-        dashboards = work_dir / "dashboards" / "moltbot"  # deployed as /var/lib/grafana/dashboards/moltbot
-        dashboards.mkdir(parents=True)
+        shutil.copy(PROVISIONING / "dashboards" / "moltbot.yml", provisioning / "dashboards")
         for path in DASHBOARDS_DIR.glob("*.json"):
             shutil.copy(path, dashboards)
-        for item in provider["providers"]:
-            item["options"]["path"] = str(dashboards)
-        (provisioning / "dashboards" / "moltbot.yml").write_text(yaml.safe_dump(provider))
-    config = work_dir / "grafana.ini"
-    config.write_text(f"""
-[server]
-http_addr = 127.0.0.1
-http_port = {port}
-[paths]
-data = {work_dir / 'data'}
-logs = {work_dir / 'logs'}
-plugins = {work_dir / 'plugins'}
-provisioning = {provisioning}
-[security]
-admin_user = admin
-admin_password = {ADMIN_PASSWORD}
-[analytics]
-reporting_enabled = false
-check_for_updates = false
-check_for_plugin_updates = false
-[news]
-news_feed_enabled = false
-[users]
-default_theme = light
-[log]
-mode = console
-level = warn
-""")
-    env = {**os.environ, "PROMETHEUS_URL": prometheus_url or ""}
-    process = ManagedProcess("grafana", [*command, f"--homepath={home}", f"--config={config}"], work_dir, env=env)
+    env_settings = {f"GF_{section.replace('.', '_').upper()}_{key.upper()}": value
+                    for section, values in GRAFANA_SETTINGS.items() for key, value in values.items()}
+    env_settings.update(GF_SERVER_HTTP_ADDR="127.0.0.1", GF_SERVER_HTTP_PORT=str(port),
+                        PROMETHEUS_URL=prometheus_url or "")
+    if kind == "image":
+        # The deployments' container, on the host's network so that it reaches Prometheus on 127.0.0.1 (it
+        # listens on 127.0.0.1 only); the files where the deployments put them, readable by its user (472).
+        for path in [work_dir, *work_dir.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        argv = [*command, "run", "--rm", "--network", "host", "--name", f"moltbot-test-grafana-{port}",
+                *[f"--env={key}={value}" for key, value in env_settings.items()],
+                f"--volume={provisioning}:/etc/grafana/provisioning:ro",
+                f"--volume={dashboards}:/var/lib/grafana/dashboards/moltbot:ro", grafana_image()]
+        env = dict(os.environ)
+    else:
+        # A release or the package: its paths moved into work_dir, the provider's folder rewritten to it.
+        provider_file = provisioning / "dashboards" / "moltbot.yml"
+        if provider_file.exists():
+            provider = yaml.safe_load(provider_file.read_text())
+            for item in provider["providers"]:
+                item["options"]["path"] = str(dashboards)
+            provider_file.write_text(yaml.safe_dump(provider))
+        env_settings.update(GF_PATHS_DATA=str(work_dir / "data"), GF_PATHS_LOGS=str(work_dir / "logs"),
+                            GF_PATHS_PLUGINS=str(work_dir / "plugins"), GF_PATHS_PROVISIONING=str(provisioning))
+        argv = [*command, f"--homepath={home}"]
+        env = {**os.environ, **env_settings}
+    process = ManagedProcess("grafana", argv, work_dir, env=env)
     url = f"http://127.0.0.1:{port}"
-    process.wait_ready(f"{url}/api/health", 120)
+    process.wait_ready(f"{url}/api/health", 180)
     return Grafana(process, url)
 
 
@@ -370,3 +390,52 @@ def test_the_json_pulumi_declares_renders_in_an_existing_grafana(browser: Any, e
         problems = panel_problems(browser, grafana, uid, tmp_path / f"existing-{uid}.png")
         assert problems["error"] == [], problems
         assert set(problems["no data"]) <= allowed_without_data(uid), problems
+
+
+STUB_GRAFANA = """#!{python}
+# Stands in for Grafana's server in test_start_grafana_provisions_as_the_deployments_do: records its arguments
+# and environment, answers /api/health. Not Grafana: it checks only how this file starts one.
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+with open(os.path.join(os.environ["GF_PATHS_DATA"] + "-stub.json"), "w") as out:
+    env = {{k: v for k, v in os.environ.items() if k.startswith(("GF_", "PROM"))}}
+    json.dump({{"argv": sys.argv[1:], "env": env}}, out)
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"{{}}")
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(os.environ["GF_SERVER_HTTP_PORT"])), Health).serve_forever()
+"""
+
+
+def test_start_grafana_provisions_as_the_deployments_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness itself, with a stub server in place of Grafana (runs everywhere): the deployments'
+    provisioning files, the dashboards in the provider's folder, the settings Grafana reads."""
+    home = tmp_path / "grafana-home"
+    (home / "bin").mkdir(parents=True)
+    (home / "public").mkdir()
+    stub = home / "bin" / "grafana"
+    stub.write_text(STUB_GRAFANA.format(python=sys.executable))
+    stub.chmod(0o755)
+    monkeypatch.setenv("MOLTBOT_TEST_GRAFANA_HOME", str(home))
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    grafana = start_grafana(work_dir, "http://127.0.0.1:9999")
+    try:
+        recorded = json.loads((work_dir / "data-stub.json").read_text())
+    finally:
+        grafana.stop()
+    assert recorded["argv"] == ["server", f"--homepath={home}"]
+    env = recorded["env"]
+    assert env["PROMETHEUS_URL"] == "http://127.0.0.1:9999" and env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == ADMIN_PASSWORD and env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    provisioning = Path(env["GF_PATHS_PROVISIONING"])
+    assert (provisioning / "datasources" / "prometheus.yml").read_text() == (
+        PROVISIONING / "datasources" / "prometheus.yml").read_text()
+    provider = yaml.safe_load((provisioning / "dashboards" / "moltbot.yml").read_text())["providers"][0]
+    shipped = yaml.safe_load((PROVISIONING / "dashboards" / "moltbot.yml").read_text())["providers"][0]
+    folder = Path(provider["options"].pop("path"))
+    shipped["options"].pop("path")
+    assert provider == shipped  # only the folder moved
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(p.name for p in DASHBOARDS_DIR.glob("*.json"))

@@ -91,7 +91,8 @@ async def test_a_plugin_runs_in_its_own_process_without_the_services_settings(is
     assert result["secret_env"] is None  # MOLTBOT_* (the service's keys) do not reach the worker
     assert result["setting"] == "hello" and result["left"] is True
     assert f"running in {result['pid']}" in caplog.text  # the worker's log records come back to the service
-    assert [p for p in isolated.describe() if p["name"] == "worker"][0]["status"] == "loaded"
+    listed = {p["name"]: p for p in isolated.describe()}
+    assert (listed["worker"]["status"], listed["worker"]["isolation"]) == ("loaded", "process")
     assert (await call(isolated, do="print")) == {"printed": True}  # stdout of the plugin is not the protocol
 
 

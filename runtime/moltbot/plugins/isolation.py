@@ -82,13 +82,16 @@ class ProcessPlugin(BasePlugin):
         return process.wait()
 
     def close(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
+        """Let the plugin's close() run in the worker (after a call in flight, for up to 5 s), then stop it."""
+        if self._lock.acquire(timeout=5):
             try:
-                self._send({"op": "close"})
-                process.wait(timeout=5)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
+                process = self._process
+                if process is not None and process.poll() is None:
+                    self._send({"op": "close"})
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=5)
+            finally:
+                self._lock.release()
         self.kill()
 
     @property

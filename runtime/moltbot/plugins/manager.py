@@ -91,6 +91,8 @@ class PluginRecord:
             "timeout": config.timeout if config else None,
             "input_schema": schema,
             "admin": config.admin if config else False,
+            "isolation": ("process" if isinstance(self.serving.instance, ProcessPlugin) else "thread")
+            if self.serving else (config.isolation if config else None),
             "loaded_at": self.serving.loaded_at if self.serving else None,
         }
 

@@ -49,7 +49,7 @@ SQLITE_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     json jsonb json_array jsonb_array json_array_length json_extract jsonb_extract json_insert jsonb_insert
     json_object jsonb_object json_patch jsonb_patch json_remove jsonb_remove json_replace jsonb_replace json_set
     jsonb_set json_type json_valid json_quote json_group_array jsonb_group_array json_group_object
-    jsonb_group_object json_each json_tree json_error_position json_pretty
+    jsonb_group_object json_each json_tree json_error_position json_pretty -> ->>
 """)
 NEVER_ALLOWED = frozenset({"load_extension", "fts3_tokenizer"})
 

@@ -110,7 +110,7 @@ async def test_the_functions_an_analyst_uses_are_allowed(sql):
         SELECT upper(c.name), lower(c.city), length(c.name), substr(c.name, 1, 2), coalesce(NULL, 1),
                round(avg(o.total_cents) / 100.0, 2), count(*), sum(o.total_cents), min(o.placed_on),
                max(o.placed_on), group_concat(o.id), date(max(o.placed_on)), strftime('%Y', min(o.placed_on)),
-               json_extract('{"a": 7}', '$.a'), json_array_length('[1, 2]'), abs(-3), typeof(1.5),
+               '{"a": 7}' ->> '$.a', json_array_length('[1, 2]'), abs(-3), typeof(1.5),
                iif(1, 'y', 'n'), ifnull(NULL, 'z'), instr('abc', 'c'), replace('aa', 'a', 'b'),
                row_number() OVER (ORDER BY c.name)
         FROM customers c JOIN orders o ON o.customer_id = c.id

@@ -280,7 +280,7 @@ _SQL_WORDS = _names("""
     all and any array as between by case cast char character collate decimal distinct else end except exists
     filter from group having ilike in intersect interval is join lateral like limit not numeric offset on or
     order over partition recursive row select similar some table then time timestamp timestamptz union using
-    values varchar when where window with within
+    values varchar when where window with within sets rollup cube grouping to escape for
 """)
 # A role that can read or write server files, run programs, signal backends or open other connections can act
 # outside a read-only transaction: the plugin refuses to run its queries as one.

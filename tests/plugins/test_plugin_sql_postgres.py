@@ -193,6 +193,10 @@ async def test_postgres_the_functions_an_analyst_uses_are_allowed(pg_sql):
         WHERE c.name IN ('Ada', 'Grace') AND EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)
         ORDER BY c.name"""}, request_id="t")
     assert result["row_count"] == 2
+    grouped = await pg_sql.execute("sql_assistant", {"sql": "SELECT city, count(*) FROM customers "
+                                                            "GROUP BY GROUPING SETS ((city), ()) ORDER BY 1"},
+                                   request_id="t")
+    assert grouped["row_count"] == 4
     assert result["rows"][0][0] == "ADA" and result["rows"][0][3] is True
 
 

@@ -328,3 +328,14 @@ def test_a_prefill_that_fails_half_way_gives_its_slots_back(monkeypatch):
     monkeypatch.setattr(runner, "_run", run)
     slots, _ = runner.prefill([[5, 6], [7, 8, 9]], token_budget=64)
     assert slots == [0, 1] and list(runner.lengths) == [2, 3]
+
+
+def test_a_cuda_kv_cache_over_gpu_mem_limit_is_refused_with_its_size(monkeypatch):
+    """On CUDA the KV buffers are allocated whole at load: a cache over gpu_mem_limit is refused with the sizes
+    (the provider is stood in for: no GPU here; the check runs before any device allocation)."""
+    import moltbot.engine.shared_kv as shared_kv
+
+    monkeypatch.setattr(shared_kv, "active_provider", lambda session: "CUDAExecutionProvider")
+    with pytest.raises(ValueError, match=r"needs .* GiB, over gpu_mem_limit"):
+        SharedKVRunner(ensure_graph("fp32"), DeviceOptions(device="cuda", gpu_mem_limit=1024), slots=4,
+                       max_length=256)

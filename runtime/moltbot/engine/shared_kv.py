@@ -14,6 +14,7 @@ takes it, which keeps every binding a plain offset into the buffer on the CPU an
 from __future__ import annotations
 
 import json
+import mmap
 import re
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,14 @@ def genai_precision(folder: Path, kv_dtype: Any) -> str:
     folder = Path(folder)
     if "precision" in (meta := read_marker(folder)):
         return str(meta["precision"])
-    graph = (folder / "model.onnx").read_bytes()
-    if b"MatMulNBits" in graph:
-        # AttributeProto {name: "bits" (field 1), i: 4 or 8 (field 3)}, serialised in field order.
-        bits = re.search(rb"\n\x04bits\x18([\x04\x08])", graph)
-        return f"int{bits.group(1)[0]}" if bits else "int"
-    if b"MatMulInteger" in graph or b"DynamicQuantizeMatMul" in graph:  # the CPU int8 graph (export/quantize.py)
-        return "int8"
+    with (folder / "model.onnx").open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as graph:
+        # mapped, not read: a single-file graph holds its weights (hundreds of MB)
+        if graph.find(b"MatMulNBits") >= 0:
+            # AttributeProto {name: "bits" (field 1), i: 4 or 8 (field 3)}, serialised in field order.
+            bits = re.search(rb"\n\x04bits\x18([\x04\x08])", graph)
+            return f"int{bits.group(1)[0]}" if bits else "int"
+        if graph.find(b"MatMulInteger") >= 0 or graph.find(b"DynamicQuantizeMatMul") >= 0:  # CPU int8 (quantize.py)
+            return "int8"
     return "fp16" if kv_dtype == np.float16 else "fp32"
 
 
@@ -92,6 +94,13 @@ class SharedKVRunner:
         self.device = ("cuda", options.cuda_device_id) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
         shape = (slots, self.kv_heads, self.max_length, self.head_dim)
         self._row_bytes = int(np.prod(shape[1:])) * int(np.dtype(self.kv_dtype).itemsize)
+        kv_bytes = self._row_bytes * slots * len(self.past_names)
+        if self.device[0] == "cuda" and options.gpu_mem_limit and kv_bytes > options.gpu_mem_limit:
+            # On CUDA the whole buffer is allocated now: refuse with the sizes rather than fail in the allocator.
+            raise ValueError(
+                f"the KV cache for {slots} slots of {self.max_length} tokens needs {kv_bytes / 2**30:.1f} GiB, over "
+                f"gpu_mem_limit ({options.gpu_mem_limit / 2**30:.1f} GiB): lower max_running or the model's "
+                "max_tokens, or raise the limit")
         # On the CPU, numpy's zeroed pages are only backed by memory once touched: a long max_length costs only
         # what the sequences use. On CUDA the buffers are ORT's own device allocations.
         self._buffers: list[Any] = (

@@ -357,6 +357,10 @@ def _pg_connect(url: str, timeout: float):
     conn.read_only = True
     try:
         check_postgres_role(conn)
+    except psycopg.Error as exc:  # e.g. a server before PostgreSQL 11, without the pg_*_server_files roles
+        conn.close()
+        raise PluginError(f"cannot check the database role's privileges: {str(exc).splitlines()[0]}",
+                          code="role_refused") from None
     except BaseException:
         conn.close()
         raise

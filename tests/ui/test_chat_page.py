@@ -161,7 +161,7 @@ def test_stop_cancels_the_generation_on_the_server(ui_server: Server, open_page:
         time.sleep(0.05)
     page.click("#stop")
     assert answer.get_attribute("data-status") == "stopped"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15  # seconds at most, even on a loaded machine
     while metric(ui_server, RUNNING) != 0.0:
         assert time.monotonic() < deadline, "the running-requests gauge did not drop after Stop"
         time.sleep(0.05)

@@ -108,8 +108,9 @@ def test_embeddings_are_normalised_and_meaningful(oai):
 
 
 def test_wrong_task_and_unknown_model_are_client_errors(oai):
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.NotFoundError) as wrong:  # as OpenAI: "This is not a chat model" is a 404
         oai.embeddings.create(model="tiny-chat", input="x")
+    assert wrong.value.body["code"] == "wrong_model_task"
     with pytest.raises(openai.NotFoundError) as err:
         oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert err.value.body["code"] == "model_not_found"

@@ -107,7 +107,9 @@ def error_response(exc: BaseException, request: Request | None = None) -> ErrorR
     if isinstance(exc, ValidationError):
         return error_response(from_validation_error(exc))
     if isinstance(exc, InvalidRequest):
-        return _error(400, exc.message, param=exc.param, code=exc.code)
+        # A model of another task is not found on this route, as OpenAI has it ("This is not a chat model").
+        status = 404 if exc.code == "wrong_model_task" else 400
+        return _error(status, exc.message, param=exc.param, code=exc.code)
     if isinstance(exc, ModelNotFound):
         return _error(404, f"The model '{exc.name}' does not exist", param="model", code="model_not_found")
     if isinstance(exc, QueueFull):

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import replace
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from moltbot.engine.backend import ChatInput, CompletionInput, EmbeddingInput
 from moltbot.engine.validation import (
@@ -25,6 +25,19 @@ from moltbot.engine.validation import (
 
 # Our extensions: never forwarded to a service model's upstream (a strict upstream refuses unknown fields).
 EXTENSIONS = {"ignore_eos", "max_tool_rounds"}
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include 2.0: an integral float is taken as the integer it is (strict otherwise)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Integer fields: their constraints first (so that the schema says them), then _integral.
+Int = Annotated[int, BeforeValidator(_integral)]
+PositiveInt = Annotated[int, Field(gt=0), BeforeValidator(_integral)]
+ChoiceCount = Annotated[int, Field(ge=1, le=MAX_CHOICES), BeforeValidator(_integral)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_integral)]
+ToolRounds = Annotated[int, Field(ge=1, le=16), BeforeValidator(_integral)]
 
 
 class _Strict(BaseModel):
@@ -71,8 +84,16 @@ def _content_parts(value: Any) -> Any:
     return value
 
 
+# What the schema says of content, as the validator below has it: required, except on an assistant message that
+# makes tool calls.
+_CONTENT_RULE: dict[str, Any] = {"anyOf": [
+    {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    {"required": ["role", "tool_calls"], "properties": {"role": {"const": "assistant"},
+                                                         "tool_calls": {"type": "array", "minItems": 1}}}]}
+
+
 class ChatMessage(_Strict):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_CONTENT_RULE)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -86,7 +107,7 @@ class ChatMessage(_Strict):
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):  # as _CONTENT_RULE
             article = "an" if self.role[0] in "aeiou" else "a"
             raise ValueError(f"{article} {self.role} message needs content")
         return self
@@ -141,23 +162,23 @@ def _token_input(field: str) -> Any:
                 raise ValueError(f"{field} strings must not be empty")
             return value
         if all(_is_token(item) for item in value):
-            return value
+            return [_integral(t) for t in value]
         if all(isinstance(item, list) and all(_is_token(t) for t in item) for item in value):
             if any(not item for item in value):
                 raise ValueError(f"{field}: a list of token ids must not be empty")
-            return value
+            return [[_integral(t) for t in item] for item in value]
         raise wrong
 
     return field_validator(field, mode="before")(check)
 
 
 def _is_token(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
 
 
 MAX_INPUTS = 2048
 NonEmpty = Annotated[str, Field(min_length=1)]
-TokenIds = Annotated[list[int], Field(min_length=1)]
+TokenIds = Annotated[list[Int], Field(min_length=1)]
 PromptInput = NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_INPUTS)] | TokenIds | \
     Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
 
@@ -173,17 +194,17 @@ def prompts_of(value: str | list[str] | list[int] | list[list[int]]) -> list[str
 
 class _SamplingRequest(_Request):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: PositiveInt | None = None
     temperature: float | None = Field(default=None, ge=0, le=MAX_TEMPERATURE)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    n: ChoiceCount = 1
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logprobs: bool | int | None = None
+    logprobs: bool | Int | None = None
     user: str | None = None
     ignore_eos: bool = False  # extension (as vLLM): generate max_tokens whatever the model says
 
@@ -213,10 +234,11 @@ class _SamplingRequest(_Request):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    logprobs: bool | None = None  # a boolean in chat (a number of tokens in completions)
+    max_completion_tokens: PositiveInt | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    max_tool_rounds: int = Field(default=4, ge=1, le=16)  # extension: bound on plugin tool-call rounds
+    max_tool_rounds: ToolRounds = 4  # extension: bound on plugin tool-call rounds
 
     def choice_of_tool(self) -> ToolChoice:
         """tool_choice as the engine reads it (checked against the tools in engine/validation.py)."""
@@ -249,7 +271,7 @@ class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
     input: PromptInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, gt=0)
+    dimensions: PositiveInt | None = None
     user: str | None = None
 
     _input = _token_input("input")

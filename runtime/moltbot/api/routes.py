@@ -82,7 +82,8 @@ async def metrics_route(request: Request) -> HTTPResponse:
 
 @bp.get("/openapi.json")
 async def openapi(request: Request) -> HTTPResponse:
-    return json_response(openapi_document())
+    api_keys = bool(request.app.ctx.api_keys)
+    return json_response(openapi_document(api_keys, request.app.ctx.serving.served()))
 
 
 # ---- OpenAI API ------------------------------------------------------------------------------------

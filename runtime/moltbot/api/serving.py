@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moltbot.api.errors import APIError
+from moltbot.api.openapi import Served
 from moltbot.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,6 +27,7 @@ from moltbot.api.protocol import (
 from moltbot.api.tool_parser import StreamingToolCallParser, ToolCallPiece, parse_tool_calls
 from moltbot.engine.backend import Event, Generation, ModelBackend, ToolCallDelta, Usage, collect
 from moltbot.engine.registry import ModelRegistry
+from moltbot.engine.validation import ModelLimits
 from moltbot.settings import Settings
 
 
@@ -78,6 +80,33 @@ class OpenAIServing:
                                    context_length=info.context_length or None, graph=info.graph,
                                    precision=info.precision, description=info.description))
         return ModelList(data=cards).model_dump()
+
+    def served(self) -> Served:
+        """The served models as the OpenAPI document tells of them (a local model's limits, where every model of
+        the task is local: a service model's upstream has its own)."""
+        names: dict[str, list[str]] = {"chat": [], "embeddings": []}
+        limits: dict[str, list[ModelLimits | None]] = {"chat": [], "embeddings": []}
+        dimensions: list[int | None] = []
+        for backend in self.registry.models.values():
+            info = backend.describe()
+            task = "embeddings" if info.task == "embeddings" else "chat"
+            names[task].append(info.name)
+            limit = getattr(backend, "limits", None)
+            limits[task].append(limit if isinstance(limit, ModelLimits) else None)
+            if task == "embeddings":
+                native = getattr(backend, "dimensions", None)
+                dimensions.append(native if isinstance(native, int) else None)
+
+        def least(task: str, field: str) -> int:
+            known = limits[task]
+            if not known or any(limit is None for limit in known):
+                return 0
+            return min(int(getattr(limit, field)) for limit in known)
+
+        return Served(tuple(names["chat"]), tuple(names["embeddings"]),
+                      tuple(d for d in dimensions if d is not None) if None not in dimensions else (),
+                      chat_vocab=least("chat", "vocab_size"), embedding_vocab=least("embeddings", "vocab_size"),
+                      capacity=least("chat", "capacity"), local_chat=bool(least("chat", "capacity")))
 
     def _backend(self, name: str, stats: RequestStats) -> ModelBackend:
         backend = self.registry.backend(name)

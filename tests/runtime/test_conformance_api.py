@@ -348,3 +348,30 @@ def test_retry_after_is_the_expected_wait_and_the_openai_sdk_gets_through(server
     left = held[0].total_seconds() - (refused_at - holder_started)  # how long the slots were still held
     # The expected wait (it said 1 s whatever the wait), from the step rate: within a factor of about two.
     assert max(1.0, left / 2.5) <= retry_after <= 2 * left + 1, (retry_after, left, hold)
+
+
+def test_the_plugin_tool_paths_streamed_tool_calls_carry_their_index(server_factory, tmp_path):
+    import openai
+
+    from tests.runtime.test_tool_calls import ScriptedUpstream
+
+    upstream = ScriptedUpstream()  # asks for `echo`, a tool the client runs itself here (no plugin of that name)
+    try:
+        (tmp_path / "srv" / "models").mkdir(parents=True)
+        (tmp_path / "srv" / "models" / "scripted.json").write_text(json.dumps(
+            {"name": "scripted", "type": "service", "base_url": upstream.url, "model": "scripted"}))
+        srv = server_factory("srv", env={"MOLTBOT_PLUGINS_DIR": str(Path(__file__).resolve().parents[2] / "plugins"),
+                                         "MOLTBOT_DEFAULT_MODELS": "off"})
+        tools = [{"type": "function", "function": {"name": "echo", "parameters": {"type": "object"}}},
+                 {"type": "function", "function": {"name": "support_faq", "parameters": {"type": "object"}}}]
+        chunks = sse_chunks(httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
+            "model": "scripted", "tools": tools, "stream": True, "messages": [{"role": "user", "content": "x"}]}))
+        pieces = [p for c in chunks for ch in c["choices"] for p in ch["delta"].get("tool_calls") or []]
+        assert pieces and [p["index"] for p in pieces] == list(range(len(pieces)))
+        with openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0) as oai, \
+                oai.chat.completions.stream(model="scripted", tools=tools,
+                                            messages=[{"role": "user", "content": "x"}]) as stream:
+            final = stream.get_final_completion()  # the SDK's helper joins pieces by their index
+        assert final.choices[0].message.tool_calls[0].function.name == "echo"
+    finally:
+        upstream.close()

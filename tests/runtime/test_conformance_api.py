@@ -375,3 +375,15 @@ def test_the_plugin_tool_paths_streamed_tool_calls_carry_their_index(server_fact
         assert final.choices[0].message.tool_calls[0].function.name == "echo"
     finally:
         upstream.close()
+
+
+def test_plugins_embeddings_are_cut_to_the_context_as_sentence_transformers_does(tmp_path, defaults_dir):
+    from tests.plugins.plugin_models import real_registry
+
+    registry = real_registry(tmp_path, defaults_dir)  # what a plugin's context.models calls (knowledge_base)
+    try:
+        long, prefix = "word " * 400, "word " * 254
+        cut, fitting = asyncio.run(registry.embed([long, prefix]))
+        assert cut == pytest.approx(fitting, abs=1e-5)
+    finally:
+        asyncio.run(registry.close())

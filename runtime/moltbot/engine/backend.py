@@ -80,6 +80,9 @@ class EmbeddingInput:
     texts: Prompts
     dimensions: int | None = None
     openai_body: Mapping[str, Any] = field(default_factory=dict)
+    # An input beyond the model's context: cut to fit (True), refused (False), or as the embedding_truncate
+    # setting says (None: the API's requests; plugins cut, as sentence-transformers does).
+    truncate: bool | None = None
 
 
 # ---- events -----------------------------------------------------------------------------------------------------

@@ -160,6 +160,8 @@ class ModelRegistry:
 
     async def embed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
         backend = self.backend(model, task="embeddings")
-        embeddings = await backend.embed(EmbeddingInput(list(texts), openai_body={"input": list(texts)}))
+        # Cut to the context, as sentence-transformers does: a plugin's passages may be longer than it.
+        embeddings = await backend.embed(EmbeddingInput(list(texts), openai_body={"input": list(texts)},
+                                                        truncate=True))
         vectors: list[list[float]] = embeddings.vectors.tolist()
         return vectors

@@ -57,18 +57,19 @@ class EncoderBackend:
 
     async def embed(self, request: EmbeddingInput) -> Embeddings:
         check_dimensions(request.dimensions, self.dimensions, self.info.name)
-        inputs = await asyncio.to_thread(self._tokenise, request.texts)
+        truncate = self.truncate if request.truncate is None else request.truncate
+        inputs = await asyncio.to_thread(self._tokenise, request.texts, truncate)
         # Cancelling this (a timeout) cancels the future, so a batch not yet run leaves it out.
         vectors, token_counts = await asyncio.wrap_future(self.batcher.submit(inputs))
         return Embeddings(vectors, int(sum(token_counts)))
 
-    def _tokenise(self, texts: Prompts) -> list[list[int]]:
+    def _tokenise(self, texts: Prompts, truncate: bool) -> list[list[int]]:
         """Each input's token ids with the model's special tokens around them, checked against its context.
         Token ids a client sent are taken as the model's own (check_token_ids refuses those that cannot be)."""
         tokenizer = self.batcher.model.tokenizer
         ids = [tokenizer.encode(t, add_special_tokens=False) if isinstance(t, str) else list(t) for t in texts]
         check_token_ids([i for t, i in zip(texts, ids, strict=True) if not isinstance(t, str)], self.limits, "input")
-        ids = check_embedding_inputs(ids, self.limits, self.truncate,
+        ids = check_embedding_inputs(ids, self.limits, truncate,
                                      reserved=len(self.prefix) + len(self.suffix))
         return [[*self.prefix, *i, *self.suffix] for i in ids]
 

@@ -155,14 +155,14 @@ def _token_input(field: str) -> Any:
             raise wrong
         if not value:
             raise ValueError(f"{field} must not be an empty list")
+        if all(_is_token(item) for item in value):  # one input's token ids (as long as the context allows)
+            return [_integral(t) for t in value]
         if len(value) > MAX_INPUTS:
             raise ValueError(f"at most {MAX_INPUTS} inputs per request")
         if all(isinstance(item, str) for item in value):
             if not all(value):
                 raise ValueError(f"{field} strings must not be empty")
             return value
-        if all(_is_token(item) for item in value):
-            return [_integral(t) for t in value]
         if all(isinstance(item, list) and all(_is_token(t) for t in item) for item in value):
             if any(not item for item in value):
                 raise ValueError(f"{field}: a list of token ids must not be empty")

@@ -68,9 +68,12 @@ def result_too_large(limit: int) -> PluginError:
                        "rows or columns, or shorter values", code="result_too_large")
 
 
-def _code_only(sql: str, keep_identifiers: bool = False) -> str:
+def _code_only(sql: str, keep_identifiers: bool = False, postgres: bool = False) -> str:
     """The statement with string literals, quoted identifiers and comments blanked out (quoted identifiers
-    unquoted instead with keep_identifiers, so that a quoted function name is still seen)."""
+    unquoted instead with keep_identifiers, so that a quoted function name is still seen). With postgres, by
+    PostgreSQL's lexical rules (_pg_tokens: `[` is an array subscript, not a quote), quoted identifiers as x."""
+    if postgres:
+        return " ".join("''" if t.kind == "string" else "x" if t.quoted else t.text for t in _pg_tokens(sql))
     out = []
     i, n = 0, len(sql)
     while i < n:
@@ -117,10 +120,10 @@ def _code_only(sql: str, keep_identifiers: bool = False) -> str:
     return "".join(out)
 
 
-def check_statement(sql: str) -> str:
+def check_statement(sql: str, postgres: bool = False) -> str:
     """The statement, trimmed of trailing semicolons, if it is exactly one SELECT (or WITH ... SELECT)."""
     statement = sql.strip()
-    code = _code_only(statement).strip()
+    code = _code_only(statement, postgres=postgres).strip()
     while code.endswith(";"):
         code = code[:-1].rstrip()
         statement = statement[:statement.rstrip().rfind(";")].rstrip() if ";" in statement else statement
@@ -264,69 +267,234 @@ def _bounded_rows(fetchone: Any, max_rows: int, max_result_bytes: int) -> list[l
 
 # ---- PostgreSQL (needs psycopg 3)
 
+# Not lpad/rpad/format (repeat neither): one call builds a value of up to 1 GB from a short statement. A value
+# can still grow by nesting replace() or by || in a recursive query; statement_timeout and the result's size
+# bound what comes back.
 POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     age array_agg array_length array_position bool_and bool_or btrim cardinality cbrt char_length
     character_length concat concat_ws corr covar_pop covar_samp date_bin date_part date_trunc div every extract
-    format generate_series initcap isfinite json_agg json_array_length json_build_array json_build_object
+    generate_series initcap isfinite json_agg json_array_length json_build_array json_build_object
     json_extract_path json_extract_path_text json_object_agg json_typeof jsonb_agg jsonb_array_length
     jsonb_build_array jsonb_build_object jsonb_extract_path jsonb_extract_path_text jsonb_object_agg jsonb_typeof
-    justify_days justify_hours justify_interval left lpad make_date make_interval make_time make_timestamp mode
-    now percentile_cont percentile_disc position reverse right rpad split_part starts_with stddev stddev_pop
+    justify_days justify_hours justify_interval left make_date make_interval make_time make_timestamp mode
+    now percentile_cont percentile_disc position reverse right split_part starts_with stddev stddev_pop
     stddev_samp string_agg strpos to_char to_date to_json to_jsonb to_number to_timestamp translate unnest
     var_pop var_samp variance width_bucket
 """)
 # Words that precede "(" without being a function call (syntax and type names with a precision).
 _SQL_WORDS = _names("""
     all and any array as between by case cast char character collate decimal distinct else end except exists
-    filter from group having ilike in intersect interval is join lateral like limit not numeric offset on or
-    order over partition recursive row select similar some table then time timestamp timestamptz union using
-    values varchar when where window with within sets rollup cube grouping to escape for
+    from group having ilike in intersect interval is join lateral like limit not numeric offset on or
+    order row select similar some table then time timestamp timestamptz union using
+    values varchar when where window with rollup cube grouping to escape for only symmetric float bit
 """)
+# Words PostgreSQL also takes as function names: syntax only right after these tokens (`count(*) FILTER (`,
+# `AT TIME ZONE (`, `AS MATERIALIZED (`), a call anywhere else.
+_SQL_WORDS_AFTER = {"filter": {")"}, "over": {")"}, "within": {")"}, "sets": {"grouping"}, "zone": {"time"},
+                    "varying": {"bit", "character", "char"}, "materialized": {"as", "not"},
+                    "recursive": {"with"}}
 # A role that can read or write server files, run programs, signal backends or open other connections can act
-# outside a read-only transaction: the plugin refuses to run its queries as one.
-_ROLE_CHECK = """
+# outside a read-only transaction: the plugin refuses to run its queries as one. Membership counts even when it
+# does not inherit (SET ROLE reaches the role's powers), and so does EXECUTE on the file functions, whichever of
+# their overloads it is granted on.
+_FILE_FUNCTIONS = ("pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export")
+_FILE_FUNCTION_NAMES = ", ".join(f"'{name}'" for name in _FILE_FUNCTIONS)
+_ROLE_CHECK = f"""
 SELECT r.rolsuper,
+       (SELECT string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_roles s
+        WHERE s.rolsuper AND s.oid <> r.oid AND pg_has_role(current_user, s.oid, 'MEMBER')),
        pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'),
        pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'),
        pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'),
        pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
-       EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname LIKE 'dblink%' AND has_function_privilege(p.oid, 'EXECUTE'))
+       EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname LIKE 'dblink%' AND has_function_privilege(p.oid, 'EXECUTE')),
+       (SELECT string_agg(DISTINCT p.proname, ', ') FROM pg_proc p
+        WHERE p.proname IN ({_FILE_FUNCTION_NAMES})
+          AND has_function_privilege(p.oid, 'EXECUTE'))
 FROM pg_roles r WHERE r.rolname = current_user
 """
-_ROLE_POWERS = ("is a superuser", "is a member of pg_read_server_files", "is a member of pg_write_server_files",
-                "is a member of pg_execute_server_program", "is a member of pg_signal_backend",
-                "can execute dblink functions")
+_ROLE_POWERS = ("is a superuser", "is a member of the superuser role {}", "is a member of pg_read_server_files",
+                "is a member of pg_write_server_files", "is a member of pg_execute_server_program",
+                "is a member of pg_signal_backend", "can execute dblink functions", "can execute {}")
 
 
-def called_functions(statement: str) -> list[str]:
-    """The names of the functions a PostgreSQL statement calls (lower case; quoted names unquoted), outside
-    string literals and comments: an identifier before "(" that is not SQL syntax, an alias's or a WITH query's
-    column list."""
-    code = _code_only(statement, keep_identifiers=True)
-    names = []
-    for match in re.finditer(r"([A-Za-z_][\w$]*)\s*\(", code):
-        name = match.group(1).lower()
-        before = re.findall(r"[A-Za-z_][\w$]*|\S", code[:match.start()])
-        previous = before[-1].lower() if before else ""
-        if name in _SQL_WORDS or previous in ("as", "::", "table", "into", "references"):
-            continue
-        after = code[_closing_paren(code, match.end() - 1) + 1:]
-        if previous in ("with", ",", "recursive") and re.match(r"\s*AS\b", after, re.I):
-            continue  # WITH name(columns) AS (...)
-        names.append(name)
-    return names
+# PostgreSQL's lexical rules, as far as finding the function calls needs them. Identifiers take letters, digits,
+# "_", "$" and any non-ASCII character; a dollar quote's tag neither "$" nor (in a sequential scan) can it start
+# inside an identifier, so `a$x$` is one identifier, not a quote.
+_PG_IDENT = re.compile(r"[A-Za-z_\x80-\U0010FFFF][A-Za-z0-9_$\x80-\U0010FFFF]*")
+_PG_DOLLAR = re.compile(r"\$([A-Za-z_\x80-\U0010FFFF][A-Za-z0-9_\x80-\U0010FFFF]*)?\$")
+_PG_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|\$\d+")
 
 
-def _closing_paren(code: str, opening: int) -> int:
+@dataclass
+class _Token:
+    kind: str  # "ident", "string" (any literal: quoted, E'', dollar-quoted), "number" or "op" (anything else)
+    text: str  # an unquoted identifier in lower case, a quoted one as written; the character(s) of an "op"
+    quoted: bool = False
+
+    def word(self, *words: str) -> bool:
+        """An unquoted identifier that is one of `words` (a keyword, where a quoted one never is)."""
+        return self.kind == "ident" and not self.quoted and self.text in words
+
+
+def _pg_tokens(sql: str) -> list[_Token]:
+    """The statement's tokens by PostgreSQL's rules (standard_conforming_strings on, which the connection sets):
+    nested /* comments */, E'' strings with backslash escapes, dollar quotes, "quoted" identifiers, `::`."""
+    tokens: list[_Token] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth:
+                if i >= n:
+                    raise refused("unterminated /* comment")
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif ch in "Ee" and sql.startswith("'", i + 1):  # E'...': backslash escapes
+            j = i + 2
+            while True:
+                if j >= n:
+                    raise refused("unterminated ' quote")
+                if sql[j] == "\\" or sql.startswith("''", j):  # \' or '' inside
+                    j += 2
+                elif sql[j] == "'":
+                    break
+                else:
+                    j += 1
+            tokens.append(_Token("string", ""))
+            i = j + 1
+        elif ch in "'\"":
+            j = i + 1
+            while True:
+                j = sql.find(ch, j)
+                if j < 0:
+                    raise refused(f"unterminated {ch} quote")
+                if sql.startswith(ch * 2, j):
+                    j += 2
+                    continue
+                break
+            if ch == "'":
+                tokens.append(_Token("string", ""))
+            else:
+                tokens.append(_Token("ident", sql[i + 1:j].replace('""', '"'), quoted=True))
+            i = j + 1
+        elif ch == "$" and (m := _PG_DOLLAR.match(sql, i)):
+            end = sql.find(m.group(0), m.end())
+            if end < 0:
+                raise refused("unterminated dollar quote")
+            tokens.append(_Token("string", ""))
+            i = end + len(m.group(0))
+        elif m := _PG_NUMBER.match(sql, i):
+            tokens.append(_Token("number", m.group(0)))
+            i = m.end()
+        elif m := _PG_IDENT.match(sql, i):
+            tokens.append(_Token("ident", m.group(0).lower()))
+            i = m.end()
+        elif sql.startswith("::", i):
+            tokens.append(_Token("op", "::"))
+            i += 2
+        else:
+            tokens.append(_Token("op", ch))
+            i += 1
+    return tokens
+
+
+def _matching_paren(tokens: list[_Token], opening: int) -> int | None:
     depth = 0
-    for i in range(opening, len(code)):
-        if code[i] == "(":
+    for i in range(opening, len(tokens)):
+        if tokens[i].kind == "op" and tokens[i].text == "(":
             depth += 1
-        elif code[i] == ")":
+        elif tokens[i].kind == "op" and tokens[i].text == ")":
             depth -= 1
             if depth == 0:
                 return i
-    return len(code)
+    return None
+
+
+def _is(tokens: list[_Token], i: int, text: str) -> bool:
+    return i < len(tokens) and tokens[i].kind == "op" and tokens[i].text == text
+
+
+def _cte_column_lists(tokens: list[_Token]) -> set[int]:
+    """The indexes of the names in `WITH [RECURSIVE] name (columns) AS [NOT] [MATERIALIZED] (query) [SEARCH ...]
+    [CYCLE ...], ...` lists that have a column list: those are not function calls. Only a name in such a list
+    counts (not any name after a comma that happens to be followed by AS)."""
+    names: set[int] = set()
+    n = len(tokens)
+    for w, token in enumerate(tokens):
+        if not token.word("with"):
+            continue
+        j = w + 1 + (w + 1 < n and tokens[w + 1].word("recursive"))
+        while j < n and tokens[j].kind == "ident":
+            k = j + 1
+            if _is(tokens, k, "("):
+                close = _matching_paren(tokens, k)
+                if close is None or not (close + 1 < n and tokens[close + 1].word("as")):
+                    break
+                names.add(j)
+                k = close + 1
+            if not (k < n and tokens[k].word("as")):
+                break
+            k += 1
+            k += k < n and tokens[k].word("not")
+            k += k < n and tokens[k].word("materialized")
+            if not _is(tokens, k, "("):
+                break
+            close = _matching_paren(tokens, k)
+            if close is None:
+                break
+            k = close + 1
+            while k < n and tokens[k].word("search", "cycle"):  # SEARCH ... SET col, CYCLE ... SET col ... USING col
+                cycle = tokens[k].word("cycle")
+                while k < n and not tokens[k].word("set"):
+                    k += 1
+                k += 2
+                if cycle:
+                    while k < n and not tokens[k].word("using"):
+                        k += 1
+                    k += 2
+            if not _is(tokens, k, ","):
+                break
+            j = k + 1
+    return names
+
+
+def called_functions(statement: str) -> list[str]:
+    """The names of the functions a PostgreSQL statement calls (unquoted names in lower case, quoted ones as
+    written; a schema other than pg_catalog named too, "schema.name"), outside literals and comments: a name
+    before "(" that is not SQL syntax, a type's modifiers (`::bit(3)`, `AS numeric(10, 2)`), an alias's column
+    list (`AS t(a, b)`) or a WITH query's column list."""
+    tokens = _pg_tokens(statement)
+    cte_names = _cte_column_lists(tokens)
+    names = []
+    for i, token in enumerate(tokens):
+        if token.kind != "ident" or not _is(tokens, i + 1, "(") or i in cte_names:
+            continue
+        start = i  # the start of a qualified name: schema.name, db.schema.name
+        while start >= 2 and _is(tokens, start - 1, ".") and tokens[start - 2].kind == "ident":
+            start -= 2
+        previous = tokens[start - 1] if start else None
+        if previous is not None and (previous.word("as", "table", "into", "references")
+                                     or (previous.kind == "op" and previous.text == "::")):
+            continue
+        qualifier = [tokens[q].text for q in range(start, i, 2)]
+        if qualifier and qualifier != ["pg_catalog"]:
+            names.append(".".join([*qualifier, token.text]))
+        elif token.quoted or not (token.text in _SQL_WORDS or (
+                previous is not None and previous.text in _SQL_WORDS_AFTER.get(token.text, ())
+                and not previous.quoted)):
+            names.append(token.text)
+    return names
 
 
 def check_postgres_functions(statement: str) -> None:
@@ -349,7 +517,9 @@ def _pg_connect(url: str, timeout: float):
     try:
         conn = psycopg.connect(url, connect_timeout=max(1, int(timeout)),
                                options=f"-c statement_timeout={int(timeout * 1000)} "
-                                       "-c default_transaction_read_only=on")
+                                       "-c default_transaction_read_only=on "
+                                       # the lexical rules called_functions() reads the statement by
+                                       "-c standard_conforming_strings=on")
     except psycopg.OperationalError as exc:
         # The message may echo the URL's host and user, never its password; keep only the first line.
         raise PluginError(f"cannot connect to PostgreSQL: {str(exc).splitlines()[0]}",
@@ -375,7 +545,8 @@ def check_postgres_role(conn: Any) -> None:
             row = cur.fetchone()
     finally:
         conn.rollback()
-    powers = [what for what, has in zip(_ROLE_POWERS, row or (True,) * len(_ROLE_POWERS), strict=True) if has]
+    powers = [what.format(has) for what, has in zip(_ROLE_POWERS, row or (True,) * len(_ROLE_POWERS), strict=True)
+              if has]
     if powers:
         raise PluginError(f"refused: the database role {'; '.join(powers)}; give the plugin a role that can "
                           "only SELECT the tables it should see", code="role_refused")

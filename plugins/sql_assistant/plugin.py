@@ -80,8 +80,8 @@ class SqlAssistantPlugin(BasePlugin):
                 context.logger.info("model wrote SQL: %s", sql)
         else:
             sql = request["sql"]
-        statement = check_statement(sql)
         dialect, target = self._target(context)
+        statement = check_statement(sql, postgres=dialect == "postgresql")
         started = time.perf_counter()
         run = sqlite_run if dialect == "sqlite" else postgres_run
         rows = run(target, statement, max_rows, min(self.timeout, max(context.time_left(), 0.1)),

@@ -40,6 +40,13 @@ ROLES_WITH_POWERS = {
     "runs_programs": "GRANT pg_execute_server_program TO {role}",
     "signals": "GRANT pg_signal_backend TO {role}",
     "links": "GRANT EXECUTE ON FUNCTION dblink_exec(text, text) TO {role}",
+    # A member that does not inherit still reaches a superuser role's powers with SET ROLE.
+    "in_super_role": "CREATE ROLE boss SUPERUSER NOLOGIN; ALTER ROLE {role} NOINHERIT; GRANT boss TO {role}",
+    # EXECUTE granted on one overload of a file function, not only the one-argument form.
+    "reads_one_file": "GRANT EXECUTE ON FUNCTION pg_read_file(text, bigint, bigint) TO {role}",
+    "lists_dirs": "GRANT EXECUTE ON FUNCTION pg_ls_dir(text) TO {role}",
+    "imports": "GRANT EXECUTE ON FUNCTION lo_import(text, oid) TO {role}",
+    "exports": "GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {role}",
 }
 
 
@@ -78,7 +85,8 @@ def postgres_url():
             for role, power in ROLES_WITH_POWERS.items():
                 conn.execute(f"CREATE ROLE {role} LOGIN")
                 conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
-                conn.execute(power.format(role=role))
+                for statement in power.format(role=role).split(";"):
+                    conn.execute(statement)
         yield url.replace("owner@", "analyst@")
     finally:
         as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
@@ -150,6 +158,11 @@ async def test_postgres_time_limit_schema_and_model_wiring(pg_sql, models):
     ("runs_programs", "pg_execute_server_program"),
     ("signals", "pg_signal_backend"),
     ("links", "can execute dblink functions"),
+    ("in_super_role", "is a member of the superuser role boss"),
+    ("reads_one_file", "can execute pg_read_file"),
+    ("lists_dirs", "can execute pg_ls_dir"),
+    ("imports", "can execute lo_import"),
+    ("exports", "can execute lo_export"),
 ])
 async def test_postgres_roles_with_powers_are_refused_at_connect(pg_sql, postgres_url, role, power):
     guard = plugin_module(pg_sql, "sql_assistant", "guard")
@@ -174,6 +187,24 @@ async def test_postgres_roles_with_powers_are_refused_at_connect(pg_sql, postgre
     ("SELECT lo_import('/etc/passwd')", "lo_import"),
     ("SELECT pg_sleep(10)", "pg_sleep"),
     ("SELECT name FROM customers WHERE id IN (SELECT current_setting('x')::int)", "current_setting"),
+    # issue #16 review: calls the text scan used to miss. A call after a comma and before AS is not a WITH list:
+    ("SELECT 1, pg_read_file('/etc/passwd') AS x", "pg_read_file"),
+    ("SELECT * FROM customers, pg_ls_dir('.') AS d", "pg_ls_dir"),
+    ("SELECT * FROM customers c, dblink(c.name, c.city) AS (x int)", "dblink"),
+    ("WITH t(a) AS (SELECT 1), u(b) AS (SELECT 2) SELECT a, pg_sleep(0.1) AS z FROM t, u", "pg_sleep"),
+    # `[` is an array subscript on PostgreSQL, not a quote:
+    ("SELECT ARRAY[pg_sleep(0.1)]", "pg_sleep"),
+    ("SELECT (ARRAY[1])[pg_backend_pid()]", "pg_backend_pid"),
+    # $x$ inside an identifier is no dollar quote (nor after a non-ASCII letter, which identifiers take):
+    ("SELECT 1 AS a$x$, pg_sleep(0.1), 1 AS b$x$", "pg_sleep"),
+    ("SELECT 1 AS é$x$, pg_sleep(0.1), 1 AS b$x$", "pg_sleep"),
+    # E'' strings take backslash escapes; comments nest:
+    ("SELECT E'\\'', pg_sleep(0.1) --'", "pg_sleep"),
+    ("SELECT 1 /* /* */ ' */, pg_sleep(0.1) --'", "pg_sleep"),
+    # a schema other than pg_catalog: the function is not the built-in one of that name
+    ("SELECT public.upper(name) FROM customers", "public.upper"),
+    # builds a value of up to 1 GB in one call
+    ("SELECT lpad('x', 100000000, 'y')", "lpad"),
 ])
 async def test_postgres_functions_off_the_list_are_refused_by_name(pg_sql, postgres_url, statement, function):
     with pytest.raises(PluginError) as refused:
@@ -197,6 +228,14 @@ async def test_postgres_the_functions_an_analyst_uses_are_allowed(pg_sql):
                                                             "GROUP BY GROUPING SETS ((city), ()) ORDER BY 1"},
                                    request_id="t")
     assert grouped["row_count"] == 4
+    # Type modifiers after ::, arrays, dollar quotes, E'' strings and identifiers with $ are not calls.
+    typed = await pg_sql.execute("sql_assistant", {"sql": """
+        WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SEARCH DEPTH FIRST BY n SET ord,
+             u(m) AS MATERIALIZED (SELECT 2)
+        SELECT n::bit(3)::text, CAST(n AS numeric(4, 1)), (ARRAY[n, m])[1], $q$it's (f(x)$q$, E'a\\'b(',
+               1 AS a$x$, /* nested /* comment */ f( */ pg_catalog.upper('x'), "upper"('y')
+        FROM t, u ORDER BY t.n"""}, request_id="t")
+    assert typed["rows"][0] == ["001", "1.0", 1, "it's (f(x)", "a'b(", 1, "X", "Y"]
     assert result["rows"][0][0] == "ADA" and result["rows"][0][3] is True
 
 
@@ -204,6 +243,6 @@ async def test_postgres_result_size_is_capped(pg_sql):
     guard = plugin_module(pg_sql, "sql_assistant", "guard")
     with pytest.raises(PluginError) as big:
         guard.postgres_run(os.environ["SQL_ASSISTANT_DATABASE"],
-                           "SELECT lpad('x', 5000, 'y') FROM generate_series(1, 100)", 200, 5.0,
+                           f"SELECT '{'x' * 5000}' FROM generate_series(1, 100)", 200, 5.0,
                            max_result_bytes=100_000)
     assert big.value.code == "result_too_large" and "100000 bytes" in big.value.message

@@ -108,9 +108,13 @@ def test_redirects_are_counted(redirector, tmp_path):
     assert loop.hops == MAX_REDIRECTS + 1
 
 
-def test_an_https_url_redirecting_to_plain_http_is_refused_without_the_opt_in(archive, redirector, tmp_path,
-                                                                              monkeypatch):
-    """A real TLS server on 127.0.0.1 (a certificate the client is told to trust) redirects to http://."""
+REFUSED_HOP = "redirected to .* \\(plain http://\\), which is refused"
+
+
+@pytest.fixture
+def tls(tmp_path, monkeypatch) -> Any:
+    """tls(server): serves that (not yet started) http.server over TLS on 127.0.0.1 with a certificate that
+    fetch_remote's httpx client is told to trust; returns its https:// base URL."""
     import functools
     import ssl
 
@@ -121,17 +125,44 @@ def test_an_https_url_redirecting_to_plain_http_is_refused_without_the_opt_in(ar
     cert, key = make_certificate(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
+    monkeypatch.setattr(httpx, "Client", functools.partial(
+        httpx.Client, verify=ssl.create_default_context(cafile=str(cert))))
+
+    def wrap(server: Any) -> str:
+        server.httpd.socket = server_context.wrap_socket(server.httpd.socket, server_side=True)
+        return f"https://127.0.0.1:{server.httpd.server_address[1]}"
+
+    return wrap
+
+
+def test_an_https_url_redirecting_to_plain_http_is_refused_without_the_opt_in(archive, redirector, tls, tmp_path):
+    """A real TLS server on 127.0.0.1 redirects to http://: the plain hop is refused before it is requested (its
+    URL, often signed, never goes over plain HTTP)."""
     with ArchiveServer(archive) as plain:
-        tls = redirector(lambda _: plain.url)
-        tls.httpd.socket = server_context.wrap_socket(tls.httpd.socket, server_side=True)
-        https_url = tls.url.replace("http://", "https://") + "/m.tar.gz"
-        trusted = ssl.create_default_context(cafile=str(cert))
-        monkeypatch.setattr(httpx, "Client", functools.partial(httpx.Client, verify=trusted))
-        with pytest.raises(ModelSourceError, match="redirected to .* \\(plain http://\\), which is refused"):
+        tls_redirect = redirector(lambda _: plain.url)
+        https_url = tls(tls_redirect) + "/m.tar.gz"
+        with pytest.raises(ModelSourceError, match=REFUSED_HOP):
             fetch_remote(remote(https_url, plain.sha256), tmp_path)
-        assert tls.hops == 1 and plain.requests == [{"range": None}]  # the redirect was followed, then refused
+        assert tls_redirect.hops == 1 and plain.requests == []  # refused before it was sent
         folder = fetch_remote(remote(https_url, plain.sha256, allow_http=True), tmp_path)
-        assert (folder / "model.onnx").exists()
+        assert (folder / "model.onnx").exists() and plain.requests == [{"range": None}]
+
+
+def test_a_plain_http_hop_between_https_ones_is_refused(archive, redirector, tls, tmp_path):
+    """https -> http -> https: the final URL is https, but the hop in between went over plain HTTP."""
+    served = ArchiveServer(archive)
+    https_archive = tls(served) + "/model.tar.gz"
+    with served:
+        bounce = redirector(lambda _: https_archive)  # plain http, back to https
+        start = redirector(lambda _: bounce.url + "/m.tar.gz?X-Amz-Signature=s3cr3t")
+        https_url = tls(start) + "/m.tar.gz"
+        with pytest.raises(ModelSourceError, match=REFUSED_HOP) as refused:
+            fetch_remote(remote(https_url, served.sha256), tmp_path)
+        assert "s3cr3t" not in str(refused.value)
+        assert start.hops == 1 and bounce.hops == 0 and served.requests == []
+        assert not (tmp_path / "remote-chat").exists()
+        folder = fetch_remote(remote(https_url, served.sha256, allow_http=True), tmp_path)  # opted in: followed
+        assert (folder / "model.onnx").exists() and bounce.hops == 1 and served.requests == [{"range": None}]
 
 
 def test_a_plain_http_url_is_refused_before_any_request(archive, tmp_path):

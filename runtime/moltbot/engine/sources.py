@@ -156,20 +156,24 @@ def _download(url: str, part: Path, progress: Progress | None, timeout: float, c
               max_bytes: int = 16 * 1024**3, allow_http: bool = False) -> None:
     """GET url into part (resuming it), following at most MAX_REDIRECTS redirects; refuses a plain http:// URL or
     redirect unless allow_http, and stops (deleting the part) once Content-Length or the bytes received pass
-    max_bytes."""
+    max_bytes. Each redirect is checked before it is followed: a refused hop is never requested (its URL may be
+    signed), and a later hop back to https:// does not make an http:// one in between acceptable."""
     if url.startswith("http://") and not allow_http:
         raise ModelSourceError(f"{url}: plain http:// is refused; use https:// or set allow_http in the model config")
+
+    def check_hop(request: httpx.Request) -> None:  # httpx calls it before sending each request, redirects included
+        if request.url.scheme != "https" and not allow_http:
+            raise ModelSourceError(f"{url}: redirected to {redact_url(str(request.url))} (plain http://), "
+                                   "which is refused; set allow_http in the model config to accept it")
     have = part.stat().st_size if part.exists() else 0
     if have > max_bytes:
         part.unlink()
         have = 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        with httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=timeout) as client, \
+        with httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=timeout,
+                          event_hooks={"request": [check_hop]}) as client, \
                 client.stream("GET", url, headers=headers) as response:
-            if response.url.scheme != "https" and not allow_http:
-                raise ModelSourceError(f"{url}: redirected to {redact_url(str(response.url))} (plain http://), "
-                                       "which is refused; set allow_http in the model config to accept it")
             if response.status_code == 416 and have:  # nothing left to fetch
                 return
             if response.status_code not in (200, 206):

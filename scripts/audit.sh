@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Dependency audit: pip-audit over the project's requirements (the runtime's pins from pyproject.toml with the
-# cpu and gpu variants' ONNX Runtime, the plugins', monitoring's, Pulumi's and Ansible's requirement files),
-# when a vulnerability database can be reached: OSV (api.osv.dev) first, else PyPI's JSON API. When neither
-# answers, it says so and exits 2: an audit that could not run is not a pass.
-#   AUDIT_VENV=build/audit-venv scripts/audit.sh
+# Dependency audit: pip-audit over the exact versions installed, not over pyproject's ranges (which pip would
+# resolve to today's latest releases, not to what is installed and shipped): a `pip freeze` of the project venv
+# (.venv: the runtime with its cpu variant, export path, plugins, monitoring, Pulumi and test tools, as far as
+# they are installed there), of the model builder's and Ansible's venvs where they exist, and the gpu variant's
+# exact pins from pyproject.toml (installed in no venv here). Each list is audited with --no-deps: nothing is
+# resolved or installed (no GPU wheels pulled in). Vulnerability database: OSV (api.osv.dev) first, else PyPI's
+# JSON API; when neither answers, it says so and exits 2: an audit that could not run is not a pass.
+#   AUDIT_VENV=build/audit-venv PROJECT_VENV=.venv BUILDER_VENV=build/builder-venv \
+#   ANSIBLE_VENV=build/ansible-venv scripts/audit.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${AUDIT_VENV:-$root/build/audit-venv}"
-work="$root/build/audit"
+project="${PROJECT_VENV:-$root/.venv}"
+builder="${BUILDER_VENV:-$root/build/builder-venv}"
+ansible="${ANSIBLE_VENV:-$root/build/ansible-venv}"
+work="${AUDIT_WORK:-$root/build/audit}"
 mkdir -p "$work"
 
 reachable() {  # url, method
@@ -27,26 +34,48 @@ if [ -z "$service" ]; then
        "PyPI's JSON API at pypi.org/pypi/<name>/json). Run \`make audit\` where one of them is reachable." >&2
   exit 2
 fi
+if [ ! -x "$project/bin/python" ]; then
+  echo "audit: NOT RUN - no project venv at $project to audit (\`make venv\` makes it)." >&2
+  exit 2
+fi
 
-# The runtime's requirements as the image installs them (Dockerfile: pyproject's dependencies, then a variant).
-"$venv/bin/python" - "$root/pyproject.toml" "$work" <<'PY'
-import sys, tomllib
-from pathlib import Path
-project = tomllib.loads(Path(sys.argv[1]).read_text())["project"]
-extras = project["optional-dependencies"]
-for variant in ("cpu", "gpu"):
-    Path(sys.argv[2], f"runtime-{variant}.txt").write_text("\n".join(project["dependencies"] + extras[variant]) + "\n")
-PY
-files=("$work/runtime-cpu.txt" "$work/runtime-gpu.txt")
-for name in plugins monitoring pulumi ansible; do
-  files+=("$root/requirements/$name.txt")
+# A venv's packages, exactly as installed. Only releases pinned with == can be audited without resolution: what
+# pip freeze lists otherwise (a direct URL, a local wheel) is named as not audited. A local version label
+# (torch==2.13.0+cpu) is audited as its release.
+pin='^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^]]*\])?=='
+freeze() {  # venv, output file
+  local all="$2.freeze"
+  "$1/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check >"$all"
+  { grep -E "$pin" "$all" || true; } | sed -E 's/\+[A-Za-z0-9._]+$//' >"$2"
+  { grep -vE "$pin|^#|^-e |^\s*$" "$all" || true; } | while read -r line; do
+    echo "audit: not audited (not a release pinned with ==): ${line%% @*}" >&2
+  done
+}
+
+files=()
+for spec in "project:$project" "builder:$builder" "ansible:$ansible"; do
+  label="${spec%%:*}" dir="${spec#*:}"
+  if [ ! -x "$dir/bin/python" ]; then
+    echo "audit: no $label venv at $dir: not audited"
+    continue
+  fi
+  freeze "$dir" "$work/$label-venv.txt"
+  files+=("$work/$label-venv.txt")
 done
+# The gpu image's ONNX Runtime: pyproject's exact pins of the gpu extra.
+"$venv/bin/python" - "$root/pyproject.toml" "$work/gpu-variant.txt" <<'PY'
+import re, sys, tomllib
+from pathlib import Path
+gpu = tomllib.loads(Path(sys.argv[1]).read_text())["project"]["optional-dependencies"]["gpu"]
+Path(sys.argv[2]).write_text("".join(f"{r}\n" for r in gpu if re.search(r"==[^,;]+$", r)))
+PY
+files+=("$work/gpu-variant.txt")
 
 status=0
 for file in "${files[@]}"; do
-  echo "audit: ${file#"$root"/} (vulnerability service: $service)"
+  echo "audit: ${file#"$root"/}, $(grep -c . "$file" || true) packages (vulnerability service: $service)"
   (cd "$(dirname "$file")" && "$venv/bin/pip-audit" --vulnerability-service "$service" --progress-spinner off \
-     -r "$(basename "$file")") || status=1
+     --no-deps -r "$(basename "$file")") || status=1
 done
-[ "$status" = 0 ] && echo "audit: no known vulnerability in the audited requirements"
+[ "$status" = 0 ] && echo "audit: no known vulnerability in the audited packages"
 exit "$status"

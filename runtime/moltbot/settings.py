@@ -101,7 +101,8 @@ class Settings:
     plugin_isolation: str = _doc(
         "How plugins whose config.json sets no `isolation` run: `process` (a worker process each, killed and "
         "restarted on a timeout or crash, with a memory limit) or `thread` (in the service's process). The "
-        "built-in plugins set `thread`.", default="process")
+        "built-in plugins set `thread`. Isolation bounds crashes, hangs and memory, not access: a worker runs as "
+        "the service's user and can read the server's files.", default="process")
     plugin_watch_interval: float = _doc(
         "Seconds between checks of the plugins dir for changed plugins, reloaded on their own (0: off; "
         "POST /v1/plugins/reload always works).", default=0.0)

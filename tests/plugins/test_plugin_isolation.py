@@ -18,7 +18,7 @@ from plugin_helpers import make_settings, write_plugin
 pytestmark = pytest.mark.anyio
 
 WORKER = '''
-import os, time
+import gc, os, subprocess, time
 from moltbot.plugins import BasePlugin, PluginError
 
 
@@ -48,7 +48,33 @@ class Worker(BasePlugin):
         if what == "print":
             print("this goes to stderr, not into the protocol")
             return {"printed": True}
+        if what == "sleep":  # marks that it ran, then takes its time
+            (context.data_dir / context.input["mark"]).write_text(str(os.getpid()))
+            time.sleep(context.input["seconds"])
+            return {"pid": os.getpid()}
+        if what == "child":
+            return {"child": subprocess.Popen(["sleep", "60"]).pid}
+        if what == "garbage":  # writes on the protocol's pipe as a broken plugin could
+            channel = next(o for o in gc.get_objects() if type(o).__name__ == "_Channel")
+            channel.writer.write(b"this is not a JSON message\\n")
+            channel.writer.flush()
+            time.sleep(5)
+            return {}
+        if what == "big":
+            return {"big": "x" * context.input["size"]}
+        if what == "bad_request":  # a request the service cannot answer must still be answered
+            try:
+                context.models._channel.request("models.chat", no_messages=True)
+            except PluginError as exc:
+                return {"answered": exc.message}
+            return {"answered": None}
+        if what == "env":
+            return {"env": dict(os.environ)}
         return {}
+
+    def close(self):
+        if self.config.get("hang_on_close"):
+            time.sleep(30)
 '''
 ECHO = '''
 from moltbot.plugins import BasePlugin
@@ -62,7 +88,7 @@ class Echo(BasePlugin):
 @pytest.fixture
 async def isolated(plugins_root, tmp_path, models, monkeypatch):
     monkeypatch.setenv("MOLTBOT_API_KEYS", "sk-service-key-not-for-plugins")
-    write_plugin(plugins_root, "worker", WORKER, {"timeout": 2, "memory_mb": 512,
+    write_plugin(plugins_root, "worker", WORKER, {"timeout": 2, "memory_mb": 512, "environment": ["PLUGIN_EXTRA"],
                                                    "settings": {"greeting": "hello"}})
     write_plugin(plugins_root, "echo", ECHO, {})
     manager = PluginManager(make_settings(plugins_root, tmp_path, plugin_isolation="process"), models=models)
@@ -82,6 +108,15 @@ def alive(pid: int) -> bool:
         return False
     # A killed child is a zombie until reaped: the manager reaps it (Popen.wait), so it is gone here.
     return True
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a worker's orphaned child is reaped by init, or not, in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 async def test_a_plugin_runs_in_its_own_process_without_the_services_settings(isolated, caplog):
@@ -147,6 +182,15 @@ async def test_an_import_error_in_the_worker_is_a_load_error(plugins_root, tmp_p
         await manager.close()
 
 
+def test_environment_names_variables_and_never_the_services_settings(plugins_root):
+    from moltbot.plugins.config import read_config
+    from moltbot.plugins.errors import PluginLoadError
+    assert read_config(write_plugin(plugins_root, "ok", "", {"environment": ["HF_HOME"]})).environment == ["HF_HOME"]
+    for bad in (["MOLTBOT_API_KEYS"], "HF_HOME", ["not a name"]):
+        with pytest.raises(PluginLoadError, match="environment must be a list of environment variable names"):
+            read_config(write_plugin(plugins_root, "bad", "", {"environment": bad}))
+
+
 def test_isolation_must_be_process_or_thread(plugins_root, tmp_path):
     from moltbot.plugins.config import read_config
     from moltbot.plugins.errors import PluginLoadError
@@ -175,3 +219,103 @@ class Spinner(BasePlugin):
             assert client.get(srv.url + "/health").status_code == 200
         assert client.post(url, json={}).json()["result"] == {"ok": True}
     assert "worker process" in srv.output()
+
+
+# ---- issue #16 review: queued calls, process groups, the protocol, close() off the loop, the environment
+
+async def test_a_call_timing_out_in_the_queue_leaves_the_running_call_alone_and_never_runs(isolated):
+    """Only the call running in the worker kills it on its timeout; one waiting behind it gives up untouched."""
+    import asyncio
+
+    plugin = isolated.get("worker")
+    data_dir = isolated.data_root() / "worker"
+
+    async def run(timeout: float, **payload):
+        context = isolated._context(plugin, payload, "t", timeout, 0)
+        return await isolated._run(plugin, context, timeout)
+
+    slow = asyncio.create_task(run(5, do="sleep", seconds=2, mark="a"))
+    await asyncio.sleep(0.3)  # the slow call holds the worker
+    started = time.monotonic()
+    with pytest.raises(PluginTimeout):
+        await run(0.5, do="sleep", seconds=0, mark="b")
+    assert time.monotonic() - started < 1.5
+    result = await slow  # not killed by the queued call's timeout
+    assert alive(result["pid"]) and (data_dir / "a").exists()
+    await asyncio.sleep(0.5)
+    assert not (data_dir / "b").exists()  # the call whose client got a 504 never ran
+    assert (await call(isolated))["pid"] == result["pid"]  # the same worker serves on
+
+
+async def test_a_killed_worker_takes_the_processes_it_started_with_it(isolated):
+    child = (await call(isolated, do="child"))["child"]
+    assert running(child)
+    with pytest.raises(PluginTimeout):
+        await call(isolated, do="loop")
+    deadline = time.monotonic() + 5
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child)
+
+
+async def test_a_worker_writing_garbage_is_killed_with_a_clear_error(isolated):
+    first = (await call(isolated))["pid"]
+    started = time.monotonic()
+    with pytest.raises(PluginFailed, match="not a JSON message"):
+        await call(isolated, do="garbage")
+    assert time.monotonic() - started < 2 and not alive(first)
+    assert (await call(isolated))["pid"] != first
+
+
+async def test_an_oversize_line_is_refused_unread_and_the_worker_killed(isolated, monkeypatch):
+    from moltbot.plugins import isolation
+    monkeypatch.setattr(isolation, "MAX_MESSAGE_BYTES", 10_000, raising=False)
+    first = (await call(isolated))["pid"]
+    assert len((await call(isolated, do="big", size=5000))["big"]) == 5000
+    with pytest.raises(PluginFailed, match="a line over 10000 bytes"):
+        await call(isolated, do="big", size=50_000)
+    assert not alive(first)
+    assert (await call(isolated))["pid"] != first
+
+
+async def test_a_request_the_service_fails_on_is_answered_with_an_error(isolated):
+    result = await call(isolated, do="bad_request")
+    assert result["answered"] == "models.chat failed: KeyError"
+    assert (await call(isolated))["setting"] == "hello"  # the worker is not left waiting for an answer
+
+
+async def test_the_worker_gets_only_the_allowed_environment(isolated, monkeypatch):
+    monkeypatch.setenv("SOME_SERVICE_SECRET", "not for plugins")
+    monkeypatch.setenv("PLUGIN_EXTRA", "asked for in config.json")
+    await isolated.reload(["worker"])  # a new worker, started with this environment
+    env = (await call(isolated, do="env"))["env"]
+    assert "SOME_SERVICE_SECRET" not in env and not any(k.startswith("MOLTBOT_") for k in env)
+    assert env["PLUGIN_EXTRA"] == "asked for in config.json" and env["PATH"] == os.environ["PATH"]
+
+
+async def test_unloading_a_plugin_whose_close_hangs_does_not_block_the_event_loop(plugins_root, tmp_path):
+    import asyncio
+    import shutil
+
+    write_plugin(plugins_root, "hangs", WORKER, {"isolation": "process", "settings": {"hang_on_close": True}})
+    manager = PluginManager(make_settings(plugins_root, tmp_path), models=None)
+    try:
+        await manager.load_all()
+        gaps = []
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.05)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        ticking = asyncio.create_task(ticker())
+        shutil.rmtree(plugins_root / "hangs")
+        started = time.monotonic()
+        [outcome] = await manager.reload()  # the folder is gone: unloaded, its close() waited for (5 s)
+        ticking.cancel()
+        assert outcome["status"] == "removed" and time.monotonic() - started > 4
+        assert gaps and max(gaps) < 1, gaps  # the loop kept serving (e.g. /health) meanwhile
+    finally:
+        await manager.close()

@@ -20,7 +20,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {"type": "object"}
 # Keys describing the plugin itself; any other top-level key is a setting, like those under "settings".
 META_KEYS = {"name", "version", "description", "class", "enabled", "timeout", "settings", "input_schema", "admin",
-             "isolation", "memory_mb"}
+             "isolation", "memory_mb", "environment"}
 ISOLATIONS = ("process", "thread")
 DEFAULT_MEMORY_MB = 2048
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -44,6 +44,9 @@ class PluginConfig:
     # plugin_isolation setting ("process" unless changed).
     isolation: str | None = None
     memory_mb: int = DEFAULT_MEMORY_MB
+    # Environment variables an isolated plugin's worker gets from the service's besides the few every worker gets
+    # (isolation.ENV_ALLOWED), e.g. a library's own settings; never the service's MOLTBOT_* ones.
+    environment: list[str] = field(default_factory=list)
 
     def needs_admin(self, payload: Any) -> bool:
         if isinstance(self.admin, bool):
@@ -105,11 +108,17 @@ def parse_config(raw: dict[str, Any], *, default_name: str, environ: Mapping[str
     memory_mb = raw.get("memory_mb", DEFAULT_MEMORY_MB)
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
         raise PluginLoadError("config.json: memory_mb must be a whole number of MiB, at least 64")
+    environment = raw.get("environment", [])
+    if not isinstance(environment, list) or not all(
+            isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) and not v.startswith("MOLTBOT_")
+            for v in environment):
+        raise PluginLoadError("config.json: environment must be a list of environment variable names "
+                              "(not MOLTBOT_* ones)")
     return PluginConfig(
         name=name, version=version, description=description, class_name=class_name, enabled=enabled,
         timeout=float(timeout) if timeout is not None else None,
         settings=resolve_secrets(merged, environ, "settings"), input_schema=schema, admin=admin,
-        isolation=isolation, memory_mb=memory_mb,
+        isolation=isolation, memory_mb=memory_mb, environment=environment,
     )
 
 

@@ -4,8 +4,14 @@ The plugin is imported and run in a worker process of its own (`python -m moltbo
 when the plugin loads, with an address-space limit (config.json `memory_mb`). The service talks to it over its
 stdin/stdout in JSON lines, one call at a time: the worker answers a call with its result or error, and in the
 middle of a call asks the service for what `context.models` and `context.plugins` give (the service runs those).
-A call that passes its timeout kills the worker, as does a worker that dies; the next call starts a new one, so
-a plugin that loops, leaks or crashes never takes the service (or the other plugins) with it.
+A call that passes its timeout while it runs in the worker kills the worker (and every process it started), as
+does a worker that dies or breaks the protocol; the next call starts a new one, so a plugin that loops, leaks
+or crashes never takes the service (or the other plugins) with it. A call still waiting for the worker when
+its timeout passes gives up without touching it.
+
+Isolation bounds crashes, hangs and memory; it is not a security boundary: the worker runs as the service's user
+and can read what the service can read. It gets only a short list of environment variables (ENV_ALLOWED, plus
+those the plugin's config.json names under "environment"), not the service's MOLTBOT_* settings or other secrets.
 """
 
 from __future__ import annotations
@@ -15,20 +21,43 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from .base import BasePlugin
-from .errors import PluginAPIError, PluginError, PluginFailed, PluginLoadError
+from .errors import PluginAPIError, PluginError, PluginFailed, PluginLoadError, PluginTimeout
 
 log = logging.getLogger("moltbot.plugins")
 # A worker that does not answer its load within this many seconds is stopped (imports hanging, a busy loop).
 LOAD_TIMEOUT = 120.0
+# The longest line (one JSON message: a result, a log record, a request) the service reads from a worker; a longer
+# one, or one that is not a protocol message, kills the worker.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The environment variables a worker gets from the service's (besides those its config.json lists): what Python,
+# the C library and common libraries need to start, find their files and read the locale and time zone.
+ENV_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+                         "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR"})
+ENV_ALLOWED_PREFIXES = ("LC_", "PYTHON")
+
+
+def worker_environment(extra: list[str] | tuple[str, ...] = (), environ: dict[str, str] | None = None
+                       ) -> dict[str, str]:
+    """The worker's environment: the allowed variables (and `extra`) of the service's, never MOLTBOT_* ones."""
+    source = dict(os.environ if environ is None else environ)
+    env = {k: v for k, v in source.items()
+           if (k in ENV_ALLOWED or k.startswith(ENV_ALLOWED_PREFIXES) or k in extra) and not k.startswith("MOLTBOT_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+class _ProtocolError(PluginFailed):
+    """The worker wrote something that is not a protocol message (it is killed)."""
 
 
 class ProcessPlugin(BasePlugin):
@@ -36,13 +65,16 @@ class ProcessPlugin(BasePlugin):
     worker process (the manager runs it on its thread pool, as any plain `execute`)."""
 
     def __init__(self, folder: Path, name: str, class_name: str | None, settings: dict[str, Any],
-                 memory_mb: int):
+                 memory_mb: int, environment: list[str] | tuple[str, ...] = ()):
         super().__init__(settings)
         self.folder, self.name, self.class_name, self.memory_mb = folder, name, class_name, memory_mb
         self.settings = settings
+        self.environment = tuple(environment)
         self.schema: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # one call at a time per worker
+        self._state = threading.Lock()  # guards _running against cancel()
+        self._running: Any = None  # the context of the call the worker is running now
         self.restarts = 0
 
     # ---- the worker's life
@@ -50,17 +82,19 @@ class ProcessPlugin(BasePlugin):
     def start(self) -> ProcessPlugin:
         """Start the worker and load the plugin there; PluginLoadError with the worker's reason otherwise."""
         # Not the service's own settings (its API keys among them); the plugin's settings come with the load.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOLTBOT_")}
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        # A session of its own: kill() stops the worker's process group, whatever the plugin started with it.
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, cwd=str(self.folder))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=worker_environment(self.environment),
+            cwd=str(self.folder), start_new_session=True)
         timer = threading.Timer(LOAD_TIMEOUT, self.kill)
         timer.start()
         try:
             self._send({"op": "load", "folder": str(self.folder), "name": self.name, "class": self.class_name,
                         "settings": self.settings})
             reply = self._receive()
+        except _ProtocolError as exc:
+            raise PluginLoadError(exc.message) from None
         finally:
             timer.cancel()
         if reply is None:
@@ -73,13 +107,27 @@ class ProcessPlugin(BasePlugin):
         return self
 
     def kill(self) -> int | None:
-        """Stop the worker at once (a timed-out or broken call); the next call starts a new one."""
+        """Stop the worker and the processes it started at once (a timed-out or broken call); the next call
+        starts a new one."""
         process, self._process = self._process, None
         if process is None:
             return None
+        # The worker leads its own process group (start_new_session): its children are stopped with it, even
+        # when the worker itself has already exited.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         if process.poll() is None:
             process.kill()
         return process.wait()
+
+    def cancel(self, context: Any) -> bool:
+        """The call of `context` passed its timeout: kill the worker if it is running that call (True); a call
+        still waiting for the worker only gives up (execute() will not run it)."""
+        with self._state:
+            if self._running is not context:
+                return False
+            self.kill()
+            return True
 
     def close(self) -> None:
         """Let the plugin's close() run in the worker (after a call in flight, for up to 5 s), then stop it."""
@@ -101,30 +149,50 @@ class ProcessPlugin(BasePlugin):
     # ---- calls
 
     def execute(self, context: Any) -> dict[str, Any]:
-        with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                if self._process is not None:
-                    log.warning("plugin %s: its worker process had exited (%s); starting a new one", self.name,
-                                self._process.returncode)
-                self.kill()
-                self.restarts += 1
-                self.start()
-            self._send({"op": "call", "input": context.input, "request_id": context.request_id,
-                        "time_left": context.time_left(), "data_root": str(context.data_root),
-                        "log_prompts": context.log_prompts})
-            while True:
-                message = self._receive()
-                if message is None:
-                    code = self.kill()
-                    raise PluginFailed(f"plugin {self.name!r}: its worker process died (exit code {code}) during "
-                                       f"the call (request id {context.request_id}); it is restarted for the next")
-                op = message["op"]
+        """Run the call in the worker, once the calls before it are done; a call whose time runs out while it
+        waits raises PluginTimeout and never runs."""
+        left = context.time_left()
+        if left <= 0 or not self._lock.acquire(timeout=left):
+            raise PluginTimeout(f"plugin {self.name!r}: the call timed out waiting for the calls before it to finish")
+        try:
+            if context.time_left() <= 0:
+                raise PluginTimeout(f"plugin {self.name!r}: the call timed out waiting for the calls before it "
+                                    "to finish")
+            with self._state:
+                self._running = context
+            try:
+                return self._call(context)
+            finally:
+                with self._state:
+                    self._running = None
+        finally:
+            self._lock.release()
+
+    def _call(self, context: Any) -> dict[str, Any]:
+        if self._process is None or self._process.poll() is not None:
+            if self._process is not None:
+                log.warning("plugin %s: its worker process had exited (%s); starting a new one", self.name,
+                            self._process.returncode)
+            self.kill()
+            self.restarts += 1
+            self.start()
+        self._send({"op": "call", "input": context.input, "request_id": context.request_id,
+                    "time_left": context.time_left(), "data_root": str(context.data_root),
+                    "log_prompts": context.log_prompts})
+        while True:
+            message = self._receive()
+            if message is None:
+                code = self.kill()
+                raise PluginFailed(f"plugin {self.name!r}: its worker process died (exit code {code}) during "
+                                   f"the call (request id {context.request_id}); it is restarted for the next")
+            op = message["op"]
+            try:
                 if op == "log":
                     context.logger.log(message["level"], "%s", message["message"])
                 elif op == "rpc":
                     self._send(_answer(context, message))
                 elif op == "result":
-                    result: dict[str, Any] = message["result"]
+                    result: dict[str, Any] = message["result"]  # the manager checks that it is an object
                     return result
                 elif op == "error":
                     if message.get("traceback"):
@@ -135,6 +203,17 @@ class ProcessPlugin(BasePlugin):
                         self.kill()
                     raise PluginFailed(f"plugin {self.name!r} failed (request id {context.request_id}); "
                                        "the server log has the details")
+                else:
+                    self._broken(f"an unknown message {op!r}")
+            except (KeyError, TypeError, ValueError):
+                self._broken(f"a malformed {op!r} message")
+
+    def _broken(self, what: str) -> NoReturn:
+        """The worker broke the protocol: kill it and fail the call."""
+        self.kill()
+        log.error("plugin %s: its worker process wrote %s; it was killed", self.name, what)
+        raise _ProtocolError(f"plugin {self.name!r}: its worker process wrote {what} instead of a protocol message; "
+                             "it was killed and is restarted for the next call")
 
     def _send(self, message: dict[str, Any]) -> None:
         process = self._process
@@ -151,19 +230,28 @@ class ProcessPlugin(BasePlugin):
         if process is None or process.stdout is None:
             return None
         try:
-            line = process.stdout.readline()
+            line = process.stdout.readline(MAX_MESSAGE_BYTES + 1)
         except (OSError, ValueError):
             return None
         if not line:
             return None
-        message: dict[str, Any] = json.loads(line)
-        return message
+        if len(line) > MAX_MESSAGE_BYTES:
+            self._broken(f"a line over {MAX_MESSAGE_BYTES} bytes")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            self._broken(f"a line that is not a JSON message ({line[:80]!r})")
+        checked: dict[str, Any] = message
+        return checked
 
 
 def _answer(context: Any, request: dict[str, Any]) -> dict[str, Any]:
     """Run a worker's request for context.models / context.plugins here, in the service."""
-    method, args = request["method"], request.get("args") or {}
+    method = request.get("method")
     try:
+        args = dict(request.get("args") or {})
         if method == "models.chat":
             value: Any = context.models.chat(args.pop("messages"), **args)
         elif method == "models.embed":
@@ -177,9 +265,14 @@ def _answer(context: Any, request: dict[str, Any]) -> dict[str, Any]:
         else:
             raise PluginError(f"unknown request {method!r}", code="bad_request")
     except PluginAPIError as exc:
-        return {"op": "rpc_result", "id": request["id"], "error": {
+        return {"op": "rpc_result", "id": request.get("id"), "error": {
             "type": type(exc).__name__, "message": exc.message, "code": exc.code, "param": exc.param}}
-    return {"op": "rpc_result", "id": request["id"], "result": value}
+    except Exception as exc:  # always an answer: the worker waits for one
+        context.logger.exception("plugin request %s from the worker process failed", method)
+        return {"op": "rpc_result", "id": request.get("id"), "error": {
+            "type": "PluginFailed", "message": f"{method} failed: {type(exc).__name__}", "code": "plugin_error",
+            "param": None}}
+    return {"op": "rpc_result", "id": request.get("id"), "result": value}
 
 
 # ---- the worker process --------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ class PluginManager:
                 record, outcome = await asyncio.to_thread(self._load_folder, folder, previous)
                 owner = next((r for f, r in self._records.items() if f != folder and r.name == record.name), None)
                 if owner is not None:
-                    self._unload(record)
+                    await asyncio.to_thread(self._unload, record)
                     record.error = f"the plugin in {owner.folder.name}/ already uses the name {record.name!r}"
                     outcome = {"name": record.name, "status": "error", "error": record.error}
                     self._count_load_error(record.name, record.error)
@@ -162,7 +162,7 @@ class PluginManager:
                 outcomes.append(outcome)
             for folder, record in list(self._records.items()):
                 if folder not in folders and (names is None or record.name in names):
-                    self._unload(record)
+                    await asyncio.to_thread(self._unload, record)
                     del self._records[folder]
                     outcomes.append({"name": record.name, "status": "removed", "error": None})
             return outcomes
@@ -285,7 +285,7 @@ class PluginManager:
     def _start_worker(folder: Path, config: PluginConfig, package: str) -> LoadedPlugin:
         """A plugin in a worker process of its own (isolation.py); its import errors come back as load errors."""
         worker = ProcessPlugin(folder, config.name, config.class_name, dict(config.settings),
-                               config.memory_mb).start()
+                               config.memory_mb, config.environment).start()
         schema = config.input_schema
         if schema is None:
             schema = worker.schema or DEFAULT_INPUT_SCHEMA
@@ -414,10 +414,15 @@ class PluginManager:
             return await asyncio.wait_for(loop.run_in_executor(self._executor, plugin.instance.execute, context),
                                           timeout)
         except (TimeoutError, PluginTimeout):
-            if isinstance(plugin.instance, ProcessPlugin):  # unlike a thread, a process can be stopped
-                plugin.instance.kill()
-                context.logger.warning("plugin call timed out after %.1f s; its worker process was killed and "
-                                       "is restarted for the next call", timeout)
+            # Unlike a thread, a process can be stopped: the worker is killed if it is running this call; a call
+            # still waiting for the worker (behind a slow one) just gives up, and never runs.
+            if isinstance(plugin.instance, ProcessPlugin):
+                if plugin.instance.cancel(context):
+                    context.logger.warning("plugin call timed out after %.1f s; its worker process was killed and "
+                                           "is restarted for the next call", timeout)
+                else:
+                    context.logger.warning("plugin call timed out after %.1f s waiting for the calls before it",
+                                           timeout)
                 raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
             context.logger.warning("plugin call timed out after %.1f s", timeout)
             raise PluginTimeout(f"plugin {name!r} did not finish within {timeout:g} s") from None
@@ -431,8 +436,8 @@ class PluginManager:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        for record in self._records.values():
-            self._unload(record)
+        # Off the event loop: an isolated plugin's close() may wait seconds for its worker.
+        await asyncio.gather(*(asyncio.to_thread(self._unload, record) for record in self._records.values()))
         self._records.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -4,6 +4,7 @@ user info and a signed query string."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import sqlite3
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from moltbot.logs import redact_urls
@@ -184,6 +186,24 @@ def test_service_model_caps_tokens_and_choices(hardened, field, value):
     assert len(upstream.requests) == before  # nothing went upstream
 
 
+@pytest.mark.parametrize("path, body, capped", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "max_completion_tokens"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": None},
+     "max_completion_tokens"),
+    ("/v1/completions", {"prompt": "hi"}, "max_tokens"),
+])
+def test_service_model_request_without_a_length_is_sent_with_the_cap(hardened, path, body, capped):
+    """The upstream's own default could be its model's whole context, on the operator's key: the cap goes instead."""
+    srv, upstream, _ = hardened
+    before = len(upstream.requests)
+    response = httpx.post(srv.url + path, headers=user(), timeout=60, json={"model": "upstream-chat", **body})
+    assert response.status_code == 200, response.text
+    [received] = upstream.requests[before:]
+    assert received["path"] == path
+    lengths = {k: v for k, v in received["body"].items() if k in ("max_tokens", "max_completion_tokens")}
+    assert lengths == {capped: 512}
+
+
 # ---- 4: no signed URL in /ready or in the log --------------------------------------------------------------------
 
 def test_ready_shows_counts_and_names_openly_and_no_url_secrets_anywhere(hardened):
@@ -233,3 +253,81 @@ def test_knowledge_base_ingest_needs_an_admin_key_and_query_does_not(hardened):
         ws.send(json.dumps({"type": "plugin", "name": "knowledge_base", "input": {"action": "ingest"}}))
         answer = json.loads(ws.recv(timeout=60))
     assert answer["type"] == "error" and answer["status"] == 403
+
+
+# ---- the WebSocket: its key subprotocol only on its own upgrade, and browsers' origins ---------------------------
+
+def key_protocol(key: str) -> str:
+    return "moltbot.key." + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def ws_handshake(srv: Server, protocols: list[str] | None = None, origin: str | None = None) -> Any:
+    """The subprotocol picked (None: none) once the socket opens, else the handshake's HTTP status."""
+    try:
+        with connect(srv.url.replace("http://", "ws://") + "/v1/ws", subprotocols=protocols, origin=origin,
+                     open_timeout=30) as ws:
+            return ws.subprotocol
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_the_key_subprotocol_counts_only_on_the_websockets_own_upgrade(hardened):
+    srv, _, _ = hardened
+    assert ws_handshake(srv, ["moltbot", key_protocol(USER_KEY)]) == "moltbot"
+    # A request to another route that says it is a WebSocket upgrade: the subprotocol is no key there.
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+               "Sec-WebSocket-Protocol": f"moltbot, {key_protocol(USER_KEY)}"}
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/plugins/sql_assistant/execute")):
+        refused = httpx.request(method, srv.url + path, headers=upgrade, json={"sql": "SELECT 1"}, timeout=60)
+        assert refused.status_code == 401, (path, refused.text)
+    assert httpx.get(srv.url + "/v1/models", headers=user(), timeout=60).status_code == 200
+
+
+def test_the_admin_route_is_known_by_its_route_not_its_spelling(hardened):
+    srv, _, _ = hardened
+    for path in ("/v1/plugins/reload", "/v1/plugins/reload/", "//v1/plugins/reload"):
+        response = httpx.post(srv.url + path, headers=user(), json={"names": []}, timeout=60)
+        assert response.status_code in (403, 404), (path, response.text)
+        if response.status_code == 403:
+            assert response.json()["error"]["code"] == "admin_key_required"
+    assert httpx.post(srv.url + "/v1/plugins/reload/", headers=admin(), json={"names": []},
+                      timeout=60).status_code == 200
+
+
+def test_a_websocket_from_another_sites_page_is_refused_even_without_keys(server_factory):
+    """Browsers let any page open a WebSocket to 127.0.0.1 (no CORS for WebSockets): with no API keys (make run),
+    a website the operator visits could drive the models and plugins, were Origin not checked."""
+    srv = server_factory(env={"MOLTBOT_CORS_ORIGINS": "https://app.example.com"})
+    own = f"http://127.0.0.1:{srv.port}"
+    assert ws_handshake(srv, ["moltbot"], origin=own) == "moltbot"  # the chat page this server serves
+    assert ws_handshake(srv, ["moltbot"]) == "moltbot"  # no Origin: not a browser
+    assert ws_handshake(srv, origin="https://app.example.com") is None  # listed in cors_origins
+    for foreign in ("https://evil.example", f"http://localhost:{srv.port}", f"http://127.0.0.1:{srv.port + 1}",
+                    f"https://127.0.0.1:{srv.port}.evil.example", "null", f"ws://127.0.0.1:{srv.port}"):
+        assert ws_handshake(srv, ["moltbot"], origin=foreign) == 403, foreign
+    refused = httpx.get(srv.url + "/v1/ws", timeout=30, headers={
+        "Origin": "https://evil.example", "Upgrade": "websocket", "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+
+
+@pytest.mark.parametrize("origin, host, same", [
+    ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+    ("https://chat.example.com", "chat.example.com", True),  # behind a proxy that passes the Host header on
+    ("https://chat.example.com", "chat.example.com:443", True),
+    ("http://chat.example.com", "chat.example.com:80", True),
+    ("http://[::1]:8080", "[::1]:8080", True),
+    ("http://LOCALHOST:8080", "localhost:8080", True),
+    ("https://chat.example.com", "chat.example.com:80", False),
+    ("http://127.0.0.1:8080", "127.0.0.1:8081", False),
+    ("http://localhost:8080", "127.0.0.1:8080", False),
+    ("https://evil.example", "127.0.0.1:8080", False),
+    ("null", "127.0.0.1:8080", False),
+    ("http://127.0.0.1:80x", "127.0.0.1:80", False),
+    ("http://127.0.0.1:8080", "evil@127.0.0.1:8080", False),
+    ("http://127.0.0.1:8080", "", False),
+])
+def test_same_origin_compares_host_and_port(origin, host, same):
+    from moltbot.api.app import _same_origin
+    assert _same_origin(origin, host) is same

@@ -258,10 +258,13 @@ def test_the_websocket_takes_the_key_as_a_subprotocol(keyed_server: Server) -> N
     assert handshake([]) == 401
     assert handshake(["moltbot", key_protocol("sk-right-key")]) == "moltbot"
     assert handshake([], {"Authorization": "Bearer sk-right-key"}) is None  # headers still work
-    # Only on the WebSocket upgrade: a plain request with the subprotocol header is not let in.
-    plain = httpx.get(keyed_server.url + "/v1/models", timeout=10,
-                      headers={"sec-websocket-protocol": key_protocol("sk-right-key")})
-    assert plain.status_code == 401
+    # Only on the WebSocket's own upgrade: another route is not let in by the subprotocol, even on a request
+    # that says it is an upgrade.
+    for upgrade in ({}, {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+                         "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode()}):
+        plain = httpx.get(keyed_server.url + "/v1/models", timeout=10,
+                          headers={"sec-websocket-protocol": key_protocol("sk-right-key"), **upgrade})
+        assert plain.status_code == 401
 
 
 def test_a_key_protected_server_refuses_a_wrong_key_and_takes_a_right_one(

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 from sanic import Request, Sanic
 from sanic.config import Config
@@ -33,9 +34,9 @@ from moltbot.settings import Settings
 log = logging.getLogger("moltbot.api")
 
 OPEN_PATHS = ("/health", "/ready", "/openapi.json")
-# Routes that change server state: with admin keys set, they need one (403 for an ordinary key). Plugin calls that
-# change state (config.json "admin") are checked by the plugin manager.
-ADMIN_ROUTES = {("POST", "/v1/plugins/reload")}
+# Routes that change server state carry `ctx_admin=True` (route.ctx.admin): with admin keys set, they need one (403
+# for an ordinary key). Plugin calls that change state (config.json "admin") are checked by the plugin manager.
+# The WebSocket route that takes its key as a subprotocol carries `ctx_key_subprotocol=True`.
 App = Sanic[Config, SimpleNamespace]
 
 
@@ -68,7 +69,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.ctx.serving = OpenAIServing(registry, settings)
     app.ctx.plugins = PluginManager(settings, models=registry)
     app.ctx.state = ServiceState(process_started=process_started or time.monotonic())
-    # Admin keys work on every route; ordinary keys on all but the admin ones (ADMIN_ROUTES, admin plugin calls).
+    # Admin keys work on every route; ordinary keys on all but the admin ones (ctx_admin routes, admin plugin calls).
     app.ctx.admin_keys = [k.encode() for k in settings.all_admin_api_keys()]
     app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()] + app.ctx.admin_keys
     # Requests being handled; weak, so that a handler cancelled by a client going away is not counted forever.
@@ -100,6 +101,9 @@ async def _start_request(request: Request) -> HTTPResponse | None:
     request.ctx.counted = True
     if _is_preflight(request):  # a browser's CORS preflight never carries a key
         return _preflight(request)
+    if _route_flag(request, "websocket") and not _websocket_origin_allowed(request):
+        raise APIError(403, "A WebSocket from this page's origin is refused: only this server's own pages and the "
+                       "origins in cors_origins may open one", code="origin_not_allowed")
     request.ctx.authorised = bool(request.app.ctx.api_keys) and _authorised(request)  # a valid key was offered
     # Admin: when no admin key is configured, everyone who is let in; otherwise the holders of an admin key.
     request.ctx.admin = not request.app.ctx.admin_keys or (
@@ -107,10 +111,20 @@ async def _start_request(request: Request) -> HTTPResponse | None:
     if _needs_key(request) and not request.ctx.authorised:
         raise APIError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'",
                        code="invalid_api_key")
-    if (request.method, request.path.rstrip("/")) in ADMIN_ROUTES and not request.ctx.admin:
+    if _route_context(request, "admin") and not request.ctx.admin:
         raise APIError(403, "This route changes server state: it needs an admin key (admin_api_keys)",
                        code="admin_key_required")
     return None
+
+
+def _route_context(request: Request, name: str) -> bool:
+    """A marker the matched route carries in its context (`ctx_<name>=True` where the route is added)."""
+    return request.route is not None and bool(getattr(request.route.ctx, name, False))
+
+
+def _route_flag(request: Request, name: str) -> bool:
+    """A flag Sanic sets on the matched route (`websocket` for a WebSocket route)."""
+    return request.route is not None and bool(getattr(request.route.extra, name, False))
 
 
 def _needs_key(request: Request) -> bool:
@@ -141,8 +155,9 @@ WS_KEY_PROTOCOL = "moltbot.key."
 
 def _websocket_key(request: Request) -> str:
     """A browser cannot set headers on a WebSocket, so the chat page offers its key as a subprotocol,
-    `moltbot.key.<base64url of the key, no padding>`, beside `moltbot` (the one the server picks)."""
-    if request.headers.get("upgrade", "").lower() != "websocket":
+    `moltbot.key.<base64url of the key, no padding>`, beside `moltbot` (the one the server picks). Taken only on
+    the upgrade of the route that expects it (ctx_key_subprotocol), never on an ordinary request."""
+    if request.headers.get("upgrade", "").lower() != "websocket" or not _route_context(request, "key_subprotocol"):
         return ""
     for protocol in request.headers.get("sec-websocket-protocol", "").split(","):
         protocol = protocol.strip()
@@ -165,6 +180,35 @@ async def _finish_request(request: Request, response: BaseHTTPResponse) -> None:
     if response.content_type and response.content_type.startswith("text/event-stream"):
         return  # a stream: observed by observe_stream_end when it ends
     observe(request, response.status)
+
+
+# ---- WebSocket origins ---------------------------------------------------------------------------------
+def _websocket_origin_allowed(request: Request) -> bool:
+    """A browser sends Origin with every WebSocket handshake, and lets any page open a socket to any host (no CORS
+    for WebSockets): without this check, a website the operator visits could drive a keyless server on
+    127.0.0.1. Allowed: no Origin (not a browser), this server's own origin (the chat page), cors_origins."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    allowed: list[str] = request.app.ctx.settings.cors_origins
+    if "*" in allowed or origin in allowed:
+        return True
+    return _same_origin(origin, request.host)
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether `origin` (scheme://host[:port]) names the host and port of the request's Host header."""
+    try:
+        theirs = urlsplit(origin)
+        their_port = theirs.port
+        ours = urlsplit("//" + host)
+        our_port = ours.port
+    except ValueError:  # a port that is not a number, a bracket left open
+        return False
+    if theirs.scheme not in ("http", "https") or not theirs.hostname or not ours.hostname or ours.username:
+        return False
+    default = 443 if theirs.scheme == "https" else 80  # a Host without a port is on the scheme's default port
+    return (theirs.hostname, their_port or default) == (ours.hostname, our_port or default)
 
 
 # ---- CORS (the cors_origins setting) ------------------------------------------------------------------

@@ -210,6 +210,8 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
         "/v1/ws": {"get": {"summary": "WebSocket: send chat-completion requests as JSON, receive "
                                       "{type: chunk} messages and one {type: done}",
                            "responses": {"101": {"description": "Switching protocols"},
+                                         "403": _json("ErrorResponse", "A browser page of another origin "
+                                                      "(not this server, not in cors_origins)"),
                                          "426": _json("ErrorResponse", "Not a WebSocket upgrade request"),
                                          **{str(s): _json("ErrorResponse", "Error") for s in auth}}}},
     }

@@ -36,7 +36,7 @@ async def list_plugins(request: Request) -> response.HTTPResponse:
     return response.json({"object": "list", "data": _manager(request).describe()})
 
 
-@bp.post("/v1/plugins/reload")
+@bp.post("/v1/plugins/reload", ctx_admin=True)  # changes server state: an admin key where they are set (app.py)
 async def reload_plugins(request: Request) -> response.HTTPResponse:
     """Body (optional): {"names": ["plugin", ...]} to reload only those; otherwise every folder is loaded again."""
     try:

@@ -217,7 +217,7 @@ class _Subprotocols(Sequence[str]):
         return len(self._names())
 
 
-bp.add_websocket_route(websocket, "/v1/ws", subprotocols=_Subprotocols())
+bp.add_websocket_route(websocket, "/v1/ws", subprotocols=_Subprotocols(), ctx_key_subprotocol=True)
 
 
 async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> None:

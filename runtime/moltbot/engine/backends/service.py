@@ -1,8 +1,9 @@
 """Service models: a third-party OpenAI-compatible API. Requests are forwarded on the operator's upstream key, so
 only the OpenAI fields in FORWARDED go (anything else a client sends, e.g. store, service_tier, metadata, is
 dropped), and max_tokens / max_completion_tokens and n are capped per model (max_completion_tokens, max_n in the
-model config: a 400 beyond). The upstream's replies, streamed or not, come back as the same typed events as a local
-model's, and its errors as UpstreamError (status and body passed through)."""
+model config: a 400 beyond; a request that sets no length is sent with the cap). The upstream's replies, streamed
+or not, come back as the same typed events as a local model's, and its errors as UpstreamError (status and body
+passed through)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ FORWARDED = {
     "completions": _SAMPLING | {"prompt", "echo", "suffix"},
     "embeddings": {"input", "dimensions", "encoding_format", "user"},
 }
+
+# The field that carries the model's token cap when a request sets none, per generating endpoint.
+_CAPPED_FIELD = {"chat/completions": "max_completion_tokens", "completions": "max_tokens"}
 
 # One upstream choice (a non-streamed `choices` entry, or a streamed chunk's) as our event.
 ChoiceParser = Callable[[dict[str, Any]], ChoiceDelta]
@@ -126,7 +130,15 @@ class ServiceClient:
         if isinstance(n, int) and n > self.max_n:
             raise InvalidRequest(f"n is at most {self.max_n} for this model", param="n", code="n_too_large")
         allowed = FORWARDED[path]
-        return {**{k: v for k, v in payload.items() if k in allowed}, "model": self.upstream_model}
+        body = {**{k: v for k, v in payload.items() if k in allowed}, "model": self.upstream_model}
+        # A request that leaves the length open would get the upstream's own limit, on the operator's key: the
+        # model's cap goes in its place (chat: max_completion_tokens, as OpenAI has deprecated max_tokens there).
+        capped = _CAPPED_FIELD.get(path)
+        if capped and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body.pop("max_tokens", None)  # sent as null
+            body.pop("max_completion_tokens", None)
+            body[capped] = self.max_completion_tokens
+        return body
 
     async def post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = self._payload(path, payload)

@@ -9,6 +9,7 @@ the rows, and the time (checked every few hundred virtual-machine steps, and by 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -564,6 +565,14 @@ def postgres_schema(url: str, max_chars: int) -> str:
     return "\n".join(f"CREATE TABLE {t} ({', '.join(cols)});" for t, cols in tables.items())[:max_chars]
 
 
+def _pg_chunk(psycopg: Any) -> int:
+    """Rows per chunk of a streamed result: libpq 17 fetches in chunks, an older one row by row."""
+    return _PG_CHUNK_ROWS if psycopg.pq.version() >= 170000 else 1
+
+
+_PG_CHUNK_ROWS = 100
+
+
 def postgres_run(url: str, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
                  max_result_bytes: int = 4_000_000) -> QueryResult:
     """max_value_bytes is not enforced per value on PostgreSQL (the result's size and statement_timeout are)."""
@@ -571,11 +580,16 @@ def postgres_run(url: str, statement: str, max_rows: int, timeout: float, max_va
     check_postgres_functions(statement)
     with _pg_connect(url, timeout) as conn:
         try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
+            # Rows are fetched as they come (stream(): libpq's chunked/single-row mode), not the whole result
+            # first: the size and row caps stop the query (cancelled when the stream is closed) as soon as
+            # they are passed, so a large result is never held in this process's memory.
+            with conn.cursor() as cur, contextlib.closing(cur.stream(statement, size=_pg_chunk(psycopg))) as rows_in:
+                first = next(rows_in, None)
                 if cur.description is None:
                     raise refused("the statement returns no rows")
-                rows = _bounded_rows(cur.fetchone, max_rows, max_result_bytes)
+                pending = [first] if first is not None else []
+                rows = _bounded_rows(lambda: pending.pop() if pending else next(rows_in, None), max_rows,
+                                     max_result_bytes)
                 columns = [d.name for d in cur.description]
         except psycopg.errors.ReadOnlySqlTransaction:
             raise refused("the statement would change the database") from None

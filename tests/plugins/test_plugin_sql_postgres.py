@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -246,3 +247,24 @@ async def test_postgres_result_size_is_capped(pg_sql):
                            f"SELECT '{'x' * 5000}' FROM generate_series(1, 100)", 200, 5.0,
                            max_result_bytes=100_000)
     assert big.value.code == "result_too_large" and "100000 bytes" in big.value.message
+
+
+async def test_postgres_result_is_fetched_progressively_and_the_query_stopped_at_the_cap(pg_sql, postgres_url):
+    """A result of 100 000 rows that the server produces slowly (about 200 s in all, a subquery per row): fetched
+    whole before the size check it would end as query_timeout after 5 s; streamed, the cap stops it after a few
+    rows, at once, and the server is no longer running it."""
+    guard = plugin_module(pg_sql, "sql_assistant", "guard")
+    statement = (f"SELECT '{'x' * 5000}' AS big, (SELECT count(*) FROM generate_series(1, 20000 + g)) AS slow "
+                 "FROM generate_series(1, 100000) AS g")
+    started = time.monotonic()
+    with pytest.raises(PluginError) as big:
+        guard.postgres_run(postgres_url, statement, 1000, 5.0, max_result_bytes=100_000)
+    assert big.value.code == "result_too_large" and "100000 bytes" in big.value.message
+    assert time.monotonic() - started < 3
+    with psycopg.connect(postgres_url) as conn:
+        running = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                               "AND query LIKE %s AND pid <> pg_backend_pid()", ["%20000 + g%"]).fetchone()[0]
+    assert running == 0
+    # The row cap stops the stream the same way (no downloading of the rest).
+    rows = guard.postgres_run(postgres_url, statement.replace(f"'{'x' * 5000}'", "1"), 3, 5.0)
+    assert len(rows.rows) == 3 and rows.truncated is True

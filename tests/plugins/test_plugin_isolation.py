@@ -48,6 +48,10 @@ class Worker(BasePlugin):
         if what == "print":
             print("this goes to stderr, not into the protocol")
             return {"printed": True}
+        if what == "print_url":
+            import sys
+            print("fetching https://user:pw@files.example/a.bin?X-Amz-Signature=s3cr3t failed", file=sys.stderr)
+            return {"printed": True}
         if what == "sleep":  # marks that it ran, then takes its time
             (context.data_dir / context.input["mark"]).write_text(str(os.getpid()))
             time.sleep(context.input["seconds"])
@@ -319,3 +323,31 @@ async def test_unloading_a_plugin_whose_close_hangs_does_not_block_the_event_loo
         assert gaps and max(gaps) < 1, gaps  # the loop kept serving (e.g. /health) meanwhile
     finally:
         await manager.close()
+
+
+async def test_the_workers_stderr_is_logged_as_json_with_urls_redacted(isolated):
+    """What a plugin writes to stderr goes through the service's logger (moltbot.plugins.<name>, WARNING) and so
+    through its JSON formatter, URLs without user info or query string; never raw onto the container log."""
+    import io
+    import json
+
+    from moltbot.logs import JsonFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("moltbot.plugins.worker")
+    logger.addHandler(handler)
+    try:
+        assert (await call(isolated, do="print_url"))["printed"] is True
+        deadline = time.monotonic() + 5
+        while "files.example" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    entry = next(e for e in lines if "files.example" in e["message"])
+    assert entry["level"] == "WARNING" and entry["logger"] == "moltbot.plugins.worker"
+    assert entry["plugin"] == "worker" and entry["stream"] == "stderr"
+    assert "s3cr3t" not in out.getvalue() and "pw@" not in out.getvalue()
+    assert "https://files.example/a.bin" in entry["message"]

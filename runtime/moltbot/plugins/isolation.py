@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from ..logs import redact_urls
 from .base import BasePlugin
 from .errors import PluginAPIError, PluginError, PluginFailed, PluginLoadError, PluginTimeout
 
@@ -60,6 +61,24 @@ class _ProtocolError(PluginFailed):
     """The worker wrote something that is not a protocol message (it is killed)."""
 
 
+# The longest stderr line of a worker logged as one record; a longer one is logged in pieces of this size.
+MAX_STDERR_LINE = 16 * 1024
+
+
+def _log_stderr(stream: IO[bytes], name: str) -> None:
+    """Log each line the worker writes to stderr at WARNING under moltbot.plugins.<name>, with URLs redacted
+    (user info and query strings), until the worker and whatever it started have closed the pipe."""
+    logger = logging.getLogger(f"moltbot.plugins.{name}")
+    try:
+        with stream:
+            while line := stream.readline(MAX_STDERR_LINE):
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                if text.strip():
+                    logger.warning("%s", redact_urls(text), extra={"plugin": name, "stream": "stderr"})
+    except (OSError, ValueError):  # the pipe closed under the reader
+        pass
+
+
 class ProcessPlugin(BasePlugin):
     """The service side of one isolated plugin: a proxy whose blocking `execute(context)` runs the call in the
     worker process (the manager runs it on its thread pool, as any plain `execute`)."""
@@ -85,8 +104,13 @@ class ProcessPlugin(BasePlugin):
         # A session of its own: kill() stops the worker's process group, whatever the plugin started with it.
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=worker_environment(self.environment),
-            cwd=str(self.folder), start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=worker_environment(self.environment), cwd=str(self.folder), start_new_session=True)
+        # What the worker writes to stderr (the plugin's prints, a native library's messages, a crash's traceback)
+        # is logged line by line through the service's logger: JSON, URLs redacted, never raw on the container log.
+        assert self._process.stderr is not None
+        threading.Thread(target=_log_stderr, args=(self._process.stderr, self.name),
+                         name=f"plugin-{self.name}-stderr", daemon=True).start()
         timer = threading.Timer(LOAD_TIMEOUT, self.kill)
         timer.start()
         try:

@@ -115,3 +115,26 @@ def test_no_deploy_file_states_the_contract_again(path):
     copies = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for n, line in _code_lines(path)
               if any(p.search(line) for p in _CONTRACT_LITERALS) and not (allowed and allowed.match(line))]
     assert not copies, "read these from deploy/contract.json (or its generated copies):\n" + "\n".join(copies)
+
+
+# The READMEs that describe these deployments name deploy/contract.json instead of copying its image pins and
+# runtime limits (a hand copy went stale before).
+_CONTRACT_README_LITERALS = [CONTRACT["images"]["grafana"].rsplit(":", 1)[1], CONTRACT["images"]["grafana"]]
+
+
+@pytest.mark.parametrize("readme", ["monitoring/README.md", "infra/pulumi/README.md",
+                                    "ansible/roles/moltbot/README.md"])
+def test_deploy_readmes_refer_to_the_contract_instead_of_copying_it(readme):
+    text = (REPO / readme).read_text()
+    copies = [value for value in _CONTRACT_README_LITERALS if value in text]
+    limits = CONTRACT["runtime_limits"]
+    copies += [m.group(0) for m in re.finditer(
+        rf"(?<![\w.])({re.escape(str(limits['memory']))}|{re.escape(str(limits['pids']))})(?![\w.])", text)
+        if not _is_example(text, m.start())]
+    assert not copies, f"{readme} copies deploy/contract.json's values {copies}: refer to the contract instead"
+
+
+def _is_example(text: str, start: int) -> bool:
+    """`512m`, `4g` in a list of size examples are the size syntax, not the default."""
+    line = text[text.rfind("\n", 0, start) + 1:text.find("\n", start)]
+    return "Docker-style size" in line

@@ -508,3 +508,38 @@ async def test_syntax_errors_name_file_and_line_once(plugins_root, tmp_path):
     [status] = manager.describe()
     assert status["error"] == "import failed: SyntaxError: expected ':' (plugin.py line 2)"
     await manager.close()
+
+
+def test_plugin_modules_are_dropped_while_other_threads_change_sys_modules():
+    """Plugins are unloaded on worker threads (close(), reload()) while other threads import and drop modules:
+    dropping a plugin's modules must not iterate sys.modules itself (it failed in CI with "dictionary changed
+    size during iteration" when close() unloaded several plugins at once)."""
+    import sys
+    import threading
+    import types
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        for i in range(200_000):  # bounded
+            if stop.is_set():
+                return
+            sys.modules[f"_moltbot_churn_{i % 50}"] = types.ModuleType("churn")
+            sys.modules.pop(f"_moltbot_churn_{(i + 25) % 50}", None)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: the race shows in a few rounds
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for round_ in range(300):
+            sys.modules[f"_moltbot_dropped_{round_}"] = types.ModuleType("dropped")
+            sys.modules[f"_moltbot_dropped_{round_}.sub"] = types.ModuleType("dropped.sub")
+            PluginManager._drop_modules(f"_moltbot_dropped_{round_}")
+            assert f"_moltbot_dropped_{round_}.sub" not in sys.modules
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+        for name in [m for m in list(sys.modules) if m.startswith("_moltbot_churn_")]:
+            sys.modules.pop(name, None)

@@ -299,8 +299,10 @@ class PluginManager:
 
     @staticmethod
     def _drop_modules(package: str) -> None:
-        for module_name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-            del sys.modules[module_name]
+        # A snapshot of the keys: plugins are unloaded on worker threads (close(), reload()) while other threads
+        # import and drop modules; iterating sys.modules itself then fails ("dictionary changed size").
+        for module_name in [m for m in list(sys.modules) if m == package or m.startswith(package + ".")]:
+            sys.modules.pop(module_name, None)
 
     @staticmethod
     def _close_instance(loaded: LoadedPlugin) -> None:

@@ -94,10 +94,10 @@ class StreamingToolCallParser:
             end = self.buffer.find(_CLOSE)
             if self.head_end is None:
                 head = _HEAD.match(self.buffer)
-                if head:
+                name = _json_string(head.group(1)) if head else None
+                if head and name is not None:  # a name that is no JSON string: the block is parsed whole
                     self.head_end = head.end()
-                    pieces.append(ToolCallPiece(self.calls, f"call_{uuid.uuid4().hex[:16]}",
-                                                json.loads(f'"{head.group(1)}"')))
+                    pieces.append(ToolCallPiece(self.calls, f"call_{uuid.uuid4().hex[:16]}", name))
                     self.calls += 1
             if end < 0:
                 if self.head_end is not None:
@@ -144,3 +144,13 @@ def _partial_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-size:]):
             return size
     return 0
+
+
+def _json_string(body: str) -> str | None:
+    """The JSON string literal with this body, decoded; None when the model wrote no valid one (a raw control
+    character, a bad escape): model output must never end a stream with an error."""
+    try:
+        value = json.loads(f'"{body}"')
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None

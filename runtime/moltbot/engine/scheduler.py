@@ -36,7 +36,10 @@ PREFILL_TOKEN_BUDGET = 1024
 # running ones between its chunks (where the runner can: ChunkedPrefillRunner): a 1024-token newcomer no
 # longer stalls every stream for its whole prefill (vLLM's chunked prefill, in its simplest form).
 PREFILL_CHUNK_TOKENS = 256
-RETRY_AFTER_MAX = 600  # seconds: the most a 429's Retry-After asks a client to wait
+# Seconds: the most a 429's Retry-After asks a client to wait. The estimate counts each running sequence to its
+# max_tokens (often the whole context), so it is an upper bound; clients such as the openai SDK ignore values over
+# 60 and back off on their own, others would sleep for all of it.
+RETRY_AFTER_MAX = 60
 
 
 @dataclass
@@ -183,6 +186,7 @@ class GenerationScheduler:
             try:
                 with self._cond:
                     while not self._waiting and not self._running and not self._chunking and not self._stopping:
+                        self._last_step_at = None  # the idle time is no step
                         self._cond.wait()
                     if self._stopping and not self._waiting and not self._running and not self._chunking:
                         return
@@ -213,7 +217,7 @@ class GenerationScheduler:
         """The time from one decode step to the next while the batch runs (decode, sampling, output, admissions:
         the rate at which a sequence's tokens come), averaged, for Retry-After."""
         now = time.monotonic()
-        if self._last_step_at is not None and now - self._last_step_at < 1.0:  # not after an idle wait
+        if self._last_step_at is not None:  # None after an idle wait (see _loop): a slow model's steps count too
             self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - self._last_step_at)
         self._last_step_at = now
 

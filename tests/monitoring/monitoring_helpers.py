@@ -445,3 +445,30 @@ class Alertmanager:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+ECHO_PLUGIN = '''
+from moltbot.plugins import BasePlugin
+
+
+class EchoPlugin(BasePlugin):
+    def execute(self, context):
+        if context.input.get("fail"):
+            raise RuntimeError("asked to fail")
+        return {"text": context.input["text"]}
+'''
+
+
+def write_test_plugins(plugins_dir: Path) -> None:
+    """`echo` (fails on request) and `broken` (a syntax error: counted as a plugin load error)."""
+    for name, source in (("echo", ECHO_PLUGIN), ("broken", "def execute(:\n")):
+        folder = plugins_dir / name
+        folder.mkdir(parents=True)
+        (folder / "__init__.py").write_text("")
+        (folder / "plugin.py").write_text(source)
+        (folder / "config.json").write_text(json.dumps({
+            "name": name, "version": "1.0.0", "description": f"{name} plugin of the monitoring tests",
+            "class": f"{name.capitalize()}Plugin", "enabled": True, "timeout": 5,
+            "input_schema": {"type": "object", "required": ["text"], "properties": {
+                "text": {"type": "string"}, "fail": {"type": "boolean"}}},
+        }))

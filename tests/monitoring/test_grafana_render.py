@@ -44,10 +44,11 @@ from monitoring_helpers import (
     free_port,
     serve_dcgm_sample,
     start_node_exporter,
+    write_test_plugins,
 )
 
 from tests.conftest import Server, start_server
-from tests.ui.browser import LAUNCH_ARGS, chromium_executable, playwright_missing
+from tests.ui.browser import launched_chromium, playwright_missing
 
 sys.path.insert(0, str(REPO / "infra" / "pulumi"))
 import grafana_external  # noqa: E402  (infra/pulumi/grafana_external.py: what the Pulumi program declares)
@@ -57,18 +58,6 @@ ADMIN_PASSWORD = "grafana-test-password"
 # Panels no test here can fill: cAdvisor and dockerd metrics (nothing exposes them on these machines).
 NO_DATA_HERE = ('job="cadvisor"', 'job="docker"')
 DASHBOARD_UIDS = ("moltbot-runtime", "moltbot-host", "moltbot-gpu")
-
-ECHO_PLUGIN = '''
-from moltbot.plugins import BasePlugin
-
-
-class EchoPlugin(BasePlugin):
-    def execute(self, context):
-        if context.input.get("fail"):
-            raise RuntimeError("asked to fail")
-        return {"text": context.input["text"]}
-'''
-
 
 # ---- Grafana ---------------------------------------------------------------------------------------------
 def grafana_image() -> str:
@@ -177,20 +166,6 @@ def start_grafana(work_dir: Path, prometheus_url: str | None) -> Grafana:
 
 
 # ---- the stack under load (runs everywhere) ---------------------------------------------------------------
-def write_plugins(plugins_dir: Path) -> None:
-    """`echo` (fails on request) and `broken` (a syntax error: a plugin load error)."""
-    for name, source in (("echo", ECHO_PLUGIN), ("broken", "def execute(:\n")):
-        folder = plugins_dir / name
-        folder.mkdir(parents=True)
-        (folder / "__init__.py").write_text("")
-        (folder / "plugin.py").write_text(source)
-        (folder / "config.json").write_text(json.dumps({
-            "name": name, "version": "1.0.0", "description": f"{name} plugin of the Grafana test",
-            "class": f"{name.capitalize()}Plugin", "timeout": 5,
-            "input_schema": {"type": "object", "required": ["text"],
-                             "properties": {"text": {"type": "string"}, "fail": {"type": "boolean"}}}}))
-
-
 def generate_load(url: str, seconds: float = 12.0) -> dict[str, int]:
     """A short mixed load that touches every runtime panel: chat (streamed and not) and embeddings from a few
     clients, plugin calls that succeed and fail, and bursts beyond the one-slot queue (429s)."""
@@ -246,7 +221,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, defaults_dir: Path) -> Itera
         dcgm = serve_dcgm_sample()
         stopped.append(dcgm.shutdown)
         home = work_dir / "runtime"
-        write_plugins(home / "plugins")
+        write_test_plugins(home / "plugins")
         (home / "models").mkdir(parents=True)
         (home / "models" / "broken.json").write_text('{"name": "broken", "source": "local", "path": "/nowhere"}')
         # One running and one queued request per model: the chat clients' bursts are partly rejected (429).
@@ -296,12 +271,8 @@ def browser() -> Iterator[Any]:
     reason = playwright_missing() or (GRAFANA_MISSING if find_grafana() is None else None)
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_executable(), args=LAUNCH_ARGS)
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ expression, labels and annotations stay those of monitoring/prometheus/rules/mol
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -21,7 +20,7 @@ import yaml
 
 from monitoring_helpers import (DASHBOARDS_DIR, FILEBEAT_DIR, REPO, RULE_FILES, Alertmanager, Prometheus,
                                 WebhookReceiver, apply_filebeat_input, dashboard_queries, free_port,
-                                serve_dcgm_sample, start_node_exporter, wait_until)
+                                serve_dcgm_sample, start_node_exporter, wait_until, write_test_plugins)
 
 MOLTBOT = REPO / ".venv" / "bin" / "moltbot"
 READY_TIMEOUT = 300  # the first start in a fresh checkout makes the embedded default models (~1 min here)
@@ -33,33 +32,6 @@ PANELS_WITH_DATA = [
     "Inter-token latency", "Generated tokens/s", "Prompt tokens/s", "Queued requests", "Running requests",
     "Queue utilisation", "Served models", "Model load time", "variable instance", "variable model",
 ]
-
-
-ECHO_PLUGIN = '''
-from moltbot.plugins import BasePlugin
-
-
-class EchoPlugin(BasePlugin):
-    def execute(self, context):
-        if context.input.get("fail"):
-            raise RuntimeError("asked to fail")
-        return {"text": context.input["text"]}
-'''
-
-
-def write_test_plugins(plugins_dir: Path) -> None:
-    """`echo` (fails on request) and `broken` (a syntax error: counted as a plugin load error)."""
-    for name, source in (("echo", ECHO_PLUGIN), ("broken", "def execute(:\n")):
-        folder = plugins_dir / name
-        folder.mkdir(parents=True)
-        (folder / "__init__.py").write_text("")
-        (folder / "plugin.py").write_text(source)
-        (folder / "config.json").write_text(json.dumps({
-            "name": name, "version": "1.0.0", "description": f"{name} plugin of the monitoring test",
-            "class": f"{name.capitalize()}Plugin", "enabled": True, "timeout": 5,
-            "input_schema": {"type": "object", "required": ["text"], "properties": {
-                "text": {"type": "string"}, "fail": {"type": "boolean"}}},
-        }))
 
 
 class Runtime:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 # --no-sandbox: the tests run as root on CI, where Chromium's sandbox refuses to start; --disable-dev-shm-usage:
@@ -33,3 +36,14 @@ def playwright_missing() -> str | None:
     if chromium_executable() is None:
         return "no Chromium: `apt-get install chromium` (scripts/install-system-deps.sh installs it)"
     return None
+
+
+@contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """Playwright's driver on that Chromium, headless, closed afterwards (check playwright_missing() first)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_executable(), args=LAUNCH_ARGS)
+        yield browser
+        browser.close()

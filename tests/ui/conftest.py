@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, start_server
-from tests.ui.browser import LAUNCH_ARGS, chromium_executable, playwright_missing
+from tests.ui.browser import launched_chromium, playwright_missing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,12 +48,8 @@ def browser() -> Iterator[Any]:
     reason = playwright_missing()
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_executable(), args=LAUNCH_ARGS)
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @dataclass

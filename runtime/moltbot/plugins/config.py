@@ -20,7 +20,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {"type": "object"}
 # Keys describing the plugin itself; any other top-level key is a setting, like those under "settings".
 META_KEYS = {"name", "version", "description", "class", "enabled", "timeout", "settings", "input_schema", "admin",
-             "isolation", "memory_mb", "environment"}
+             "isolation", "memory_mb", "environment", "tool"}
 ISOLATIONS = ("process", "thread")
 DEFAULT_MEMORY_MB = 2048
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +47,9 @@ class PluginConfig:
     # Environment variables an isolated plugin's worker gets from the service's besides the few every worker gets
     # (isolation.ENV_ALLOWED), e.g. a library's own settings; never the service's MOLTBOT_* ones.
     environment: list[str] = field(default_factory=list)
+    # Whether a chat request may offer the plugin to a model as a tool (false: only explicit calls run it, through
+    # /v1/plugins/{name}/execute or the WebSocket; a model's call of that name goes back to the client).
+    tool: bool = True
 
     def needs_admin(self, payload: Any) -> bool:
         if isinstance(self.admin, bool):
@@ -114,11 +117,14 @@ def parse_config(raw: dict[str, Any], *, default_name: str, environ: Mapping[str
             for v in environment):
         raise PluginLoadError("config.json: environment must be a list of environment variable names "
                               "(not MOLTBOT_* ones)")
+    tool = raw.get("tool", True)
+    if not isinstance(tool, bool):
+        raise PluginLoadError("config.json: tool must be true or false")
     return PluginConfig(
         name=name, version=version, description=description, class_name=class_name, enabled=enabled,
         timeout=float(timeout) if timeout is not None else None,
         settings=resolve_secrets(merged, environ, "settings"), input_schema=schema, admin=admin,
-        isolation=isolation, memory_mb=memory_mb, environment=environment,
+        isolation=isolation, memory_mb=memory_mb, environment=environment, tool=tool,
     )
 
 

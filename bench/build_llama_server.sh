@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-server and llama-quantize (and keep its GGUF converter) from the sources that the
-# llama-cpp-python sdist on PyPI bundles. Made once under $1 (default build/bench/llama.cpp); reruns skip it.
+# Build llama.cpp's llama-server, llama-quantize, llama-perplexity and llama-tokenize (and keep its GGUF converter)
+# from the sources that the llama-cpp-python sdist on PyPI bundles. Made once under $1 (default
+# build/bench/llama.cpp); reruns skip it. The bench needs the first two, the fidelity tests (tests/fidelity/) all four:
+# one cmake build makes them together, since most of the time goes into the shared libllama/ggml objects.
 # `pip download` of an sdist prepares its metadata with the sdist's build backend; --no-build-isolation makes it
 # use the one installed in $PY's environment (scikit-build-core, from requirements/bench.txt) instead of building
 # an isolated one from sources (--no-binary :all: would apply to the backend too).
 set -euo pipefail
+TOOLS=(llama-server llama-quantize llama-perplexity llama-tokenize)
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 PY="${PY:-.venv/bin/python}"
 OUT="$(realpath -m "${1:-build/bench/llama.cpp}")"
@@ -16,8 +19,13 @@ if [[ -n "${LLAMA_BUILD_WAIT:-}" ]]; then
 else
   flock 9
 fi
-if [[ -x "$OUT/bin/llama-server" && -x "$OUT/bin/llama-quantize" && -f "$OUT/src/convert_hf_to_gguf.py" ]]; then
-  echo "llama-server: already built in $OUT"
+built() {
+  local tool
+  for tool in "${TOOLS[@]}"; do [[ -x "$OUT/bin/$tool" ]] || return 1; done
+  [[ -f "$OUT/src/convert_hf_to_gguf.py" && -d "$OUT/src/tools/perplexity" ]]
+}
+if built; then
+  echo "llama.cpp tools: already built in $OUT"
   exit 0
 fi
 for tool in cmake ninja g++; do
@@ -40,8 +48,8 @@ started=$SECONDS
 cmake -S "$OUT/src" -B "$OUT/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF >"$OUT/cmake.log"
-cmake --build "$OUT/cmake" --target llama-server llama-quantize -j "$(nproc)" >>"$OUT/cmake.log"
+cmake --build "$OUT/cmake" --target "${TOOLS[@]}" -j "$(nproc)" >>"$OUT/cmake.log"
 mkdir -p "$OUT/bin"
-cp "$OUT/cmake/bin/llama-server" "$OUT/cmake/bin/llama-quantize" "$OUT/bin/"
+for tool in "${TOOLS[@]}"; do cp "$OUT/cmake/bin/$tool" "$OUT/bin/"; done
 rm -rf "$OUT/cmake"
-echo "llama-server and llama-quantize: built in $OUT/bin in $((SECONDS - started)) s"
+echo "${TOOLS[*]}: built in $OUT/bin in $((SECONDS - started)) s"

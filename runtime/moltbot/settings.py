@@ -50,6 +50,11 @@ class Settings:
         "`auto`: serve the embedded defaults when no model config is found; `on`: always; `off`: never.",
         default="auto",
     )
+    default_chat_precision: str = _doc(
+        "Weights of the embedded default chat model (smollm2-135m-instruct): `auto` (int8 on the CPU, fp16 on "
+        "CUDA), `int8`, `int4` (smaller, faster, a little less exact) or `fp32`; another precision is made once "
+        "from the packaged GGUF with the model builder (builder_python).", default="auto",
+    )
 
     # Security
     api_keys: list[str] = _doc("Comma-separated API keys; when any key is set, /v1 routes need one.",
@@ -142,6 +147,9 @@ class Settings:
             raise SettingsError(f"default_models: {self.default_models!r} is not auto, on or off")
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device: {self.device!r} is not cpu or cuda")
+        if self.default_chat_precision not in ("auto", "int8", "int4", "fp32", "fp16"):
+            raise SettingsError(f"default_chat_precision: {self.default_chat_precision!r} is not auto, int8, int4, "
+                                "fp32 or fp16")
         for name in ("max_running", "max_body_bytes", "embedding_batch_size", "plugin_workers"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1")

@@ -70,19 +70,20 @@ class Settings:
     cors_origins: list[str] = _doc(
         "Comma-separated origins (`https://app.example.com`, or `*`) whose browser pages may call the API (CORS, "
         "preflight answered); empty: off.", default_factory=list)
-
-    # Limits
-    max_body_bytes: int = _doc("Largest request body accepted (413 beyond).", default=4 * 1024 * 1024)
-    max_running: int = _doc("Per model: requests decoded together in one batch.", default=32)
-    max_queued: int = _doc("Per model: requests waiting for a batch slot; beyond it 429 with Retry-After.",
     allow_unauthenticated: bool = _doc(
         "Serve without API keys on an address other than loopback (`host` 0.0.0.0, a LAN address); off: "
         "`moltbot serve` refuses to start that way, as anyone who reaches the port could use the models and plugins.",
         default=False)
     allowed_hosts: list[str] = _doc(
-        "Without API keys, the names a request's `Host` may carry besides localhost, 127.0.0.1 and [::1] (any port), "
-        "comma-separated, no port (`*`: any); any other Host is refused with a 421, so that a website cannot reach "
-        "the server through DNS rebinding. Probes and /metrics are not checked.", default_factory=list)
+        "Without API keys, the names a request's `Host` may carry besides localhost (and `*.localhost`) and IP "
+        "addresses such as 127.0.0.1 or [::1] (any port), comma-separated, no port (`*`: any); another name is refused "
+        "with a 421, so that a website cannot reach the server through DNS rebinding. Probes and /metrics are not "
+        "checked.", default_factory=list)
+
+    # Limits
+    max_body_bytes: int = _doc("Largest request body accepted (413 beyond).", default=4 * 1024 * 1024)
+    max_running: int = _doc("Per model: requests decoded together in one batch.", default=32)
+    max_queued: int = _doc("Per model: requests waiting for a batch slot; beyond it 429 with Retry-After.",
                            default=128)
     request_timeout: float = _doc("Seconds a request may take in all before it fails with a timeout error.",
                                   default=300.0)

@@ -52,8 +52,9 @@ def find_builder_python(configured: str | None = None) -> str:
 
 
 def build_graph(src: str | Path, dst: str | Path, precision: str = "int4", device: str = "cpu",
-                python: str | None = None) -> Path:
-    """Build `dst` from the checkpoint folder `src` atomically: a half-made graph never appears at `dst`."""
+                python: str | None = None, extra_options: dict[str, str] | None = None) -> Path:
+    """Build `dst` from the checkpoint folder `src` atomically: a half-made graph never appears at `dst`.
+    `extra_options` go to the builder as `--extra_options key=value ...` (e.g. windowed_kv_cache=false)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "fp16" and device != "cuda":
@@ -65,10 +66,10 @@ def build_graph(src: str | Path, dst: str | Path, precision: str = "int4", devic
     try:
         graph = work / "graph"
         if precision == "int8" and device == "cpu":
-            _run_builder(interpreter, src, work / "fp32", "fp32", device, work / "cache")
+            _run_builder(interpreter, src, work / "fp32", "fp32", device, work / "cache", extra_options)
             _quantize_cpu_int8(interpreter, work / "fp32", graph)
         else:
-            _run_builder(interpreter, src, graph, precision, device, work / "cache")
+            _run_builder(interpreter, src, graph, precision, device, work / "cache", extra_options)
         for name in _CHECKPOINT_FILES:
             if (src / name).exists():
                 shutil.copy2(src / name, graph / name)
@@ -89,10 +90,12 @@ def graph_recipe(precision: str, device: str) -> str:
     return "builder-dq8" if precision == "int8" and device == "cpu" else "builder"
 
 
-def _run_builder(interpreter: str, src: Path, out: Path, precision: str, device: str, cache: Path) -> None:
+def _run_builder(interpreter: str, src: Path, out: Path, precision: str, device: str, cache: Path,
+                 extra_options: dict[str, str] | None = None) -> None:
+    extra = [f"{key}={value}" for key, value in (extra_options or {}).items()]
     result = subprocess.run(
         [interpreter, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
-         "-p", precision, "-e", device, "-c", str(cache)],
+         "-p", precision, "-e", device, "-c", str(cache), *(["--extra_options", *extra] if extra else [])],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -110,9 +113,9 @@ def _quantize_cpu_int8(interpreter: str, fp32: Path, out: Path) -> None:
     for item in fp32.iterdir():
         if item.is_file() and not item.name.startswith("model.onnx"):
             shutil.copy2(item, out / item.name)
-    script = Path(__file__).with_name("quantize.py")
+    script = Path(__file__).with_name("quantize.py")  # run with -P: its folder's gguf.py must not shadow gguf
     result = subprocess.run(
-        [interpreter, str(script), "--graph-only", str(fp32 / "model.onnx"), str(out / "model.onnx")],
+        [interpreter, "-P", str(script), "--graph-only", str(fp32 / "model.onnx"), str(out / "model.onnx")],
         capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]

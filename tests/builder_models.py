@@ -1,8 +1,8 @@
 """Small real models for the builder-graph tests, made once per checkout under build/test-models/.
 
 A random-weight model's next-token scores are nearly flat, so any quantisation flips its greedy choices and a
-top-1 agreement figure says nothing about the graph. The tests therefore use `tiny-trained`: the default tiny
-Llama (runtime/moltbot/export/defaults.py) trained for a few seconds on its own tokenizer corpus, so that its
+top-1 agreement figure says nothing about the graph. The tests therefore use `tiny-trained`: the tiny test
+Llama (tests/fixture_models.py) trained for a few seconds on its own tokenizer corpus, so that its
 predictions have real margins. From that one checkpoint the model builder makes the fp32, int8 and int4
 graphs (in build/builder-venv, `make builder-venv`), and Optimum the reference export.
 
@@ -46,7 +46,7 @@ def _train(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from moltbot.export.defaults import _CORPUS, build_tiny_chat_checkpoint
+    from tests.fixture_models import _CORPUS, build_tiny_chat_checkpoint
 
     work = out.with_name(out.name + ".partial")
     build_tiny_chat_checkpoint(work)

@@ -1,4 +1,9 @@
-"""Fixtures shared by every area: the embedded default models (made once) and real `moltbot serve` processes."""
+"""Fixtures shared by every area: the embedded default models (made once) and real `moltbot serve` processes.
+
+The live servers' embedded defaults are the test fixtures of tests/fixture_models.py (tiny-chat, random weights,
+and the real all-MiniLM-L6-v2), fast enough for the many tests that need arbitrary tokens; `real_defaults_dir` is
+the product's own (smollm2-135m-instruct from its GGUF, the folder `make image` bakes), for the tests of the real
+default."""
 
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The same folder `make image` bakes into the container, so the models are made once per checkout.
-DEFAULTS_DIR = REPO / "build" / "default-models"
+DEFAULTS_DIR = REPO / "build" / "test-defaults"
+# The same folder `make run` (MOLTBOT_DEFAULTS_DIR) and `make image` use, so the real defaults are made once per
+# checkout.
+REAL_DEFAULTS_DIR = REPO / "build" / "default-models"
+BUILDER_PYTHON = REPO / "build" / "builder-venv" / "bin" / "python"
 READY_TIMEOUT = 120
 
 
@@ -29,11 +37,21 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def defaults_dir() -> Path:
-    """The embedded default models, made with the export extra if they are not there yet."""
-    result = subprocess.run([sys.executable, "-m", "moltbot.export.defaults", str(DEFAULTS_DIR)],
+    """The test servers' embedded defaults (tiny-chat, all-minilm-l6-v2), made if they are not there yet."""
+    result = subprocess.run([sys.executable, "-m", "tests.fixture_models", str(DEFAULTS_DIR)], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return DEFAULTS_DIR
+
+
+@pytest.fixture(scope="session")
+def real_defaults_dir() -> Path:
+    """The product's embedded defaults (smollm2-135m-instruct int8, all-minilm-l6-v2), made as `make run` makes
+    them: from the packaged GGUF, with the model builder's venv."""
+    result = subprocess.run([sys.executable, "-m", "moltbot.export.defaults", str(REAL_DEFAULTS_DIR),
+                             "--builder-python", str(BUILDER_PYTHON)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return REAL_DEFAULTS_DIR
 
 
 @dataclass

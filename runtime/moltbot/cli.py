@@ -117,8 +117,11 @@ def cmd_models_export(args: argparse.Namespace) -> int:
 def cmd_models_defaults(args: argparse.Namespace) -> int:
     from moltbot.export.defaults import main as defaults_main
 
-    output = args.output or str(_settings(args).defaults_dir)
-    return defaults_main([output] + (["--force"] if args.force else []))
+    settings = _settings(args)
+    output = args.output or str(settings.defaults_dir)
+    return defaults_main([output, "--precision", settings.default_chat_precision, "--device", settings.device]
+                         + (["--builder-python", settings.builder_python] if settings.builder_python else [])
+                         + (["--force"] if args.force else []))
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:

@@ -122,7 +122,7 @@ def test_service_model_forwards_to_another_instance(server_factory, tmp_path):
 
 
 def test_a_pytorch_checkpoint_is_exported_once_and_cached(server_factory, tmp_path):
-    from moltbot.export.defaults import build_tiny_chat_checkpoint
+    from tests.fixture_models import build_tiny_chat_checkpoint
 
     checkpoint = build_tiny_chat_checkpoint(tmp_path / "hf-checkpoint")
     home = tmp_path / "srv"

@@ -1,4 +1,4 @@
-"""A small real model that calls a tool: the default tiny Llama (runtime/moltbot/export/defaults.py) trained for a
+"""A small real model that calls a tool: the tiny test Llama (tests/fixture_models.py) trained for a
 few seconds to answer every chat turn with one Hermes-style `<tool_call>` block, exported to ONNX with Optimum.
 Made once per checkout under build/test-models/tiny-toolcall (the conformance and real-client tests serve it).
 
@@ -47,7 +47,7 @@ def _train(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from moltbot.export.defaults import build_tiny_chat_checkpoint
+    from tests.fixture_models import build_tiny_chat_checkpoint
     from moltbot.export.optimum_export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="moltbot-toolcall-") as tmp:

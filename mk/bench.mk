@@ -1,15 +1,18 @@
-# Benchmarks (bench/): the runtime against llama.cpp's llama-server, like against like (int8 vs q8_0, int4 vs q4_0,
-# fp32 vs f16), both servers up at once and measured in interleaved rounds, through the HTTP API.
+# Benchmarks (bench/): the runtime against llama.cpp's llama-server on real weights (SmolLM2-135M-Instruct from its
+# Q4_1 GGUF, Gemma 3 270M from its Q4_K_M GGUF): the runtime's int8/int4 graphs (its own GGUF import) against q8_0 /
+# q4_0 made by llama.cpp from the same dequantised weights and against the original files; both servers up at once
+# and measured in interleaved rounds, through the HTTP API.
 #   make bench    prepare the models (cached under build/bench/), measure, print the tables, write docs/benchmarks.md
 # Not part of TEST_TARGETS: a benchmark is not a test (tests/bench/ checks the helpers in the normal pytest run).
-# Environment: BENCH_ROUNDS (default 5) rounds per short point, BENCH_LONG_ROUNDS (default 5) for the long-context
-# point, BENCH_PAIRS (default int8,int4,fp32), BENCH_LONG (precisions with the long-context point, default int8).
-# Sized to finish in under 25 minutes on 2 cores once the models and llama.cpp are built (a first run also builds
-# llama-server and llama-quantize: 5 minutes on a quiet machine, 30 on a busy one). Under other load a run takes
-# longer (one at load 4-6 took 27 minutes) and its figures are less worth: see docs/benchmarks.md.
+# Environment: BENCH_ROUNDS (default 5) rounds per short point, BENCH_LONG_ROUNDS (default 3) for the long-context
+# point, BENCH_PAIRS (default all: six pairs; or models, precisions, model:precision:gguf such as smollm2:fp32:f16),
+# BENCH_LONG (pairs with the long-context point: default all; precisions or model:precision:gguf; empty for none).
+# The full run takes about 45 minutes on a quiet 2-core machine once the models and llama.cpp are built (a first
+# run also imports the graphs, a few minutes, and builds llama.cpp's tools: 5 minutes quiet, 30 busy). Under other
+# load it takes longer and its figures are less worth: see docs/benchmarks.md.
 # The GPU rows alone, on a machine with a GPU and no network: scripts/gpu-check.sh (wheels carried from here).
 
-BENCH_TIMEOUT ?= 3600
+BENCH_TIMEOUT ?= 5400
 
 .PHONY: bench bench-deps bench-system-deps
 
@@ -27,8 +30,9 @@ bench-system-deps:
 	    cmake ninja-build g++ make; \
 	fi
 
-# builder-venv (mk/builder.mk): the model builder, with which the runtime makes its int4 (and int8, fp32) graphs.
-bench-deps: $(VENV)/.installed-bench bench-system-deps builder-venv
+# builder-venv (mk/builder.mk): the model builder, with which the runtime makes its graphs; .installed-fidelity
+# (mk/fidelity.mk): the Gemma GGUF's packages.
+bench-deps: $(VENV)/.installed-bench $(VENV)/.installed-fidelity bench-system-deps builder-venv
 
 bench: bench-deps
 	timeout --signal=INT $(BENCH_TIMEOUT) $(PY) -m bench.run

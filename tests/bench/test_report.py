@@ -79,18 +79,27 @@ def test_ceiling_rows_give_the_share_of_the_ceiling_at_c1():
                     ["llama-server q8_0", "125 MB", 160.0, pytest.approx(50.0), "31%"]]
 
 
-def test_cpu_checks_use_median_ratios_and_say_n_a_for_unavailable_pairs():
-    pairs = {"int8": measured_pair(ratio=1.6), "int4": PairResult("int4", "q4_0", why="refused")}
-    checks = {c.label.split(" (")[0]: c for c in cpu_checks(pairs, "long c8", ceiling_int8=100.0)}
-    assert checks["moltbot int8 vs llama-server q8_0: c1 >= 1x"].verdict == "pass"
-    assert checks["moltbot int8 vs llama-server q8_0: c8 >= 1.5x"].row()[1:] == ["1.60x", ">= 1.50x", "pass"]
-    assert checks["moltbot int8 vs llama-server q8_0: long c8 >= 1.2x"].verdict == "pass"  # 30 / 20
-    itl = checks["moltbot int8: long c8 ITL p50 at most llama-server q8_0's"]
+def test_cpu_checks_cover_every_pair_with_median_ratios_and_say_n_a_for_unavailable_pairs():
+    int8 = measured_pair(ratio=1.6)
+    int8.model = "smollm2"
+    original = measured_pair(gguf="Q4_1", ratio=1.2)
+    original.model = "smollm2"
+    refused = PairResult("int4", "Q4_K_M", model="gemma3", why="refused")
+    titles = {"smollm2": "SmolLM2", "gemma3": "Gemma"}
+    checks = {c.label.split(" (")[0]: c for c in cpu_checks([int8, original, refused], "long c8", titles)}
+    assert checks["SmolLM2: moltbot int8 vs llama-server q8_0: c1 >= 1x"].verdict == "pass"
+    assert checks["SmolLM2: moltbot int8 vs llama-server q8_0: c8 >= 1.5x"].row()[1:] == ["1.60x", ">= 1.50x", "pass"]
+    assert checks["SmolLM2: moltbot int8 vs llama-server Q4_1: c32 >= 1.5x"].row()[1:] == ["1.20x", ">= 1.50x",
+                                                                                          "FAIL"]
+    itl = checks["SmolLM2: moltbot int8 vs llama-server q8_0: long c8 ITL p99 at most llama-server's"]
     assert itl.row()[1:] == ["40.0 ms", "<= 60.0 ms", "pass"]
-    assert checks["moltbot int4 vs llama-server q4_0: c1 >= 1x"].verdict == "n/a"
-    assert checks["moltbot int8: c1 >= 50% of the int8 bandwidth ceiling"].row()[1:] == ["80%", ">= 50%", "pass"]
+    assert checks["Gemma: moltbot int4 vs llama-server Q4_K_M: c1 >= 1x"].verdict == "n/a"
+    assert checks["Gemma: moltbot int4 vs llama-server Q4_K_M: long c8 ITL p99 at most llama-server's"].verdict == "n/a"
     assert checks["every request gave 200 with exactly the asked token count"].row()[1:] == [
-        "48 of 48", "all 48", "pass"]
+        "96 of 96", "all 96", "pass"]
+    no_long = measured_pair()
+    del no_long.points["long c8"]
+    assert not any("ITL" in c.label for c in cpu_checks([no_long], "long c8"))  # the pair did not run that point
 
 
 def test_check_rows_for_failures_and_at_most():
@@ -110,7 +119,7 @@ def test_points_with_a_wide_spread_of_round_ratios_are_flagged():
 def test_targets_on_noisy_points_say_so():
     pair = measured_pair(ratio=1.6)
     pair.points["c8"] = pair_point([160, 160, 160], [100, 40, 100])  # one round of B slowed by other load
-    checks = {c.label.split(" (")[0]: c for c in cpu_checks({"int8": pair}, "long c8", ceiling_int8=100.0)}
+    checks = {c.label.split(" (")[0]: c for c in cpu_checks([pair], "long c8")}
     assert checks["moltbot int8 vs llama-server q8_0: c8 >= 1.5x"].row()[1:] == ["1.60x", ">= 1.50x", "pass (noisy)"]
     assert checks["moltbot int8 vs llama-server q8_0: c1 >= 1x"].row()[-1] == "pass"
     assert Check("x", None, 1.0, noisy=True).row()[-1] == "n/a"

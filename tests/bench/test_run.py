@@ -12,14 +12,9 @@ from bench.loadgen import PointResult, RequestResult
 from bench.report import PairResult
 
 
-def test_model_config_per_precision():
-    checkpoint = Path("/models/checkpoint")
-    base = {"name": "m", "type": "local", "path": "/models/checkpoint", "max_tokens": 2048}
-    assert run.moltbot_model_config("m", checkpoint, "fp32") == base
-    assert run.moltbot_model_config("m", checkpoint, "int8") == {**base, "quantize": "int8"}
-    assert run.moltbot_model_config("m", checkpoint, "int4") == {**base, "quantize": "int4"}
-    with pytest.raises(KeyError):
-        run.moltbot_model_config("m", checkpoint, "fp8")
+def test_model_config_serves_the_imported_graph_folder():
+    assert run.moltbot_model_config("m", Path("/models/graph-int8")) == {
+        "name": "m", "type": "local", "path": "/models/graph-int8", "max_tokens": 2048}
 
 
 def test_payloads_ask_for_an_exact_token_count():
@@ -35,15 +30,28 @@ def test_point_specs_and_pairs():
         ("c1", 1, 32, 64, 4, 5), ("c8", 8, 32, 64, 8, 5), ("c32", 32, 32, 64, 32, 5),
         ("long c8", 8, 1024, 128, 8, 3)]
     assert [s.name for s in run.point_specs(5, 3, long=False)] == ["c1", "c8", "c32"]
-    assert run.parse_pairs("fp32, int8") == [("int8", "q8_0"), ("fp32", "f16")]
+    assert run.parse_pairs("all") == list(run.PAIRS)
+    assert run.parse_pairs("gemma3") == [("gemma3", "int8", "Q4_K_M"), ("gemma3", "int4", "Q4_K_M")]
+    assert run.parse_pairs("smollm2:fp32:f16, int4") == [
+        ("smollm2", "int4", "q4_0"), ("smollm2", "int4", "Q4_1"), ("gemma3", "int4", "Q4_K_M"),
+        ("smollm2", "fp32", "f16")]
     with pytest.raises(argparse.ArgumentTypeError, match="fp8"):
         run.parse_pairs("int8,fp8")
+    with pytest.raises(argparse.ArgumentTypeError, match="gemma3:int8:q8_0"):
+        run.parse_pairs("gemma3:int8:q8_0")  # no q8_0 is made for Gemma
+    assert run.long_point_for(["all"], ("gemma3", "int4", "Q4_K_M"))
+    assert run.long_point_for(["int8"], ("smollm2", "int8", "Q4_1"))
+    assert run.long_point_for(["smollm2:int4:q4_0"], ("smollm2", "int4", "q4_0"))
+    assert not run.long_point_for(["int8"], ("smollm2", "int4", "q4_0")) and not run.long_point_for([], PAIR)
 
 
 def test_prompt_pool_hands_out_distinct_prompts_then_wraps():
     pool = run.PromptPool(["a", "b", "c"])
     assert pool.take(2) == ["a", "b"]
     assert pool.take(2) == ["c", "a"]
+
+
+PAIR = ("smollm2", "int8", "q8_0")
 
 
 class FakeServer:
@@ -86,7 +94,7 @@ def test_pair_rounds_interleave_and_alternate_which_side_goes_first(monkeypatch,
     monkeypatch.setattr(run, "one_request", lambda url, model, prompt, new, llama: (32, new))
     monkeypatch.setattr(run, "measure", fake_measure)
     monkeypatch.setattr(run, "served_graph", lambda url, model: "genai int8")
-    pair = PairResult("int8", "q8_0")
+    pair = PairResult("int8", "q8_0", model="smollm2")
     specs = run.point_specs(rounds=5, long_rounds=3, long=True)
     prompts = {32: run.PromptPool([f"p{i}" for i in range(100)]), 1024: run.PromptPool(["long"] * 10)}
     seen = []
@@ -122,9 +130,9 @@ def test_a_precision_the_runtime_refuses_is_reported_not_started(monkeypatch, tm
 
 def test_runtime_refuses_says_what_the_model_config_check_says(tmp_path):
     """The real `moltbot models check` on a config it accepts and one it cannot (an unknown precision)."""
-    checkpoint = tmp_path / "checkpoint"
-    assert run.runtime_refuses(run.moltbot_model_config("m", checkpoint, "int8"), tmp_path / "ok") is None
-    bad = {**run.moltbot_model_config("m", checkpoint, "int8"), "quantize": "int3"}
+    graph = tmp_path / "graph"
+    assert run.runtime_refuses(run.moltbot_model_config("m", graph), tmp_path / "ok") is None
+    bad = {**run.moltbot_model_config("m", graph), "quantize": "int3"}
     why = run.runtime_refuses(bad, tmp_path / "bad")
     assert "quantize" in why and str(tmp_path) not in why
 

@@ -1,10 +1,13 @@
-"""Read-only SQL: one SELECT statement, checked as text and then run on a connection that cannot write.
+"""Read-only SQL: one SELECT, checked by the database's own parser and run on a connection that cannot write.
 
-The text check gives clear errors early; the connection is what actually enforces read-only (SQLite: a `mode=ro`
-URI, `PRAGMA query_only` and an authorizer that allows only reads and the functions in SQLITE_FUNCTIONS;
-PostgreSQL: a read-only transaction, a role checked at connect time, and the functions in POSTGRES_FUNCTIONS).
-Resources are bounded too: the size of one value (SQLite's SQLITE_LIMIT_LENGTH), the bytes of a whole result,
-the rows, and the time (checked every few hundred virtual-machine steps, and by an interrupt at the deadline).
+SQLite: a `mode=ro` URI, `PRAGMA query_only` and an authorizer (SQLite's parser reports every table read,
+function call and write to it) that allows only reads and the functions in SQLITE_FUNCTIONS. PostgreSQL: the
+statement is parsed by PostgreSQL's own parser (pglast, which wraps libpg_query); every node of the tree must be
+plain-read syntax, every function, operator and cast type must be on a list, and the statement re-printed from
+the tree is what runs, in a read-only transaction, as a role checked at connect time.
+Resources are bounded before a row reaches this process: each value (SQLite's SQLITE_LIMIT_LENGTH; on PostgreSQL
+a size check wrapped around the query), the columns (SQLITE_LIMIT_COLUMN), the bytes of a row and of the whole
+result, the rows, the time, and on PostgreSQL the server's work_mem and temp_file_limit.
 """
 
 from __future__ import annotations
@@ -22,10 +25,6 @@ from urllib.parse import quote
 
 from moltbot.plugins import PluginError
 
-# Words that make a statement starting with SELECT or WITH write: a WITH around INSERT/UPDATE/DELETE/REPLACE/MERGE,
-# SELECT INTO, SELECT ... FOR UPDATE. Other writing commands (DROP, PRAGMA, ...) can only start a statement.
-# A word followed by "(" is a function call (e.g. replace()), not a command.
-WRITE_WORDS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "INTO"}
 ONLY_SELECT = "only one read-only SELECT statement is allowed"
 
 
@@ -69,77 +68,9 @@ def result_too_large(limit: int) -> PluginError:
                        "rows or columns, or shorter values", code="result_too_large")
 
 
-def _code_only(sql: str, keep_identifiers: bool = False, postgres: bool = False) -> str:
-    """The statement with string literals, quoted identifiers and comments blanked out (quoted identifiers
-    unquoted instead with keep_identifiers, so that a quoted function name is still seen). With postgres, by
-    PostgreSQL's lexical rules (_pg_tokens: `[` is an array subscript, not a quote), quoted identifiers as x."""
-    if postgres:
-        return " ".join("''" if t.kind == "string" else "x" if t.quoted else t.text for t in _pg_tokens(sql))
-    out = []
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end
-            out.append(" ")
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end < 0:
-                raise refused("unterminated /* comment")
-            i = end + 2
-            out.append(" ")
-        elif ch in "'\"`[":
-            close = "]" if ch == "[" else ch
-            j = i + 1
-            while True:
-                j = sql.find(close, j)
-                if j < 0:
-                    raise refused(f"unterminated {ch} quote")
-                if close != "]" and sql.startswith(close * 2, j):
-                    j += 2
-                    continue
-                break
-            if ch == "'":
-                out.append(" '' ")
-            elif keep_identifiers:
-                inner = sql[i + 1:j]
-                out.append(f" {inner} " if re.fullmatch(r"[A-Za-z_][\w$]*", inner) else " x ")
-            else:
-                out.append(" x ")
-            i = j + 1
-        elif ch == "$" and (m := re.match(r"\$([A-Za-z_]\w*)?\$", sql[i:])):
-            tag = m.group(0)
-            end = sql.find(tag, i + len(tag))
-            if end < 0:
-                raise refused("unterminated dollar quote")
-            out.append(" '' ")
-            i = end + len(tag)
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-def check_statement(sql: str, postgres: bool = False) -> str:
-    """The statement, trimmed of trailing semicolons, if it is exactly one SELECT (or WITH ... SELECT)."""
-    statement = sql.strip()
-    code = _code_only(statement, postgres=postgres).strip()
-    while code.endswith(";"):
-        code = code[:-1].rstrip()
-        statement = statement[:statement.rstrip().rfind(";")].rstrip() if ";" in statement else statement
-    if not code:
-        raise refused("the statement is empty")
-    if ";" in code:
-        raise refused("more than one statement")
-    first = re.match(r"\s*\(*\s*([A-Za-z_]+)", code)
-    if not first or first.group(1).upper() not in ("SELECT", "WITH"):
-        raise refused(f"the statement starts with {first.group(1).upper() if first else code[:10]!r}")
-    commands = re.findall(r"\b([A-Za-z_]+)\b(?!\s*\()", code)
-    writes = sorted({w.upper() for w in commands} & WRITE_WORDS)
-    if writes:
-        raise refused(f"it contains {', '.join(writes)}")
-    return statement
+def value_too_large(limit: int) -> PluginError:
+    return PluginError(f"a value would be larger than {limit} bytes (the plugin's max_value_bytes)",
+                       code="value_too_large")
 
 
 def extract_sql(text: str) -> str | None:
@@ -154,6 +85,7 @@ def extract_sql(text: str) -> str | None:
 
 @dataclass
 class QueryResult:
+    statement: str  # what ran: the text as given (SQLite) or re-printed from the parse tree (PostgreSQL)
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool
@@ -165,88 +97,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (int, float, str, bool)):
         return value
     return str(value)
-
-
-# ---- SQLite
-
-_SQLITE_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
-# Virtual-machine steps between checks of the clock: with values capped by SQLITE_LIMIT_LENGTH no single step
-# runs long, so the time limit holds to well within a second.
-PROGRESS_STEPS = 200
-
-
-class _Authorizer:
-    """Reads and the allowed functions; remembers the first refused function to name it in the error."""
-
-    def __init__(self) -> None:
-        self.refused_function: str | None = None
-
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
-        if action in _SQLITE_READS:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_FUNCTION:
-            name = (arg2 or "").lower()
-            if name in SQLITE_FUNCTIONS and name not in NEVER_ALLOWED:
-                return sqlite3.SQLITE_OK
-            self.refused_function = self.refused_function or name
-        return sqlite3.SQLITE_DENY
-
-
-def sqlite_connect(path: Path, timeout: float, max_value_bytes: int = 1_000_000) -> sqlite3.Connection:
-    if not path.is_file():
-        raise PluginError(f"SQLite database {path.name} does not exist", code="database_missing")
-    db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=timeout, check_same_thread=False)
-    db.execute("PRAGMA query_only = ON")
-    # No string or blob above this size can be made (printf('%.*c', ...), zeroblob, randomblob, replace, ...).
-    db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
-    db.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000)  # LIKE/GLOB patterns: their cost grows with it
-    return db
-
-
-def sqlite_schema(path: Path, max_chars: int) -> str:
-    db = sqlite_connect(path, 5)
-    try:
-        rows = db.execute("SELECT sql FROM sqlite_master WHERE type IN ('table', 'view') AND sql IS NOT NULL "
-                          "AND name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
-    finally:
-        db.close()
-    return "\n".join(row[0].strip() + ";" for row in rows)[:max_chars]
-
-
-def sqlite_run(path: Path, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
-               max_result_bytes: int = 4_000_000) -> QueryResult:
-    db = sqlite_connect(path, timeout, max_value_bytes)
-    deadline = time.monotonic() + timeout
-    authorizer = _Authorizer()
-    # The progress handler stops a query between steps; the timer also interrupts one that is inside a long step.
-    alarm = threading.Timer(timeout, db.interrupt)
-    alarm.daemon = True
-    try:
-        db.set_authorizer(authorizer)
-        db.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
-        alarm.start()
-        try:
-            cursor = db.execute(statement)
-            if cursor.description is None:
-                raise refused("the statement returns no rows")
-            rows = _bounded_rows(cursor.fetchone, max_rows, max_result_bytes)
-        except sqlite3.DatabaseError as exc:
-            message = str(exc)
-            if authorizer.refused_function:
-                raise function_refused(authorizer.refused_function) from None
-            if "not authorized" in message or "readonly" in message or "read-only" in message:
-                raise refused("the statement would change the database") from None
-            if "interrupted" in message:
-                raise PluginError(f"the query took longer than {timeout:g} s", code="query_timeout") from None
-            if "too big" in message:
-                raise PluginError(f"a value would be larger than {max_value_bytes} bytes (the plugin's "
-                                  "max_value_bytes)", code="value_too_large") from None
-            raise PluginError(f"SQL error: {message}", code="sql_error") from None
-        columns = [d[0] for d in cursor.description]
-    finally:
-        alarm.cancel()
-        db.close()
-    return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
 
 
 def _bounded_rows(fetchone: Any, max_rows: int, max_result_bytes: int) -> list[list[Any]]:
@@ -266,11 +116,117 @@ def _bounded_rows(fetchone: Any, max_rows: int, max_result_bytes: int) -> list[l
     return rows
 
 
-# ---- PostgreSQL (needs psycopg 3)
+# ---- SQLite
+
+_SQLITE_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
+# What each refused authorizer action would do, for the error (VACUUM INTO and ATTACH both attach a file).
+_SQLITE_ACTIONS = {getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ") for name in _names("""
+    INSERT UPDATE DELETE PRAGMA ATTACH DETACH TRANSACTION SAVEPOINT ALTER_TABLE REINDEX ANALYZE
+    CREATE_INDEX CREATE_TABLE CREATE_TEMP_INDEX CREATE_TEMP_TABLE CREATE_TEMP_TRIGGER CREATE_TEMP_VIEW
+    CREATE_TRIGGER CREATE_VIEW CREATE_VTABLE DROP_INDEX DROP_TABLE DROP_TEMP_INDEX DROP_TEMP_TABLE
+    DROP_TEMP_TRIGGER DROP_TEMP_VIEW DROP_TRIGGER DROP_VIEW DROP_VTABLE""")}
+# Virtual-machine steps between checks of the clock: with values capped by SQLITE_LIMIT_LENGTH no single step
+# runs long, so the time limit holds to well within a second.
+PROGRESS_STEPS = 200
+
+
+class _Authorizer:
+    """Reads and the allowed functions; remembers the first refused function or action to name it."""
+
+    def __init__(self) -> None:
+        self.refused_function: str | None = None
+        self.refused_action: str | None = None
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+        if action in _SQLITE_READS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION:
+            name = (arg2 or "").lower()
+            if name in SQLITE_FUNCTIONS and name not in NEVER_ALLOWED:
+                return sqlite3.SQLITE_OK
+            self.refused_function = self.refused_function or name
+        else:  # DROP TABLE is first a DELETE on sqlite_master
+            what = "change the schema" if (arg1 or "").startswith("sqlite_") else _SQLITE_ACTIONS.get(action)
+            self.refused_action = self.refused_action or what or "change the database"
+        return sqlite3.SQLITE_DENY
+
+
+def sqlite_connect(path: Path, timeout: float, max_value_bytes: int = 1_000_000,
+                   max_columns: int = 100) -> sqlite3.Connection:
+    """A read-only connection on which no value can pass max_value_bytes and no result max_columns columns:
+    a result row, which SQLite builds whole before handing it over, is at most their product."""
+    if not path.is_file():
+        raise PluginError(f"SQLite database {path.name} does not exist", code="database_missing")
+    db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=timeout, check_same_thread=False)
+    db.execute("PRAGMA query_only = ON")
+    # No string or blob above this size can be made (printf('%.*c', ...), zeroblob, randomblob, replace, ...).
+    db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
+    db.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, max_columns)
+    db.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000)  # LIKE/GLOB patterns: their cost grows with it
+    return db
+
+
+def sqlite_schema(path: Path, max_chars: int) -> str:
+    db = sqlite_connect(path, 5)
+    try:
+        rows = db.execute("SELECT sql FROM sqlite_master WHERE type IN ('table', 'view') AND sql IS NOT NULL "
+                          "AND name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+    finally:
+        db.close()
+    return "\n".join(row[0].strip() + ";" for row in rows)[:max_chars]
+
+
+def sqlite_run(path: Path, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
+               max_result_bytes: int = 4_000_000, max_columns: int = 100) -> QueryResult:
+    statement = statement.strip()
+    db = sqlite_connect(path, timeout, max_value_bytes, max_columns)
+    deadline = time.monotonic() + timeout
+    authorizer = _Authorizer()
+    # The progress handler stops a query between steps; the timer also interrupts one that is inside a long step.
+    alarm = threading.Timer(timeout, db.interrupt)
+    alarm.daemon = True
+    try:
+        db.set_authorizer(authorizer)
+        db.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        alarm.start()
+        try:
+            cursor = db.execute(statement)
+            if cursor.description is None:
+                raise refused("the statement returns no rows")
+            rows = _bounded_rows(cursor.fetchone, max_rows, max_result_bytes)
+        except sqlite3.DatabaseError as exc:
+            raise _sqlite_error(str(exc), authorizer, timeout, max_value_bytes, max_columns) from None
+        columns = [d[0] for d in cursor.description]
+    finally:
+        alarm.cancel()
+        db.close()
+    return QueryResult(statement, columns, rows[:max_rows], len(rows) > max_rows)
+
+
+def _sqlite_error(message: str, authorizer: _Authorizer, timeout: float, max_value_bytes: int,
+                  max_columns: int) -> PluginError:
+    if authorizer.refused_function:
+        return function_refused(authorizer.refused_function)
+    if authorizer.refused_action:
+        return refused(f"the statement would {authorizer.refused_action}")
+    if "one statement at a time" in message:
+        return refused("more than one statement")
+    if "interrupted" in message:
+        return PluginError(f"the query took longer than {timeout:g} s", code="query_timeout")
+    if "too big" in message:
+        return value_too_large(max_value_bytes)
+    if "too many columns" in message:
+        return PluginError(f"the query has more than {max_columns} columns (the plugin's max_columns)",
+                           code="too_many_columns")
+    return PluginError(f"SQL error: {message}", code="sql_error")
+
+
+# ---- PostgreSQL (needs psycopg 3 and pglast)
 
 # Not lpad/rpad/format (repeat neither): one call builds a value of up to 1 GB from a short statement. A value
-# can still grow by nesting replace() or by || in a recursive query; statement_timeout and the result's size
-# bound what comes back.
+# can still grow by nesting replace() or by || in a recursive query; the size check around the query stops it
+# before it is sent. The last line: functions the parser itself writes for SQL syntax (SIMILAR TO, AT TIME ZONE,
+# OVERLAY, OVERLAPS, TRIM, EXTRACT).
 POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     age array_agg array_length array_position bool_and bool_or btrim cardinality cbrt char_length
     character_length concat concat_ws corr covar_pop covar_samp date_bin date_part date_trunc div every extract
@@ -281,230 +237,141 @@ POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     now percentile_cont percentile_disc position reverse right split_part starts_with stddev stddev_pop
     stddev_samp string_agg strpos to_char to_date to_json to_jsonb to_number to_timestamp translate unnest
     var_pop var_samp variance width_bucket
+    similar_to_escape timezone overlay overlaps
 """)
-# Words that precede "(" without being a function call (syntax and type names with a precision).
-_SQL_WORDS = _names("""
-    all and any array as between by case cast char character collate decimal distinct else end except exists
-    from group having ilike in intersect interval is join lateral like limit not numeric offset on or
-    order row select similar some table then time timestamp timestamptz union using
-    values varchar when where window with rollup cube grouping to escape for only symmetric float bit
+# Operators (each runs a function): comparison, arithmetic, text, pattern, JSON and array ones of pg_catalog.
+POSTGRES_OPERATORS = _names("""
+    = <> != < > <= >= + - * / % ^ |/ ||/ @ || ~~ !~~ ~~* !~~* ~ !~ ~* !~* -> ->> #> #>> @> <@ ? ?| ?& &&
+""") | {"BETWEEN", "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC"}
+# Types a value may be cast to. Never the reg* types: their input functions look names up in the catalogs.
+POSTGRES_TYPES = _names("""
+    bool int2 int4 int8 float4 float8 numeric text varchar bpchar char name date time timetz timestamp
+    timestamptz interval json jsonb uuid bytea bit varbit inet cidr macaddr money
 """)
-# Words PostgreSQL also takes as function names: syntax only right after these tokens (`count(*) FILTER (`,
-# `AT TIME ZONE (`, `AS MATERIALIZED (`), a call anywhere else.
-_SQL_WORDS_AFTER = {"filter": {")"}, "over": {")"}, "within": {")"}, "sets": {"grouping"}, "zone": {"time"},
-                    "varying": {"bit", "character", "char"}, "materialized": {"as", "not"},
-                    "recursive": {"with"}}
-# A role that can read or write server files, run programs, signal backends or open other connections can act
-# outside a read-only transaction: the plugin refuses to run its queries as one. Membership counts even when it
-# does not inherit (SET ROLE reaches the role's powers), and so does EXECUTE on the file functions, whichever of
-# their overloads it is granted on.
+# Syntax of a plain read: every node of the parse tree must be one of these (anything else, from INSERT inside
+# a WITH to SELECT INTO, FOR UPDATE, XML or a parameter, is refused).
+_READ_NODES = _names("""
+    RawStmt SelectStmt ResTarget ColumnRef A_Star A_Const String Integer Float Boolean BitString A_Expr BoolExpr
+    FuncCall TypeCast TypeName ColumnDef RangeVar Alias JoinExpr RangeSubselect RangeFunction SubLink NullTest
+    BooleanTest CaseExpr CaseWhen CoalesceExpr MinMaxExpr SortBy WindowDef WithClause CommonTableExpr
+    CTESearchClause CTECycleClause A_ArrayExpr A_Indices A_Indirection RowExpr GroupingSet GroupingFunc
+    CollateClause SQLValueFunction
+""")
+_NODE_LABELS = {"IntoClause": "INTO", "LockingClause": "FOR UPDATE/SHARE", "VariableSetStmt": "SET",
+                "VariableShowStmt": "SHOW", "ParamRef": "a $n parameter"}
+
+
+def _label(node: Any) -> str:
+    name = type(node).__name__
+    return _NODE_LABELS.get(name) or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.removesuffix("Stmt")).upper()
+
+
+def _catalog_name(names: Any) -> str:
+    """A function, operator or type name: bare if in pg_catalog; qualified by another schema, qualified (and on
+    no list: the built-in of that name is not what it calls)."""
+    parts = [n.sval for n in names]
+    return ".".join(parts[1:] if len(parts) == 2 and parts[0] == "pg_catalog" else parts)
+
+
+def _pglast() -> Any:
+    try:
+        import pglast
+    except ImportError:
+        raise PluginError("a PostgreSQL database needs the pglast package (pip install pglast)",
+                          code="driver_missing") from None
+    return pglast
+
+
+def check_postgres(sql: str) -> tuple[str, frozenset[str]]:
+    """The statement re-printed from PostgreSQL's parse tree, if it is one plain read using only listed
+    functions, operators and types; and the names after a `.` (`t.fn` calls fn(t) where t has no column fn),
+    which only the server's catalog can tell from columns (see _ATTRIBUTE_FUNCTIONS)."""
+    pglast = _pglast()
+    from pglast.stream import RawStream
+    from pglast.visitors import Visitor
+
+    try:
+        statements = pglast.parse_sql(sql)
+    except pglast.parser.ParseError as exc:
+        raise PluginError(f"SQL syntax error: {exc}", code="sql_error") from None
+    if not statements:
+        raise refused("the statement is empty")
+    if len(statements) > 1:
+        raise refused("more than one statement")
+    tree = statements[0].stmt
+    if type(tree).__name__ != "SelectStmt":
+        raise refused(f"the statement is {_label(tree)}, not SELECT")
+    attributes: set[str] = set()
+
+    class Check(Visitor):  # type: ignore[misc]
+        def visit(self, ancestors: Any, node: Any) -> None:
+            kind = type(node).__name__
+            if kind not in _READ_NODES:
+                raise refused(f"it contains {_label(node)}")
+            if kind == "FuncCall":
+                name = _catalog_name(node.funcname)
+                if name not in POSTGRES_FUNCTIONS or name in NEVER_ALLOWED:
+                    raise function_refused(name)
+            elif kind == "A_Expr" and (name := _catalog_name(node.name)) not in POSTGRES_OPERATORS:
+                raise PluginError(f"refused: the operator {name} is not on the list of operators a query may use",
+                                  code="operator_refused")
+            elif kind == "TypeName" and (name := _catalog_name(node.names)) not in POSTGRES_TYPES:
+                raise PluginError(f"refused: the type {name} is not on the list of types a query may cast to",
+                                  code="type_refused")
+            elif kind == "ColumnRef":
+                attributes.update(f.sval for f in node.fields[1:] if type(f).__name__ == "String")
+            elif kind == "A_Indirection":
+                attributes.update(f.sval for f in node.indirection if type(f).__name__ == "String")
+
+    Check()(statements[0])
+    printed = RawStream()(tree)
+    # What runs is the re-printed text: it must parse back to the very tree that was checked.
+    if pglast.parse_sql(printed)[0].stmt != tree:
+        raise PluginError("SQL error: the statement could not be re-printed faithfully", code="sql_error")
+    return printed, frozenset(attributes)
+
+
+# A role that can read or write server files, run programs, signal backends, open other connections or read
+# what other sessions run and every setting can act outside a read-only transaction or see past its tables:
+# the plugin refuses to run its queries as one. Membership counts even when it does not inherit (SET ROLE
+# reaches the role's powers), and so does EXECUTE on the file functions, whichever overload it is granted on.
 _FILE_FUNCTIONS = ("pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export")
 _FILE_FUNCTION_NAMES = ", ".join(f"'{name}'" for name in _FILE_FUNCTIONS)
+_POWER_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program", "pg_signal_backend",
+                "pg_monitor", "pg_read_all_stats", "pg_read_all_settings", "pg_read_all_data")
+_POWER_ROLE_CHECKS = ",\n       ".join(f"pg_has_role(current_user, '{role}', 'MEMBER')" for role in _POWER_ROLES)
 _ROLE_CHECK = f"""
 SELECT r.rolsuper,
        (SELECT string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_roles s
         WHERE s.rolsuper AND s.oid <> r.oid AND pg_has_role(current_user, s.oid, 'MEMBER')),
-       pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'),
-       pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'),
-       pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'),
-       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
+       {_POWER_ROLE_CHECKS},
        EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname LIKE 'dblink%' AND has_function_privilege(p.oid, 'EXECUTE')),
        (SELECT string_agg(DISTINCT p.proname, ', ') FROM pg_proc p
         WHERE p.proname IN ({_FILE_FUNCTION_NAMES})
           AND has_function_privilege(p.oid, 'EXECUTE'))
 FROM pg_roles r WHERE r.rolname = current_user
 """
-_ROLE_POWERS = ("is a superuser", "is a member of the superuser role {}", "is a member of pg_read_server_files",
-                "is a member of pg_write_server_files", "is a member of pg_execute_server_program",
-                "is a member of pg_signal_backend", "can execute dblink functions", "can execute {}")
+_ROLE_POWERS = ("is a superuser", "is a member of the superuser role {}",
+                *(f"is a member of {role}" for role in _POWER_ROLES),
+                "can execute dblink functions", "can execute {}")
+# Functions that attribute notation can call: those taking one argument of a row (composite) or pseudo type
+# (record, anyelement, "any", ...), in any schema.
+_ATTRIBUTE_FUNCTIONS = """
+SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_type t ON t.oid = p.proargtypes[0]
+WHERE p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AND t.typtype IN ('c', 'p')
+"""
+# A value, or a row's values together, over the limit make the size check below fail the query with an error
+# carrying one of these marks (and the size), before the row is sent.
+_VALUE_MARK, _ROW_MARK = "bytes: sql_assistant max_value_bytes", "bytes: sql_assistant max_result_bytes"
+_SIZE_CHECK = """SELECT q.* FROM ({statement}) AS q,
+  LATERAL (SELECT max(octet_length(v.value)) AS widest, sum(octet_length(v.value)) AS total
+           FROM pg_catalog.json_each_text(pg_catalog.row_to_json(q)) AS v) AS size
+WHERE CASE WHEN size.widest > {max_value} THEN (size.widest::text || ' {value_mark}')::int = 0
+           WHEN size.total > {max_row} THEN (size.total::text || ' {row_mark}')::int = 0
+           ELSE true END"""
 
 
-# PostgreSQL's lexical rules, as far as finding the function calls needs them. Identifiers take letters, digits,
-# "_", "$" and any non-ASCII character; a dollar quote's tag neither "$" nor (in a sequential scan) can it start
-# inside an identifier, so `a$x$` is one identifier, not a quote.
-_PG_IDENT = re.compile(r"[A-Za-z_\x80-\U0010FFFF][A-Za-z0-9_$\x80-\U0010FFFF]*")
-_PG_DOLLAR = re.compile(r"\$([A-Za-z_\x80-\U0010FFFF][A-Za-z0-9_\x80-\U0010FFFF]*)?\$")
-_PG_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|\$\d+")
-
-
-@dataclass
-class _Token:
-    kind: str  # "ident", "string" (any literal: quoted, E'', dollar-quoted), "number" or "op" (anything else)
-    text: str  # an unquoted identifier in lower case, a quoted one as written; the character(s) of an "op"
-    quoted: bool = False
-
-    def word(self, *words: str) -> bool:
-        """An unquoted identifier that is one of `words` (a keyword, where a quoted one never is)."""
-        return self.kind == "ident" and not self.quoted and self.text in words
-
-
-def _pg_tokens(sql: str) -> list[_Token]:
-    """The statement's tokens by PostgreSQL's rules (standard_conforming_strings on, which the connection sets):
-    nested /* comments */, E'' strings with backslash escapes, dollar quotes, "quoted" identifiers, `::`."""
-    tokens: list[_Token] = []
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch.isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end
-        elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while depth:
-                if i >= n:
-                    raise refused("unterminated /* comment")
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-        elif ch in "Ee" and sql.startswith("'", i + 1):  # E'...': backslash escapes
-            j = i + 2
-            while True:
-                if j >= n:
-                    raise refused("unterminated ' quote")
-                if sql[j] == "\\" or sql.startswith("''", j):  # \' or '' inside
-                    j += 2
-                elif sql[j] == "'":
-                    break
-                else:
-                    j += 1
-            tokens.append(_Token("string", ""))
-            i = j + 1
-        elif ch in "'\"":
-            j = i + 1
-            while True:
-                j = sql.find(ch, j)
-                if j < 0:
-                    raise refused(f"unterminated {ch} quote")
-                if sql.startswith(ch * 2, j):
-                    j += 2
-                    continue
-                break
-            if ch == "'":
-                tokens.append(_Token("string", ""))
-            else:
-                tokens.append(_Token("ident", sql[i + 1:j].replace('""', '"'), quoted=True))
-            i = j + 1
-        elif ch == "$" and (m := _PG_DOLLAR.match(sql, i)):
-            end = sql.find(m.group(0), m.end())
-            if end < 0:
-                raise refused("unterminated dollar quote")
-            tokens.append(_Token("string", ""))
-            i = end + len(m.group(0))
-        elif m := _PG_NUMBER.match(sql, i):
-            tokens.append(_Token("number", m.group(0)))
-            i = m.end()
-        elif m := _PG_IDENT.match(sql, i):
-            tokens.append(_Token("ident", m.group(0).lower()))
-            i = m.end()
-        elif sql.startswith("::", i):
-            tokens.append(_Token("op", "::"))
-            i += 2
-        else:
-            tokens.append(_Token("op", ch))
-            i += 1
-    return tokens
-
-
-def _matching_paren(tokens: list[_Token], opening: int) -> int | None:
-    depth = 0
-    for i in range(opening, len(tokens)):
-        if tokens[i].kind == "op" and tokens[i].text == "(":
-            depth += 1
-        elif tokens[i].kind == "op" and tokens[i].text == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-    return None
-
-
-def _is(tokens: list[_Token], i: int, text: str) -> bool:
-    return i < len(tokens) and tokens[i].kind == "op" and tokens[i].text == text
-
-
-def _cte_column_lists(tokens: list[_Token]) -> set[int]:
-    """The indexes of the names in `WITH [RECURSIVE] name (columns) AS [NOT] [MATERIALIZED] (query) [SEARCH ...]
-    [CYCLE ...], ...` lists that have a column list: those are not function calls. Only a name in such a list
-    counts (not any name after a comma that happens to be followed by AS)."""
-    names: set[int] = set()
-    n = len(tokens)
-    for w, token in enumerate(tokens):
-        if not token.word("with"):
-            continue
-        j = w + 1 + (w + 1 < n and tokens[w + 1].word("recursive"))
-        while j < n and tokens[j].kind == "ident":
-            k = j + 1
-            if _is(tokens, k, "("):
-                close = _matching_paren(tokens, k)
-                if close is None or not (close + 1 < n and tokens[close + 1].word("as")):
-                    break
-                names.add(j)
-                k = close + 1
-            if not (k < n and tokens[k].word("as")):
-                break
-            k += 1
-            k += k < n and tokens[k].word("not")
-            k += k < n and tokens[k].word("materialized")
-            if not _is(tokens, k, "("):
-                break
-            close = _matching_paren(tokens, k)
-            if close is None:
-                break
-            k = close + 1
-            while k < n and tokens[k].word("search", "cycle"):  # SEARCH ... SET col, CYCLE ... SET col ... USING col
-                cycle = tokens[k].word("cycle")
-                while k < n and not tokens[k].word("set"):
-                    k += 1
-                k += 2
-                if cycle:
-                    while k < n and not tokens[k].word("using"):
-                        k += 1
-                    k += 2
-            if not _is(tokens, k, ","):
-                break
-            j = k + 1
-    return names
-
-
-def called_functions(statement: str) -> list[str]:
-    """The names of the functions a PostgreSQL statement calls (unquoted names in lower case, quoted ones as
-    written; a schema other than pg_catalog named too, "schema.name"), outside literals and comments: a name
-    before "(" that is not SQL syntax, a type's modifiers (`::bit(3)`, `AS numeric(10, 2)`), an alias's column
-    list (`AS t(a, b)`) or a WITH query's column list."""
-    tokens = _pg_tokens(statement)
-    cte_names = _cte_column_lists(tokens)
-    names = []
-    for i, token in enumerate(tokens):
-        if token.kind != "ident" or not _is(tokens, i + 1, "(") or i in cte_names:
-            continue
-        start = i  # the start of a qualified name: schema.name, db.schema.name
-        while start >= 2 and _is(tokens, start - 1, ".") and tokens[start - 2].kind == "ident":
-            start -= 2
-        previous = tokens[start - 1] if start else None
-        if previous is not None and (previous.word("as", "table", "into", "references")
-                                     or (previous.kind == "op" and previous.text == "::")):
-            continue
-        qualifier = [tokens[q].text for q in range(start, i, 2)]
-        if qualifier and qualifier != ["pg_catalog"]:
-            names.append(".".join([*qualifier, token.text]))
-        elif token.quoted or not (token.text in _SQL_WORDS or (
-                previous is not None and previous.text in _SQL_WORDS_AFTER.get(token.text, ())
-                and not previous.quoted)):
-            names.append(token.text)
-    return names
-
-
-def check_postgres_functions(statement: str) -> None:
-    for name in called_functions(statement):
-        if name not in POSTGRES_FUNCTIONS or name in NEVER_ALLOWED:
-            raise function_refused(name)
-
-
-def _psycopg():
+def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
@@ -513,13 +380,14 @@ def _psycopg():
     return psycopg
 
 
-def _pg_connect(url: str, timeout: float):
+def _pg_connect(url: str, timeout: float, work_mem: str = "16MB", temp_file_limit: str = "256MB") -> Any:
     psycopg = _psycopg()
     try:
         conn = psycopg.connect(url, connect_timeout=max(1, int(timeout)),
                                options=f"-c statement_timeout={int(timeout * 1000)} "
                                        "-c default_transaction_read_only=on "
-                                       # the lexical rules called_functions() reads the statement by
+                                       f"-c work_mem={work_mem} "
+                                       # the rules the statement was re-printed by
                                        "-c standard_conforming_strings=on")
     except psycopg.OperationalError as exc:
         # The message may echo the URL's host and user, never its password; keep only the first line.
@@ -528,6 +396,7 @@ def _pg_connect(url: str, timeout: float):
     conn.read_only = True
     try:
         check_postgres_role(conn)
+        _limit_temp_files(conn, temp_file_limit)
     except psycopg.Error as exc:  # e.g. a server before PostgreSQL 11, without the pg_*_server_files roles
         conn.close()
         raise PluginError(f"cannot check the database role's privileges: {str(exc).splitlines()[0]}",
@@ -536,6 +405,17 @@ def _pg_connect(url: str, timeout: float):
         conn.close()
         raise
     return conn
+
+
+def _limit_temp_files(conn: Any, limit: str) -> None:
+    """temp_file_limit needs a superuser or `GRANT SET ON PARAMETER temp_file_limit` (PostgreSQL 15): where the
+    role may not set it, the server's value for the role holds (ALTER ROLE ... SET temp_file_limit)."""
+    psycopg = _psycopg()
+    try:
+        conn.execute("SELECT pg_catalog.set_config('temp_file_limit', %s, false)", [limit])
+        conn.commit()
+    except psycopg.errors.InsufficientPrivilege:
+        conn.rollback()
 
 
 def check_postgres_role(conn: Any) -> None:
@@ -565,38 +445,40 @@ def postgres_schema(url: str, max_chars: int) -> str:
     return "\n".join(f"CREATE TABLE {t} ({', '.join(cols)});" for t, cols in tables.items())[:max_chars]
 
 
-def _pg_chunk(psycopg: Any) -> int:
-    """Rows per chunk of a streamed result: libpq 17 fetches in chunks, an older one row by row."""
-    return _PG_CHUNK_ROWS if psycopg.pq.version() >= 170000 else 1
-
-
-_PG_CHUNK_ROWS = 100
-
-
-def postgres_run(url: str, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
-                 max_result_bytes: int = 4_000_000) -> QueryResult:
-    """max_value_bytes is not enforced per value on PostgreSQL (the result's size and statement_timeout are)."""
+def postgres_run(url: str, sql: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
+                 max_result_bytes: int = 4_000_000, work_mem: str = "16MB",
+                 temp_file_limit: str = "256MB") -> QueryResult:
     psycopg = _psycopg()
-    check_postgres_functions(statement)
-    with _pg_connect(url, timeout) as conn:
+    statement, attributes = check_postgres(sql)
+    wrapped = _SIZE_CHECK.format(statement=statement, max_value=int(max_value_bytes), value_mark=_VALUE_MARK,
+                                 max_row=int(max_result_bytes), row_mark=_ROW_MARK)
+    with _pg_connect(url, timeout, work_mem, temp_file_limit) as conn:
         try:
-            # Rows are fetched as they come (stream(): libpq's chunked/single-row mode), not the whole result
-            # first: the size and row caps stop the query (cancelled when the stream is closed) as soon as
-            # they are passed, so a large result is never held in this process's memory.
-            with conn.cursor() as cur, contextlib.closing(cur.stream(statement, size=_pg_chunk(psycopg))) as rows_in:
-                first = next(rows_in, None)
-                if cur.description is None:
-                    raise refused("the statement returns no rows")
-                pending = [first] if first is not None else []
-                rows = _bounded_rows(lambda: pending.pop() if pending else next(rows_in, None), max_rows,
-                                     max_result_bytes)
+            callable_by_attribute = {row[0] for row in conn.execute(_ATTRIBUTE_FUNCTIONS)}
+            for name in sorted(attributes & callable_by_attribute - POSTGRES_FUNCTIONS):
+                raise function_refused(name)
+            # Single-row mode (stream with size 1): one row, bounded by the size check, in memory at a time;
+            # the caps stop the query (cancelled when the stream is closed) as soon as they are passed.
+            with conn.cursor() as cur, contextlib.closing(cur.stream(wrapped, size=1)) as rows_in:
+                rows = _bounded_rows(lambda: next(rows_in, None), max_rows, max_result_bytes)
                 columns = [d.name for d in cur.description]
         except psycopg.errors.ReadOnlySqlTransaction:
             raise refused("the statement would change the database") from None
         except psycopg.errors.QueryCanceled:
             raise PluginError(f"the query took longer than {timeout:g} s", code="query_timeout") from None
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            message = str(exc)
+            if _VALUE_MARK in message:
+                raise value_too_large(max_value_bytes) from None
+            if _ROW_MARK in message:
+                raise result_too_large(max_result_bytes) from None
+            raise PluginError(f"SQL error: {message.splitlines()[0]}", code="sql_error") from None
+        except (psycopg.errors.ConfigurationLimitExceeded, psycopg.errors.ProgramLimitExceeded,
+                psycopg.errors.OutOfMemory) as exc:
+            raise PluginError(f"the query needs more than the server allows it: {str(exc).splitlines()[0]}",
+                              code="query_too_large") from None
         except psycopg.Error as exc:
             raise PluginError(f"SQL error: {str(exc).splitlines()[0]}", code="sql_error") from None
         finally:
             conn.rollback()
-    return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
+    return QueryResult(statement, columns, rows[:max_rows], len(rows) > max_rows)

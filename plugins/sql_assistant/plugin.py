@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from moltbot.plugins import BasePlugin, PluginError
 
-from .guard import (
-    check_statement,
-    extract_sql,
-    postgres_run,
-    postgres_schema,
-    sqlite_run,
-    sqlite_schema,
-)
+from .guard import extract_sql, postgres_run, postgres_schema, sqlite_run, sqlite_schema
 
 SYSTEM_PROMPT = """You translate questions into SQL for a {dialect} database.
 Write exactly one read-only SELECT statement (a WITH ... SELECT is fine). Never modify data.
@@ -37,10 +31,18 @@ class SqlAssistantPlugin(BasePlugin):
         self.schema_max_chars = int(config.get("schema_max_chars", 6000))
         self.max_value_bytes = int(config.get("max_value_bytes", 1_000_000))
         self.max_result_bytes = int(config.get("max_result_bytes", 4_000_000))
+        self.max_columns = int(config.get("max_columns", 100))
+        self.work_mem = str(config.get("work_mem", "16MB"))
+        self.temp_file_limit = str(config.get("temp_file_limit", "256MB"))
         if self.max_rows < 1 or self.timeout <= 0:
             raise ValueError("max_rows must be at least 1 and timeout_seconds above 0")
         if self.max_value_bytes < 1000 or self.max_result_bytes < 1000:
             raise ValueError("max_value_bytes and max_result_bytes must be at least 1000")
+        if not 1 <= self.max_columns <= 2000:
+            raise ValueError("max_columns must be 1-2000")
+        # Passed to the server as connection options: a size and nothing else.
+        if not all(re.fullmatch(r"\d+(kB|MB|GB)?", v) for v in (self.work_mem, self.temp_file_limit)):
+            raise ValueError("work_mem and temp_file_limit must be sizes such as 16MB")
 
     def _target(self, context) -> tuple[str, Any]:
         """('postgresql', url) or ('sqlite', path); a relative SQLite path is in the plugin's data folder."""
@@ -81,11 +83,14 @@ class SqlAssistantPlugin(BasePlugin):
         else:
             sql = request["sql"]
         dialect, target = self._target(context)
-        statement = check_statement(sql, postgres=dialect == "postgresql")
         started = time.perf_counter()
-        run = sqlite_run if dialect == "sqlite" else postgres_run
-        rows = run(target, statement, max_rows, min(self.timeout, max(context.time_left(), 0.1)),
-                   max_value_bytes=self.max_value_bytes, max_result_bytes=self.max_result_bytes)
-        result.update(sql=statement, columns=rows.columns, rows=rows.rows, row_count=len(rows.rows),
+        timeout = min(self.timeout, max(context.time_left(), 0.1))
+        bounds = {"max_value_bytes": self.max_value_bytes, "max_result_bytes": self.max_result_bytes}
+        rows = sqlite_run(target, sql, max_rows, timeout, max_columns=self.max_columns, **bounds) \
+            if dialect == "sqlite" else \
+            postgres_run(target, sql, max_rows, timeout, work_mem=self.work_mem,
+                         temp_file_limit=self.temp_file_limit, **bounds)
+        # The statement that ran: on PostgreSQL the one re-printed from its parse tree, not the text as given.
+        result.update(sql=rows.statement, columns=rows.columns, rows=rows.rows, row_count=len(rows.rows),
                       truncated=rows.truncated, elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
         return result

@@ -48,6 +48,11 @@ ROLES_WITH_POWERS = {
     "lists_dirs": "GRANT EXECUTE ON FUNCTION pg_ls_dir(text) TO {role}",
     "imports": "GRANT EXECUTE ON FUNCTION lo_import(text, oid) TO {role}",
     "exports": "GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {role}",
+    # issue #22: roles that see other sessions' queries, every setting or every table
+    "monitors": "GRANT pg_monitor TO {role}",
+    "reads_stats": "GRANT pg_read_all_stats TO {role}",
+    "reads_settings": "GRANT pg_read_all_settings TO {role}",
+    "reads_all_data": "GRANT pg_read_all_data TO {role}",
 }
 
 
@@ -83,6 +88,8 @@ def postgres_url():
             conn.execute("CREATE ROLE analyst LOGIN")
             conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO analyst")
             conn.execute("GRANT CREATE ON SCHEMA public TO analyst")
+            # PostgreSQL 15: lets the plugin set its temp_file_limit (otherwise only a superuser may)
+            conn.execute("GRANT SET ON PARAMETER temp_file_limit TO analyst")
             for role, power in ROLES_WITH_POWERS.items():
                 conn.execute(f"CREATE ROLE {role} LOGIN")
                 conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
@@ -123,7 +130,7 @@ async def test_postgres_writes_are_refused_by_the_read_only_transaction(pg_sql, 
     guard = plugin_module(manager, "sql_assistant", "guard")
     with pytest.raises(PluginError, match="more than one statement"):
         await manager.execute("sql_assistant", {"sql": "SELECT 1; DELETE FROM customers"}, request_id="t")
-    # Past the text check, the server's read-only transaction is what refuses.
+    # The guard function itself refuses what is not a SELECT (and the read-only transaction would).
     for statement in ("DELETE FROM customers", "CREATE TABLE t (x int)",
                       "WITH gone AS (DELETE FROM customers RETURNING id) SELECT * FROM gone",
                       "SELECT * INTO copy_of_customers FROM customers"):
@@ -164,6 +171,10 @@ async def test_postgres_time_limit_schema_and_model_wiring(pg_sql, models):
     ("lists_dirs", "can execute pg_ls_dir"),
     ("imports", "can execute lo_import"),
     ("exports", "can execute lo_export"),
+    ("monitors", "is a member of pg_monitor"),
+    ("reads_stats", "is a member of pg_read_all_stats"),
+    ("reads_settings", "is a member of pg_read_all_settings"),
+    ("reads_all_data", "is a member of pg_read_all_data"),
 ])
 async def test_postgres_roles_with_powers_are_refused_at_connect(pg_sql, postgres_url, role, power):
     guard = plugin_module(pg_sql, "sql_assistant", "guard")
@@ -268,3 +279,95 @@ async def test_postgres_result_is_fetched_progressively_and_the_query_stopped_at
     # The row cap stops the stream the same way (no downloading of the rest).
     rows = guard.postgres_run(postgres_url, statement.replace(f"'{'x' * 5000}'", "1"), 3, 5.0)
     assert len(rows.rows) == 3 and rows.truncated is True
+
+
+# ---- issue #22, item 2: PostgreSQL's own parser decides, and the re-printed statement is what runs
+
+@pytest.mark.parametrize("statement, function", [
+    # The two bypasses of the hand-written lexer: `\r` ends a -- comment in PostgreSQL; a string continued on
+    # the next line after E'...' keeps backslash escapes.
+    ("SELECT 1 --\r, pg_sleep(5), repeat('x',5e8)", "pg_sleep"),
+    ("SELECT E'a'\n'\\' ', pg_terminate_backend(pid) FROM pg_stat_activity -- '", "pg_terminate_backend"),
+    # Attribute notation: c.row_to_json is row_to_json(c); the catalog says it can be called that way.
+    ("SELECT c.row_to_json FROM customers c", "row_to_json"),
+    ("SELECT (c).pg_typeof FROM customers c", "pg_typeof"),
+    ("SELECT set_config('statement_timeout', '0', false)", "set_config"),
+    ("SELECT * FROM generate_series(1, 3) AS g, LATERAL pg_catalog.pg_sleep(0.1) AS s", "pg_sleep"),
+])
+async def test_postgres_calls_the_lexer_missed_are_refused(pg_sql, postgres_url, statement, function):
+    with pytest.raises(PluginError) as refused:
+        await pg_sql.execute("sql_assistant", {"sql": statement}, request_id="t")
+    assert refused.value.code == "function_refused" and f"{function}()" in refused.value.message
+
+
+@pytest.mark.parametrize("statement, code, words", [
+    ("SELECT 'pg_authid'::regclass", "type_refused", "the type regclass"),
+    ("SELECT CAST('upper' AS regproc)", "type_refused", "the type regproc"),
+    ("SELECT 'pg_signal_backend'::pg_catalog.regrole", "type_refused", "the type regrole"),
+    ("SELECT 1 OPERATOR(public.+) 2", "operator_refused", "the operator public.+"),
+    ("SELECT 1 OPERATOR(pg_catalog.<->) 2", "operator_refused", "the operator <->"),
+    ("COPY (SELECT 1) TO PROGRAM 'id'", "write_refused", "the statement is COPY"),
+    ("SET statement_timeout = 0", "write_refused", "the statement is SET"),
+    ("EXPLAIN ANALYZE SELECT 1", "write_refused", "the statement is EXPLAIN"),
+    ("SELECT * FROM customers FOR UPDATE", "write_refused", "it contains FOR UPDATE/SHARE"),
+    ("SELECT * INTO TEMP t FROM customers", "write_refused", "it contains INTO"),
+    ("WITH gone AS (DELETE FROM customers RETURNING id) SELECT * FROM gone", "write_refused", "contains DELETE"),
+    ("SELECT $1", "write_refused", "a $n parameter"),
+    ("SELECT 'x", "sql_error", "unterminated quoted string"),
+    ("SELECT 1; SELECT 2", "write_refused", "more than one statement"),
+])
+async def test_postgres_anything_but_a_plain_read_is_refused_on_the_tree(pg_sql, postgres_url, statement, code,
+                                                                        words):
+    with pytest.raises(PluginError) as refused:
+        await pg_sql.execute("sql_assistant", {"sql": statement}, request_id="t")
+    assert refused.value.code == code and words in refused.value.message, refused.value.message
+    assert customer_count(postgres_url) == 3
+
+
+async def test_postgres_runs_the_statement_re_printed_from_the_tree(pg_sql, postgres_url):
+    """Comments and the user's spelling are gone from what runs: the server sees the deparser's text."""
+    result = await pg_sql.execute("sql_assistant", {"sql": "select name /* a comment */, c.city\r\nFROM customers "
+                                                           "c -- the end\rWHERE c.id = 1"}, request_id="t")
+    assert result["sql"] == "SELECT name, c.city FROM customers AS c WHERE c.id = 1"
+    assert result["rows"] == [["Ada", "London"]]
+    with psycopg.connect(postgres_url.replace("analyst@", "owner@")) as conn:
+        seen = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s",
+                            ["%a comment%"]).fetchone()[0]
+    assert seen <= 1  # only this very query; never the plugin's
+    # Attribute notation on a real column and an allowed function still work.
+    ok = await pg_sql.execute("sql_assistant", {"sql": "SELECT c.name, c.to_json ->> 'city' FROM customers c "
+                                                       "ORDER BY c.id LIMIT 1"}, request_id="t")
+    assert ok["rows"] == [["Ada", "London"]]
+
+
+# ---- issue #22, item 1: values and rows bounded by the server, before they are sent
+
+RECURSIVE_DOUBLING = ("WITH RECURSIVE s(v, n) AS (SELECT 'x'::text, 0 UNION ALL SELECT v || v, n + 1 FROM s "
+                      "WHERE n < 28) SELECT n, v FROM s")
+
+
+async def test_postgres_a_huge_value_is_refused_before_it_is_sent(pg_sql, postgres_url):
+    """Values up to 256 MB built with ||: refused by the size check in SQL at the first value over the cap,
+    and this process never holds more than a row under it."""
+    from test_plugin_sql_memory import run_measured
+
+    measured = run_measured("postgres_run", postgres_url, RECURSIVE_DOUBLING)
+    assert measured["code"] == "value_too_large" and measured["growth_mb"] < 50, measured
+    guard = plugin_module(pg_sql, "sql_assistant", "guard")
+    with pytest.raises(PluginError) as big:
+        guard.postgres_run(postgres_url, RECURSIVE_DOUBLING, 100, 10.0, max_value_bytes=10_000)
+    assert big.value.code == "value_too_large" and "10000 bytes" in big.value.message
+    # Values each under the cap, a row of them over the result cap: refused in SQL too.
+    with pytest.raises(PluginError) as wide:
+        guard.postgres_run(postgres_url, "SELECT " + ", ".join([f"'{'y' * 900}'"] * 30) + " FROM customers",
+                           100, 10.0, max_value_bytes=1000, max_result_bytes=20_000)
+    assert wide.value.code == "result_too_large" and "20000 bytes" in wide.value.message
+
+
+async def test_postgres_temp_files_and_work_mem_are_limited(pg_sql, postgres_url):
+    guard = plugin_module(pg_sql, "sql_assistant", "guard")
+    statement = "SELECT g FROM generate_series(1, 2000000) AS g ORDER BY g DESC"
+    with pytest.raises(PluginError) as spilled:
+        guard.postgres_run(postgres_url, statement, 5, 20.0, work_mem="64kB", temp_file_limit="1MB")
+    assert spilled.value.code == "query_too_large" and "temp_file_limit" in spilled.value.message
+    assert guard.postgres_run(postgres_url, statement, 5, 20.0).rows[0] == [2000000]

@@ -226,7 +226,7 @@ def _sqlite_error(message: str, authorizer: _Authorizer, timeout: float, max_val
 # Not lpad/rpad/format (repeat neither): one call builds a value of up to 1 GB from a short statement. A value
 # can still grow by nesting replace() or by || in a recursive query; the size check around the query stops it
 # before it is sent. The last line: functions the parser itself writes for SQL syntax (SIMILAR TO, AT TIME ZONE,
-# OVERLAY, OVERLAPS, TRIM, EXTRACT).
+# LIKE ... ESCAPE, OVERLAY, OVERLAPS, TRIM, EXTRACT).
 POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     age array_agg array_length array_position bool_and bool_or btrim cardinality cbrt char_length
     character_length concat concat_ws corr covar_pop covar_samp date_bin date_part date_trunc div every extract
@@ -237,7 +237,7 @@ POSTGRES_FUNCTIONS = COMMON_FUNCTIONS | _names("""
     now percentile_cont percentile_disc position reverse right split_part starts_with stddev stddev_pop
     stddev_samp string_agg strpos to_char to_date to_json to_jsonb to_number to_timestamp translate unnest
     var_pop var_samp variance width_bucket
-    similar_to_escape timezone overlay overlaps
+    similar_to_escape like_escape timezone overlay overlaps
 """)
 # Operators (each runs a function): comparison, arithmetic, text, pattern, JSON and array ones of pg_catalog.
 POSTGRES_OPERATORS = _names("""
@@ -303,7 +303,7 @@ def check_postgres(sql: str) -> tuple[str, frozenset[str]]:
         raise refused(f"the statement is {_label(tree)}, not SELECT")
     attributes: set[str] = set()
 
-    class Check(Visitor):  # type: ignore[misc]
+    class Check(Visitor):
         def visit(self, ancestors: Any, node: Any) -> None:
             kind = type(node).__name__
             if kind not in _READ_NODES:

@@ -6,9 +6,11 @@
 # the Python the project is developed and tested with) by default; Debian 13 (trixie, 3.13) works too. `make image`
 # builds an equivalent one with debootstrap where it can't be pulled.
 # Build context: the repository plus two folders `make image` prepares:
-#   build/default-models  the embedded default models, made on the build host with the project's own environment
-#                         (`moltbot models defaults --output build/default-models`: it needs torch, which a docker
-#                         build can only get from PyPI as a CUDA build of several GB);
+#   build/image-defaults  the embedded default models (smollm2-135m-instruct's serving graph made from its GGUF,
+#                         all-minilm-l6-v2) and their manifest, staged by scripts/image-build.sh from the folder
+#                         `moltbot models defaults` made on the build host with the project's venv and the model
+#                         builder's (they need torch, which a docker build can only get from PyPI as a CUDA build
+#                         of several GB);
 #   build/image-ca        extra CA certificates the build host trusts (TLS-intercepting proxies); used by pip in the
 #                         build stages only, never copied into the final image. Usually empty.
 # The final image carries the serving path only: no torch, transformers or optimum, no pip, no compilers.
@@ -124,7 +126,7 @@ ENV PATH=/opt/moltbot/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     MOLTBOT_DEFAULTS_DIR=${DEFAULTS_DIR} \
     MOLTBOT_CACHE_DIR=${MODELS_DIR}/.cache \
     MOLTBOT_SHUTDOWN_TIMEOUT=8
-COPY build/default-models/ ${DEFAULTS_DIR}/
+COPY build/image-defaults/ ${DEFAULTS_DIR}/
 COPY --from=deps /opt/moltbot/venv /opt/moltbot/venv
 ARG VARIANT
 # The gpu variant: make the CUDA and cuDNN libraries from the nvidia-* wheels known to the dynamic loader.

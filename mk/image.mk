@@ -5,11 +5,13 @@
 # BASE_IMAGE (default debian:bookworm-slim; debian:trixie-slim works too): where a debian:<suite>-slim can't be
 # pulled (no registry), an equivalent base is built here with debootstrap (scripts/build-base-image.sh, cached
 # as local/debian:<suite>-slim).
-# The default models baked into the image are made on this host with the project's venv (they need torch).
+# The default models baked into the image are made on this host with the project's venv and the model builder's
+# (they need torch): smollm2-135m-instruct int8 for the CPU variant, fp16 for CUDA in the gpu variant's folder.
 
 VARIANT ?= cpu
 BASE_IMAGE ?= debian:bookworm-slim
-IMAGE_DEFAULT_MODELS := build/default-models
+IMAGE_DEFAULT_MODELS := build/default-models$(if $(filter gpu,$(VARIANT)),-gpu)
+IMAGE_DEFAULTS_DEVICE := $(if $(filter gpu,$(VARIANT)),cuda,cpu)
 IMAGE_ARCHIVE := build/images/moltbot-latest.tar
 # The export code that makes the default models: when it changes, they are made again.
 IMAGE_DEFAULTS_SOURCES := $(wildcard runtime/moltbot/export/*.py)
@@ -22,14 +24,16 @@ TEST_DEPS += image
 ## image              - build the container image (VARIANT=cpu|gpu, BASE_IMAGE=...)
 ## image-archive      - save moltbot:latest to build/images/moltbot-latest.tar
 
-$(IMAGE_DEFAULT_MODELS)/.made: $(VENV)/.installed-run $(IMAGE_DEFAULTS_SOURCES)
-	$(VENV)/bin/moltbot models defaults --output $(IMAGE_DEFAULT_MODELS) $(if $(wildcard $@),--force)
+$(IMAGE_DEFAULT_MODELS)/.made: $(VENV)/.installed-run $(BUILDER_VENV)/.installed $(IMAGE_DEFAULTS_SOURCES)
+	$(VENV)/bin/moltbot models defaults --output $(IMAGE_DEFAULT_MODELS) --device $(IMAGE_DEFAULTS_DEVICE) \
+	  --default-chat-precision auto --builder-python $(BUILDER_VENV)/bin/python $(if $(wildcard $@),--force)
 	touch $@
 
 image-default-models: $(IMAGE_DEFAULT_MODELS)/.made
 
 image: $(IMAGE_DEFAULT_MODELS)/.made system-deps
-	VARIANT="$(VARIANT)" BASE_IMAGE="$(BASE_IMAGE)" bash scripts/image-build.sh
+	VARIANT="$(VARIANT)" BASE_IMAGE="$(BASE_IMAGE)" DEFAULT_MODELS_DIR="$(IMAGE_DEFAULT_MODELS)" \
+	  bash scripts/image-build.sh
 
 # The archive is written again only when moltbot:latest changed (its image ID is kept next to it).
 image-archive:

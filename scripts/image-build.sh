@@ -7,7 +7,9 @@
 #                          debootstrap (scripts/build-base-image.sh, cached as local/debian:<suite>-slim) and used.
 #   IMAGE_BUILD_FLAGS      extra `docker build` flags, e.g. --no-cache
 #   DEFAULT_MODELS_DIR     (default build/default-models) the embedded default models, made beforehand by
-#                          `moltbot models defaults --output build/default-models`.
+#                          `moltbot models defaults --output build/default-models` (make image does); the models
+#                          its manifest (defaults.json) lists are staged in build/image-defaults, which the
+#                          Dockerfile copies: nothing else in that folder (other precisions) gets into the image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,18 +22,33 @@ esac
 base="${BASE_IMAGE:-debian:bookworm-slim}"
 models_dir="${DEFAULT_MODELS_DIR:-build/default-models}"
 
-if [ "$models_dir" != build/default-models ]; then
-  # The Dockerfile copies build/default-models; a folder elsewhere is mirrored there first.
-  mkdir -p build/default-models
-  cp -a --remove-destination "$models_dir/." build/default-models/
+# Stage the manifest's models (hard links where the file system allows: no copy of the weights).
+rm -rf build/image-defaults
+mkdir -p build/image-defaults
+if ! folders="$(python3 - "$models_dir" <<'PY'
+import json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+try:
+    models = json.loads((root / "defaults.json").read_text())["models"]
+except (OSError, ValueError, KeyError):
+    sys.exit(f"{root}/defaults.json is missing or unreadable")
+for name, entry in models.items():
+    folder = root / entry["folder"]
+    if not (folder / "model.onnx").is_file() or not (folder / "moltbot-export.json").is_file():
+        sys.exit(f"{folder} ({name}) is missing or incomplete")
+    print(entry["folder"])
+PY
+)"; then
+  echo "image-build: the default models in $models_dir are not made; make them first with" >&2
+  echo "  .venv/bin/moltbot models defaults --output $models_dir --builder-python build/builder-venv/bin/python" >&2
+  echo "  (or run \`make image\`)" >&2
+  exit 1
 fi
-for model in tiny-chat all-minilm-l6-v2; do
-  if [ ! -f "build/default-models/$model/model.onnx" ] || [ ! -f "build/default-models/$model/moltbot-export.json" ]; then
-    echo "image-build: build/default-models/$model is missing or incomplete; make it first with" >&2
-    echo "  .venv/bin/moltbot models defaults --output build/default-models   (or run \`make image\`)" >&2
-    exit 1
-  fi
+for folder in $folders; do
+  cp -al "$models_dir/$folder" build/image-defaults/ 2>/dev/null || cp -a "$models_dir/$folder" build/image-defaults/
 done
+cp "$models_dir/defaults.json" build/image-defaults/
+echo "image-build: default models $(echo $folders) ($(du -sm build/image-defaults | cut -f1) MB)"
 
 if docker image inspect "$base" >/dev/null 2>&1; then
   echo "image-build: base image $base (present here)"

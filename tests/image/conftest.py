@@ -39,6 +39,8 @@ def run_container(image, tmp_path):
         command = ["run", "-d", "--name", name, "--restart", "unless-stopped"]
         if publish:
             command += ["-p", "127.0.0.1::8080"]
+        # Keyless on 0.0.0.0 the runtime refuses to start unless told so: these containers publish on 127.0.0.1.
+        command += ["-e", "MOLTBOT_ALLOW_UNAUTHENTICATED=true"]
         command += ["-v", f"{data}/models:/app/models", "-v", f"{data}/plugins:/app/plugins",
                     "-v", f"{data}/logs:/app/logs", *options, image_tag]
         container = Container(name=name, data=data, run_started=time.monotonic(), published=publish)

@@ -21,7 +21,10 @@ GPU_IMAGE = "moltbot:gpu"
 # The image's uid, ports and paths (deploy/contract.json), which the image must follow.
 CONTRACT = json.loads((REPO / "deploy" / "contract.json").read_text())
 READY_LINE = f"AI Assistant service ready on port {CONTRACT['ports']['http']}"
-DEFAULT_MODELS = {"tiny-chat", "all-minilm-l6-v2"}
+# The embedded defaults the image serves, and what its defaults folder holds (the manifest and one folder each).
+CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODELS = {CHAT_MODEL, "all-minilm-l6-v2"}
+DEFAULTS_FOLDER_CONTENTS = ["all-minilm-l6-v2", "defaults.json", "smollm2-135m-instruct-int8"]
 SERVICE_UID = CONTRACT["service_user"]["uid"]
 # Bounds for polling loops; a healthy start takes a few seconds (see docs/benchmarks.md).
 READY_TIMEOUT_S = 90.0

@@ -12,7 +12,16 @@ import time
 
 import pytest
 
-from tests.image.image_helpers import CONTRACT, DEFAULT_MODELS, POLL_S, READY_LINE, SERVICE_UID, docker
+from tests.image.image_helpers import (
+    CHAT_MODEL,
+    CONTRACT,
+    DEFAULT_MODELS,
+    DEFAULTS_FOLDER_CONTENTS,
+    POLL_S,
+    READY_LINE,
+    SERVICE_UID,
+    docker,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -41,7 +50,13 @@ def test_documented_run_serves_the_baked_in_defaults_over_empty_volumes(run_cont
         models = client.get("/v1/models")
         assert models.status_code == 200, models.text
         assert {m["id"] for m in models.json()["data"]} == DEFAULT_MODELS
-        assert chat(client, "tiny-chat")["model"] == "tiny-chat"
+        assert chat(client, CHAT_MODEL)["model"] == CHAT_MODEL
+        # The real model, baked in: a greedy answer that means something.
+        paris = client.post("/v1/chat/completions", json={
+            "model": CHAT_MODEL, "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        assert paris.status_code == 200, paris.text
+        assert "Paris" in paris.json()["choices"][0]["message"]["content"]
         embeddings = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["a", "b"]})
         assert embeddings.status_code == 200, embeddings.text
         assert [len(item["embedding"]) for item in embeddings.json()["data"]] == [384, 384]
@@ -55,7 +70,7 @@ def test_logs_go_to_stdout_and_to_the_logs_volume_readable_on_the_host(run_conta
     container = run_container()
     container.wait_ready()
     with container.client() as client:
-        chat(client, "tiny-chat")
+        chat(client, CHAT_MODEL)
     log_file = container.logs_dir / "moltbot.log"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and "/v1/chat/completions" not in log_file.read_text():
@@ -76,7 +91,8 @@ def test_logs_go_to_stdout_and_to_the_logs_volume_readable_on_the_host(run_conta
 
 def _add_model_config_and_plugin(data):
     (data / "models" / "my-chat.json").write_text(json.dumps(
-        {"name": "my-chat", "type": "local", "path": "/opt/moltbot/defaults/tiny-chat", "max_tokens": 512}))
+        {"name": "my-chat", "type": "local", "path": "/opt/moltbot/defaults/smollm2-135m-instruct-int8",
+         "max_tokens": 512}))
     plugin = data / "plugins" / "shout"
     plugin.mkdir()
     (plugin / "__init__.py").write_text("")
@@ -140,7 +156,7 @@ def test_killed_main_process_is_restarted_by_the_restart_policy(run_container):
     assert int(state["Pid"]) != pid
     with container.client() as client:  # the published port may have changed with the restart
         assert client.get("/health").status_code == 200
-        chat(client, "tiny-chat")
+        chat(client, CHAT_MODEL)
 
 
 def test_read_only_root_filesystem_with_a_tmpfs_for_tmp(run_container):
@@ -170,7 +186,7 @@ def test_cpu_and_memory_limits(run_container):
     assert container.inspect("{{.HostConfig.Memory}}") == str(768 * 2**20)
     with container.client() as client:
         for _ in range(3):
-            chat(client, "tiny-chat")
+            chat(client, CHAT_MODEL)
         embeddings = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["limits"] * 16})
         assert embeddings.status_code == 200, embeddings.text
     state = container.state()
@@ -185,7 +201,7 @@ def test_serves_with_no_network_at_all(run_container):
         import json, urllib.request
         request = urllib.request.Request("http://127.0.0.1:8080/v1/chat/completions", method="POST",
             headers={"Content-Type": "application/json"},
-            data=json.dumps({"model": "tiny-chat", "max_tokens": 4,
+            data=json.dumps({"model": "smollm2-135m-instruct", "max_tokens": 4,
                              "messages": [{"role": "user", "content": "hi"}]}).encode())
         print(json.load(urllib.request.urlopen(request, timeout=30))["choices"][0]["message"]["role"])
     """))
@@ -206,7 +222,7 @@ def test_image_metadata_and_contents(image):
     assert config["Entrypoint"] == ["/usr/local/bin/moltbot-entrypoint"] and config["Cmd"] == ["moltbot", "serve"]
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
     print(f"\n{image}: {size_mb:.0f} MB")
-    assert size_mb < 700
+    assert size_mb < 800  # 455 MB of runtime and MiniLM, 254 MB for smollm2-135m-instruct int8 (#21)
     probe = textwrap.dedent("""
         import importlib.util, json, os, pathlib, onnxruntime
         print(json.dumps({
@@ -224,7 +240,7 @@ def test_image_metadata_and_contents(image):
     found = json.loads(result.stdout)
     assert found["absent"] == ["torch", "transformers", "optimum", "pip", "sentence_transformers"]
     assert "CUDAExecutionProvider" not in found["providers"] and not found["nvidia"]
-    assert found["defaults"] == sorted(DEFAULT_MODELS)
+    assert found["defaults"] == DEFAULTS_FOLDER_CONTENTS
     assert found["leftovers"] == []
     history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
     assert "PIP_CERT" not in history and "ca-certificates/build-host" not in history

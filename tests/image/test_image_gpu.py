@@ -68,5 +68,5 @@ def test_gpu_variant_without_a_gpu_serves_on_the_cpu(run_container, gpu_image):
         models = client.get("/v1/models").json()["data"]
         assert {m["provider"] for m in models} == {"CPUExecutionProvider"}
         response = client.post("/v1/chat/completions", json={
-            "model": "tiny-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+            "model": "smollm2-135m-instruct", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
         assert response.status_code == 200, response.text

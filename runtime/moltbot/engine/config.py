@@ -4,9 +4,9 @@
 
 Fields: name, task (chat | embeddings; default chat), max_tokens (the model's context length for chat models),
 temperature (default when a request sets none), and two that say how the model is had:
-- source, where its files come from: local (path: an Optimum ONNX export, or a Hugging Face PyTorch checkpoint
-  exported once and cached) or remote (url: an http/https archive of a model folder, .tar.gz, .tgz, .tar or .zip;
-  sha256);
+- source, where its files come from: local (path: an Optimum ONNX export, a Hugging Face PyTorch checkpoint
+  exported once and cached, or a .gguf file imported once and cached: export/gguf.py) or remote (url: an
+  http/https archive of a model folder, .tar.gz, .tgz, .tar or .zip, or a .gguf file; sha256);
 - backend, what serves it: onnxruntime (the default; needs a source) or service (a third-party OpenAI-compatible
   API, no files: base_url, model (the upstream name), api_key_env (variable holding the upstream key)).
 The older `type` (local | remote | service) says both in one word and stays valid: local and remote are those
@@ -119,6 +119,9 @@ class ModelConfig:
             raise ModelConfigError(f"{where}: quantize must be one of {', '.join(PRECISIONS)} (or left out)")
         if data.get("quantize") not in (None, "int8") and task == "embeddings":
             raise ModelConfigError(f"{where}: embedding models take quantize int8 (dynamic) or none")
+        if task != "chat" and any(str(data.get(key) or "").lower().split("?")[0].endswith(".gguf")
+                                  for key in ("path", "url")):
+            raise ModelConfigError(f"{where}: a .gguf file is imported as a chat model (task chat), not {task}")
         if data.get("quantize") and data["backend"] == "service":
             raise ModelConfigError(f"{where}: a service model cannot be quantised here")
         if data.get("device") not in (None, "cpu", "cuda"):

@@ -85,6 +85,10 @@ class SharedKVRunner:
         self.logits_name = outputs.get("logits", "logits")
         logits_output = next(o for o in self.session.get_outputs() if o.name == self.logits_name)
         self._logits_dtype = _DTYPES[logits_output.type]
+        # A graph built with prune_lm_head (export/gguf.py does for large vocabularies) computes the logits of each
+        # row's last position only: [batch, 1, vocab] instead of [batch, sequence, vocab] (a 262k-vocabulary
+        # prefill of 1,000 tokens would return 1 GiB). Its prefill groups then hold prompts of one length.
+        self.last_position_only = len(logits_output.shape) == 3 and logits_output.shape[1] == 1
         self.vocab_size = int(config.get("vocab_size") or logits_output.shape[-1])
         first = inputs[self.past_names[0]]
         self.kv_heads = int(decoder.get("num_key_value_heads", first.shape[1]))
@@ -159,7 +163,8 @@ class SharedKVRunner:
         for i, prompt in enumerate(prompts):
             width = max([len(prompts[j]) for j in group] + [len(prompt)])
             contiguous = not group or slots[i] == slots[group[-1]] + 1
-            if group and (not contiguous or width * (len(group) + 1) > token_budget):
+            uneven = self.last_position_only and bool(group) and len(prompt) != len(prompts[group[0]])
+            if group and (not contiguous or uneven or width * (len(group) + 1) > token_budget):
                 flush()
             if len(prompt) > token_budget:
                 out[i] = self._prefill_chunked(slots[i], prompt, token_budget)
@@ -270,6 +275,8 @@ class SharedKVRunner:
         binding.bind_output(self.logits_name, "cpu")
         self.session.run_with_iobinding(binding)
         logits: np.ndarray = binding.get_outputs()[-1].numpy()
+        if self.last_position_only:  # every row's last position is the call's last (see _prefill_into)
+            last = np.full(rows, logits.shape[1] - 1)
         picked: np.ndarray = logits[np.arange(rows), last]  # before converting: a prefill's logits span every position
         return picked.astype(np.float32, copy=False)  # fp16 graphs: sampling works in float32
 

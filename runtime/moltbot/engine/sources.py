@@ -86,6 +86,10 @@ def onnx_folder(folder: Path, config: ModelConfig, settings: Settings) -> Path:
     precision = config.quantize or "fp32"
     if precision == "fp16" and device != "cuda":
         raise ModelSourceError(f"{config.name}: quantize fp16 is for device cuda (on the CPU use int8 or int4)")
+    if (gguf := gguf_file_in(Path(folder))) is not None:
+        if config.task != "chat":
+            raise ModelSourceError(f"{config.name}: a GGUF file is imported as a chat model, not {config.task}")
+        return imported_gguf(gguf, settings.cache_dir, precision, device, settings.builder_python)
     export_precision = precision if config.task == "chat" else "fp32"
     folder = resolve_local(folder, config.task, settings.cache_dir, export_precision, device, settings.builder_python)
     if is_shared_kv_graph(folder):
@@ -96,6 +100,34 @@ def onnx_folder(folder: Path, config: ModelConfig, settings: Settings) -> Path:
         raise ModelSourceError(f"{folder}: int4 graphs are made by the model builder from a Hugging Face "
                                "checkpoint: point path at the checkpoint and set builder_python")
     return folder
+
+
+def gguf_file_in(path: Path) -> Path | None:
+    """The GGUF file a model's `path` names: the file itself, or the one .gguf in a folder that holds neither an
+    ONNX export nor a checkpoint (a downloaded `url` naming a .gguf lands in such a folder)."""
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir() or is_onnx_export(path) or is_pytorch_checkpoint(path):
+        return None
+    files = sorted(path.glob("*.gguf"))
+    return files[0] if len(files) == 1 else None
+
+
+def imported_gguf(gguf: Path, cache_dir: Path, precision: str, device: str, builder_python: str | None) -> Path:
+    """The serving graph of a GGUF file, made once (export/gguf.py; the conversion runs in the builder's venv)
+    and cached under cache_dir/gguf, keyed by the file (name, size, mtime) and how the graph is made."""
+    from moltbot.export.genai_builder import BuilderUnavailable
+    from moltbot.export.gguf import GGUFError, import_gguf
+
+    stat = gguf.stat()
+    stamp = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(cache_dir) / "gguf" / f"{gguf.stem}-{precision}-{device}-{graph_recipe(precision, device)}-{stamp}"
+    if (target / "model.onnx").exists():
+        return target
+    try:
+        return import_gguf(gguf, target, precision, device, builder_python=builder_python)
+    except (GGUFError, BuilderUnavailable, ValueError, RuntimeError, OSError) as exc:
+        raise ModelSourceError(f"importing {gguf}: {exc}") from exc
 
 
 def quantized(folder: Path, cache_dir: Path) -> Path:
@@ -147,9 +179,15 @@ def fetch_remote(config: ModelConfig, models_dir: Path,
         part.unlink(missing_ok=True)
         raise ModelSourceError(f"{config.url}: sha256 mismatch (expected {expected}, got {actual}); "
                                "the download was discarded")
-    _unpack_atomically(part, target, {"url": redact_url(config.url), "sha256": expected})
+    _unpack_atomically(part, target, {"url": redact_url(config.url), "sha256": expected}, gguf_name(config.url))
     part.unlink(missing_ok=True)
     return target
+
+
+def gguf_name(url: str) -> str | None:
+    """The file name when the URL's path names a .gguf file (kept as is, not unpacked), else None."""
+    name = httpx.URL(url).path.rsplit("/", 1)[-1]
+    return name if name.lower().endswith(".gguf") and name != ".gguf" else None
 
 
 def _download(url: str, part: Path, progress: Progress | None, timeout: float, cancel: threading.Event | None,
@@ -219,10 +257,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _unpack_atomically(archive: Path, target: Path, meta: dict[str, str]) -> None:
+def _unpack_atomically(archive: Path, target: Path, meta: dict[str, str], single_file: str | None = None) -> None:
+    """Unpack `archive` into the model folder `target`, or (single_file) move it there under that name."""
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _extract(archive, work)
+        if single_file:
+            archive.rename(work / single_file)
+        else:
+            _extract(archive, work)
         entries = [p for p in work.iterdir()]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else work
         if root is not work:  # the archive holds one top folder: serve its contents

@@ -65,11 +65,7 @@ def build_graph(src: str | Path, dst: str | Path, precision: str = "int4", devic
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         graph = work / "graph"
-        if precision == "int8" and device == "cpu":
-            _run_builder(interpreter, src, work / "fp32", "fp32", device, work / "cache", extra_options)
-            _quantize_cpu_int8(interpreter, work / "fp32", graph)
-        else:
-            _run_builder(interpreter, src, graph, precision, device, work / "cache", extra_options)
+        _run_builder(interpreter, src, graph, precision, device, work / "cache", extra_options)
         for name in _CHECKPOINT_FILES:
             if (src / name).exists():
                 shutil.copy2(src / name, graph / name)
@@ -86,15 +82,18 @@ def build_graph(src: str | Path, dst: str | Path, precision: str = "int4", devic
 
 def graph_recipe(precision: str, device: str) -> str:
     """A name for how build_graph makes a graph at this precision, for cache keys: a changed recipe makes the
-    graph again rather than serving one cached by an earlier recipe."""
-    return "builder-dq8" if precision == "int8" and device == "cpu" else "builder"
+    graph again rather than serving one cached by an earlier recipe. int8 is the builder's own MatMulNBits 8-bit
+    graph ("builder-nbits8") since #21: the earlier CPU recipe ("builder-dq8": per-channel int8 weights with
+    per-tensor dynamically quantised activations) agreed with fp32 on only 55% of next tokens on real weights
+    (the activations' outliers), see docs/engine.md."""
+    return "builder-nbits8" if precision == "int8" else "builder"
 
 
 def _run_builder(interpreter: str, src: Path, out: Path, precision: str, device: str, cache: Path,
                  extra_options: dict[str, str] | None = None) -> None:
     extra = [f"{key}={value}" for key, value in (extra_options or {}).items()]
     result = subprocess.run(
-        [interpreter, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+        [interpreter, "-P", str(Path(__file__).with_name("builder_shim.py")), "-i", str(src), "-o", str(out),
          "-p", precision, "-e", device, "-c", str(cache), *(["--extra_options", *extra] if extra else [])],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if result.returncode != 0:
@@ -102,21 +101,3 @@ def _run_builder(interpreter: str, src: Path, out: Path, precision: str, device:
         if _NOT_COVERED in result.stderr:
             raise ArchitectureNotCovered(f"{src}: the model builder does not cover this architecture: {tail[0]}")
         raise RuntimeError(f"the model builder failed on {src}: {tail[0]}")
-
-
-def _quantize_cpu_int8(interpreter: str, fp32: Path, out: Path) -> None:
-    """The CPU int8 graph: the builder's fp32 graph with per-channel int8 MatMul weights (ONNX Runtime's
-    DynamicQuantizeMatMul). Measured against the builder's own int8 (MatMulNBits, 8 bits, block 32) on the bench
-    model: level at batch 1, 1.2-1.4x the tokens per second at batch 8-32 (docs/engine.md). Run in the builder's
-    environment, which has onnx; CUDA keeps the builder's MatMulNBits."""
-    out.mkdir()
-    for item in fp32.iterdir():
-        if item.is_file() and not item.name.startswith("model.onnx"):
-            shutil.copy2(item, out / item.name)
-    script = Path(__file__).with_name("quantize.py")  # run with -P: its folder's gguf.py must not shadow gguf
-    result = subprocess.run(
-        [interpreter, "-P", str(script), "--graph-only", str(fp32 / "model.onnx"), str(out / "model.onnx")],
-        capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"int8 quantisation of the builder's graph failed: {tail[0]}")

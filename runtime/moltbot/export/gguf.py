@@ -15,6 +15,7 @@ licence files travel with the graph (LICENSES). Any other architecture is refuse
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -27,6 +28,9 @@ from moltbot.engine.sources import file_sha256
 from moltbot.export.genai_builder import build_graph, find_builder_python, graph_recipe
 
 PROVENANCE = "provenance.json"
+# The context a model config written by `moltbot models import` gets at most (its max_tokens; raise it there):
+# each running sequence may fill a KV buffer that long.
+MAX_TOKENS = 8192
 # general.architecture values imported, and the builder options each needs (see build_options).
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3")
 _MAGIC = b"GGUF"
@@ -111,23 +115,31 @@ def gguf_to_checkpoint(gguf_file: str | Path, out_dir: str | Path, python: str |
     return out_dir
 
 
-def build_options(architecture: str) -> dict[str, str]:
+def build_options(architecture: str, all_logits: bool = False) -> dict[str, str]:
     """Model builder options per architecture. Gemma 3: one full-length KV buffer per layer (the builder's
     default windowed cache for its sliding layers does not fit the shared-KV runner, which gives every layer
-    the same [slots, heads, max_length, head_dim] buffer; the attention still keeps to its window)."""
-    return {"windowed_kv_cache": "false"} if architecture == "gemma3" else {}
+    the same [slots, heads, max_length, head_dim] buffer; the attention still keeps to its 512-token window),
+    and logits of the last position only (prune_lm_head: its 262,144-entry vocabulary makes a 1,000-token
+    prefill's logits 1 GiB otherwise; engine/shared_kv.py serves such graphs). `all_logits` keeps every
+    position's logits (teacher-forced fidelity checks)."""
+    if architecture != "gemma3":
+        return {}
+    return {"windowed_kv_cache": "false", **({} if all_logits else {"prune_lm_head": "true"})}
 
 
 def import_gguf(gguf_file: str | Path, dst: str | Path, precision: str = "int8", device: str = "cpu",
-                builder_python: str | None = None, provenance: dict[str, Any] | None = None) -> Path:
+                builder_python: str | None = None, provenance: dict[str, Any] | None = None,
+                all_logits: bool = False) -> Path:
     """The serving graph of `gguf_file` at `dst` (made once: a folder made from the same file by the same recipe
-    is returned as is). `provenance` (e.g. the package the file came from) is merged into provenance.json."""
+    is returned as is). `provenance` (e.g. the package the file came from) is merged into provenance.json.
+    `all_logits`: a graph whose prefill returns every position's logits (see build_options)."""
     gguf_file, dst = Path(gguf_file), Path(dst)
     if not gguf_file.is_file():
         raise GGUFError(f"{gguf_file}: no such GGUF file")
     architecture = check_architecture(gguf_file)
     digest = file_sha256(gguf_file)
-    recipe = f"gguf-{graph_recipe(precision, device)}"
+    options = build_options(architecture, all_logits)
+    recipe = f"gguf-{graph_recipe(precision, device)}" + ("-all-logits" if all_logits and options else "")
     meta = read_marker(dst)
     if meta.get("gguf_sha256") == digest and meta.get("recipe") == recipe and (dst / "model.onnx").exists():
         return dst
@@ -137,7 +149,7 @@ def import_gguf(gguf_file: str | Path, dst: str | Path, precision: str = "int8",
         checkpoint = gguf_to_checkpoint(gguf_file, work / "checkpoint", python=builder_python)
         conversion = json.loads((checkpoint / "gguf-conversion.json").read_text())
         graph = build_graph(checkpoint, work / "graph", precision, device, python=builder_python,
-                            extra_options=build_options(architecture))
+                            extra_options=options)
         write_marker(graph, {**read_marker(graph), "source": str(gguf_file.resolve()), "gguf_sha256": digest,
                              "recipe": recipe, "architecture": architecture})
         record = {
@@ -146,7 +158,7 @@ def import_gguf(gguf_file: str | Path, dst: str | Path, precision: str = "int8",
                        "bytes": gguf_file.stat().st_size, "sha256": digest, "architecture": architecture},
             "conversion": [*conversion["steps"],
                            f"built by the ONNX Runtime GenAI model builder: precision {precision}, device {device}, "
-                           f"recipe {recipe}" + "".join(f", {k}={v}" for k, v in build_options(architecture).items())],
+                           f"recipe {recipe}" + "".join(f", {k}={v}" for k, v in options.items())],
             "tools": {**conversion["tools"], **_builder_versions(builder_python)},
             "parameters": conversion["parameters"],
         }
@@ -163,8 +175,43 @@ def import_gguf(gguf_file: str | Path, dst: str | Path, precision: str = "int8",
     return dst
 
 
-def is_gguf(path: str | Path) -> bool:
-    return Path(path).suffix.lower() == ".gguf"
+def import_model(gguf_file: Path, models_dir: Path, name: str | None = None, precision: str = "int8",
+                 device: str = "cpu", builder_python: str | None = None, force: bool = False) -> Path:
+    """`moltbot models import`: the graph into models_dir/<name>/ and a model config models_dir/<name>.json that
+    serves it; returns the config file. Refuses a name another config in models_dir already has (unless
+    `force`, and only for the config this import wrote)."""
+    from moltbot.engine.config import NAME_PATTERN, ModelConfig, read_model_configs
+
+    architecture = check_architecture(gguf_file)
+    name = name or default_name(gguf_file)
+    if not NAME_PATTERN.match(name):
+        raise GGUFError(f"model name {name!r} must be 1-128 letters, digits or ._:/- (choose one with --name)")
+    folder_name = name.replace("/", "--").replace(":", "-")
+    config_file = models_dir / f"{folder_name}.json"
+    configs, _ = read_model_configs(models_dir) if models_dir.is_dir() else ([], [])
+    clash = [c.file for c in configs if c.name == name or Path(c.file) == config_file]
+    if clash and not force:
+        raise GGUFError(f"a model named {name!r} (or its config file) is already in {clash[0]}: choose another "
+                        "--name, or --force to replace it")
+    meta = gguf_metadata(gguf_file, ("general.name", f"{architecture}.context_length"))
+    graph = import_gguf(gguf_file, models_dir / folder_name, precision, device, builder_python)
+    context = int(meta.get(f"{architecture}.context_length") or 2048)
+    licence = " Gemma Terms of Use apply: see NOTICE in the model folder." if architecture.startswith("gemma") else ""
+    config = {"name": name, "source": "local", "path": str(graph.resolve()), "quantize": precision,
+              "device": device, "max_tokens": min(context, MAX_TOKENS),
+              "description": f"{meta.get('general.name', gguf_file.stem)} ({architecture}), imported from "
+                             f"{gguf_file.name} at {precision}.{licence}"}
+    ModelConfig.from_dict(config, file=str(config_file))  # the same validation the server applies
+    part = config_file.with_name(config_file.name + ".part")
+    part.write_text(json.dumps(config, indent=2) + "\n")
+    part.replace(config_file)
+    return config_file
+
+
+def default_name(gguf_file: Path) -> str:
+    """The file's stem, lower-cased, with characters a model name cannot hold turned into '-'."""
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", gguf_file.stem.lower()).strip("-.") or "gguf-model"
+    return cleaned[:128]
 
 
 def _builder_versions(python: str | None) -> dict[str, str]:
@@ -215,4 +262,4 @@ def _skip_value(fh: BinaryIO, kind: int) -> None:
 
 
 __all__ = ["ARCHITECTURES", "PROVENANCE", "GGUFError", "check_architecture", "gguf_architecture",
-           "gguf_metadata", "gguf_to_checkpoint", "import_gguf", "is_gguf"]
+           "gguf_metadata", "gguf_to_checkpoint", "import_gguf", "import_model"]

@@ -40,6 +40,11 @@ def fix_config(config: dict[str, Any]) -> list[str]:
     if isinstance(local, dict) and "rope_theta" in local:
         config["rope_local_base_freq"] = local["rope_theta"]
         steps.append(f"rope_local_base_freq={local['rope_theta']} (sliding layers)")
+    if full is not params and isinstance(full, dict):
+        # The builder's rope reader indexes rope_parameters["rope_type"]: give it the flat form (the full-attention
+        # layers' settings); the sliding layers' base is rope_local_base_freq above.
+        config["rope_parameters"] = dict(full)
+        steps.append("rope_parameters: the full-attention layers' settings, flat")
     return steps
 
 

@@ -4,9 +4,10 @@ Weights of the MatMuls become int8 (per channel), activations stay float and are
 MatMuls with constant weights are touched (`MatMulConstBOnly`): on the CPU this reads a quarter of the bytes per
 decode step and was measured faster than quantising the attention MatMuls too (see docs/benchmarks.md).
 
-Used for Optimum's exports, and for the model builder's fp32 graphs to make the CPU int8 graph (genai_builder.py
-runs this file in the builder's own environment: `python quantize.py --graph-only SRC.onnx DST.onnx`; so this
-module imports nothing of moltbot at its top).
+Used for Optimum's exports (chat models the model builder does not cover, and embedding models with
+"quantize": "int8"). The builder's chat graphs take the builder's own MatMulNBits int8 instead: on real decoder
+weights this recipe's per-tensor activation quantisation lost half of the fp32 graph's next-token choices
+(docs/engine.md, #21). MiniLM's int8 vectors are checked against fp32 in tests/runtime/test_int8_real_weights.py.
 """
 
 from __future__ import annotations
@@ -63,14 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moltbot.export.quantize")
     parser.add_argument("source", help="an ONNX model folder (model.onnx + tokenizer files)")
     parser.add_argument("output")
-    parser.add_argument("--graph-only", action="store_true",
-                        help="source and output are graph files (weights written beside the output)")
     args = parser.parse_args(argv)
     try:
-        if args.graph_only:
-            quantize_graph(args.source, args.output)
-        else:
-            quantize_int8(args.source, args.output)
+        quantize_int8(args.source, args.output)
     except ImportError as exc:
         print(f"moltbot: quantising needs onnx (pip install 'moltbot[export]'): {exc}", file=sys.stderr)
         return 2

@@ -124,6 +124,21 @@ def cmd_models_defaults(args: argparse.Namespace) -> int:
                          + (["--force"] if args.force else []))
 
 
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from moltbot.export.genai_builder import BuilderUnavailable
+    from moltbot.export.gguf import import_model
+
+    settings = _settings(args)
+    try:
+        config_file = import_model(Path(args.file), settings.models_dir, name=args.name, precision=args.precision,
+                                   device=settings.device, builder_python=settings.builder_python, force=args.force)
+    except (BuilderUnavailable, OSError, ValueError, RuntimeError) as exc:
+        print(f"moltbot: import failed: {exc}", file=sys.stderr)
+        return 1
+    print(config_file)
+    return 0
+
+
 def cmd_models_check(args: argparse.Namespace) -> int:
     from moltbot.engine.config import read_model_configs
 
@@ -178,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument("--force", action="store_true", help="make them again even if present")
     _add_setting_flags(defaults)
     defaults.set_defaults(func=cmd_models_defaults)
+    gguf = models_sub.add_parser(
+        "import", help="make a serving graph from a GGUF file (llama, mistral, qwen2, gemma3; in the model "
+                       "builder's venv) and a model config for it in the models dir")
+    gguf.add_argument("file", help="the .gguf file")
+    gguf.add_argument("--precision", choices=["int8", "int4", "fp32", "fp16"], default="int8",
+                      help="the graph's weights (default int8; fp16 is for --device cuda)")
+    gguf.add_argument("--name", help="the model's name (default: the file's name)")
+    gguf.add_argument("--force", action="store_true", help="replace a model of that name imported before")
+    _add_setting_flags(gguf)
+    gguf.set_defaults(func=cmd_models_import)
     check = models_sub.add_parser("check", help="validate the model configs in the models dir")
     _add_setting_flags(check)
     check.set_defaults(func=cmd_models_check)

@@ -33,7 +33,7 @@ if settings.platform == "docker":
         "storage", prefix="moltbot",
         host_data_sets=list(data_sets(settings)),
         volume_data_sets=["prometheus", "alertmanager", "grafana"] if settings.monitoring else [],
-        data_dir=settings.data_dir, opts=on_host)
+        data_dir=settings.data_dir, monitoring=settings.monitoring, opts=on_host)
     runtime = MoltbotContainer("moltbot", settings, storage, opts=on_host)
     pulumi.export("url", runtime.url)
     pulumi.export("container", runtime.container.name)
@@ -44,6 +44,7 @@ if settings.platform == "docker":
         pulumi.export("prometheusUrl", monitoring.prometheus_url)
         pulumi.export("alertmanagerUrl", monitoring.alertmanager_url)
         pulumi.export("grafanaUrl", monitoring.grafana_url)
+        pulumi.export("monitoringNetwork", storage.monitoring_network.name)
 else:
     # The default Kubernetes provider uses the current kubeconfig context (KUBECONFIG, kubernetes:context).
     cluster = MoltbotKubernetes("moltbot", settings)

@@ -18,6 +18,10 @@ from docker_storage import DockerStorage
 from stack_config import GPU_DASHBOARD, ConfigError, Settings
 
 NODE_EXPORTER_PORT = 9100
+# Grafana reads its admin password from this file (GF_SECURITY_ADMIN_PASSWORD__FILE), so that it is in no
+# container variable that `docker inspect` shows; private to the image's grafana user (uid 472).
+GRAFANA_PASSWORD_FILE = "/run/secrets/grafana/admin-password"
+GRAFANA_UID = "472"
 
 
 def config_uploads(source: Path, target: str, skip: tuple[str, ...] = ()) -> list[docker.ContainerUploadArgs]:
@@ -76,9 +80,12 @@ class DockerMonitoring(pulumi.ComponentResource):
         _require(monitoring / "grafana" / "dashboards", "Grafana's dashboards folder")
         log_opts = {"max-size": "10m", "max-file": "3"}
 
-        def service(alias: str, host_network: bool = False, **kwargs) -> docker.Container:
+        # Prometheus scrapes the runtime, so it joins both networks; the rest only the monitoring one (DockerStorage).
+        def service(alias: str, host_network: bool = False, scrapes_runtime: bool = False,
+                    **kwargs) -> docker.Container:
             network = {"network_mode": "host"} if host_network else \
-                {"hostname": alias, "networks_advanced": storage.attach(alias)}
+                {"hostname": alias,
+                 "networks_advanced": storage.attach(alias, runtime=scrapes_runtime, monitoring=True)}
             return docker.Container(
                 f"{name}-{alias}",
                 name=f"{prefix}-{alias}",
@@ -93,6 +100,7 @@ class DockerMonitoring(pulumi.ComponentResource):
 
         self.prometheus = service(
             "prometheus",
+            scrapes_runtime=True,
             image=settings.images["prometheusImage"],
             command=[
                 "--config.file=/etc/prometheus/prometheus.yml",
@@ -118,27 +126,32 @@ class DockerMonitoring(pulumi.ComponentResource):
             volumes=[storage.mount("alertmanager", "/alertmanager")],
             uploads=config_uploads(monitoring / "alertmanager", "/etc/alertmanager"),
         )
-        grafana_env = pulumi.Output.secret(settings.grafana_admin_password).apply(lambda password: [
+        grafana_env = [
             "GF_SECURITY_ADMIN_USER=admin",
-            f"GF_SECURITY_ADMIN_PASSWORD={password}",
+            f"GF_SECURITY_ADMIN_PASSWORD__FILE={GRAFANA_PASSWORD_FILE}",
             "GF_USERS_ALLOW_SIGN_UP=false",
             "GF_AUTH_ANONYMOUS_ENABLED=false",
             # Read by the datasource provisioning file (monitoring/grafana/provisioning/datasources/).
             "PROMETHEUS_URL=http://prometheus:9090",
-        ])
+        ]
+        password_file = docker.ContainerUploadArgs(
+            file=GRAFANA_PASSWORD_FILE, content=pulumi.Output.secret(settings.grafana_admin_password),
+            owner=GRAFANA_UID, permissions="0400")
         self.grafana = service(
             "grafana",
             image=settings.images["grafanaImage"],
             envs=grafana_env,
             ports=[docker.ContainerPortArgs(internal=3000, external=settings.grafana_port, ip=bind)],
             volumes=[storage.mount("grafana", "/var/lib/grafana")],
-            uploads=config_uploads(monitoring / "grafana" / "provisioning", "/etc/grafana/provisioning")
+            uploads=[password_file]
+            + config_uploads(monitoring / "grafana" / "provisioning", "/etc/grafana/provisioning")
             + config_uploads(monitoring / "grafana" / "dashboards", "/var/lib/grafana/dashboards/moltbot",
                              skip=() if settings.gpu else (GPU_DASHBOARD,)),
         )
         # Host metrics: the host's network namespace (its interfaces, not a container's), process table and root
-        # file system (read-only at /host). It listens on the stack network's bridge address only: reachable
-        # from the stack's containers and the host, not from other machines.
+        # file system (read-only at /host). It listens on the monitoring network's bridge address only: reachable
+        # from the host and its containers (a host address, so the runtime's too: read-only metrics), not from
+        # other machines.
         self.node_exporter = service(
             "node-exporter",
             host_network=True,

@@ -113,6 +113,16 @@ class MoltbotContainer(pulumi.ComponentResource):
                 content=settings.admin_api_keys.apply(lambda keys: "".join(f"{k}\n" for k in keys)),
                 permissions=PRIVATE_MODE, owner=str(contract.RUNTIME_UID)))
             private_files.append(ADMIN_API_KEYS_FILE)
+        if settings.api_keys is None and settings.admin_api_keys is None:
+            # The container listens on 0.0.0.0, where the runtime refuses to serve without keys; the stack
+            # publishes it on loopback alone then (stack_config refuses anything else without keys).
+            env["MOLTBOT_ALLOW_UNAUTHENTICATED"] = "true"
+        plain_env = [f"{key}={value}" for key, value in env.items()]
+        # The plugins' secrets (moltbot:pluginEnv) join the variables as a secret Output: encrypted in the state,
+        # masked in previews (the whole list is then secret); `docker inspect` on the host shows them, as any
+        # container variable.
+        envs: pulumi.Input[list[str]] = plain_env if settings.plugin_env is None else settings.plugin_env.apply(
+            lambda extra: plain_env + [f"{key}={value}" for key, value in sorted(extra.items())])
 
         self.init = docker.Container(
             f"{name}-init",
@@ -137,7 +147,7 @@ class MoltbotContainer(pulumi.ComponentResource):
             name=name,
             image=image_id,
             hostname=name,
-            envs=[f"{key}={value}" for key, value in env.items()],
+            envs=envs,
             ports=ports,
             # The plugins are code: read-only for the runtime (the init container writes them), as on Kubernetes.
             volumes=[storage.mount(data_set, path, read_only=data_set in ("plugins", "tls", "secrets"))

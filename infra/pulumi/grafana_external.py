@@ -25,9 +25,8 @@ from urllib.parse import urlparse
 
 import pulumi
 import pulumiverse_grafana as grafana
-from pulumi.runtime.config import is_config_secret
 
-from stack_config import GPU_DASHBOARD, HOST_DASHBOARD, ConfigError, Settings
+from stack_config import GPU_DASHBOARD, HOST_DASHBOARD, ConfigError, Settings, require_secret
 
 KEYS = ("externalGrafanaUrl", "externalGrafanaToken", "externalGrafanaFolder", "externalGrafanaPrometheusUrl")
 FOLDER_UID = "moltbot"
@@ -91,9 +90,7 @@ def load(settings: Settings, config: pulumi.Config | None = None) -> ExternalGra
     if token is None:
         raise ConfigError("moltbot:externalGrafanaToken: required with moltbot:externalGrafanaUrl; a Grafana "
                           "service-account token, set with `pulumi config set --secret moltbot:externalGrafanaToken`")
-    if not is_config_secret("moltbot:externalGrafanaToken"):
-        raise ConfigError("moltbot:externalGrafanaToken: stored in plain text in the stack file; set it again with "
-                          "`pulumi config set --secret moltbot:externalGrafanaToken` (and revoke the exposed token)")
+    require_secret("externalGrafanaToken", "and revoke the exposed token")
     prometheus = config.get("externalGrafanaPrometheusUrl")
     folder = (config.get("externalGrafanaFolder") or "Moltbot").strip()
     if not folder:

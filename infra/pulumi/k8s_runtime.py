@@ -10,16 +10,17 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.core.v1 import (
     AffinityArgs, CapabilitiesArgs, ConfigMapVolumeSourceArgs, ContainerArgs, ContainerPortArgs,
-    EmptyDirVolumeSourceArgs, EnvVarArgs, ExecActionArgs, HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs,
+    EmptyDirVolumeSourceArgs, EnvFromSourceArgs, EnvVarArgs, ExecActionArgs, HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs,
     LifecycleHandlerArgs, LocalObjectReferenceArgs, PersistentVolumeClaimSpecArgs,
     PersistentVolumeClaimVolumeSourceArgs, PodAffinityArgs, PodAffinityTermArgs, PodSecurityContextArgs,
     PodSpecArgs, PodTemplateSpecArgs, ProbeArgs, ResourceRequirementsArgs, SeccompProfileArgs,
-    SecretVolumeSourceArgs, SecurityContextArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs, VolumeMountArgs,
+    SecretEnvSourceArgs, SecretVolumeSourceArgs, SecurityContextArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs, VolumeMountArgs,
     VolumeResourceRequirementsArgs,
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 from pulumi_kubernetes.networking.v1 import (
-    NetworkPolicyIngressRuleArgs, NetworkPolicyPeerArgs, NetworkPolicyPortArgs, NetworkPolicySpecArgs,
+    IPBlockArgs, NetworkPolicyEgressRuleArgs, NetworkPolicyIngressRuleArgs, NetworkPolicyPeerArgs,
+    NetworkPolicyPortArgs, NetworkPolicySpecArgs,
 )
 
 import contract
@@ -94,6 +95,13 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         env.append(EnvVarArgs(name="MOLTBOT_API_KEYS_FILE", value=API_KEYS_FILE))
         if settings.admin_api_keys is not None:
             env.append(EnvVarArgs(name="MOLTBOT_ADMIN_API_KEYS_FILE", value=ADMIN_API_KEYS_FILE))
+        # The plugins' secrets (moltbot:pluginEnv) as a Secret the container takes its variables from (envFrom):
+        # never in the plugins ConfigMap nor the pod spec. A generated name, so new values roll the pods.
+        self.plugin_env_secret = None
+        if settings.plugin_env is not None:
+            self.plugin_env_secret = k8s.core.v1.Secret(
+                f"{name}-plugin-env", metadata=meta(rolled), type="Opaque", string_data=settings.plugin_env,
+                opts=in_namespace)
 
         self.pull_secret = None
         if settings.registry_username:
@@ -158,6 +166,8 @@ class MoltbotKubernetes(pulumi.ComponentResource):
             # A digest never changes; a tag is pulled again for each new pod with moltbot:imagePull=always.
             image_pull_policy="Always" if settings.image_pull == "always" else "IfNotPresent",
             env=env,
+            env_from=[EnvFromSourceArgs(secret_ref=SecretEnvSourceArgs(name=self.plugin_env_secret.metadata.name))]
+            if self.plugin_env_secret else None,
             ports=[ContainerPortArgs(name="http", container_port=contract.HTTP_PORT),
                    ContainerPortArgs(name="https", container_port=contract.HTTPS_PORT)],
             volume_mounts=mounts,
@@ -253,20 +263,32 @@ class MoltbotKubernetes(pulumi.ComponentResource):
                 pod_selector=LabelSelectorArgs(match_labels=selectors["podLabels"])
                 if selectors["podLabels"] else None)
 
-        def ports(*numbers: int) -> list[NetworkPolicyPortArgs]:
-            return [NetworkPolicyPortArgs(protocol="TCP", port=number) for number in numbers]
+        def ports(*numbers: int, protocol: str = "TCP") -> list[NetworkPolicyPortArgs]:
+            return [NetworkPolicyPortArgs(protocol=protocol, port=number) for number in numbers]
+
+        # Where the pods may connect: the cluster DNS, and what moltbot:egress lists (service model upstreams,
+        # plugin databases). Nothing else, the Kubernetes API and the cloud metadata address included (every
+        # CIDR has the metadata address cut out: stack_config), so a plugin or a prompt-driven tool cannot fetch
+        # the node's cloud credentials.
+        def egress_rule(rule: dict) -> NetworkPolicyEgressRuleArgs:
+            target = NetworkPolicyPeerArgs(ip_block=IPBlockArgs(cidr=rule["cidr"], except_=rule["except"] or None)) \
+                if "cidr" in rule else peer(rule)
+            return NetworkPolicyEgressRuleArgs(to=[target], ports=ports(*rule["ports"]))
 
         serving = (contract.HTTP_PORT, contract.HTTPS_PORT) if settings.tls_cert is not None else (contract.HTTP_PORT,)
         self.network_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-network-policy", metadata=meta(name),
             spec=NetworkPolicySpecArgs(
                 pod_selector=LabelSelectorArgs(match_labels=labels),
-                policy_types=["Ingress"],
+                policy_types=["Ingress", "Egress"],
                 ingress=[
                     NetworkPolicyIngressRuleArgs(from_=[peer(settings.ingress_from)], ports=ports(*serving)),
                     NetworkPolicyIngressRuleArgs(from_=[peer(settings.prometheus_from)],
                                                  ports=ports(contract.HTTP_PORT)),
                 ],
+                egress=[NetworkPolicyEgressRuleArgs(to=[peer(settings.dns_to)],
+                                                    ports=ports(53, protocol="UDP") + ports(53))]
+                + [egress_rule(rule) for rule in settings.egress],
             ),
             opts=in_namespace)
 

@@ -64,6 +64,8 @@ MANAGED_ENV = {
     "MOLTBOT_PLUGINS_DIR": f"the plugins volume ({contract.PLUGINS_DIR})",
     "MOLTBOT_LOGS_DIR": f"the logs volume ({contract.LOGS_DIR})",
     "MOLTBOT_DEVICE": "moltbot:gpu",
+    "MOLTBOT_ALLOW_UNAUTHENTICATED": "moltbot:apiKeys (set only when no key is configured: the API is then "
+                                     "published on loopback alone)",
 }
 
 # Who may reach the pods through the NetworkPolicy: the ingress controller and Prometheus, each a namespace
@@ -74,11 +76,22 @@ DEFAULT_PEERS = {
                     "podLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
     "prometheusFrom": {"namespaceLabels": {"kubernetes.io/metadata.name": "monitoring"},
                        "podLabels": {"app.kubernetes.io/name": "prometheus"}},
+    # Where the pods may send DNS queries (the NetworkPolicy's egress): the cluster DNS of kubeadm, kind, k3s, EKS,
+    # GKE and AKS (CoreDNS or kube-dns, labelled k8s-app=kube-dns in kube-system).
+    "dnsTo": {"namespaceLabels": {"kubernetes.io/metadata.name": "kube-system"},
+              "podLabels": {"k8s-app": "kube-dns"}},
 }
+# The cloud instance metadata addresses (AWS, GCP, Azure, OpenStack; AWS's IPv6 one): credentials of the node's
+# cloud identity. No egress rule admits them, whatever CIDR moltbot:egress names.
+METADATA_NETWORKS = ("169.254.169.254/32", "fd00:ec2::254/128")
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _MEMORY_FACTORS = {"b": 1, "": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ENV_NAME = re.compile(r"^MOLTBOT_[A-Z0-9_]+$")
+# Plugin secrets are ordinary variable names; the runtime's own settings (MOLTBOT_*) go in moltbot:env, and names
+# that change how the image's Python or loader runs are refused.
+_PLUGIN_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV = re.compile(r"^(MOLTBOT_|PYTHON|LD_)|^(PATH|HOME|USER|HOSTNAME|TMPDIR|SSL_CERT_FILE|SSL_CERT_DIR)$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MIN_MEMORY_BYTES = 256 * 1024**2
 # The image drains for 8 s (to fit `docker stop`'s default 10 s); these stacks give the runtime's own default.
@@ -96,7 +109,7 @@ KNOWN_KEYS = frozenset({
     "monitoringBindAddress", "prometheusPort", "alertmanagerPort", "grafanaPort", "monitoringDir", "namespace",
     "replicas", "maxReplicas", "targetCpuUtilization", "serviceType", "modelsStorage", "modelsAccessMode",
     "storageClass", "terminationGracePeriodSeconds", "prometheusOperator", "operatorLabels", "dashboardsNamespace",
-    *DEFAULT_PEERS, *DEFAULT_IMAGES,
+    "pluginEnv", "egress", *DEFAULT_PEERS, *DEFAULT_IMAGES,
     # grafana_external.py: the dashboards declared in an existing Grafana (pulumiverse-grafana).
     "externalGrafanaUrl", "externalGrafanaToken", "externalGrafanaFolder", "externalGrafanaPrometheusUrl",
 })
@@ -130,6 +143,8 @@ class Settings:
     tls_cert: pulumi.Output | None  # PEM text
     tls_key: pulumi.Output | None  # PEM text, secret
     env: dict[str, str]
+    plugin_env: pulumi.Output | None  # secret Output of dict[str, str]: the plugins' secrets, as variables
+    plugin_env_names: tuple[str, ...]  # their names (not secret), sorted
     docker_host: str | None
     monitoring: bool
     monitoring_bind_address: str
@@ -151,6 +166,8 @@ class Settings:
     dashboards_namespace: str
     ingress_from: dict[str, dict[str, str]]  # {"namespaceLabels": {...}, "podLabels": {...}}
     prometheus_from: dict[str, dict[str, str]]
+    dns_to: dict[str, dict[str, str]]
+    egress: tuple[dict[str, Any], ...]  # moltbot:egress, checked: {"cidr", "except", "ports"} or labels + "ports"
     model_configs_dir: Path | None
     plugins_dir: Path | None
     service_type: str
@@ -303,25 +320,27 @@ def _string_map(config: pulumi.Config, name: str) -> dict[str, str]:
     return raw
 
 
-def _peer(config: pulumi.Config, name: str) -> dict[str, dict[str, str]]:
+def _peer_labels(key: str, raw: Any) -> dict[str, dict[str, str]]:
     """A NetworkPolicy peer: `namespaceLabels` (required: a pod selector alone would only match this namespace)
     and `podLabels` (optional), each a map of label values."""
-    raw = config.get_object(name)
-    if raw is None:
-        return DEFAULT_PEERS[name]
     if not isinstance(raw, dict) or set(raw) - {"namespaceLabels", "podLabels"}:
-        raise ConfigError(f"moltbot:{name}: must be an object with namespaceLabels and optionally podLabels")
+        raise ConfigError(f"{key}: must be an object with namespaceLabels and optionally podLabels")
     peer = {}
     for part in ("namespaceLabels", "podLabels"):
         labels = raw.get(part) or {}
         if not isinstance(labels, dict) or not all(isinstance(v, str) and isinstance(k, str)
                                                    for k, v in labels.items()):
-            raise ConfigError(f"moltbot:{name}: {part} must be an object of label values")
+            raise ConfigError(f"{key}: {part} must be an object of label values")
         peer[part] = labels
     if not peer["namespaceLabels"]:
-        raise ConfigError(f"moltbot:{name}: namespaceLabels is empty; an empty selector would admit every "
+        raise ConfigError(f"{key}: namespaceLabels is empty; an empty selector would admit every "
                           "namespace (use kubernetes.io/metadata.name: NAMESPACE)")
     return peer
+
+
+def _peer(config: pulumi.Config, name: str) -> dict[str, dict[str, str]]:
+    raw = config.get_object(name)
+    return DEFAULT_PEERS[name] if raw is None else _peer_labels(f"moltbot:{name}", raw)
 
 
 def registry_of(image: str) -> str:
@@ -347,6 +366,84 @@ def _env(config: pulumi.Config) -> dict[str, str]:
             raise ConfigError(f"moltbot:env: {name} must be a string, number or boolean")
         env[name] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+def require_secret(key: str, remedy: str) -> None:
+    """Refuses a value set without --secret: the stack file (and the state) would hold it in plain text."""
+    if not pulumi.runtime.config.is_config_secret(f"moltbot:{key}"):
+        raise ConfigError(f"moltbot:{key}: stored in plain text in the stack file; set it again with "
+                          f"`pulumi config set --secret moltbot:{key}` ({remedy})")
+
+
+def _plugin_env(config: pulumi.Config) -> tuple[pulumi.Output | None, tuple[str, ...]]:
+    """moltbot:pluginEnv: the variables plugins' config.json files refer to (`{"env": "NAME"}`), such as a
+    database URL with its password. A secret object (`pulumi config set --secret --path moltbot:pluginEnv.NAME`),
+    read as plain text here only to check it, then kept as a secret Output."""
+    raw = config.get_object("pluginEnv")
+    if raw is None:
+        return None, ()
+    require_secret("pluginEnv", "with --path for one variable: moltbot:pluginEnv.NAME; and rotate what was exposed")
+    if not isinstance(raw, dict):
+        raise ConfigError("moltbot:pluginEnv: must be an object of NAME: value pairs")
+    env = {}
+    for name, value in raw.items():
+        if not _PLUGIN_ENV_NAME.match(name) or _RESERVED_ENV.search(name):
+            raise ConfigError(f"moltbot:pluginEnv: {name!r} is not a plugin variable name (letters, digits, '_'; "
+                              "not MOLTBOT_* settings, which go in moltbot:env, nor PATH, HOME, PYTHON*, LD_*)")
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"moltbot:pluginEnv: {name} must be a string, number or boolean")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if "\n" in text or "\r" in text or "\0" in text:
+            raise ConfigError(f"moltbot:pluginEnv: {name} holds a line break; one line per variable (as in the "
+                              "Ansible role's env file)")
+        env[name] = text
+    if not env:
+        return None, ()
+    return pulumi.Output.secret(env), tuple(sorted(env))
+
+
+def _ports(key: str, raw: Any) -> list[int]:
+    """TCP ports, as numbers or digit strings (what `pulumi config set --path` may store)."""
+    ports = [int(p) for p in raw if isinstance(p, int) or (isinstance(p, str) and p.isdigit())] \
+        if isinstance(raw, list) else []
+    if not ports or len(ports) != len(raw) or not all(0 < p < 65536 for p in ports):
+        raise ConfigError(f"{key}: ports must be a non-empty list of TCP ports (e.g. [5432])")
+    return ports
+
+
+def _egress(config: pulumi.Config) -> tuple[dict[str, Any], ...]:
+    """moltbot:egress: where the pods may connect besides the cluster DNS (the NetworkPolicy's egress): a list of
+    `{"cidr": "10.0.5.0/24", "except": [...], "ports": [5432]}` or `{"namespaceLabels": {...}, "podLabels": {...},
+    "ports": [443]}`, for the service models' upstreams and the plugins' databases. The metadata addresses are
+    cut out of every CIDR that holds them."""
+    raw = config.get_object("egress") or []
+    if not isinstance(raw, list):
+        raise ConfigError("moltbot:egress: must be a list of {cidr, ports} or {namespaceLabels, podLabels, ports}")
+    rules = []
+    for index, entry in enumerate(raw):
+        key = f"moltbot:egress[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: must be an object")
+        ports = _ports(key, entry.get("ports"))
+        if "cidr" in entry:
+            if set(entry) - {"cidr", "except", "ports"}:
+                raise ConfigError(f"{key}: a CIDR rule takes cidr, except and ports only")
+            try:
+                network = ipaddress.ip_network(str(entry["cidr"]), strict=False)
+                excepted = [ipaddress.ip_network(str(e), strict=False) for e in entry.get("except") or []]
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+            metadata = [ipaddress.ip_network(m) for m in METADATA_NETWORKS]
+            if any(network.version == m.version and network.subnet_of(m) for m in metadata):
+                raise ConfigError(f"{key}: {network} is the cloud metadata address, which the pods never reach")
+            cut = excepted + [m for m in metadata if m.version == network.version and m.subnet_of(network)]
+            if not all(e.version == network.version and e.subnet_of(network) for e in cut):
+                raise ConfigError(f"{key}: every `except` must lie inside {network}")
+            rules.append({"cidr": str(network), "except": sorted({str(e) for e in cut}), "ports": ports})
+        else:
+            peer = _peer_labels(key, {k: v for k, v in entry.items() if k != "ports"})
+            rules.append({**peer, "ports": ports})
+    return tuple(rules)
 
 
 def _reject_unknown_keys() -> None:
@@ -397,6 +494,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
     if (registry_username is None) != (registry_password is None):
         raise ConfigError("moltbot:registryUsername and moltbot:registryPassword must be set together "
                           "(the password with `pulumi config set --secret`)")
+    if registry_password is not None:
+        require_secret("registryPassword", "and change the exposed password")
 
     http_port = _port(config, "httpPort", contract.HTTP_PORT)
     https_port = _port(config, "httpsPort", contract.HTTPS_PORT)
@@ -406,6 +505,9 @@ def load(config: pulumi.Config | None = None) -> Settings:
     tls_cert, tls_key = _pem(config, "tlsCert", "CERTIFICATE"), _pem(config, "tlsKey", "PRIVATE KEY")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("moltbot:tlsCert and moltbot:tlsKey must be set together")
+    # A key given inline is the secret itself; a file path on the machine running `pulumi up` is not.
+    if "-----BEGIN" in (config.get("tlsKey") or ""):
+        require_secret("tlsKey", "< privkey.pem; and replace the exposed key and its certificate")
 
     namespace = _namespace(config, "namespace", "moltbot")
     service_type = config.get("serviceType") or "ClusterIP"
@@ -414,8 +516,12 @@ def load(config: pulumi.Config | None = None) -> Settings:
 
     # Read as plain text to check it now (before any resource is declared), then kept as a secret Output.
     keys = _api_keys(config.get("apiKeys") or "")
+    if keys:
+        require_secret("apiKeys", "and rotate the exposed keys")
     api_keys = pulumi.Output.secret(keys) if keys else None
     admin_keys = _api_keys(config.get("adminApiKeys") or "", "moltbot:adminApiKeys")
+    if admin_keys:
+        require_secret("adminApiKeys", "and rotate the exposed keys")
     if set(admin_keys) & set(keys):
         raise ConfigError("moltbot:adminApiKeys: a key is also in moltbot:apiKeys; admin keys must be separate")
     admin_api_keys = pulumi.Output.secret(admin_keys) if admin_keys else None
@@ -437,6 +543,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
 
     monitoring = _bool(config, "monitoring", platform == "docker")
     grafana_password = config.get_secret("grafanaAdminPassword")
+    if grafana_password is not None:
+        require_secret("grafanaAdminPassword", "and change the exposed password in Grafana")
     if monitoring and platform == "docker" and grafana_password is None:
         raise ConfigError(
             "moltbot:grafanaAdminPassword: required with moltbot:monitoring; "
@@ -462,6 +570,7 @@ def load(config: pulumi.Config | None = None) -> Settings:
         raise ConfigError(f"moltbot:dataDir: {data_dir!r} must be an absolute path on the Docker host")
 
     env = _env(config)
+    plugin_env, plugin_env_names = _plugin_env(config)
     raw_shutdown = env.setdefault("MOLTBOT_SHUTDOWN_TIMEOUT", str(DEFAULT_SHUTDOWN_TIMEOUT))
     try:
         shutdown_timeout = math.ceil(float(raw_shutdown))
@@ -513,6 +622,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
         tls_cert=pulumi.Output.from_input(tls_cert) if tls_cert is not None else None,
         tls_key=pulumi.Output.secret(tls_key) if tls_key is not None else None,
         env=env,
+        plugin_env=plugin_env,
+        plugin_env_names=plugin_env_names,
         docker_host=docker_host,
         monitoring=monitoring,
         monitoring_bind_address=_ip(config, "monitoringBindAddress"),
@@ -534,6 +645,8 @@ def load(config: pulumi.Config | None = None) -> Settings:
         dashboards_namespace=_namespace(config, "dashboardsNamespace", namespace),
         ingress_from=_peer(config, "ingressFrom"),
         prometheus_from=_peer(config, "prometheusFrom"),
+        dns_to=_peer(config, "dnsTo"),
+        egress=_egress(config),
         model_configs_dir=_project_path(config, "modelConfigsDir", None),
         plugins_dir=_project_path(config, "pluginsDir", None),
         service_type=service_type,

@@ -32,6 +32,10 @@ SECRETS = {
     "moltbot:apiKeys": "test-key-one,test-key-two",
     "moltbot:grafanaAdminPassword": "grafana-test-password",
 }
+# The keys an operator sets with --secret (the program refuses them in plain text): a test's override of one of
+# these is passed as a secret unless the test names the secret keys itself.
+SECRET_KEYS = frozenset({*SECRETS, "moltbot:adminApiKeys", "moltbot:tlsKey", "moltbot:registryPassword",
+                         "moltbot:pluginEnv"})
 
 
 @dataclass
@@ -154,7 +158,7 @@ def run_program(config: dict[str, str], secret_keys: list[str] | None = None, st
     mocks = mocks or Mocks()
     pulumi.runtime.set_mocks(mocks, project="moltbot", stack=stack, preview=False,
                              monitor=_RecordingMonitor(run, mocks))
-    pulumi.runtime.set_all_config(config, secret_keys=secret_keys or [k for k in config if k in SECRETS])
+    pulumi.runtime.set_all_config(config, secret_keys=secret_keys or [k for k in config if k in SECRET_KEYS])
     exports: dict[str, Any] = {}
     original_export = pulumi.export
 

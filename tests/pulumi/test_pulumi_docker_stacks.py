@@ -36,6 +36,7 @@ def test_dev_declares_exactly_the_single_host_resources(dev_stack: StackRun):
     assert dev_stack.summary() == sorted([
         ("moltbot:docker:Storage", "storage"),
         (NETWORK, "storage-network"),
+        (NETWORK, "storage-monitoring-network"),
         *[(VOLUME, f"storage-{name}") for name in
           ("models", "plugins", "logs", "secrets", "prometheus", "alertmanager", "grafana")],
         ("moltbot:docker:Runtime", "moltbot"),
@@ -238,7 +239,8 @@ def test_dev_monitoring_services(dev_stack: StackRun):
     dashboards = {f.rsplit("/", 1)[1] for f in grafana_uploads if f.startswith("/var/lib/grafana/dashboards/moltbot/")}
     assert dashboards == {p.name for p in (MONITORING_DIR / "grafana/dashboards").glob("*.json")} - {"moltbot-gpu.json"}
     grafana_env = env_of(grafana)
-    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS["moltbot:grafanaAdminPassword"]
+    # The admin password is a file (test_pulumi_isolation_and_secrets.py), not a variable.
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana_env
     assert grafana_env["PROMETHEUS_URL"] == "http://prometheus:9090"
     assert grafana_env["GF_USERS_ALLOW_SIGN_UP"] == "false"
 
@@ -259,6 +261,7 @@ def test_dev_outputs_are_the_urls(dev_stack: StackRun):
         "container": "moltbot",
         "imageId": fake_image_state("moltbot:latest")["imageId"],
         "network": "moltbot-net",
+        "monitoringNetwork": "moltbot-monitoring-net",
         "prometheusUrl": "http://127.0.0.1:9090",
         "alertmanagerUrl": "http://127.0.0.1:9093",
         "grafanaUrl": "http://127.0.0.1:3000",
@@ -307,7 +310,7 @@ def test_remote_engine_gets_its_own_provider_and_names_the_urls():
     assert {file[0]["labels"]["host"] for file in targets.values()} == {"gpu-1.internal"}
     # Every Docker resource, declared inside a component, goes through that provider.
     docker_resources = [r for r in run.resources if r.type.startswith("docker:index/")]
-    assert len(docker_resources) == 12
+    assert len(docker_resources) == 13  # two networks, three volumes, the image, seven containers
     assert {r.provider for r in docker_resources} == {f"{provider.urn}::docker-host-id"}
 
 

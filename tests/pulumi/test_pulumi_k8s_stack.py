@@ -269,7 +269,7 @@ def peers_and_ports(policy: dict) -> list[tuple[dict, dict | None, list[tuple[st
 def test_network_policy_admits_only_the_ingress_controller_and_prometheus(k8s_stack: StackRun):
     policy = k8s_stack.one(NETWORK_POLICY, "moltbot-network-policy").inputs
     assert policy["spec"]["podSelector"] == {"matchLabels": LABELS}, "the pods of the Deployment"
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]  # egress: test_pulumi_isolation_and_secrets.py
     assert all(len(rule["from"]) == 1 for rule in policy["spec"]["ingress"])
     # Each peer is a namespace AND pod selector (one element), so other pods of those namespaces stay out.
     assert peers_and_ports(policy) == [

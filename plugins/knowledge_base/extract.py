@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
 SUPPORTED = {".txt": "text", ".md": "text", ".markdown": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
+
+
+class NotIndexed(ValueError):
+    """A file over one of the ingest's bounds: reported as is and skipped."""
 
 
 @dataclass
@@ -52,7 +57,10 @@ def html_text(markup: str) -> str:
     return "".join(parser.parts)
 
 
-def read_sections(path: Path) -> list[Section]:
+def read_sections(path: Path, max_pages: int, before_page: Callable[[], None]) -> list[Section]:
+    """The file's text; a PDF page by page, at most max_pages of them (NotIndexed beyond), calling
+    before_page() ahead of each page so that the caller can stop a long PDF between pages (pypdf cannot be
+    interrupted inside one)."""
     kind = SUPPORTED.get(path.suffix.lower())
     if kind == "text":
         return [Section(path.read_text(encoding="utf-8", errors="replace"))]
@@ -62,7 +70,13 @@ def read_sections(path: Path) -> list[Section]:
         from pypdf import PdfReader
 
         reader = PdfReader(str(path))
-        return [Section(page.extract_text() or "", f"page {number}") for number, page in enumerate(reader.pages, 1)]
+        if len(reader.pages) > max_pages:
+            raise NotIndexed(f"{len(reader.pages)} pages, more than max_pages ({max_pages}); not indexed")
+        sections = []
+        for number, page in enumerate(reader.pages, 1):
+            before_page()
+            sections.append(Section(page.extract_text() or "", f"page {number}"))
+        return sections
     raise ValueError(f"unsupported file type {path.suffix!r}")
 
 

@@ -13,13 +13,17 @@ import numpy as np
 
 from moltbot.plugins import BasePlugin, PluginError
 
-from .extract import SUPPORTED, chunk_text, read_sections
+from .extract import SUPPORTED, NotIndexed, chunk_text, read_sections
 from .index import FileState, Index
 
 ANSWER_SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources given. Cite the sources you use like [1] or [2]. "
     "If the sources do not contain the answer, say that you do not know."
 )
+
+
+class _OutOfTime(Exception):
+    """The ingest call's time is up in the middle of a file."""
 
 
 def _sha256(path: Path) -> str:
@@ -42,6 +46,12 @@ class KnowledgeBasePlugin(BasePlugin):
         self.embedding_model = config.get("embedding_model") or None
         self.chat_model = config.get("chat_model") or None
         self.max_answer_tokens = int(config.get("max_answer_tokens", 256))
+        # Bounds on one file: its bytes, a PDF's pages, and the seconds spent reading it (checked per page).
+        self.max_file_bytes = int(config.get("max_file_bytes", 50_000_000))
+        self.max_pages = int(config.get("max_pages", 1000))
+        self.max_seconds_per_file = float(config.get("max_seconds_per_file", 60))
+        if self.max_file_bytes < 1 or self.max_pages < 1 or self.max_seconds_per_file <= 0:
+            raise ValueError("max_file_bytes and max_pages must be at least 1, max_seconds_per_file above 0")
         self._ingest_lock = threading.Lock()
         self._index: Index | None = None
         self._index_lock = threading.Lock()
@@ -104,10 +114,9 @@ class KnowledgeBasePlugin(BasePlugin):
             index.clear()
         index.set_meta("embedding_model", str(model))
         known = index.files()
-        on_disk = sorted(p for p in scope.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED
-                         and not any(part.startswith(".") for part in p.relative_to(root).parts))
-        seen: set[str] = set()
         report = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0, "errors": []}
+        on_disk = self._files(root, scope, report["errors"])
+        seen: set[str] = set()
         started = time.perf_counter()
         timing = {"embed": 0.0, "slowest_batch": 0.0}
         # Chunks of several small files are embedded together: one model call per embed_batch chunks.
@@ -148,6 +157,10 @@ class KnowledgeBasePlugin(BasePlugin):
             relative = path.relative_to(root).as_posix()
             seen.add(relative)
             stat = path.stat()
+            if stat.st_size > self.max_file_bytes:
+                report["errors"].append({"source": relative, "error": f"{stat.st_size} bytes, more than "
+                                         f"max_file_bytes ({self.max_file_bytes}); not indexed"})
+                continue
             previous = known.get(relative)
             if previous and previous.size == stat.st_size and previous.mtime_ns == stat.st_mtime_ns:
                 report["unchanged"] += 1
@@ -158,8 +171,15 @@ class KnowledgeBasePlugin(BasePlugin):
                 report["unchanged"] += 1
                 continue
             try:
-                chunks = [(section.location, text) for section in read_sections(path)
+                sections = read_sections(path, self.max_pages, self._page_clock(out_of_time))
+                chunks = [(section.location, text) for section in sections
                           for text in chunk_text(section.text, self.chunk_chars, self.chunk_overlap)]
+            except _OutOfTime:
+                report["stopped_early"] = "out of time; run ingest again to continue where it stopped"
+                break
+            except NotIndexed as exc:
+                report["errors"].append({"source": relative, "error": str(exc)})
+                continue
             except Exception as exc:  # a corrupt file is reported and skipped, the others go on
                 report["errors"].append({"source": relative, "error": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -180,6 +200,39 @@ class KnowledgeBasePlugin(BasePlugin):
                             report["added"], report["updated"], report["unchanged"], report["removed"],
                             report["chunks"], seconds)
         return report
+
+    @staticmethod
+    def _files(root: Path, scope: Path, errors: list[dict[str, str]]) -> list[Path]:
+        """The supported, not hidden files under scope; a link that leaves the documents folder is reported and
+        skipped (its target could be any file the runtime can read)."""
+        inside = root.resolve()
+        files = []
+        for path in sorted(scope.rglob("*")):
+            relative = path.relative_to(root)
+            if path.suffix.lower() not in SUPPORTED or any(part.startswith(".") for part in relative.parts):
+                continue
+            if inside not in path.resolve().parents:
+                if path.is_file() or path.is_symlink():
+                    errors.append({"source": relative.as_posix(),
+                                   "error": "a link to outside the documents folder; not indexed"})
+                continue
+            if path.is_file():
+                files.append(path)
+        return files
+
+    def _page_clock(self, out_of_time) -> Any:
+        """Called before each page of a PDF: stops the ingest when the call's time is up (the file is read again
+        next time), and gives up on a file that has taken max_seconds_per_file."""
+        deadline = time.monotonic() + self.max_seconds_per_file
+
+        def before_page() -> None:
+            if out_of_time():
+                raise _OutOfTime
+            if time.monotonic() > deadline:
+                raise NotIndexed(f"reading took longer than max_seconds_per_file ({self.max_seconds_per_file:g} s); "
+                                 "not indexed")
+
+        return before_page
 
     # ---- search and answer
 

@@ -354,11 +354,13 @@ FROM pg_roles r WHERE r.rolname = current_user
 _ROLE_POWERS = ("is a superuser", "is a member of the superuser role {}",
                 *(f"is a member of {role}" for role in _POWER_ROLES),
                 "can execute dblink functions", "can execute {}")
-# Functions that attribute notation can call: those taking one argument of a row (composite) or pseudo type
-# (record, anyelement, "any", ...), in any schema.
+# Functions that attribute notation can call, in any schema: those taking one argument that a row converts to
+# (its composite type, or record, anyelement, "any", ...).
 _ATTRIBUTE_FUNCTIONS = """
 SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_type t ON t.oid = p.proargtypes[0]
-WHERE p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AND t.typtype IN ('c', 'p')
+WHERE p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1
+  AND (t.typtype = 'c' OR t.typname IN ('record', 'anyelement', 'any', 'anycompatible', 'anynonarray',
+                                         'anycompatiblenonarray'))
 """
 # A value, or a row's values together, over the limit make the size check below fail the query with an error
 # carrying one of these marks (and the size), before the row is sent.

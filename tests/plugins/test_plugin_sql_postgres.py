@@ -338,6 +338,10 @@ async def test_postgres_runs_the_statement_re_printed_from_the_tree(pg_sql, post
     ok = await pg_sql.execute("sql_assistant", {"sql": "SELECT c.name, c.to_json ->> 'city' FROM customers c "
                                                        "ORDER BY c.id LIMIT 1"}, request_id="t")
     assert ok["rows"] == [["Ada", "London"]]
+    # A column named like a function that a row cannot be passed to (system(internal)) is just a column.
+    column = await pg_sql.execute("sql_assistant", {"sql": "SELECT g.system FROM (SELECT 1 AS system) g"},
+                                  request_id="t")
+    assert column["rows"] == [[1]]
 
 
 # ---- issue #22, item 1: values and rows bounded by the server, before they are sent

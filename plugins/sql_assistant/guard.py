@@ -286,6 +286,13 @@ def check_postgres(sql: str) -> tuple[str, frozenset[str]]:
     """The statement re-printed from PostgreSQL's parse tree, if it is one plain read using only listed
     functions, operators and types; and the names after a `.` (`t.fn` calls fn(t) where t has no column fn),
     which only the server's catalog can tell from columns (see _ATTRIBUTE_FUNCTIONS)."""
+    try:
+        return _check_postgres(sql)
+    except RecursionError:  # pglast's tree, visitor and printer recurse: `1+1+...` thousands deep
+        raise PluginError("SQL error: the statement is nested too deeply", code="sql_error") from None
+
+
+def _check_postgres(sql: str) -> tuple[str, frozenset[str]]:
     pglast = _pglast()
     from pglast.stream import RawStream
     from pglast.visitors import Visitor

@@ -315,6 +315,7 @@ async def test_postgres_calls_the_lexer_missed_are_refused(pg_sql, postgres_url,
     ("SELECT $1", "write_refused", "a $n parameter"),
     ("SELECT 'x", "sql_error", "unterminated quoted string"),
     ("SELECT 1; SELECT 2", "write_refused", "more than one statement"),
+    ("SELECT " + "+".join(["1"] * 3000), "sql_error", "nested too deeply"),  # a clear error, not a 500
 ])
 async def test_postgres_anything_but_a_plain_read_is_refused_on_the_tree(pg_sql, postgres_url, statement, code,
                                                                         words):

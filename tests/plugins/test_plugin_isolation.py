@@ -271,15 +271,20 @@ async def test_a_worker_writing_garbage_is_killed_with_a_clear_error(isolated):
     assert (await call(isolated))["pid"] != first
 
 
-async def test_an_oversize_line_is_refused_unread_and_the_worker_killed(isolated, monkeypatch):
-    from moltbot.plugins import isolation
-    monkeypatch.setattr(isolation, "MAX_MESSAGE_BYTES", 10_000, raising=False)
-    first = (await call(isolated))["pid"]
-    assert len((await call(isolated, do="big", size=5000))["big"]) == 5000
-    with pytest.raises(PluginFailed, match="a line over 10000 bytes"):
-        await call(isolated, do="big", size=50_000)
-    assert not alive(first)
-    assert (await call(isolated))["pid"] != first
+async def test_an_oversize_line_is_refused_unread_and_the_worker_killed(plugins_root, tmp_path):
+    """A worker's line may be as long as a request body (max_body_bytes), no longer (issue #22 item 6)."""
+    write_plugin(plugins_root, "worker", WORKER, {"timeout": 5})
+    manager = PluginManager(make_settings(plugins_root, tmp_path, plugin_isolation="process", max_body_bytes=10_000))
+    await manager.load_all()
+    try:
+        first = (await call(manager))["pid"]
+        assert len((await call(manager, do="big", size=5000))["big"]) == 5000
+        with pytest.raises(PluginFailed, match="a line over 10000 bytes"):
+            await call(manager, do="big", size=50_000)
+        assert not alive(first)
+        assert (await call(manager))["pid"] != first
+    finally:
+        await manager.close()
 
 
 async def test_a_request_the_service_fails_on_is_answered_with_an_error(isolated):

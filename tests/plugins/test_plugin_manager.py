@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from moltbot import metrics
+from moltbot.plugins.loader import drop_modules
 from moltbot.plugins.manager import PluginManager
 from plugin_helpers import make_app, make_settings, write_plugin
 
@@ -535,7 +536,7 @@ def test_plugin_modules_are_dropped_while_other_threads_change_sys_modules():
         for round_ in range(300):
             sys.modules[f"_moltbot_dropped_{round_}"] = types.ModuleType("dropped")
             sys.modules[f"_moltbot_dropped_{round_}.sub"] = types.ModuleType("dropped.sub")
-            PluginManager._drop_modules(f"_moltbot_dropped_{round_}")
+            drop_modules(f"_moltbot_dropped_{round_}")
             assert f"_moltbot_dropped_{round_}.sub" not in sys.modules
     finally:
         stop.set()

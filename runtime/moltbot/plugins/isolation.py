@@ -9,18 +9,31 @@ does a worker that dies or breaks the protocol; the next call starts a new one, 
 or crashes never takes the service (or the other plugins) with it. A call still waiting for the worker when
 its timeout passes gives up without touching it.
 
+The worker is started as `python -I` (no PYTHON* variables, no user site, no working directory on sys.path) in
+the plugin's data folder, so a `resource.py` or a `moltbot/` folder among the plugin's files cannot stand in for
+the standard library or the runtime; the plugin's own modules are imported only as its package's (loader.py).
+A kill stops the worker's whole process tree, setsid() children included (processes.py).
+
+What the service reads from a worker is bounded: a line at most the size of a request body (a result can be no
+larger over HTTP), parsed only once its structure is within MAX_DEPTH levels and MAX_VALUES values (so a legal
+line cannot become an object many times its size), log records cut at MAX_LOG_CHARS and at most
+MAX_LOGS_PER_CALL of them per call, stderr lines cut at MAX_LOG_CHARS and rate-limited.
+
 Isolation bounds crashes, hangs and memory; it is not a security boundary: the worker runs as the service's user
 and can read what the service can read. It gets only a short list of environment variables (ENV_ALLOWED, plus
-those the plugin's config.json names under "environment"), not the service's MOLTBOT_* settings or other secrets.
+those the plugin's config.json names under "environment"), not the service's MOLTBOT_* settings or other secrets,
+and the service is not dumpable (processes.protect_service_process), so its /proc/<pid>/environ is closed to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,13 +46,28 @@ from typing import IO, Any, NoReturn
 from ..logs import redact_urls
 from .base import BasePlugin
 from .errors import PluginAPIError, PluginError, PluginFailed, PluginLoadError, PluginTimeout
+from .loader import load_plugin, package_name
+from .processes import become_subreaper, kill_tree
 
 log = logging.getLogger("moltbot.plugins")
 # A worker that does not answer its load within this many seconds is stopped (imports hanging, a busy loop).
 LOAD_TIMEOUT = 120.0
-# The longest line (one JSON message: a result, a log record, a request) the service reads from a worker; a longer
-# one, or one that is not a protocol message, kills the worker.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The longest line (one JSON message: a result, a log record, a request) the service reads from a worker unless the
+# manager says otherwise (it gives max_body_bytes); a longer one, or one that is not a protocol message, kills the
+# worker.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A message's structure budget: nesting levels and values (scalars, keys, arrays and objects). json.loads makes
+# ~25 bytes of objects of each byte of `[[],[],...` or `{"a":{},...`: past these, a line is refused unparsed, so a
+# message costs the service a few tens of MB at most.
+MAX_DEPTH = 64
+MAX_VALUES = 500_000
+# A log record (or stderr line) of a worker is cut to this many characters, saying so; a call logs at most
+# MAX_LOGS_PER_CALL records (later ones are counted and dropped), stderr at most STDERR_BURST lines at once and
+# STDERR_PER_SECOND lines a second on average.
+MAX_LOG_CHARS = 4096
+MAX_LOGS_PER_CALL = 200
+STDERR_BURST = 200
+STDERR_PER_SECOND = 20.0
 # The environment variables a worker gets from the service's (besides those its config.json lists): what Python,
 # the C library and common libraries need to start, find their files and read the locale and time zone.
 ENV_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
@@ -61,22 +89,73 @@ class _ProtocolError(PluginFailed):
     """The worker wrote something that is not a protocol message (it is killed)."""
 
 
-# The longest stderr line of a worker logged as one record; a longer one is logged in pieces of this size.
-MAX_STDERR_LINE = 16 * 1024
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+class MessageTooLarge(ValueError):
+    """A line whose structure passes the parse budget (MAX_DEPTH, MAX_VALUES)."""
+
+
+def bounded_loads(line: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> Any:
+    """json.loads once the line's structure is within budget; MessageTooLarge saying which budget it passes. The
+    checks work on a copy with the strings emptied (their contents cannot nest or add values): bracket, comma
+    and colon counts bound the values, and peeling the innermost pairs level by level bounds the depth."""
+    skeleton = _STRING.sub(b'""', line)
+    values = 1 + sum(skeleton.count(c) for c in (b",", b":", b"[", b"{"))
+    if values > max_values:
+        raise MessageTooLarge(f"more than {max_values} values")
+    brackets = skeleton.translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not brackets:
+            break
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    if brackets:
+        raise MessageTooLarge(f"nested deeper than {max_depth} levels")
+    return json.loads(line)
+
+
+def cut(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """`text`, or its first `limit` characters and how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [... {len(text) - limit} more characters cut]"
 
 
 def _log_stderr(stream: IO[bytes], name: str) -> None:
     """Log each line the worker writes to stderr at WARNING under moltbot.plugins.<name>, with URLs redacted
-    (user info and query strings), until the worker and whatever it started have closed the pipe."""
+    (user info and query strings), cut at MAX_LOG_CHARS and rate-limited (a token bucket; what it drops is counted
+    in the next line logged), until the worker and whatever it started have closed the pipe."""
     logger = logging.getLogger(f"moltbot.plugins.{name}")
+    extra = {"plugin": name, "stream": "stderr"}
+    tokens, last, dropped = float(STDERR_BURST), time.monotonic(), 0
     try:
         with stream:
-            while line := stream.readline(MAX_STDERR_LINE):
+            while line := stream.readline(MAX_LOG_CHARS):
+                cut_bytes = 0
+                while not line.endswith(b"\n") and (rest := stream.readline(64 * 1024)):
+                    cut_bytes += len(rest)  # the rest of an overlong line: counted, never held whole
+                    if rest.endswith(b"\n"):
+                        break
+                now = time.monotonic()
+                tokens, last = min(float(STDERR_BURST), tokens + (now - last) * STDERR_PER_SECOND), now
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
-                if text.strip():
-                    logger.warning("%s", redact_urls(text), extra={"plugin": name, "stream": "stderr"})
+                if not text.strip():
+                    continue
+                if tokens < 1:
+                    dropped += 1
+                    continue
+                tokens -= 1
+                if cut_bytes:
+                    text += f" [... {cut_bytes} more bytes cut]"
+                if dropped:
+                    text = f"[{dropped} stderr lines dropped: over {STDERR_PER_SECOND:g} a second] {text}"
+                    dropped = 0
+                logger.warning("%s", redact_urls(text), extra=extra)
     except (OSError, ValueError):  # the pipe closed under the reader
         pass
+    if dropped:
+        logger.warning("[%d stderr lines dropped: over %g a second]", dropped, STDERR_PER_SECOND, extra=extra)
 
 
 class ProcessPlugin(BasePlugin):
@@ -84,28 +163,32 @@ class ProcessPlugin(BasePlugin):
     worker process (the manager runs it on its thread pool, as any plain `execute`)."""
 
     def __init__(self, folder: Path, name: str, class_name: str | None, settings: dict[str, Any],
-                 memory_mb: int, environment: list[str] | tuple[str, ...] = ()):
+                 memory_mb: int, environment: list[str] | tuple[str, ...] = (), *, data_dir: Path,
+                 max_result_bytes: int = MAX_MESSAGE_BYTES):
         super().__init__(settings)
         self.folder, self.name, self.class_name, self.memory_mb = folder, name, class_name, memory_mb
         self.settings = settings
         self.environment = tuple(environment)
+        self.data_dir = data_dir
+        self.max_line = max_result_bytes
         self.schema: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # one call at a time per worker
         self._state = threading.Lock()  # guards _running against cancel()
         self._running: Any = None  # the context of the call the worker is running now
-        self.restarts = 0
 
     # ---- the worker's life
 
     def start(self) -> ProcessPlugin:
         """Start the worker and load the plugin there; PluginLoadError with the worker's reason otherwise."""
         # Not the service's own settings (its API keys among them); the plugin's settings come with the load.
-        # A session of its own: kill() stops the worker's process group, whatever the plugin started with it.
+        # -I: nothing from the plugin folder or the working directory (the data folder) shadows the standard library
+        # or moltbot. A session of its own: kill() stops the worker's process group and tree.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
+            [sys.executable, "-I", "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=worker_environment(self.environment), cwd=str(self.folder), start_new_session=True)
+            env=worker_environment(self.environment), cwd=str(self.data_dir), start_new_session=True)
         # What the worker writes to stderr (the plugin's prints, a native library's messages, a crash's traceback)
         # is logged line by line through the service's logger: JSON, URLs redacted, never raw on the container log.
         assert self._process.stderr is not None
@@ -136,8 +219,10 @@ class ProcessPlugin(BasePlugin):
         process, self._process = self._process, None
         if process is None:
             return None
-        # The worker leads its own process group (start_new_session): its children are stopped with it, even
-        # when the worker itself has already exited.
+        # Its tree (setsid children included: the worker is their subreaper) while the worker is there, then its
+        # process group (start_new_session), which also reaches children of a worker that has already exited.
+        # The worker is not reaped yet, so its pid is still its own.
+        kill_tree(process.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         if process.poll() is None:
@@ -198,11 +283,18 @@ class ProcessPlugin(BasePlugin):
                 log.warning("plugin %s: its worker process had exited (%s); starting a new one", self.name,
                             self._process.returncode)
             self.kill()
-            self.restarts += 1
             self.start()
         self._send({"op": "call", "input": context.input, "request_id": context.request_id,
                     "time_left": context.time_left(), "data_root": str(context.data_root),
                     "log_prompts": context.log_prompts})
+        logs = _CallLog(context.logger)
+        try:
+            return self._exchange(context, logs)
+        finally:
+            logs.finish()
+
+    def _exchange(self, context: Any, logs: _CallLog) -> dict[str, Any]:
+        """The messages of one call until its result or error."""
         while True:
             message = self._receive()
             if message is None:
@@ -212,7 +304,7 @@ class ProcessPlugin(BasePlugin):
             op = message["op"]
             try:
                 if op == "log":
-                    context.logger.log(message["level"], "%s", message["message"])
+                    logs.log(int(message["level"]), str(message["message"]))
                 elif op == "rpc":
                     self._send(_answer(context, message))
                 elif op == "result":
@@ -254,21 +346,44 @@ class ProcessPlugin(BasePlugin):
         if process is None or process.stdout is None:
             return None
         try:
-            line = process.stdout.readline(MAX_MESSAGE_BYTES + 1)
+            line = process.stdout.readline(self.max_line + 1)
         except (OSError, ValueError):
             return None
         if not line:
             return None
-        if len(line) > MAX_MESSAGE_BYTES:
-            self._broken(f"a line over {MAX_MESSAGE_BYTES} bytes")
+        if len(line) > self.max_line:
+            self._broken(f"a line over {self.max_line} bytes (the largest request body, max_body_bytes)")
         try:
-            message = json.loads(line)
+            message = bounded_loads(line)
+        except MessageTooLarge as exc:
+            self._broken(f"a message too large to parse ({exc}; the budget is {MAX_DEPTH} levels and "
+                         f"{MAX_VALUES} values)")
         except ValueError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             self._broken(f"a line that is not a JSON message ({line[:80]!r})")
         checked: dict[str, Any] = message
         return checked
+
+
+class _CallLog:
+    """A worker's log records of one call, logged through the call's logger: each cut at MAX_LOG_CHARS, at most
+    MAX_LOGS_PER_CALL of them (the rest counted, and the count logged at the end of the call)."""
+
+    def __init__(self, logger: Any):
+        self.logger, self.count, self.dropped = logger, 0, 0
+
+    def log(self, level: int, message: str) -> None:
+        self.count += 1
+        if self.count > MAX_LOGS_PER_CALL:
+            self.dropped += 1
+            return
+        self.logger.log(level, "%s", cut(message))
+
+    def finish(self) -> None:
+        if self.dropped:
+            self.logger.warning("the plugin logged %d more records in this call than the %d logged; they were "
+                                "dropped", self.dropped, MAX_LOGS_PER_CALL)
 
 
 def _answer(context: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +447,6 @@ class _Channel:
         if "error" in reply:
             error = reply["error"]
             if error["type"] == "PluginTimeout":
-                from .errors import PluginTimeout
                 raise PluginTimeout(error["message"])
             raise PluginError(error["message"], code=error.get("code") or "plugin_error", param=error.get("param"))
         return reply["result"]
@@ -345,7 +459,7 @@ class _ChannelHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # a broken pipe: the service is gone
-            self.channel.send({"op": "log", "level": record.levelno, "message": record.getMessage()})
+            self.channel.send({"op": "log", "level": record.levelno, "message": cut(record.getMessage())})
 
 
 class _Models:
@@ -436,44 +550,25 @@ def worker_main(memory_mb: int) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     _limit_memory(memory_mb)
+    become_subreaper()
+    try:
+        return _serve(channel, memory_mb)
+    finally:
+        # Whatever the plugin started dies with the worker, also when it ends on its own (close, a memory error).
+        kill_tree(os.getpid(), include_root=False)
 
-    from . import importer
-    from .manager import _describe, _find_plugin_class  # the same rules as in-process plugins
-    importer.install()
 
+def _serve(channel: _Channel, memory_mb: int) -> int:
+    """Load the plugin (loader.py, the manager's own rules), then run its calls until the service says close."""
     load = channel.receive()
     folder, name = Path(load["folder"]), load["name"]
     settings: dict[str, Any] = load["settings"]
-    package = f"{importer.MODULE_PREFIX}{name.replace('-', '_')}_worker"
     try:
-        import importlib
-        import importlib.util
-        import types
-        init = folder / "__init__.py"
-        if init.exists():
-            spec = importer.package_spec(package, init)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[package] = module
-            assert spec.loader is not None
-            spec.loader.exec_module(module)
-        else:
-            module = types.ModuleType(package)
-            module.__path__ = [str(folder)]
-            sys.modules[package] = module
-        plugin_module = importlib.import_module(f"{package}.plugin")
-        cls = _find_plugin_class(plugin_module, package, load["class"])
-        try:
-            instance = cls(dict(settings))
-        except (Exception, SystemExit) as exc:
-            raise PluginLoadError(f"{cls.__name__}.__init__ raised {type(exc).__name__}: {exc}") from None
+        instance = load_plugin(folder, package_name(name, "worker"), load["class"], settings)
     except PluginLoadError as exc:
         channel.send({"op": "load_error", "error": str(exc)})
         return 0
-    except (Exception, SystemExit) as exc:
-        channel.send({"op": "load_error", "error": f"import failed: {_describe(exc, folder)}"})
-        return 0
-    is_async = asyncio.iscoroutinefunction(instance.execute)
-    channel.send({"op": "loaded", "is_async": is_async, "input_schema": getattr(instance, "input_schema", None)})
+    channel.send({"op": "loaded", "input_schema": getattr(instance, "input_schema", None)})
 
     while True:
         message = channel.receive()
@@ -484,7 +579,7 @@ def worker_main(memory_mb: int) -> int:
         context = WorkerContext(name, message, settings, channel)
         try:
             execute: Any = instance.execute  # a plain or an async method
-            result = asyncio.run(execute(context)) if is_async else execute(context)
+            result = asyncio.run(execute(context)) if inspect.iscoroutinefunction(execute) else execute(context)
             channel.send({"op": "result", "result": result})
         except PluginAPIError as exc:
             kind = "plugin_error" if isinstance(exc, PluginError) else "failed"

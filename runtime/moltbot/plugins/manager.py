@@ -7,15 +7,12 @@ mixes old and new modules and a failed reload leaves the serving version untouch
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
+import contextlib
 import inspect
 import itertools
 import json
 import logging
-import sys
 import time
-import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +22,6 @@ from typing import Any
 from jsonschema import validators
 
 from .. import metrics
-from . import importer
 from .base import BasePlugin
 from .config import DEFAULT_INPUT_SCHEMA, PluginConfig, check_schema, read_config
 from .context import PluginContext, PluginDirectory, PluginModels, _Deadline, _LoopBridge
@@ -39,12 +35,12 @@ from .errors import (
     PluginTimeout,
     PluginUnavailable,
 )
-from .importer import MODULE_PREFIX, package_spec
 from .isolation import ProcessPlugin
+from .loader import drop_modules, load_plugin, package_name
+from .processes import protect_service_process
 
 log = logging.getLogger("moltbot.plugins")
 _generation = itertools.count(1)
-importer.install()
 
 
 @dataclass
@@ -58,6 +54,7 @@ class LoadedPlugin:
     input_schema: dict[str, Any]
     validator: Any
     loaded_at: float = field(default_factory=time.time)
+    slots: asyncio.Semaphore | None = None  # an isolated plugin's turn, made by its first call (_in_pool)
 
 
 @dataclass
@@ -109,6 +106,8 @@ class PluginManager:
                                    or getattr(settings, "admin_api_keys_file", None))
         self._executor = ThreadPoolExecutor(max_workers=int(settings.plugin_workers),
                                             thread_name_prefix="moltbot-plugin")
+        # Before any worker starts: a worker must not read the service's /proc files (environ: its keys).
+        protect_service_process()
         self._records: dict[Path, PluginRecord] = {}
         self._reload_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -210,7 +209,7 @@ class PluginManager:
         if not config.enabled:
             if old is not None:
                 self._close_instance(old)
-                self._drop_modules(old.module_name)
+                drop_modules(old.module_name)
             log.info("plugin %s is disabled", config.name)
             record = PluginRecord(config.name, folder, config=config)
             return record, {"name": config.name, "status": "disabled", "error": None}
@@ -220,7 +219,7 @@ class PluginManager:
             return self._failed(previous, folder, config.name, config, str(exc))
         if old is not None:
             self._close_instance(old)
-            self._drop_modules(old.module_name)
+            drop_modules(old.module_name)
         log.info("plugin %s %s loaded (%s)", config.name, config.version,
                  f"worker process {loaded.instance.pid}" if isinstance(loaded.instance, ProcessPlugin)
                  else "async execute" if loaded.is_async else "blocking execute")
@@ -243,49 +242,30 @@ class PluginManager:
         metrics.PLUGIN_LOAD_ERRORS.labels(plugin=name).inc()
 
     def _import(self, folder: Path, config: PluginConfig) -> LoadedPlugin:
-        if not (folder / "plugin.py").exists():
-            raise PluginLoadError("plugin.py is missing")
-        package = f"{MODULE_PREFIX}{_safe(config.name)}_{next(_generation)}"
+        package = package_name(config.name, str(next(_generation)))
         if (config.isolation or getattr(self.settings, "plugin_isolation", "process")) == "process":
             return self._start_worker(folder, config, package)
+        instance = load_plugin(folder, package, config.class_name, config.settings)
         try:
-            init = folder / "__init__.py"
-            if init.exists():
-                spec = package_spec(package, init)
-                package_module = importlib.util.module_from_spec(spec)
-                sys.modules[package] = package_module
-                assert spec.loader is not None  # package_spec always gives its loader
-                spec.loader.exec_module(package_module)
-            else:
-                package_module = types.ModuleType(package)
-                package_module.__path__ = [str(folder)]
-                sys.modules[package] = package_module
-            module = importlib.import_module(f"{package}.plugin")
-            cls = _find_plugin_class(module, package, config.class_name)
-            try:
-                instance = cls(dict(config.settings))
-            except (Exception, SystemExit) as exc:
-                raise PluginLoadError(f"{cls.__name__}.__init__ raised {type(exc).__name__}: {exc}") from None
             schema = config.input_schema
             if schema is None:
                 schema = getattr(instance, "input_schema", None) or DEFAULT_INPUT_SCHEMA
                 check_schema(schema)
             validator = validators.validator_for(schema)(schema)
         except PluginLoadError:
-            self._drop_modules(package)
+            drop_modules(package)
             raise
-        except (Exception, SystemExit) as exc:  # import and syntax errors, anything the plugin's modules raise
-            self._drop_modules(package)
-            raise PluginLoadError(f"import failed: {_describe(exc, folder)}") from None
         return LoadedPlugin(config=config, instance=instance, module_name=package,
                             is_async=inspect.iscoroutinefunction(instance.execute),
                             input_schema=schema, validator=validator)
 
-    @staticmethod
-    def _start_worker(folder: Path, config: PluginConfig, package: str) -> LoadedPlugin:
-        """A plugin in a worker process of its own (isolation.py); its import errors come back as load errors."""
+    def _start_worker(self, folder: Path, config: PluginConfig, package: str) -> LoadedPlugin:
+        """A plugin in a worker process of its own (isolation.py); its import errors come back as load errors.
+        The worker's working directory is the plugin's data folder, and a result may be as large as a request
+        body (max_body_bytes)."""
         worker = ProcessPlugin(folder, config.name, config.class_name, dict(config.settings),
-                               config.memory_mb, config.environment).start()
+                               config.memory_mb, config.environment, data_dir=self.data_root() / config.name,
+                               max_result_bytes=int(self.settings.max_body_bytes)).start()
         schema = config.input_schema
         if schema is None:
             schema = worker.schema or DEFAULT_INPUT_SCHEMA
@@ -296,13 +276,6 @@ class PluginManager:
                 raise
         return LoadedPlugin(config=config, instance=worker, module_name=package, is_async=False,
                             input_schema=schema, validator=validators.validator_for(schema)(schema))
-
-    @staticmethod
-    def _drop_modules(package: str) -> None:
-        # A snapshot of the keys: plugins are unloaded on worker threads (close(), reload()) while other threads
-        # import and drop modules; iterating sys.modules itself then fails ("dictionary changed size").
-        for module_name in [m for m in list(sys.modules) if m == package or m.startswith(package + ".")]:
-            sys.modules.pop(module_name, None)
 
     @staticmethod
     def _close_instance(loaded: LoadedPlugin) -> None:
@@ -319,7 +292,7 @@ class PluginManager:
     def _unload(self, record: PluginRecord) -> None:
         if record.serving is not None:
             self._close_instance(record.serving)
-            self._drop_modules(record.serving.module_name)
+            drop_modules(record.serving.module_name)
             record.serving = None
 
     # ---- queries
@@ -411,10 +384,7 @@ class PluginManager:
         try:
             if plugin.is_async:
                 return await asyncio.wait_for(_no_exit(plugin.instance.execute(context)), timeout)
-            loop = asyncio.get_running_loop()
-            # The thread keeps running after a timeout (threads cannot be killed); the pool bounds how many.
-            return await asyncio.wait_for(loop.run_in_executor(self._executor, plugin.instance.execute, context),
-                                          timeout)
+            return await self._in_pool(plugin, context)
         except (TimeoutError, PluginTimeout):
             # Unlike a thread, a process can be stopped: the worker is killed if it is running this call; a call
             # still waiting for the worker (behind a slow one) just gives up, and never runs.
@@ -435,6 +405,31 @@ class PluginManager:
             raise PluginFailed(f"plugin {name!r} failed (request id {context.request_id}); "
                                "the server log has the details") from None
 
+    async def _in_pool(self, plugin: LoadedPlugin, context: PluginContext) -> Any:
+        """Run a blocking execute on the shared pool. An isolated plugin's worker runs one call at a time: its
+        calls wait for their turn here, on the event loop (a semaphore of one per plugin), not on a pool thread,
+        so calls queued behind a slow isolated plugin hold no thread and the other plugins keep the pool. The
+        turn is given back when the thread is done (the worker answered or was killed), not at the timeout."""
+        if not isinstance(plugin.instance, ProcessPlugin):
+            # The thread keeps running after a timeout (threads cannot be killed); the pool bounds how many.
+            return await asyncio.wait_for(asyncio.wrap_future(self._executor.submit(plugin.instance.execute,
+                                                                                    context)),
+                                          context.time_left())
+        slots = plugin.slots
+        if slots is None:
+            slots = plugin.slots = asyncio.Semaphore(1)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(context.time_left()):
+            await slots.acquire()
+        try:
+            future = self._executor.submit(plugin.instance.execute, context)
+        except BaseException:
+            slots.release()
+            raise
+        future.add_done_callback(lambda _: _on_loop(loop, slots.release))
+        async with asyncio.timeout(context.time_left()):
+            return await asyncio.wrap_future(future)
+
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
@@ -444,55 +439,18 @@ class PluginManager:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    """Run `callback` on the loop from a pool thread; a loop already closed (shutdown) has nobody to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
+
+
 async def _no_exit(call: Any) -> Any:
     """SystemExit escaping an asyncio task would stop the event loop, and with it the service."""
     try:
         return await call
     except SystemExit as exc:
         raise RuntimeError(f"the plugin called sys.exit({exc.code})") from None
-
-
-def _find_plugin_class(module: types.ModuleType, package: str, class_name: str | None) -> type[BasePlugin]:
-    if class_name:
-        cls = getattr(module, class_name, None)
-        if not (inspect.isclass(cls) and issubclass(cls, BasePlugin)):
-            raise PluginLoadError(f"plugin.py has no BasePlugin subclass named {class_name!r}")
-        return cls
-    found = [obj for obj in vars(module).values()
-             if inspect.isclass(obj) and issubclass(obj, BasePlugin) and obj is not BasePlugin]
-    own = [c for c in found if c.__module__ == module.__name__] or \
-          [c for c in found if c.__module__.startswith(package + ".")]
-    if not own:
-        raise PluginLoadError("plugin.py defines no subclass of moltbot.plugins.BasePlugin")
-    if len(own) > 1:
-        names = ", ".join(sorted(c.__name__ for c in own))
-        raise PluginLoadError(f"plugin.py defines several BasePlugin subclasses ({names}); "
-                              'name one with "class" in config.json')
-    return own[0]
-
-
-def _describe(exc: BaseException, folder: Path) -> str:
-    """The error and where in the plugin it happened: the file and line of a syntax error, or of the deepest
-    traceback frame inside the plugin folder."""
-    if isinstance(exc, SyntaxError):
-        return f"SyntaxError: {exc.msg} ({Path(exc.filename or 'plugin.py').name} line {exc.lineno})"
-    return f"{type(exc).__name__}: {exc}{_plugin_frame(exc, folder)}"
-
-
-def _plugin_frame(exc: BaseException, folder: Path) -> str:
-    """' (plugin.py line N)' for the deepest traceback frame inside the plugin folder, to point at the bug."""
-    where = ""
-    tb = exc.__traceback__
-    while tb is not None:
-        filename = Path(tb.tb_frame.f_code.co_filename)
-        if folder in filename.parents:
-            where = f" ({filename.name} line {tb.tb_lineno})"
-        tb = tb.tb_next
-    return where
-
-
-def _safe(name: str) -> str:
-    return name.replace("-", "_")
 
 
 def _error_rank(error: Any) -> tuple[int, str]:

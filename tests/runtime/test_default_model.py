@@ -72,7 +72,7 @@ def test_models_card_describes_the_model_honestly(real_server):
     assert set(cards) == {SMOLLM2, EMBED}
     card = cards[SMOLLM2]
     assert card["task"] == "chat" and card["graph"] == "genai" and card["precision"] == "int8"
-    assert card["context_length"] == 8192
+    assert card["context_length"] == 2048
     assert "135 M parameters" in card["description"] and "facts" in card["description"]
 
 

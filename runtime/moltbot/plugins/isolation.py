@@ -91,6 +91,7 @@ class _ProtocolError(PluginFailed):
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST = re.compile(rb"\[\]|\{\}")  # one scan: removes the innermost pairs, one level of nesting
 
 
 class MessageTooLarge(ValueError):
@@ -109,17 +110,19 @@ def bounded_loads(line: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX
     for _ in range(max_depth):
         if not brackets:
             break
-        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        brackets = _INNERMOST.sub(b"", brackets)
     if brackets:
         raise MessageTooLarge(f"nested deeper than {max_depth} levels")
     return json.loads(line)
 
 
 def cut(text: str, limit: int = MAX_LOG_CHARS) -> str:
-    """`text`, or its first `limit` characters and how much was cut."""
+    """`text`, or as much of it as fits in `limit` characters with a note of how much was cut (a text cut once
+    is not cut again: the worker cuts its records, and the service checks)."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]} [... {len(text) - limit} more characters cut]"
+    kept = limit - 48  # room for the note
+    return f"{text[:kept]} [... {len(text) - kept} more characters cut]"
 
 
 def _log_stderr(stream: IO[bytes], name: str) -> None:

@@ -54,7 +54,8 @@ def test_documented_run_serves_the_baked_in_defaults_over_empty_volumes(run_cont
         # The real model, baked in: a greedy answer that means something.
         paris = client.post("/v1/chat/completions", json={
             "model": CHAT_MODEL, "temperature": 0, "max_tokens": 24,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": "What is the capital of France?"}]})
         assert paris.status_code == 200, paris.text
         assert "Paris" in paris.json()["choices"][0]["message"]["content"]
         embeddings = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["a", "b"]})

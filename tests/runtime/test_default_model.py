@@ -20,7 +20,11 @@ from tests.conftest import BUILDER_PYTHON, REPO, Server, start_server
 from tests.runtime.health_under_load import describe, measure
 
 EMBED = "all-minilm-l6-v2"
-PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+# With a system message of its own. Without one the model's template adds SmolLM's ("You are a helpful AI assistant
+# named SmolLM, trained by Hugging Face"), after which the greedy int8 answer starts in French ("L'Étoile, ...", as
+# llama.cpp answers on the same Q4_1 file; the fp32 graph answers "The capital of France is Paris.").
+PARIS = [{"role": "system", "content": "You are a helpful assistant."},
+         {"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")

@@ -188,6 +188,15 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory, defaults_dir: Path,
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def real_ui_server(tmp_path_factory: pytest.TempPathFactory, real_defaults_dir: Path) -> Iterator[Server]:
+    """The product's defaults (smollm2-135m-instruct, all-minilm-l6-v2) as `make run` serves them."""
+    srv = start_server(tmp_path_factory.mktemp("ui-real"), defaults=real_defaults_dir)
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
 def metric(srv: Server, series: str) -> float | None:
     """One series' value from /metrics, e.g. metric(srv, 'moltbot_running_requests{model="tiny-chat"}')."""
     for line in httpx.get(srv.url + "/metrics", timeout=10).text.splitlines():

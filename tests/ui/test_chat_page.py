@@ -198,6 +198,22 @@ def test_a_plugin_tool_call_is_shown_inline(ui_server: Server, open_page: Any, u
     assert [tool["function"]["name"] for tool in sent["tools"]] == ["echo"]
     assert sent["tools"][0]["function"]["parameters"]["required"] == ["word"]  # the plugin's input schema
     assert_clean(page, problems)
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "ui-chat-tool-call.png"))
+
+
+def test_the_real_default_model_answers_on_the_page(real_ui_server: Server, open_page: Any, tmp_path: Any) -> None:
+    """smollm2-135m-instruct, greedy: a fact it knows, then a code block; the README's screenshot."""
+    page, problems = open_page(real_ui_server.url + "/")
+    wait_ready(page)
+    assert page.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == ["smollm2-135m-instruct"]
+    set_options(page, temperature="0", max_tokens="96")
+    answer = ask(page, "smollm2-135m-instruct", "What is the capital of France? Answer in one sentence.")
+    assert wait_finished(answer, timeout=120_000) == "done"
+    assert "Paris" in answer.locator(".content").inner_text()
+    code = ask(page, "smollm2-135m-instruct", "Write a Python function add(a, b) that returns the sum of a and b.")
+    assert wait_finished(code, timeout=120_000) in ("done", "length")
+    assert "return a + b" in code.locator("pre code").first.inner_text()  # the name it picks varies
+    assert_clean(page, problems)
     page.screenshot(path=str(screenshot_dir(tmp_path) / "ui-chat.png"))
 
 

@@ -221,7 +221,9 @@ def test_image_metadata_and_contents(image):
     assert env["MOLTBOT_PORT"] == str(ports["http"]) and env["MOLTBOT_HTTPS_PORT"] == str(ports["https"])
     assert env["MOLTBOT_MODELS_DIR"] == paths["models"] and env["MOLTBOT_PLUGINS_DIR"] == paths["plugins"]
     assert env["MOLTBOT_LOGS_DIR"] == paths["logs"] and env["MOLTBOT_DEFAULTS_DIR"] == paths["defaults"]
-    assert config["Entrypoint"] == ["/usr/local/bin/moltbot-entrypoint"] and config["Cmd"] == ["moltbot", "serve"]
+    # tini is PID 1 (#22 item 10): it reaps what killed plugin workers leave behind.
+    assert config["Entrypoint"] == ["/usr/bin/tini", "-s", "--", "/usr/local/bin/moltbot-entrypoint"]
+    assert config["Cmd"] == ["moltbot", "serve"]
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
     print(f"\n{image}: {size_mb:.0f} MB")
     assert size_mb < 800  # 455 MB of runtime and MiniLM, 254 MB for smollm2-135m-instruct int8 (#21)

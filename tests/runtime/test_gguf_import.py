@@ -4,9 +4,13 @@ the gguf package's GGUFWriter), model configs naming a .gguf, and the real Gemma
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ import pytest
 from moltbot.engine.config import ModelConfig, ModelConfigError
 from moltbot.engine.sessions import DeviceOptions
 from moltbot.engine.shared_kv import SharedKVRunner
-from moltbot.engine.sources import ModelSourceError, gguf_file_in, gguf_name, onnx_folder
+from moltbot.engine.sources import ModelSourceError, fetch_remote, gguf_file_in, gguf_name, onnx_folder
 from moltbot.engine.tokenizer import TextTokenizer
 from moltbot.export.defaults import smollm2_gguf
 from moltbot.export.gguf import GGUFError, check_architecture, gguf_architecture, gguf_metadata
@@ -73,6 +77,26 @@ def test_configs_naming_a_gguf(mamba_gguf: Path) -> None:
     assert gguf_name("https://example.org/model.tar.gz") is None
     assert gguf_file_in(mamba_gguf) == mamba_gguf
     assert gguf_file_in(mamba_gguf.parent) == mamba_gguf  # a downloaded .gguf lands alone in its folder
+
+
+def test_remote_url_naming_a_gguf_is_kept_as_a_file(mamba_gguf: Path, tmp_path: Path) -> None:
+    """A downloaded .gguf is not unpacked: it lands alone in the model folder and goes on to the import."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(mamba_gguf.parent))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        config = ModelConfig.from_dict({
+            "name": "remote-mamba", "source": "remote", "allow_http": True,
+            "url": f"http://127.0.0.1:{httpd.server_address[1]}/{mamba_gguf.name}",
+            "sha256": hashlib.sha256(mamba_gguf.read_bytes()).hexdigest()})
+        folder = fetch_remote(config, tmp_path / "models")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (folder / mamba_gguf.name).read_bytes() == mamba_gguf.read_bytes()
+    settings = Settings.load({"cache_dir": str(tmp_path / "cache"), "builder_python": BUILDER_PYTHON})
+    with pytest.raises(ModelSourceError, match="'mamba' is not covered"):
+        onnx_folder(folder, config, settings)
 
 
 @pytest.fixture(scope="module")

@@ -34,9 +34,9 @@ def ensure_checkpoint(root: Path = TEST_MODELS) -> Path:
 
 def ensure_graph(precision: str, root: Path = TEST_MODELS) -> Path:
     """The builder's graph of the trained checkpoint at `precision`, made once."""
-    from moltbot.export.genai_builder import build_graph
+    from moltbot.export.genai_builder import build_graph, graph_recipe
 
-    folder = root / f"tiny-trained-{precision}"
+    folder = root / f"tiny-trained-{precision}-{graph_recipe(precision, 'cpu')}"  # a changed recipe: made again
     if not (folder / "genai_config.json").exists():
         build_graph(ensure_checkpoint(root), folder, precision, python=str(BUILDER_PYTHON))
     return folder

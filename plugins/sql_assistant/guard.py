@@ -163,6 +163,7 @@ def sqlite_connect(path: Path, timeout: float, max_value_bytes: int = 1_000_000,
     db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
     db.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, max_columns)
     db.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000)  # LIKE/GLOB patterns: their cost grows with it
+    db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)  # below the authorizer: no other file (ATTACH, VACUUM INTO)
     return db
 
 

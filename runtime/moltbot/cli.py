@@ -51,6 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"moltbot: cannot serve: {exc}", file=sys.stderr)
         return 1
+    except SettingsError as exc:  # server.check_exposure: no keys on an address others can reach
+        print(f"moltbot: refusing to serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -36,7 +37,8 @@ log = logging.getLogger("moltbot.api")
 OPEN_PATHS = ("/health", "/ready", "/openapi.json")
 # Routes that change server state carry `ctx_admin=True` (route.ctx.admin): with admin keys set, they need one (403
 # for an ordinary key). Plugin calls that change state (config.json "admin") are checked by the plugin manager.
-# The WebSocket route that takes its key as a subprotocol carries `ctx_key_subprotocol=True`.
+# The WebSocket route that takes its key as a subprotocol carries `ctx_key_subprotocol=True`. The metrics route
+# carries `ctx_metrics=True` (MOLTBOT_METRICS_REQUIRE_KEY), the probes `ctx_probe=True`; neither checks Host.
 App = Sanic[Config, SimpleNamespace]
 
 
@@ -72,6 +74,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     # Admin keys work on every route; ordinary keys on all but the admin ones (ctx_admin routes, admin plugin calls).
     app.ctx.admin_keys = [k.encode() for k in settings.all_admin_api_keys()]
     app.ctx.api_keys = [k.encode() for k in settings.all_api_keys()] + app.ctx.admin_keys
+    app.ctx.allowed_hosts = {h.strip().strip("[]").lower().rstrip(".") for h in settings.allowed_hosts}
     # Requests being handled; weak, so that a handler cancelled by a client going away is not counted forever.
     app.ctx.active = weakref.WeakSet()
     app.ctx.busy_websockets = set()  # sockets handling a message: the drain lets them finish
@@ -99,8 +102,15 @@ async def _start_request(request: Request) -> HTTPResponse | None:
     request.ctx.stats = RequestStats()
     request.app.ctx.active.add(request)
     request.ctx.counted = True
-    if _is_preflight(request):  # a browser's CORS preflight never carries a key
-        return _preflight(request)
+    request.ctx.host_allowed = _host_allowed(request)
+    if not request.ctx.host_allowed and not request.app.ctx.api_keys and not _route_context(request, "probe") \
+            and not _route_context(request, "metrics"):
+        raise APIError(421, "This server has no API keys: it answers only requests addressed (Host header) to "
+                       "localhost, an IP address such as 127.0.0.1, or a name in MOLTBOT_ALLOWED_HOSTS",
+                       code="host_not_allowed")
+    preflight = _answer_preflight(request)  # a browser's CORS preflight never carries a key
+    if preflight is not None:
+        return preflight
     if _route_flag(request, "websocket") and not _websocket_origin_allowed(request):
         raise APIError(403, "A WebSocket from this page's origin is refused: only this server's own pages and the "
                        "origins in cors_origins may open one", code="origin_not_allowed")
@@ -114,7 +124,15 @@ async def _start_request(request: Request) -> HTTPResponse | None:
     if _route_context(request, "admin") and not request.ctx.admin:
         raise APIError(403, "This route changes server state: it needs an admin key (admin_api_keys)",
                        code="admin_key_required")
+    # A browser sends a cross-site form or text/plain POST without asking first (no preflight); JSON it must ask for.
+    if request.method == "POST" and _media_type(request) != "application/json":
+        raise APIError(415, "Send the request body as JSON with Content-Type: application/json",
+                       code="unsupported_media_type")
     return None
+
+
+def _media_type(request: Request) -> str:
+    return (request.headers.get("content-type") or "").split(";")[0].strip().lower()
 
 
 def _route_context(request: Request, name: str) -> bool:
@@ -133,7 +151,7 @@ def _needs_key(request: Request) -> bool:
     path = request.path
     if path.startswith("/v1/") or path == "/v1":
         return True
-    return path == "/metrics" and request.app.ctx.settings.metrics_require_key
+    return _route_context(request, "metrics") and request.app.ctx.settings.metrics_require_key
 
 
 def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
@@ -182,6 +200,39 @@ async def _finish_request(request: Request, response: BaseHTTPResponse) -> None:
     observe(request, response.status)
 
 
+# ---- the Host header (DNS rebinding) -----------------------------------------------------------------------
+def _host_allowed(request: Request) -> bool:
+    """Whether the Host header names this machine, an IP address or a name in allowed_hosts. A website can have its
+    own name resolve to 127.0.0.1 (DNS rebinding): its page's requests then count as same-origin in the browser,
+    WebSocket Origin included, but their Host still names the website. An IP address cannot be rebound, and
+    browsers resolve localhost and *.localhost themselves. Only a server without keys refuses others (app.py's
+    _start_request); a request without Host is no browser's."""
+    host = request.headers.get("host")
+    if host is None:
+        return True
+    allowed: set[str] = request.app.ctx.allowed_hosts
+    name = _host_name(host)
+    if not name:
+        return False
+    if "*" in allowed or name in allowed or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_name(host: str) -> str:
+    """A Host header's name: lower case, without brackets, port or final dot; "" for one that names no host."""
+    try:
+        parts = urlsplit("//" + host)
+        _ = parts.port  # a port that is not a number raises ValueError
+    except ValueError:
+        return ""
+    return "" if parts.username is not None else (parts.hostname or "").rstrip(".")
+
+
 # ---- WebSocket origins ---------------------------------------------------------------------------------
 def _websocket_origin_allowed(request: Request) -> bool:
     """A browser sends Origin with every WebSocket handshake, and lets any page open a socket to any host (no CORS
@@ -224,25 +275,32 @@ def _cors_origin(request: Request) -> str | None:
     return origin if "*" in allowed or origin in allowed else None
 
 
-def _is_preflight(request: Request) -> bool:
-    return (request.method == "OPTIONS" and bool(request.headers.get("access-control-request-method"))
-            and _cors_origin(request) is not None)
-
-
-def _preflight(request: Request) -> HTTPResponse:
-    """A browser's CORS preflight (OPTIONS with Access-Control-Request-Method): no route has OPTIONS, so it is
-    answered here, before any key is asked for (a preflight never carries one)."""
+def _answer_preflight(request: Request) -> HTTPResponse | None:
+    """The answer to a browser's preflight (OPTIONS with Access-Control-Request-Method), or None for any other
+    request. No route has OPTIONS, so a preflight is answered here, before any key is asked for (it never carries
+    one): for an allowed origin (cors_origins) with the methods and headers; a Private Network Access preflight
+    (a public page asking to reach this private address) is refused unless cors_origins lists its origin by name."""
+    if request.method != "OPTIONS" or not request.headers.get("access-control-request-method"):
+        return None
+    private_network = "access-control-request-private-network" in request.headers
+    if private_network and request.headers.get("origin") not in request.app.ctx.settings.cors_origins:
+        return error_json(APIError(403, "A page on a public website may not reach this server on a private "
+                                   "network (Private Network Access): list its origin in MOLTBOT_CORS_ORIGINS to "
+                                   "allow it", code="private_network_access_refused"), request)
+    if _cors_origin(request) is None:
+        return None
     headers = {"access-control-allow-methods": "GET, POST, OPTIONS", "access-control-max-age": "600",
                "access-control-allow-headers": request.headers.get("access-control-request-headers")
                or CORS_ALLOW_HEADERS}
+    if private_network:
+        headers["access-control-allow-private-network"] = "true"
     return HTTPResponse(status=204, headers=headers)
 
 
 # ---- errors ----------------------------------------------------------------------------------------
 async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
-    if isinstance(exc, MethodNotAllowed) and _is_preflight(request):
-        return _preflight(request)
-    return error_json(exc, request)
+    preflight = _answer_preflight(request) if isinstance(exc, MethodNotAllowed) else None
+    return preflight or error_json(exc, request)
 
 
 # ---- lifecycle -------------------------------------------------------------------------------------

@@ -30,11 +30,8 @@ bp = Blueprint("openai")
 
 
 def parse(request: Request, schema: type[Schema]) -> Schema:
-    """The JSON body validated against `schema` (415 / 400 otherwise)."""
-    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise APIError(415, "Send the request body as JSON with Content-Type: application/json",
-                       code="unsupported_media_type")
+    """The JSON body validated against `schema` (400 otherwise; the app has answered a POST that is not
+    application/json with a 415)."""
     body = load_json(request.body or b"")
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object", code="invalid_json")
@@ -56,25 +53,26 @@ def stats(request: Request) -> RequestStats:
 
 
 # ---- probes and metrics ----------------------------------------------------------------------------
-@bp.get("/health")
+@bp.get("/health", ctx_probe=True)
 async def health(request: Request) -> HTTPResponse:
     return json_response({"status": "ok"})
 
 
-@bp.get("/ready")
+@bp.get("/ready", ctx_probe=True)
 async def ready(request: Request) -> HTTPResponse:
     state = request.app.ctx.state
     registry = request.app.ctx.registry
     failures = [{**f, "error": redact_urls(f["error"])} for f in registry.failures]
-    # Open route: counts and model names only. The errors (which name files and hosts) need a key, or no keys set.
-    detailed = not request.app.ctx.api_keys or request.ctx.authorised
+    # Open route: counts and model names only. The errors (which name files and hosts) need a key, or no keys set
+    # and a request addressed to this machine (one addressed to another name gets the short form).
+    detailed = request.ctx.authorised or (not request.app.ctx.api_keys and request.ctx.host_allowed)
     body: dict[str, Any] = {"status": state.status, "models": registry.model_names(),
                             "failed": failures if detailed else [{"model": f["model"]} for f in failures],
                             "counts": {"loaded": len(registry.model_names()), "failed": len(failures)}}
     return json_response(body, status=200 if state.ready else 503)
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", ctx_metrics=True)  # MOLTBOT_METRICS_REQUIRE_KEY, whatever the spelling of the path
 async def metrics_route(request: Request) -> HTTPResponse:
     body, content_type = metrics.render()
     return raw(body, content_type=content_type)

@@ -4,6 +4,7 @@ it stops accepting, turns /ready to 503, lets in-flight requests finish (up to s
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import ssl
@@ -17,7 +18,7 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 
 from moltbot import metrics
 from moltbot.api.app import App, create_app, print_ready_line
-from moltbot.settings import Settings
+from moltbot.settings import Settings, SettingsError
 
 log = logging.getLogger("moltbot.api")
 
@@ -38,7 +39,35 @@ async def _listen(app: App, host: str, port: int, tls: ssl.SSLContext | None = N
     return server
 
 
+def check_exposure(settings: Settings) -> None:
+    """Refuses (SettingsError) to serve without API keys on an address other than loopback, unless
+    allow_unauthenticated says so: the image binds 0.0.0.0, and `docker run -p 8080:8080` publishes that to the
+    network, where anyone could use the models and run plugins with admin rights."""
+    if _is_loopback(settings.host) or settings.all_api_keys() or settings.all_admin_api_keys():
+        return
+    if settings.allow_unauthenticated:
+        log.warning("serving without API keys on %s (MOLTBOT_ALLOW_UNAUTHENTICATED): anyone who can reach port %d "
+                    "can use the models and plugins", settings.host or "every address", settings.port)
+        return
+    raise SettingsError(
+        f"host: {settings.host or 'every address'} is not a loopback address and no API keys are set: anyone who can "
+        f"reach port {settings.port} could use the models and run plugins. Set MOLTBOT_API_KEYS_FILE (or "
+        "MOLTBOT_API_KEYS), or bind to 127.0.0.1 (MOLTBOT_HOST), or set MOLTBOT_ALLOW_UNAUTHENTICATED=true to serve "
+        "without keys anyway (behind a firewall, or a proxy that authenticates)")
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # another name, or "" (every address)
+        return False
+
+
 async def serve(settings: Settings, process_started: float | None = None, app: App | None = None) -> None:
+    check_exposure(settings)
     app = app or create_app(settings, process_started=process_started)
     app.ctx.state.on_ready.append(print_ready_line)
     servers = [await _listen(app, settings.host, settings.port)]

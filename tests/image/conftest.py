@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.image.image_helpers import GPU_IMAGE, IMAGE, REPO, Container, docker
+from tests.image.image_helpers import GPU_IMAGE, IMAGE, KEYLESS_OPT_IN, REPO, Container, docker
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def run_container(image, tmp_path):
         # Keyless on 0.0.0.0 the runtime refuses to start unless told so: these containers publish on 127.0.0.1.
         command += ["-e", "MOLTBOT_ALLOW_UNAUTHENTICATED=true"]
         command += ["-v", f"{data}/models:/app/models", "-v", f"{data}/plugins:/app/plugins",
-                    "-v", f"{data}/logs:/app/logs", *options, image_tag]
+                    "-v", f"{data}/logs:/app/logs", *KEYLESS_OPT_IN, *options, image_tag]
         container = Container(name=name, data=data, run_started=time.monotonic(), published=publish)
         started.append(container)
         docker(*command)

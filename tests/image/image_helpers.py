@@ -21,6 +21,8 @@ GPU_IMAGE = "moltbot:gpu"
 # The image's uid, ports and paths (deploy/contract.json), which the image must follow.
 CONTRACT = json.loads((REPO / "deploy" / "contract.json").read_text())
 READY_LINE = f"AI Assistant service ready on port {CONTRACT['ports']['http']}"
+# The documented keyless `docker run` binds 0.0.0.0 inside the container: without keys it needs this opt-in (#22).
+KEYLESS_OPT_IN = ("-e", "MOLTBOT_ALLOW_UNAUTHENTICATED=true")
 # The embedded defaults the image serves, and what its defaults folder holds (the manifest and one folder each).
 CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_MODELS = {CHAT_MODEL, "all-minilm-l6-v2"}

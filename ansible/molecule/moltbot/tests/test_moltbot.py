@@ -130,3 +130,25 @@ def test_plugin_from_the_controller_is_served(host):
 def test_runtime_logs_land_in_the_data_directory(host):
     first_line = host.check_output("head -n 1 /data/moltbot/logs/moltbot.log")
     assert isinstance(json.loads(first_line), dict)
+
+
+PLUGIN_SECRET = "molecule-plugin-Secret-1"
+
+
+def test_plugin_secrets_are_a_root_only_env_file_given_to_the_container(host, container):
+    env_file = host.file("/etc/moltbot/plugin.env")
+    assert (env_file.user, env_file.group, env_file.mode) == ("root", "root", 0o600)
+    assert f"MOLECULE_PLUGIN_SECRET={PLUGIN_SECRET}" in container["Config"]["Env"]
+    # Read by Docker, never mounted into the container.
+    assert not [m for m in container["Mounts"] if m["Source"] == "/etc/moltbot/plugin.env"]
+    # With keys set the role never passes the keyless opt-in (issue #22 item 5).
+    assert not [e for e in container["Config"]["Env"] if e.startswith("MOLTBOT_ALLOW_UNAUTHENTICATED=")]
+
+
+def test_check_mode_diff_prints_no_plugin_secret(ansible_playbook):
+    rotated = "rotated-plugin-Secret-2"
+    result = ansible_playbook("converge.yml", "--check", "--diff", "-v",
+                              "-e", json.dumps({"moltbot_plugin_env": {"MOLECULE_PLUGIN_SECRET": rotated}}))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert PLUGIN_SECRET not in output and rotated not in output

@@ -16,8 +16,10 @@ def status(host, url: str) -> int:
 
 @pytest.fixture(scope="module")
 def unlisted_published_container(host):
-    """A second runtime container published on a port the firewall does not list."""
-    host.run_expect([0], f"docker run -d --name molecule-unlisted -p {UNLISTED_PORT}:8080 moltbot:latest")
+    """A second runtime container published on a port the firewall does not list (keyless: the runtime serves on
+    the container's 0.0.0.0 only with the explicit opt-in, issue #22 item 5)."""
+    host.run_expect([0], f"docker run -d --name molecule-unlisted -e MOLTBOT_ALLOW_UNAUTHENTICATED=true "
+                         f"-p {UNLISTED_PORT}:8080 moltbot:latest")
     host.run_expect([0], f"for i in $(seq 90); do curl -fs http://127.0.0.1:{UNLISTED_PORT}/health && exit 0; "
                          "sleep 2; done; exit 1")
     yield

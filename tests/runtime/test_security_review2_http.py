@@ -37,6 +37,12 @@ PROBE_PLUGIN = {
                   "            log.write('ran\\n')\n"
                   "        return {'ran': True}\n"),
 }
+SECRET_URL = "postgresql://admin:s3cret-db-password@db.example:5432/shop?sslpassword=tok-123"
+BROKEN_PLUGIN = {
+    "config.json": json.dumps({"name": "broken", "isolation": "thread"}),
+    "__init__.py": "",
+    "plugin.py": f"raise RuntimeError('cannot reach {SECRET_URL}')\n",
+}
 LISTED_ORIGIN = "https://app.example.com"
 ALLOWED_NAME = "chat.example.com"
 
@@ -59,6 +65,7 @@ def keyless(tmp_path_factory: pytest.TempPathFactory, defaults_dir: Path) -> Ite
     listed in cors_origins."""
     home = tmp_path_factory.mktemp("keyless")
     write_plugin(home / "plugins" / "probe", PROBE_PLUGIN)
+    write_plugin(home / "plugins" / "broken", BROKEN_PLUGIN)
     srv = start_server(home, env={"MOLTBOT_ALLOWED_HOSTS": ALLOWED_NAME.upper(),
                                   "MOLTBOT_CORS_ORIGINS": LISTED_ORIGIN})
     try:
@@ -214,3 +221,15 @@ def test_metrics_need_the_key_on_every_spelling_of_the_route(tmp_path):
             assert allowed.status_code == 200 and "moltbot_requests_total" in allowed.text, path
 
     asyncio.run(scenario())
+
+
+def test_plugin_load_errors_are_redacted_in_the_listing_the_reload_and_the_409(keyless):
+    listing = httpx.get(keyless.url + "/v1/plugins", timeout=30)
+    reloaded = httpx.post(keyless.url + "/v1/plugins/reload", json={"names": ["broken"]}, timeout=60)
+    refused = httpx.post(keyless.url + "/v1/plugins/broken/execute", json={}, timeout=30)
+    assert refused.status_code == 409, refused.text
+    [entry] = [e for e in listing.json()["data"] if e["name"] == "broken"]
+    assert "postgresql://db.example:5432/shop" in entry["error"]
+    for text in (listing.text, reloaded.text, refused.text):
+        assert "db.example" in text, text
+        assert "s3cret-db-password" not in text and "tok-123" not in text and "admin:" not in text, text

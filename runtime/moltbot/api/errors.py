@@ -25,6 +25,7 @@ from moltbot.engine.errors import (
     QueueFull,
     UpstreamError,
 )
+from moltbot.logs import redact_urls
 from moltbot.plugins.errors import (
     PluginAPIError,
     PluginError,
@@ -123,7 +124,8 @@ def error_response(exc: BaseException, request: Request | None = None) -> ErrorR
         return exc.status, exc.body, {}
     if isinstance(exc, PluginAPIError):
         status = next((PLUGIN_STATUS[cls] for cls in type(exc).__mro__ if cls in PLUGIN_STATUS), 500)
-        return status, error_body(exc.message, exc.type, exc.param, exc.code), {}
+        # A load error (the 409) may quote a URL with a password or token in it: redacted as the log has it.
+        return status, error_body(redact_urls(exc.message), exc.type, exc.param, exc.code), {}
     if isinstance(exc, SanicException) and request is not None and 400 <= exc.status_code < 500:
         return _routing_error(exc, request)
     request_id = getattr(request.ctx, "request_id", None) if request is not None else None

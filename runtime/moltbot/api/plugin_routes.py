@@ -9,6 +9,7 @@ from sanic import Blueprint, Request, response
 
 from moltbot.api.errors import APIError, error_json, load_json
 from moltbot.api.openapi import add_paths
+from moltbot.logs import redact_urls
 from moltbot.plugins.errors import PluginAPIError
 from moltbot.plugins.manager import PluginManager
 
@@ -25,6 +26,16 @@ def _manager(request: Request) -> PluginManager:
     return manager
 
 
+def _described(manager: PluginManager) -> list[dict[str, Any]]:
+    """The plugins as GET /v1/plugins lists them, load errors redacted as the log has them (a plugin's failing
+    download or DSN URL loses its user info and query string)."""
+    return [_redacted(entry) for entry in manager.describe()]
+
+
+def _redacted(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "error": redact_urls(entry["error"])} if entry.get("error") else entry
+
+
 def _json_body(request: Request) -> Any:
     if not request.body:
         return {}
@@ -33,7 +44,7 @@ def _json_body(request: Request) -> Any:
 
 @bp.get("/v1/plugins")
 async def list_plugins(request: Request) -> response.HTTPResponse:
-    return response.json({"object": "list", "data": _manager(request).describe()})
+    return response.json({"object": "list", "data": _described(_manager(request))})
 
 
 @bp.post("/v1/plugins/reload", ctx_admin=True)  # changes server state: an admin key where they are set (app.py)
@@ -49,7 +60,8 @@ async def reload_plugins(request: Request) -> response.HTTPResponse:
         outcomes = await _manager(request).reload(names)
     except (APIError, PluginAPIError) as exc:
         return error_json(exc, request)
-    return response.json({"object": "plugin.reload", "results": outcomes, "data": _manager(request).describe()})
+    return response.json({"object": "plugin.reload", "results": [_redacted(o) for o in outcomes],
+                          "data": _described(_manager(request))})
 
 
 @bp.post("/v1/plugins/<name:str>/execute")

@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+from moltbot.logs import redact_urls
+
 from .errors import PluginAPIError, PluginInputError
 from .manager import PluginManager
 
@@ -44,7 +46,8 @@ async def _run_one(manager: PluginManager, call: dict[str, Any], request_id: str
         arguments = _arguments(function.get("arguments"))
         content: dict[str, Any] = await manager.execute(name, arguments, request_id=request_id, admin=admin)
     except PluginAPIError as exc:
-        content = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+        content = {"error": {"message": redact_urls(exc.message), "type": exc.type, "param": exc.param,
+                             "code": exc.code}}
     return {"role": "tool", "tool_call_id": call_id, "name": name, "content": json.dumps(content)}
 
 

@@ -24,7 +24,7 @@ from moltbot.engine.validation import (
 )
 
 # Our extensions: never forwarded to a service model's upstream (a strict upstream refuses unknown fields).
-EXTENSIONS = {"ignore_eos", "max_tool_rounds"}
+EXTENSIONS = {"ignore_eos", "max_tool_rounds", "allow_admin_tool_calls"}
 
 
 def _integral(value: Any) -> Any:
@@ -239,6 +239,9 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     max_tool_rounds: ToolRounds = 4  # extension: bound on plugin tool-call rounds
+    # Extension: let the model's tool calls run plugin calls that config.json marks "admin" (they change server
+    # state); off, such a call is answered with an error for the model, so that a document cannot make it happen.
+    allow_admin_tool_calls: bool = False
 
     def choice_of_tool(self) -> ToolChoice:
         """tool_choice as the engine reads it (checked against the tools in engine/validation.py)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from moltbot.logs import redact_urls
 
-from .errors import PluginAPIError, PluginInputError
+from .errors import PluginAPIError, PluginForbidden, PluginInputError
 from .manager import PluginManager
 
 
@@ -28,22 +28,35 @@ def plugin_tool_specs(manager: PluginManager, names: list[str]) -> list[dict[str
     return specs
 
 
+def tool_plugins(manager: PluginManager) -> set[str]:
+    """The loaded plugins a chat request may offer a model as tools: all but those whose config.json says
+    `"tool": false`."""
+    return {name for name in manager.runnable_names() if manager.get(name).config.tool}
+
+
 async def run_tool_calls(manager: PluginManager, tool_calls: list[dict[str, Any]],
-                         request_id: str, admin: bool = False) -> list[dict[str, Any]]:
+                         request_id: str, admin: bool = False, admin_calls: bool = False) -> list[dict[str, Any]]:
     """Run the model's tool calls (concurrently) and return one `role: tool` message per call, in order.
 
     A failing call does not fail the others: its message carries {"error": {...}} for the model to read. Calls
-    that need an admin key (with admin keys set) are refused unless `admin`.
+    that need an admin key (with admin keys set) are refused unless `admin`. Calls a plugin's config.json marks
+    admin are refused unless `admin_calls` too (the request opted in): a model's call may come from a document.
     """
-    return list(await asyncio.gather(*(_run_one(manager, call, request_id, admin) for call in tool_calls)))
+    return list(await asyncio.gather(*(_run_one(manager, call, request_id, admin, admin_calls)
+                                       for call in tool_calls)))
 
 
-async def _run_one(manager: PluginManager, call: dict[str, Any], request_id: str, admin: bool) -> dict[str, Any]:
+async def _run_one(manager: PluginManager, call: dict[str, Any], request_id: str, admin: bool,
+                   admin_calls: bool) -> dict[str, Any]:
     call_id = call.get("id", "")
     function = call.get("function") or {}
     name = function.get("name", "")
     try:
         arguments = _arguments(function.get("arguments"))
+        if not admin_calls and manager.get(name).config.needs_admin(arguments):
+            raise PluginForbidden(f"this call of plugin {name!r} changes server state: a model's tool call runs it "
+                                  'only when the request sets "allow_admin_tool_calls": true',
+                                  code="admin_tool_call_not_allowed")
         content: dict[str, Any] = await manager.execute(name, arguments, request_id=request_id, admin=admin)
     except PluginAPIError as exc:
         content = {"error": {"message": redact_urls(exc.message), "type": exc.type, "param": exc.param,

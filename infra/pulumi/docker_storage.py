@@ -10,9 +10,9 @@ class DockerStorage(pulumi.ComponentResource):
     """Two bridge networks plus one place per data set: a named volume, or `<dataDir>/<name>` on the host.
 
     The runtime's network (`<prefix>-net`) holds the runtime and Prometheus only; the monitoring network
-    (`<prefix>-monitoring-net`, with monitoring) holds Prometheus, Alertmanager, Grafana and the exporters. Alertmanager's
-    API and Grafana have no authentication a plugin could not get past (Alertmanager none at all: anyone reaching it can
-    silence every alert), and the runtime runs plugins: it must not reach them.
+    (`<prefix>-monitoring-net`, with monitoring) holds Prometheus, Alertmanager, Grafana and the exporters.
+    Alertmanager's API has no authentication at all (anyone reaching it can silence every alert), and the runtime
+    runs plugins: it must not reach it, nor Grafana.
 
     Host paths (moltbot:dataDir, /data/moltbot in the Ansible role) hold the runtime's data sets, where
     operators drop model configs and plugins. The monitoring services' data always lives in named

@@ -10,12 +10,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.core.v1 import (
     AffinityArgs, CapabilitiesArgs, ConfigMapVolumeSourceArgs, ContainerArgs, ContainerPortArgs,
-    EmptyDirVolumeSourceArgs, EnvFromSourceArgs, EnvVarArgs, ExecActionArgs, HTTPGetActionArgs, KeyToPathArgs, LifecycleArgs,
-    LifecycleHandlerArgs, LocalObjectReferenceArgs, PersistentVolumeClaimSpecArgs,
+    EmptyDirVolumeSourceArgs, EnvFromSourceArgs, EnvVarArgs, ExecActionArgs, HTTPGetActionArgs, KeyToPathArgs,
+    LifecycleArgs, LifecycleHandlerArgs, LocalObjectReferenceArgs, PersistentVolumeClaimSpecArgs,
     PersistentVolumeClaimVolumeSourceArgs, PodAffinityArgs, PodAffinityTermArgs, PodSecurityContextArgs,
     PodSpecArgs, PodTemplateSpecArgs, ProbeArgs, ResourceRequirementsArgs, SeccompProfileArgs,
-    SecretEnvSourceArgs, SecretVolumeSourceArgs, SecurityContextArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs, VolumeMountArgs,
-    VolumeResourceRequirementsArgs,
+    SecretEnvSourceArgs, SecretVolumeSourceArgs, SecurityContextArgs, ServicePortArgs, ServiceSpecArgs, VolumeArgs,
+    VolumeMountArgs, VolumeResourceRequirementsArgs,
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 from pulumi_kubernetes.networking.v1 import (

@@ -3,7 +3,8 @@ only the OpenAI fields in FORWARDED go (anything else a client sends, e.g. store
 dropped), and max_tokens / max_completion_tokens and n are capped per model (max_completion_tokens, max_n in the
 model config: a 400 beyond; a request that sets no length is sent with the cap). The upstream's replies, streamed
 or not, come back as the same typed events as a local model's, and its errors as UpstreamError (status and body
-passed through)."""
+passed through, except a 401/403: the upstream refusing the operator's key is a 502 that quotes nothing of it).
+Messages are rebuilt from OpenAI's message fields alone."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ FORWARDED = {
     "completions": _SAMPLING | {"prompt", "echo", "suffix"},
     "embeddings": {"input", "dimensions", "encoding_format", "user"},
 }
+
+# A chat message's fields, and a tool call's, as OpenAI defines them: messages are rebuilt from these alone (a
+# client's other per-message fields never reach the upstream).
+_MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
+_TOOL_CALL_FIELDS = ("id", "type", "function")
 
 # The field that carries the model's token cap when a request sets none, per generating endpoint.
 _CAPPED_FIELD = {"chat/completions": "max_completion_tokens", "completions": "max_tokens"}
@@ -131,6 +137,8 @@ class ServiceClient:
             raise InvalidRequest(f"n is at most {self.max_n} for this model", param="n", code="n_too_large")
         allowed = FORWARDED[path]
         body = {**{k: v for k, v in payload.items() if k in allowed}, "model": self.upstream_model}
+        if isinstance(body.get("messages"), list):
+            body["messages"] = [_known_message(m) for m in body["messages"]]
         # A request that leaves the length open would get the upstream's own limit, on the operator's key: the
         # model's cap goes in its place (chat: max_completion_tokens, as OpenAI has deprecated max_tokens there).
         capped = _CAPPED_FIELD.get(path)
@@ -233,6 +241,17 @@ def _unexpected_body() -> Iterator[None]:
             f"upstream answered in an unexpected shape ({type(exc).__name__}: {exc})")) from exc
 
 
+def _known_message(message: Any) -> Any:
+    """A message with only OpenAI's fields (the request was validated: messages are objects)."""
+    if not isinstance(message, dict):
+        return message
+    known = {k: message[k] for k in _MESSAGE_FIELDS if k in message}
+    if isinstance(known.get("tool_calls"), list):
+        known["tool_calls"] = [{k: call[k] for k in _TOOL_CALL_FIELDS if k in call} if isinstance(call, dict)
+                               else call for call in known["tool_calls"]]
+    return known
+
+
 def _json_or_error(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
@@ -240,6 +259,12 @@ def _json_or_error(response: httpx.Response) -> dict[str, Any]:
         body = upstream_error_body(f"upstream answered {response.status_code} with a body that is not JSON")
         if response.status_code < 400:
             raise UpstreamError(502, body) from None
+    if response.status_code in (401, 403):
+        # The upstream refused the operator's key: the client's request is not at fault, and the upstream's body may
+        # quote part of that key. Neither the status nor the body is passed on.
+        raise UpstreamError(502, upstream_error_body(
+            f"the upstream refused this server's credentials ({response.status_code}): the operator must check the "
+            "model's api_key_env"))
     if response.status_code >= 400:
         if not isinstance(body, dict) or "error" not in body:
             body = upstream_error_body(f"upstream answered {response.status_code}")

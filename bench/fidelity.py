@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.prepare import GGUF_MODELS, GGUFModel, LlamaTools, builder_python, llama_tools
+from bench.prepare import GGUF_MODELS, GGUFModel, LlamaTools, ensure_imported, llama_tools
 from bench.servers import LlamaServer, MoltbotServer
 from bench.stats import markdown_table
 
@@ -161,15 +161,6 @@ def llama_perplexity(tools: LlamaTools, gguf: Path, text: Path, cache: Path) -> 
 
 
 # ---- the runtime's side --------------------------------------------------------------------------------------
-
-def import_graphs(model: GGUFModel, gguf: Path, root: Path = BUILD,
-                  precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Path]:
-    """The runtime's graphs of the GGUF at each precision, made once by the runtime's own import."""
-    from moltbot.export.gguf import import_gguf
-
-    return {precision: import_gguf(gguf, root / "graphs" / f"{model.key}-{precision}", precision=precision,
-                                   device="cpu", builder_python=builder_python()) for precision in precisions}
-
 
 @dataclass
 class GraphScores:
@@ -331,7 +322,7 @@ def chat_answers(tools: LlamaTools, model: GGUFModel, gguf: Path, graph: Path, h
     rows = []
     with MoltbotServer(f"moltbot {model.key}", config, home / "moltbot", home / "cache") as ours, \
             LlamaServer(tools.server, gguf, parallel=1, threads=THREADS, context_per_slot=2048, home=home / "llama",
-                        alias=model.name) as peer, httpx.Client(timeout=600) as client:
+                        alias=model.name) as peer, httpx.Client(timeout=300) as client:
         for prompt in CHAT_PROMPTS:
             messages = [{"role": "user", "content": prompt}]
             reply = client.post(ours.url + "/v1/chat/completions", json={
@@ -373,7 +364,7 @@ def model_fidelity(model: GGUFModel, tools: LlamaTools, work: Path, chat: bool =
 
     gguf = model.locate()
     text = TEXT.read_text(encoding="utf-8")
-    graphs = import_graphs(model, gguf)
+    graphs = {precision: ensure_imported(model, precision, all_logits=True, log=log) for precision in PRECISIONS}
     log(f"{model.key}: graphs {', '.join(str(p) for p in graphs.values())}")
     tokenizer = TextTokenizer(graphs["fp32"])
     checks, bos = check_tokenizer(tools, gguf, graphs["fp32"], text)

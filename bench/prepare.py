@@ -22,6 +22,9 @@ from bench.models import ModelShape, build_checkpoint
 DONE = "bench-done.json"
 REPO = Path(__file__).resolve().parents[1]
 LLAMA_ROOT = REPO / "build" / "bench" / "llama.cpp"
+# The runtime's graphs of the GGUF models, shared by make bench and the fidelity tests (import_gguf keeps a folder
+# made from the same file by the same recipe, and makes it again otherwise).
+GGUF_GRAPHS = REPO / "build" / "gguf-graphs"
 
 
 @dataclass(frozen=True)
@@ -105,14 +108,20 @@ def ensure_dequantised(gguf: Path, folder: Path, log=print) -> Path:
     return folder
 
 
-def ensure_imported(gguf: Path, folder: Path, precision: str, log=print) -> Path:
-    """The runtime's serving graph of the GGUF at `precision` (moltbot.export.gguf.import_gguf, which keeps a
-    folder made from the same file by the same recipe)."""
-    from moltbot.export.gguf import import_gguf
+def ensure_imported(model: GGUFModel, precision: str, all_logits: bool = False, log=print) -> Path:
+    """The runtime's serving graph of the model's GGUF at `precision` (moltbot.export.gguf.import_gguf, which keeps
+    a folder made from the same file by the same recipe). `all_logits`: a graph that returns every position's
+    logits (teacher-forced scoring), in a folder of its own where that changes the graph (Gemma's pruned head)."""
+    from moltbot.export.gguf import build_options, gguf_architecture, import_gguf
 
+    gguf = model.locate()
+    architecture = gguf_architecture(gguf)
+    own = all_logits and build_options(architecture, all_logits=True) != build_options(architecture)
+    folder = GGUF_GRAPHS / f"{model.key}-{precision}{'-all-logits' if own else ''}"
     started = time.monotonic()
-    import_gguf(gguf, folder, precision=precision, device="cpu", builder_python=builder_python())
-    log(f"graph {precision}: {folder} ({time.monotonic() - started:.0f} s)")
+    import_gguf(gguf, folder, precision=precision, device="cpu", builder_python=builder_python(),
+                all_logits=all_logits)
+    log(f"graph {precision}{' (all logits)' if own else ''}: {folder} ({time.monotonic() - started:.0f} s)")
     return folder
 
 

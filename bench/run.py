@@ -360,8 +360,8 @@ def prepare_model(model: GGUFModel, pairs: list[tuple[str, str, str]], tools, lo
     weights (converter, then llama-quantize); the original file for its own type."""
     gguf = model.locate()
     root = BUILD / "models" / model.key
-    graphs = {precision: ensure_imported(gguf, root / f"graph-{precision}", precision, log=log)
-              for precision in dict.fromkeys(p for _, p, _ in pairs)}
+    precisions = dict.fromkeys(precision for _, precision, _ in pairs)
+    graphs = {precision: ensure_imported(model, precision, log=log) for precision in precisions}
     files: dict[str, Path] = {}
     checkpoint = None
     for _, _, gguf_type in pairs:

@@ -69,7 +69,8 @@ MAX_LOGS_PER_CALL = 200
 STDERR_BURST = 200
 STDERR_PER_SECOND = 20.0
 # The environment variables a worker gets from the service's (besides those its config.json lists): what Python,
-# the C library and common libraries need to start, find their files and read the locale and time zone.
+# the C library and common libraries need to start, find their files and read the locale and time zone. (The
+# worker's own interpreter ignores PYTHON* ones, `python -I`; programs the plugin runs may read them.)
 ENV_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
                          "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR"})
 ENV_ALLOWED_PREFIXES = ("LC_", "PYTHON")
@@ -79,10 +80,8 @@ def worker_environment(extra: list[str] | tuple[str, ...] = (), environ: dict[st
                        ) -> dict[str, str]:
     """The worker's environment: the allowed variables (and `extra`) of the service's, never MOLTBOT_* ones."""
     source = dict(os.environ if environ is None else environ)
-    env = {k: v for k, v in source.items()
-           if (k in ENV_ALLOWED or k.startswith(ENV_ALLOWED_PREFIXES) or k in extra) and not k.startswith("MOLTBOT_")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+    return {k: v for k, v in source.items()
+            if (k in ENV_ALLOWED or k.startswith(ENV_ALLOWED_PREFIXES) or k in extra) and not k.startswith("MOLTBOT_")}
 
 
 class _ProtocolError(PluginFailed):
@@ -186,10 +185,11 @@ class ProcessPlugin(BasePlugin):
         """Start the worker and load the plugin there; PluginLoadError with the worker's reason otherwise."""
         # Not the service's own settings (its API keys among them); the plugin's settings come with the load.
         # -I: nothing from the plugin folder or the working directory (the data folder) shadows the standard library
-        # or moltbot. A session of its own: kill() stops the worker's process group and tree.
+        # or moltbot, and no PYTHON* variable applies; -B: no bytecode written into the service's environment.
+        # A session of its own: kill() stops the worker's process group and tree.
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [sys.executable, "-I", "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
+            [sys.executable, "-I", "-B", "-m", "moltbot.plugins.isolation", str(self.memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=worker_environment(self.environment), cwd=str(self.data_dir), start_new_session=True)
         # What the worker writes to stderr (the plugin's prints, a native library's messages, a crash's traceback)

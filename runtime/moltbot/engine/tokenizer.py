@@ -102,9 +102,11 @@ class TextTokenizer:
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                     tools: list[dict[str, Any]] | None = None) -> str:
         if self._template is None:
-            # No template: a plain transcript, as a base model would continue it.
+            # No template: a plain transcript, as a base model would continue it, after the BOS a model that wants
+            # one is trained with (Gemma's GGUF has no template; the prompt is encoded without special tokens).
             lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
-            return "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "")
+            bos = self.bos_token if self.bos_token and self.special_tokens_around()[0] else ""
+            return bos + "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "")
         try:
             return self._template.render(
                 messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,

@@ -125,10 +125,15 @@ async def _start_request(request: Request) -> HTTPResponse | None:
         raise APIError(403, "This route changes server state: it needs an admin key (admin_api_keys)",
                        code="admin_key_required")
     # A browser sends a cross-site form or text/plain POST without asking first (no preflight); JSON it must ask for.
-    if request.method == "POST" and _media_type(request) != "application/json":
+    if request.method == "POST" and _takes_post(request) and _media_type(request) != "application/json":
         raise APIError(415, "Send the request body as JSON with Content-Type: application/json",
                        code="unsupported_media_type")
     return None
+
+
+def _takes_post(request: Request) -> bool:
+    """Whether the matched route has POST (else Sanic answers the 405 that the method deserves)."""
+    return request.route is not None and "POST" in request.route.methods
 
 
 def _media_type(request: Request) -> str:

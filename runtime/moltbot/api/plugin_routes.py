@@ -100,10 +100,10 @@ add_paths({
                    "previous version serving",
         "requestBody": {"required": False, "content": {"application/json": {"schema": {
             "type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}}}}}}},
-        "responses": {"200": _OBJECT, "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
+        "responses": {"200": _OBJECT, **{str(s): _ERROR for s in (400, 401, 403, 404, 415)}}}},
     "/v1/plugins/{name}/execute": {"post": {
         "summary": "Run a plugin; the body is its input, validated against its input_schema",
         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-        "responses": {"200": _OBJECT, **{str(s): _ERROR for s in (400, 401, 403, 404, 409, 422, 500, 504)}}}},
+        "responses": {"200": _OBJECT, **{str(s): _ERROR for s in (400, 401, 403, 404, 409, 415, 422, 500, 504)}}}},
 })

@@ -49,7 +49,7 @@ async def list_plugins(request: Request) -> response.HTTPResponse:
 
 @bp.post("/v1/plugins/reload", ctx_admin=True)  # changes server state: an admin key where they are set (app.py)
 async def reload_plugins(request: Request) -> response.HTTPResponse:
-    """Body (optional): {"names": ["plugin", ...]} to reload only those; otherwise every folder is loaded again."""
+    """Body: {} to load every folder again, or {"names": ["plugin", ...]} for only those (JSON, as every POST)."""
     try:
         body = _json_body(request)
         names = body.get("names") if isinstance(body, dict) else None
@@ -98,7 +98,7 @@ add_paths({
     "/v1/plugins/reload": {"post": {
         "summary": "Load the plugin folders again (all, or {\"names\": [...]}); a failed reload keeps the "
                    "previous version serving",
-        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}}}}}}},
         "responses": {"200": _OBJECT, **{str(s): _ERROR for s in (400, 401, 403, 404, 415)}}}},
     "/v1/plugins/{name}/execute": {"post": {

@@ -144,10 +144,9 @@ VOLUME ["${MODELS_DIR}", "${PLUGINS_DIR}", "${LOGS_DIR}"]
 EXPOSE ${MOLTBOT_HTTP_PORT} ${MOLTBOT_HTTPS_PORT}
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["/opt/moltbot/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['MOLTBOT_PORT'], timeout=4)"]
-# tini (Debian's) is PID 1: it reaps orphaned processes (what a killed plugin worker left behind would otherwise be
-# zombies against the pids limit) and passes signals on to the service. -s: it still reaps as a subreaper under
-# `docker run --init` or another init. The entrypoint starts as root only to hand root-owned logs/models volume
-# folders (`mkdir -p` on the host) to the service user, then runs the command as that user (MOLTBOT_UID); with
-# `--user` it just runs the command.
-ENTRYPOINT ["/usr/bin/tini", "-s", "--", "/usr/local/bin/moltbot-entrypoint"]
+# The entrypoint starts as root only to hand root-owned logs/models volume folders (`mkdir -p` on the host) to the
+# service user, then runs tini as that user (MOLTBOT_UID); with `--user` it just runs tini. tini (Debian's) is PID 1:
+# it reaps orphaned processes (what a killed plugin worker left behind would otherwise be zombies against the pids
+# limit) and passes signals on to the service; nothing in the container runs as root once the service starts.
+ENTRYPOINT ["/usr/local/bin/moltbot-entrypoint"]
 CMD ["moltbot", "serve"]

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Container entrypoint (installed as /usr/local/bin/moltbot-entrypoint). Started as root, it hands the writable
 # volume folders to the service user when they are not writable by it (an operator's `mkdir -p /data/moltbot/...`
-# makes them root-owned), then replaces itself with the command run as that user, so the runtime is PID 1 and
-# gets SIGTERM from `docker stop` directly. Started with `--user`, it changes nothing and just runs the command.
+# makes them root-owned), then replaces itself with tini running the command as that user: tini is PID 1 (it reaps
+# orphans and passes `docker stop`'s SIGTERM on), the runtime its child. Started with `--user`, it changes nothing
+# and just runs tini with the command.
 set -eu
 service_user=moltbot
 
@@ -19,6 +20,6 @@ if [ "$(id -u)" = 0 ]; then
              "chown $uid:$gid the host folder" >&2
     fi
   done
-  exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs --inh-caps=-all -- "$@"
+  exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs --inh-caps=-all -- /usr/bin/tini -- "$@"
 fi
-exec "$@"
+exec /usr/bin/tini -- "$@"

@@ -85,9 +85,12 @@ def test_logs_go_to_stdout_and_to_the_logs_volume_readable_on_the_host(run_conta
     # The same JSON lines go to stdout, where `docker logs` (and log shippers) read them.
     stdout_records = [json.loads(line) for line in container.logs().splitlines() if line.startswith("{")]
     assert any(r.get("route") == "/v1/chat/completions" for r in stdout_records)
-    # The service runs as the image's non-root user, not as root.
+    # PID 1 is tini and, like the service under it, runs as the image's non-root user, not as root.
     status = docker("exec", container.name, "cat", "/proc/1/status").stdout
-    assert f"Uid:\t{SERVICE_UID}\t{SERVICE_UID}" in status
+    assert "Name:\ttini" in status and f"Uid:\t{SERVICE_UID}\t{SERVICE_UID}" in status
+    children = docker("exec", container.name, "cat", "/proc/1/task/1/children").stdout.split()
+    service = docker("exec", container.name, "cat", f"/proc/{children[0]}/status").stdout
+    assert f"Uid:\t{SERVICE_UID}\t{SERVICE_UID}" in service and "moltbot" in service
 
 
 def _add_model_config_and_plugin(data):
@@ -221,8 +224,9 @@ def test_image_metadata_and_contents(image):
     assert env["MOLTBOT_PORT"] == str(ports["http"]) and env["MOLTBOT_HTTPS_PORT"] == str(ports["https"])
     assert env["MOLTBOT_MODELS_DIR"] == paths["models"] and env["MOLTBOT_PLUGINS_DIR"] == paths["plugins"]
     assert env["MOLTBOT_LOGS_DIR"] == paths["logs"] and env["MOLTBOT_DEFAULTS_DIR"] == paths["defaults"]
-    # tini is PID 1 (#22 item 10): it reaps what killed plugin workers leave behind.
-    assert config["Entrypoint"] == ["/usr/bin/tini", "-s", "--", "/usr/local/bin/moltbot-entrypoint"]
+    # The entrypoint drops to the service user and runs tini as PID 1 (#22 item 10: it reaps what killed plugin
+    # workers leave behind); test_runtime_runs_as_the_service_user checks PID 1 is tini under that uid.
+    assert config["Entrypoint"] == ["/usr/local/bin/moltbot-entrypoint"]
     assert config["Cmd"] == ["moltbot", "serve"]
     size_mb = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
     print(f"\n{image}: {size_mb:.0f} MB")

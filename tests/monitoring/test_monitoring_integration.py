@@ -37,16 +37,16 @@ PANELS_WITH_DATA = [
 class Runtime:
     """`moltbot serve` on a free 127.0.0.1 port with temp logs, models and plugins dirs."""
 
-    def __init__(self, work_dir: Path):
+    def __init__(self, work_dir: Path, defaults_dir: Path):
         self.port = free_port()
         self.logs_dir = work_dir / "logs"
         env = {key: value for key, value in os.environ.items() if not key.startswith("MOLTBOT_")}
+        # The tests' defaults (tiny-chat and MiniLM, tests/conftest.py), as every other live server of the suite.
         env.update(MOLTBOT_LOGS_DIR=str(self.logs_dir), MOLTBOT_MODELS_DIR=str(work_dir / "models"),
-                   MOLTBOT_PLUGINS_DIR=str(work_dir / "plugins"))
+                   MOLTBOT_PLUGINS_DIR=str(work_dir / "plugins"), MOLTBOT_DEFAULTS_DIR=str(defaults_dir))
         write_test_plugins(work_dir / "plugins")
         self.output: list[str] = []
         self.ready = threading.Event()
-        # cwd: the checkout, so the default models cache (./data/defaults) is shared with the other tests.
         self.process = subprocess.Popen([str(MOLTBOT), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read_output, daemon=True).start()
@@ -88,7 +88,7 @@ def short_runtime_down_rules(work_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, defaults_dir):
     work_dir = tmp_path_factory.mktemp("monitoring-integration")
     stopped = []
     try:
@@ -101,7 +101,7 @@ def stack(tmp_path_factory):
         # A stand-in DCGM exporter on the same address as the runtime: to the rules, a GPU host.
         dcgm = serve_dcgm_sample()
         stopped.append(dcgm.shutdown)
-        runtime = Runtime(work_dir)
+        runtime = Runtime(work_dir, defaults_dir)
         stopped.append(runtime.stop)
         prometheus = Prometheus(work_dir, {"moltbot": [f"127.0.0.1:{runtime.port}"], "node": [exporter_address],
                                            "alertmanager": [alertmanager.address],

@@ -10,7 +10,9 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -204,11 +206,19 @@ def test_a_worker_cannot_read_the_services_environment(tmp_path):
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
         assert outcome["result"] == {"refused": "PermissionError"} and outcome["own"] is True
     else:
-        env["PYTHONPATH"] = str(REPO / "runtime")
+        # `nobody` must be able to read the package: a checkout may sit under a folder closed to other users
+        # (CI's clone in a mktemp -d folder, pytest's tmp_path), so it gets a world-readable copy.
+        readable = Path(tempfile.mkdtemp(prefix="moltbot-nobody-"))
+        shutil.copytree(REPO / "runtime" / "moltbot", readable / "moltbot",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [readable, *readable.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        env["PYTHONPATH"] = str(readable)
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
                                "-c", READ_PARENT_AS_NOBODY], cwd="/", env=env, capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr[-3000:]
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
         assert outcome == {"protected": True, "result": "PermissionError", "own": True}
+        shutil.rmtree(readable)
     assert "sk-the-service-key" not in done.stdout

@@ -95,8 +95,9 @@ def test_admin_keys_are_their_own_mounted_file(host, container):
 
 def test_admin_routes_need_the_admin_key(host):
     reload_url = "http://127.0.0.1:8080/v1/plugins/reload"
-    assert http(host, reload_url, "-X", "POST", "-H", f"'Authorization: Bearer {KEY}'") == 403
-    assert http(host, reload_url, "-X", "POST", "-H", f"'Authorization: Bearer {ADMIN_KEY}'") == 200
+    json_body = ("-X", "POST", "-H", "'Content-Type: application/json'", "-d", "'{}'")  # POSTs must be JSON (415)
+    assert http(host, reload_url, *json_body, "-H", f"'Authorization: Bearer {KEY}'") == 403
+    assert http(host, reload_url, *json_body, "-H", f"'Authorization: Bearer {ADMIN_KEY}'") == 200
     assert http(host, "http://127.0.0.1:8080/v1/models", "-H", f"'Authorization: Bearer {ADMIN_KEY}'") == 200
 
 

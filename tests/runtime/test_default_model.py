@@ -138,6 +138,21 @@ def test_defaults_are_made_again_only_for_another_precision(tmp_path, precision,
     assert ModelRegistry(settings)._defaults_current() is current
 
 
+def test_baked_defaults_the_process_cannot_write_are_served_as_made(tmp_path, monkeypatch):
+    """The image's defaults (owned by root, the service runs as 10001): the CPU image on a GPU host (device cuda
+    asks for fp16) serves its baked int8 graph, for the CUDA health gate to name, instead of failing to make fp16
+    models it has no builder for. (As root every folder is writable: the folder's access is what is stood in for.)"""
+    import moltbot.engine.registry as registry_module
+
+    folder = _fake_defaults(tmp_path, {SMOLLM2: {"folder": f"{SMOLLM2}-int8", "task": "chat", "precision": "int8",
+                                                "recipe": chat_recipe("int8", "cpu")},
+                                       EMBED: {"folder": EMBED, "task": "embeddings"}})
+    settings = Settings(defaults_dir=folder, models_dir=tmp_path / "models", device="cuda").validate()
+    assert ModelRegistry(settings)._defaults_current() is False  # writable: made again at fp16
+    monkeypatch.setattr(registry_module.os, "access", lambda path, mode: Path(path) != folder)
+    assert ModelRegistry(settings)._defaults_current() is True
+
+
 def test_a_defaults_folder_listing_other_models_is_served_as_made(tmp_path):
     """The tests' fixture folder (tiny-chat) is served as it is, whatever the precision settings."""
     folder = _fake_defaults(tmp_path, {"tiny-chat": {"folder": "tiny-chat", "task": "chat", "max_tokens": 64}})

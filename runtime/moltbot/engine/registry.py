@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -104,11 +105,15 @@ class ModelRegistry:
 
     def _defaults_current(self) -> bool:
         """Made, and the default chat model at the precision the settings ask for. A folder listing other models
-        (the tests' fixtures) is served as it is."""
+        (the tests' fixtures) is served as it is, and so is a complete one this process cannot write (an image's
+        baked models: the CPU image on a GPU host serves its int8 graph, which the CUDA health gate then names,
+        rather than failing to make fp16 models it has no builder for)."""
         folder = self.settings.defaults_dir
         manifest = read_defaults_manifest(folder)
         if not manifest or not all((folder / str(e.get("folder")) / "model.onnx").exists() for e in manifest.values()):
             return False
+        if not os.access(folder, os.W_OK):
+            return True
         precision = default_chat_precision(self.settings.default_chat_precision, self.settings.device)
         recipe = chat_recipe(precision, self.settings.device)
         return all(entry.get("precision") == precision and entry.get("recipe") == recipe

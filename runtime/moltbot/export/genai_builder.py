@@ -95,7 +95,10 @@ def _run_builder(interpreter: str, src: Path, out: Path, precision: str, device:
     result = subprocess.run(
         [interpreter, "-P", str(Path(__file__).with_name("builder_shim.py")), "-i", str(src), "-o", str(out),
          "-p", precision, "-e", device, "-c", str(cache), *(["--extra_options", *extra] if extra else [])],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        capture_output=True, text=True,
+        # TMPDIR in the work folder: what the builder leaves in a temporary folder (hundreds of MB when it is
+        # killed midway) goes with the work folder instead of piling up in /tmp.
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(cache.parent)})
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
         if _NOT_COVERED in result.stderr:

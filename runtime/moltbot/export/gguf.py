@@ -101,7 +101,7 @@ def gguf_to_checkpoint(gguf_file: str | Path, out_dir: str | Path, python: str |
         result = subprocess.run([interpreter, "-P", str(Path(__file__).with_name("gguf_convert.py")),
                                  str(gguf_file.resolve()), str(work)], capture_output=True, text=True,
                                 env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                     "HOME": str(work)})
+                                     "HOME": str(work), "TMPDIR": str(work)})
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
             raise RuntimeError(f"dequantising {gguf_file} failed: {tail[0]}")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from moltbot.plugins.cli import add_subcommands
-from moltbot.plugins.errors import PluginNotFound
+from moltbot.plugins.errors import PluginNotATool, PluginNotFound
 from moltbot.plugins.manager import PluginManager
 from moltbot.plugins.tools import plugin_tool_specs, run_tool_calls
 from plugin_helpers import BUILTIN_PLUGINS, make_settings, write_plugin
@@ -41,6 +41,10 @@ async def test_tool_specs_and_tool_calls(plugins_root, tmp_path):
     }]
     with pytest.raises(PluginNotFound):
         plugin_tool_specs(manager, ["weather", "stocks"])
+    write_plugin(plugins_root, "wiper", WEATHER, {**WEATHER_CONFIG, "name": "wiper", "tool": False})
+    await manager.load_all()
+    with pytest.raises(PluginNotATool, match="tool"):
+        plugin_tool_specs(manager, ["weather", "wiper"])
 
     tool_calls = [
         {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}},

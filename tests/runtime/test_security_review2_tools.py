@@ -115,6 +115,11 @@ def test_a_call_of_a_plugin_the_request_did_not_offer_goes_back_to_the_client(se
     assert calls(server, injected) == before
 
 
+def test_the_listing_says_which_plugins_are_offered_to_models(server):
+    listed = httpx.get(server.url + "/v1/plugins", timeout=30).json()["data"]
+    assert {p["name"]: p["tool"] for p in listed} == {"echo": True, "secret": True, "wipe": True, "hidden": False}
+
+
 def test_an_offered_plugin_runs(server):
     before = calls(server, "echo")
     reply = chat(server, ["echo"], "echo")

@@ -32,6 +32,7 @@ from moltbot.plugins.errors import (
     PluginFailed,
     PluginForbidden,
     PluginInputError,
+    PluginNotATool,
     PluginNotFound,
     PluginTimeout,
     PluginUnavailable,
@@ -46,8 +47,8 @@ ERROR_TYPES = {
     503: "service_unavailable", 504: "timeout_error",
 }
 PLUGIN_STATUS: dict[type[PluginAPIError], int] = {
-    PluginInputError: 400, PluginForbidden: 403, PluginNotFound: 404, PluginUnavailable: 409, PluginError: 422,
-    PluginFailed: 500, PluginTimeout: 504,
+    PluginInputError: 400, PluginNotATool: 400, PluginForbidden: 403, PluginNotFound: 404, PluginUnavailable: 409,
+    PluginError: 422, PluginFailed: 500, PluginTimeout: 504,
 }
 
 ErrorResponse = tuple[int, dict[str, Any], dict[str, str]]

@@ -93,7 +93,7 @@ _OBJECT = {"description": "OK", "content": {"application/json": {"schema": {"typ
 add_paths({
     "/v1/plugins": {"get": {
         "summary": "List the plugins: name, version, description, enabled, status (loaded, error, disabled), "
-                   "load error, timeout, input schema",
+                   "load error, timeout, input schema, admin, tool (offered to models), isolation",
         "responses": {"200": _OBJECT, "401": _ERROR}}},
     "/v1/plugins/reload": {"post": {
         "summary": "Load the plugin folders again (all, or {\"names\": [...]}); a failed reload keeps the "

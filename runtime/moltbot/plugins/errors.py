@@ -40,6 +40,13 @@ class PluginUnavailable(PluginAPIError):
     code = "plugin_unavailable"
 
 
+class PluginNotATool(PluginAPIError):
+    """The plugin runs, but its config.json says `"tool": false`: it is never offered to a model."""
+
+    type = "invalid_request_error"
+    code = "plugin_not_a_tool"
+
+
 class PluginForbidden(PluginAPIError):
     """The call changes server state (config.json "admin") and the caller holds no admin key."""
 

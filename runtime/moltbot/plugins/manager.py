@@ -88,6 +88,7 @@ class PluginRecord:
             "timeout": config.timeout if config else None,
             "input_schema": schema,
             "admin": config.admin if config else False,
+            "tool": config.tool if config else False,
             "isolation": ("process" if isinstance(self.serving.instance, ProcessPlugin) else "thread")
             if self.serving else (config.isolation if config else None),
             "loaded_at": self.serving.loaded_at if self.serving else None,

@@ -8,15 +8,19 @@ from typing import Any
 
 from moltbot.logs import redact_urls
 
-from .errors import PluginAPIError, PluginForbidden, PluginInputError
+from .errors import PluginAPIError, PluginForbidden, PluginInputError, PluginNotATool
 from .manager import PluginManager
 
 
 def plugin_tool_specs(manager: PluginManager, names: list[str]) -> list[dict[str, Any]]:
-    """OpenAI `tools` entries for the named plugins; PluginNotFound / PluginUnavailable for one that cannot run."""
+    """OpenAI `tools` entries for the named plugins; PluginNotFound / PluginUnavailable for one that cannot run,
+    PluginNotATool for one whose config.json says `"tool": false` (the chat route would never run it as a tool)."""
     specs = []
     for name in names:
         plugin = manager.get(name)
+        if not plugin.config.tool:
+            raise PluginNotATool(f"plugin {name!r} is not offered to models (its config.json says \"tool\": false)",
+                                 param="tools")
         specs.append({
             "type": "function",
             "function": {

@@ -48,8 +48,6 @@ def test_fp32_graph_perplexity_within_2_percent_of_llama_cpp(measured):
 NOT_MET = {
     ("gemma3", "fp32 top-1"): "Gemma 3 fp32 top-1 vs llama.cpp 0.948 (target 0.95): llama.cpp computes with the "
                               "Q4_K blocks and 8-bit activations, the graph with the dequantised values",
-    ("smollm2", "int4"): "int4 re-quantises the dequantised Q4_1 weights: +59% perplexity (target 5%)",
-    ("gemma3", "int4"): "int4 re-quantises the dequantised Q4_K_M weights: +220% perplexity (target 5%)",
 }
 
 

@@ -25,6 +25,10 @@ EMBED = "all-minilm-l6-v2"
 # llama.cpp answers on the same Q4_1 file; the fp32 graph answers "The capital of France is Paris.").
 PARIS = [{"role": "system", "content": "You are a helpful assistant."},
          {"role": "user", "content": "What is the capital of France?"}]
+# The int4 graph computes with the file's own Q4_1 blocks, as llama.cpp does, and like llama-server on that file
+# (issue 21: "L'Étoile, la Marseillaise, ...") it answers the question above in French ("La femme de France, ...");
+# asked for one sentence it says "The capital of France is Paris."
+PARIS_ONE_SENTENCE = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +182,12 @@ def test_int4_on_request_is_made_once_beside_int8_and_served(tmp_path, real_defa
         card = next(m for m in httpx.get(srv.url + "/v1/models").json()["data"] if m["id"] == SMOLLM2)
         assert card["precision"] == "int4"
         reply = httpx.post(srv.url + "/v1/chat/completions", timeout=120, json={
-            "model": SMOLLM2, "messages": PARIS, "temperature": 0, "max_tokens": 24}).json()
+            "model": SMOLLM2, "messages": PARIS_ONE_SENTENCE, "temperature": 0, "max_tokens": 24}).json()
         print(f"\nint4: {reply['choices'][0]['message']['content']!r}")
         assert "Paris" in reply["choices"][0]["message"]["content"]
     finally:
         srv.stop()
     assert (folder / f"{SMOLLM2}-int4" / "model.onnx").exists() and (folder / f"{SMOLLM2}-int8").exists()
+    # The int4 graph holds the GGUF's own Q4_1 blocks (its Q8_0 embedding as 8-bit), not a second quantisation.
+    steps = json.loads((folder / f"{SMOLLM2}-int4" / "provenance.json").read_text())["conversion"]
+    assert any(s.startswith("int4 weights: the file's own blocks as MatMulNBits (Q4_1 x210, Q8_0 x1") for s in steps), steps

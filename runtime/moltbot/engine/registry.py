@@ -21,7 +21,7 @@ from moltbot.engine.config import ModelConfig, read_model_configs
 from moltbot.engine.errors import InvalidRequest, ModelNotFound
 from moltbot.engine.sources import ModelSourceError, fetch_remote
 from moltbot.engine.validation import SamplingRequest
-from moltbot.export.genai_builder import graph_recipe
+from moltbot.export.gguf import gguf_recipe
 from moltbot.settings import Settings
 
 log = logging.getLogger("moltbot.engine")
@@ -56,7 +56,7 @@ def default_chat_precision(requested: str, device: str) -> str:
 def chat_recipe(precision: str, device: str) -> str:
     """How the default chat model's graph is made (export/gguf.py's marker): a changed recipe (e.g. a fixed
     int8 quantisation) makes the cached graph again instead of serving the old one."""
-    return f"gguf-{graph_recipe(precision, device)}"
+    return gguf_recipe(precision, device)
 
 
 def read_defaults_manifest(folder: Path) -> dict[str, dict[str, Any]]:

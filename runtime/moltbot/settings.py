@@ -52,7 +52,8 @@ class Settings:
     )
     default_chat_precision: str = _doc(
         "Weights of the embedded default chat model (smollm2-135m-instruct): `auto` (int8 on the CPU, fp16 on "
-        "CUDA), `int8`, `int4` (smaller, faster, a little less exact) or `fp32`; another precision is made once "
+        "CUDA), `int8`, `int4` (the file's own Q4_1 blocks: a smaller graph, a little less exact, and on a 2-core "
+        "CPU slower than int8, docs/engine.md) or `fp32`; another precision is made once "
         "from the packaged GGUF with the model builder (builder_python).", default="auto",
     )
 

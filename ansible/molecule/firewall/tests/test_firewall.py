@@ -64,6 +64,14 @@ def test_docker_user_chain_is_loaded_for_ipv6(host):
     assert chain.strip().splitlines()[-1] == "-A DOCKER-USER -m conntrack --ctstate NEW -j DROP"
 
 
+def test_dcgm_exporter_port_is_open_to_the_monitoring_sources_only(host):
+    """DCGM's exporter is a container: its published 9400 goes through DOCKER-USER, not ufw's INPUT rules."""
+    rules = [r for r in host.check_output("iptables -S DOCKER-USER").splitlines() if "--ctorigdstport 9400" in r]
+    assert rules and all("-s 192.0.2.10/32" in r and r.endswith("-j RETURN") for r in rules), rules
+    # No IPv6 monitoring source: nothing opens 9400 over IPv6, so the final DROP applies.
+    assert "--ctorigdstport 9400" not in host.check_output("ip6tables -S DOCKER-USER")
+
+
 def test_moltbot_port_answers_from_the_network(listeners, probe, host_address):
     assert probe(f"http://{host_address}:8090/") == 200
 

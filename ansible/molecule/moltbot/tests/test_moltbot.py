@@ -1,6 +1,8 @@
 """The runtime container runs as the reference article's `docker run`, with limits, keys, TLS and plugins."""
 
 import json
+import os
+import re
 
 import pytest
 
@@ -153,3 +155,72 @@ def test_check_mode_diff_prints_no_plugin_secret(ansible_playbook):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert PLUGIN_SECRET not in output and rotated not in output
+
+
+# Re-runs (issue #25): the role's phase tags alone, and a model config dropped from the inventory.
+MODELS = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", ""), "models")
+
+
+def _recap_changed(output: str) -> int:
+    match = re.search(r"\sok=\d+\s+changed=(\d+)\s", output)
+    assert match, output[-3000:]
+    return int(match.group(1))
+
+
+def _changed_tasks(output: str) -> list[str]:
+    """The tasks and handlers ansible-playbook reported as changed."""
+    changed, current = [], ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:"):
+            changed.append(current)
+    return changed
+
+
+def _served_models(host) -> list[str]:
+    body = host.check_output(f"curl -fs --max-time 10 -H 'Authorization: Bearer {KEY}' http://127.0.0.1:8080/v1/models")
+    return sorted(m["id"] for m in json.loads(body)["data"])
+
+
+def test_model_configs_from_the_inventory_are_served(host):
+    assert host.file("/data/moltbot/models/svc-a.json").uid == 10001
+    assert _served_models(host) == ["svc-a", "svc-b"]
+    assert json.loads(host.file("/etc/moltbot/model-configs.json").content_string) == ["svc-a.json", "svc-b.json"]
+
+
+# `host` keeps these in file order (pytest runs the tests of a module-scoped parameter together): before the
+# test below drops a model config.
+@pytest.mark.parametrize("tag", ["moltbot_preflight", "moltbot_install", "moltbot_configure", "moltbot_run"])
+def test_each_phase_tag_runs_alone_and_changes_nothing(host, ansible_playbook, tag):
+    result = ansible_playbook("rerun.yml", "--tags", tag)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert _recap_changed(output) == 0, _changed_tasks(output)
+
+
+def test_a_model_config_dropped_from_the_inventory_is_removed_with_a_backup_and_the_runtime_restarted(
+        host, container, ansible_playbook):
+    before = host.file("/data/moltbot/models/svc-b.json").content_string
+    # The configure phase alone: the restart is its handler (with its own ready gate), not a run-phase expression.
+    result = ansible_playbook("rerun.yml", "--tags", "moltbot_configure", "-v",
+                              "-e", json.dumps({"moltbot_model_configs": [os.path.join(MODELS, "svc-a.json")]}))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "RUNNING HANDLER [moltbot : restart moltbot]" in output
+    assert PLUGIN_SECRET not in output  # the handler's result holds the container's variables: not logged
+    assert not host.file("/data/moltbot/models/svc-b.json").exists
+    backups = host.check_output("ls /data/moltbot/models/.removed").split()
+    assert len(backups) == 1 and re.fullmatch(r"svc-b\.json\.\d{8}T\d{6}Z", backups[0]), backups
+    assert host.file(f"/data/moltbot/models/.removed/{backups[0]}").content_string == before
+    assert json.loads(host.file("/etc/moltbot/model-configs.json").content_string) == ["svc-a.json"]
+    after = json.loads(host.check_output("docker inspect moltbot"))[0]
+    # Restarted, not recreated: the same container with its hardening and ports, a new process.
+    assert after["Id"] == container["Id"] and after["State"]["StartedAt"] != container["State"]["StartedAt"]
+    assert after["HostConfig"] == container["HostConfig"]
+    assert _served_models(host) == ["svc-a"]
+
+    # Idempotent: the whole role again with the same list changes nothing.
+    again = ansible_playbook("rerun.yml", "-e", json.dumps({"moltbot_model_configs": [os.path.join(MODELS, "svc-a.json")]}))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert _recap_changed(again.stdout) == 0, again.stdout[-3000:]

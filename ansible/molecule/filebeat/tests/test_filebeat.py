@@ -4,6 +4,9 @@ Not tested here (Elastic's repository and packages can't be reached): the real F
 configuration and shipping to Elasticsearch/Logstash; the stand-in checks what `filebeat test config` rejects.
 """
 
+import json
+import re
+
 import yaml
 
 
@@ -93,3 +96,15 @@ def test_check_mode_diff_prints_no_secret(ansible_playbook):
     assert "molecule-secret" not in result.stdout + result.stderr
     # The environment file would change: its task ran (and reported a change) without printing the content.
     assert "changed: [" in result.stdout.split("Write the service environment", 1)[1].split("TASK [", 1)[0]
+
+
+def test_disabled_role_changes_nothing_and_needs_no_ca(host, ansible_playbook):
+    """The example inventory ships with filebeat_enabled: false: a first run without the log server's CA passes."""
+    before = host.file("/etc/default/filebeat").content_string
+    result = ansible_playbook("converge.yml", "-e", json.dumps({
+        "filebeat_enabled": False, "filebeat_output_ca_cert": "/etc/filebeat/certs/not-there.crt",
+        "filebeat_output_ca_cert_src": "", "filebeat_output_password": "disabled-run-Secret"}))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert re.search(r"\sok=\d+\s+changed=0\s", output), output[-3000:]
+    assert host.file("/etc/default/filebeat").content_string == before

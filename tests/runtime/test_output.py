@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from moltbot.engine.logprobs import Logprobs
 from moltbot.engine.output import OutputProcessor, find_stop
 from moltbot.engine.sampling import SamplingParams
 from moltbot.engine.tokenizer import TextTokenizer
@@ -21,7 +22,7 @@ def feed(tokenizer, text: str, **params):
                              context_length=1000)
     deltas, finish = [], None
     for token in ids:
-        delta, finish = output.push(token)
+        delta, finish, _ = output.push(token)
         deltas.append(delta)
         if finish:
             break
@@ -52,7 +53,7 @@ def test_held_back_text_that_turns_out_not_to_be_a_stop_string_is_sent_later(tok
 def test_eos_max_tokens_and_the_end_of_the_context_finish_the_sequence(tokenizer):
     eos = next(iter(tokenizer.eos_token_ids))
     output = OutputProcessor(tokenizer, SamplingParams(max_tokens=10), prompt_tokens=0, context_length=100)
-    assert output.push(eos) == ("", "stop") and output.generated == []
+    assert output.push(eos) == ("", "stop", ()) and output.generated == []
     ignoring = OutputProcessor(tokenizer, SamplingParams(max_tokens=10, ignore_eos=True), prompt_tokens=0,
                                context_length=100)
     assert ignoring.push(eos)[1] is None and ignoring.generated == [eos]
@@ -69,3 +70,48 @@ def test_find_stop_looks_only_where_a_stop_string_can_still_start():
     assert find_stop("abc", ("STOP",), emitted=0) is None
     assert find_stop("STOP then more", ("STOP",), emitted=10) is None  # already sent: cannot be a new stop
     assert find_stop("xx ab", ("ab", "b"), emitted=0) == 3
+
+
+def with_logprobs(tokenizer, text: str, **params):
+    """Push `text` token by token, each with made-up log probabilities: per push, (text, tokens reported)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    output = OutputProcessor(tokenizer, SamplingParams(max_tokens=100, **params), prompt_tokens=0,
+                             context_length=1000)
+    steps = []
+    for position, token in enumerate(ids):
+        delta, finish, sent = output.push(token, Logprobs(token, -float(position)))
+        steps.append((delta, [(s.offset, s.logprobs.token) for s in sent]))
+        if finish:
+            break
+    return ids, steps
+
+
+def test_each_tokens_logprobs_go_out_with_its_text_and_say_where_it_starts(tokenizer):
+    text = "Hello world, how are you?"
+    ids, steps = with_logprobs(tokenizer, text)
+    assert [tokens for _, tokens in steps] == [[(len(tokenizer.decode(ids[:i])), t)] for i, t in enumerate(ids)]
+    assert all(delta for delta, _ in steps)
+
+
+def test_logprobs_are_held_back_with_their_text_and_none_are_sent_for_a_stop_string(tokenizer):
+    text = "Hello world, how are you?"
+    ids, steps = with_logprobs(tokenizer, text, stop=("how are",))
+    sent_text = "".join(delta for delta, _ in steps)
+    reported = [token for _, tokens in steps for _, token in tokens]
+    assert sent_text == "Hello world, "
+    # every token whose text starts before the stop string, in order; not one of the stop string's own
+    starts = [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
+    assert reported == [t for t, start in zip(ids, starts, strict=False) if start < len(sent_text)]
+    for delta, tokens in steps:  # a held-back token is reported when its text goes out, not before
+        if not delta:
+            assert not tokens
+
+
+def test_a_token_that_ends_inside_a_character_goes_out_with_the_text_that_completes_it(tokenizer):
+    text = "a 😀 b é"
+    ids, steps = with_logprobs(tokenizer, text)
+    assert any(not delta for delta, _ in steps)  # the emoji's first bytes add no text: a partial token
+    assert [token for _, tokens in steps for _, token in tokens] == ids  # all of them, in order
+    for delta, tokens in steps:  # each step's tokens are the bytes of exactly its text
+        assert b"".join(tokenizer.token_bytes(token) for _, token in tokens) == delta.encode()
+    assert "".join(delta for delta, _ in steps) == text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,48 @@ class TextTokenizer:
                 return full[:start], full[start + len(bare):]
         return [], []
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's own bytes, for log probabilities (a token may end inside a character, where its decoded text
+        would not say what it is): an added token's content, a byte-level BPE piece through GPT-2's byte
+        alphabet, a SentencePiece piece with its ▁ as a space and <0xNN> as that byte; otherwise its decoded
+        text."""
+        known = self._token_bytes.get(token_id)
+        if known is None:
+            known = self._token_bytes[token_id] = self._bytes_of(token_id)
+        return known
+
+    def _bytes_of(self, token_id: int) -> bytes:
+        piece: str | None = self.tokenizer.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added:
+            return piece.encode("utf-8")
+        if self._decoder == "byte-level" and all(c in _BYTE_ALPHABET for c in piece):
+            return bytes(_BYTE_ALPHABET[c] for c in piece)
+        if self._decoder == "sentencepiece":
+            byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+            return bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode("utf-8")
+        text: str = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text.encode("utf-8")
+
+    @cached_property
+    def _token_bytes(self) -> dict[int, bytes]:
+        return {}
+
+    @cached_property
+    def _added(self) -> set[int]:
+        return set(self.tokenizer.get_added_tokens_decoder())
+
+    @cached_property
+    def _decoder(self) -> str:
+        """How the tokenizer's pieces map to bytes: byte-level (GPT-2's alphabet), sentencepiece (▁ and byte
+        fallback), or other (decoded one by one)."""
+        decoder = json.dumps(json.loads(self.tokenizer.to_str()).get("decoder"))
+        if "ByteLevel" in decoder:
+            return "byte-level"
+        return "sentencepiece" if "\\u2581" in decoder or "Metaspace" in decoder or "ByteFallback" in decoder \
+            else "other"
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         return ids
@@ -138,6 +182,18 @@ class IncrementalDecoder:
         if len(window) > len(prefix) and not window.endswith("\ufffd"):
             self.text += window[len(prefix):]
             self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character to byte: printable bytes stand for themselves, the others for
+    the characters from U+0100 on, in order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+_BYTE_ALPHABET = _byte_alphabet()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

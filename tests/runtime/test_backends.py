@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from moltbot.api.protocol import ChatCompletionRequest
+from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest
 from moltbot.api.serving import OpenAIServing, RequestStats
 from moltbot.engine.backend import ChatInput, ChoiceDelta, Usage, collect
 from moltbot.engine.backends.service import ServiceBackend
@@ -126,8 +126,31 @@ def test_an_error_in_the_middle_of_a_stream_and_a_garbled_body_are_upstream_erro
 def test_the_validator_runs_before_the_upstream_is_called():
     backend, sent = backend_answering(lambda _: httpx.Response(200, json=REPLY))
     with pytest.raises(InvalidRequest) as refused:
-        asyncio.run(backend.chat(chat_input(stream=False, logprobs=True)))
-    assert refused.value.param == "logprobs" and sent == []
+        asyncio.run(backend.chat(chat_input(stream=False, top_logprobs=3)))  # needs logprobs: true
+    assert refused.value.param == "top_logprobs" and sent == []
+
+
+LOGPROBS = {"content": [{"token": "Hel", "logprob": -0.5, "bytes": [72, 101, 108],
+                         "top_logprobs": [{"token": "Hel", "logprob": -0.5, "bytes": [72, 101, 108]},
+                                          {"token": "Hi", "logprob": -1.5, "bytes": None}]}], "refusal": None}
+
+
+def test_the_sampling_fields_reach_the_upstream_and_its_logprobs_come_back():
+    """A service model's upstream gets the sampling fields (extensions such as top_k too: a strict upstream
+    refuses them itself) and its log probabilities reach the client: none is dropped on the way."""
+    fields = {"logprobs": True, "top_logprobs": 2, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+              "logit_bias": {"7": -100.0}, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2}
+    reply = {**REPLY, "choices": [{**REPLY["choices"][0], "logprobs": LOGPROBS}]}
+    backend, sent = backend_answering(lambda _: httpx.Response(200, json=reply))
+    events = asyncio.run(run(backend, chat_input(stream=False, **fields)))
+    assert {k: sent[0][k] for k in fields} == fields
+    [token] = events[0].logprobs
+    assert token.as_openai() == LOGPROBS["content"][0]
+    streamed = sse({**chunk({"content": "Hel"}), "choices": [{"index": 0, "delta": {"content": "Hel"},
+                                                              "logprobs": LOGPROBS, "finish_reason": "stop"}]})
+    backend, _ = backend_answering(lambda _: httpx.Response(200, content=streamed))
+    [delta, *_] = asyncio.run(run(backend, chat_input(stream=True, logprobs=True)))
+    assert [t.as_openai() for t in delta.logprobs] == LOGPROBS["content"]
 
 
 def test_streamed_service_chunks_carry_the_served_model_name():
@@ -154,3 +177,18 @@ def test_streamed_service_chunks_carry_the_served_model_name():
     assert calls[0] == {"index": 0, "id": "call_1", "type": "function",
                         "function": {"name": "echo", "arguments": '{"wo'}}
     assert got[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+
+
+def test_a_service_completions_logprobs_come_back_as_the_upstream_sent_them():
+    logprobs = {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -0.25],
+                "top_logprobs": [{"Hel": -0.5, "Hi": -1.5}, {"lo": -0.25, "p": -2.0}], "text_offset": [0, 3]}
+    reply = {"id": "up-3", "object": "text_completion", "model": "upstream-name",
+             "choices": [{"index": 0, "text": "Hello", "logprobs": logprobs, "finish_reason": "length"}],
+             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+    backend, sent = backend_answering(lambda _: httpx.Response(200, json=reply))
+    registry = ModelRegistry(Settings())
+    registry.models["served-name"] = backend
+    request = CompletionRequest.model_validate({"model": "served-name", "prompt": "x", "logprobs": 1})
+    answer = asyncio.run(OpenAIServing(registry, Settings()).completion(request, RequestStats()))
+    assert sent[0]["logprobs"] == 1
+    assert answer["choices"][0]["logprobs"] == logprobs

@@ -89,6 +89,9 @@ def test_deeply_nested_websocket_messages_and_plugin_inputs_are_400(server):
     ("n", "2"), ("seed", "7"), ("top_p", "1"), ("stream_options", {"include_usage": "true"}),
     ("ignore_eos", "true"), ("messages", [{"role": "user", "content": 5}]),
     ("tools", [{"type": "function", "function": {"name": 5}}]),
+    ("logprobs", "true"), ("top_logprobs", "2"), ("top_k", "40"), ("min_p", "0.1"), ("repetition_penalty", "1.1"),
+    ("presence_penalty", True), ("logit_bias", {"5": "1"}), ("logit_bias", [5]), ("response_format", "json"),
+    ("parallel_tool_calls", "no"), ("metadata", {"k": 1}), ("store", "false"),
 ])
 def test_field_types_are_strict_and_the_error_names_the_field(http, field, value):
     error = error_of(http.post("/v1/chat/completions", json={**GOOD, field: value}))

@@ -40,8 +40,21 @@ BAD_BODIES = [
     ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({**GOOD, "seed": "abc"}, "seed"),
     ({**GOOD, "stream": "yes please"}, "stream"),
-    ({**GOOD, "logprobs": True}, "logprobs"),
-    ({**GOOD, "presence_penalty": 1.0}, "presence_penalty"),
+    ({**GOOD, "logprobs": 1}, "logprobs"),  # a boolean in chat
+    ({**GOOD, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({**GOOD, "top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ({**GOOD, "presence_penalty": 2.5}, "presence_penalty"),
+    ({**GOOD, "frequency_penalty": "1"}, "frequency_penalty"),
+    ({**GOOD, "repetition_penalty": 0}, "repetition_penalty"),
+    ({**GOOD, "top_k": 1.5}, "top_k"),
+    ({**GOOD, "min_p": 1.5}, "min_p"),
+    ({**GOOD, "logit_bias": {"5": 101}}, "logit_bias.5"),
+    ({**GOOD, "logit_bias": {"99999": 1}}, "logit_bias"),  # not in the model's vocabulary
+    ({**GOOD, "logit_bias": {"five": 1}}, "logit_bias.five"),
+    ({**GOOD, "response_format": {"type": "json_object"}}, "response_format"),
+    ({**GOOD, "response_format": {"type": "xml"}}, "response_format"),
+    ({**GOOD, "store": True}, "store"),
+    ({**GOOD, "guided_json": {"type": "object"}}, "guided_json"),  # no field the API does not know is ignored
     ({k: v for k, v in GOOD.items() if k != "model"}, "model"),
     ({k: v for k, v in GOOD.items() if k != "messages"}, "messages"),
 ]
@@ -56,6 +69,9 @@ def test_invalid_chat_fields_are_400(client, body, param):
     ({"model": "tiny-chat", "prompt": []}, "prompt"),
     ({"model": "tiny-chat", "prompt": 12}, "prompt"),
     ({"model": "tiny-chat", "prompt": "x", "echo": True}, "echo"),
+    ({"model": "tiny-chat", "prompt": "x", "logprobs": 6}, "logprobs"),  # OpenAI's bound: 5
+    ({"model": "tiny-chat", "prompt": "x", "logprobs": True}, "logprobs"),  # a number in completions
+    ({"model": "tiny-chat", "prompt": "x", "best_of": 2}, "best_of"),
     # more sequences than the model ever takes at once (max_running 32 + max_queued 128)
     ({"model": "tiny-chat", "prompt": ["a"] * 11, "n": 16, "max_tokens": 1}, "n"),
 ])
@@ -69,6 +85,7 @@ def test_invalid_completion_fields_are_400(client, body, param):
     ({"model": "all-minilm-l6-v2", "input": [1, "a"]}, "input"),  # neither text nor token ids
     ({"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "hex"}, "encoding_format"),
     ({"model": "all-minilm-l6-v2", "input": "x", "dimensions": 12}, "dimensions"),
+    ({"model": "all-minilm-l6-v2", "input": "x", "truncate": True}, "truncate"),
 ])
 def test_invalid_embedding_fields_are_400(client, body, param):
     assert_error(client.post("/v1/embeddings", json=body), 400, param)

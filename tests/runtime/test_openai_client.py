@@ -114,3 +114,21 @@ def test_wrong_task_and_unknown_model_are_client_errors(oai):
     with pytest.raises(openai.NotFoundError) as err:
         oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert err.value.body["code"] == "model_not_found"
+
+
+def test_the_sdk_reads_logprobs_and_takes_the_sampling_parameters(oai):
+    reply = oai.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hello"}],
+                                        max_tokens=5, temperature=0.8, seed=1, logprobs=True, top_logprobs=2,
+                                        presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"0": -100},
+                                        extra_body={"ignore_eos": True, "top_k": 40, "min_p": 0.01,
+                                                    "repetition_penalty": 1.1})
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 5 and reply.usage.completion_tokens == 5
+    assert all(len(entry.top_logprobs) == 2 and entry.logprob <= 0 and entry.bytes for entry in content)
+    completion = oai.completions.create(model="tiny-chat", prompt="Hello", max_tokens=3, temperature=0, logprobs=1,
+                                        extra_body={"ignore_eos": True})
+    assert len(completion.choices[0].logprobs.tokens) == 3
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hello"}],
+                                    response_format={"type": "json_object"})
+    assert refused.value.body["param"] == "response_format"

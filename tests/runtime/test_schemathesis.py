@@ -53,7 +53,8 @@ def test_the_document_tells_what_the_server_does(server):
     stream = document["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"]
     assert stream["schema"]["required"] == ["data"]  # an SSE event object, its data a chunk or [DONE]
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
-    assert chat["properties"]["logprobs"]["anyOf"][0] == {"const": False}
+    assert chat["additionalProperties"] is False  # every chat model is local: unknown fields are refused
+    assert chat["properties"]["response_format"]["anyOf"][0] == {"$ref": "#/components/schemas/TextFormat"}
     assert "tiny-chat" in chat["properties"]["model"]["examples"]
     reload = document["paths"]["/v1/plugins/reload"]["post"]["requestBody"]["content"]["application/json"]
     assert reload["schema"]["properties"]["names"]["type"] == "array"

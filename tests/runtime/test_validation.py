@@ -9,7 +9,15 @@ import pytest
 from moltbot.engine.backend import ChatInput, ChoiceDelta, Generation, ModelInfo, Usage
 from moltbot.engine.errors import InvalidRequest
 from moltbot.engine.registry import ModelRegistry
-from moltbot.engine.validation import ModelLimits, SamplingRequest, check_dimensions, check_sampling, validate
+from moltbot.engine.validation import (
+    ModelLimits,
+    SamplingRequest,
+    check_dimensions,
+    check_embedding_inputs,
+    check_sampling,
+    check_tool_choice,
+    validate,
+)
 from moltbot.settings import Settings
 
 LIMITS = ModelLimits(model="m", context_length=100, capacity=6, default_temperature=0.7)
@@ -69,9 +77,29 @@ def test_more_sequences_than_the_model_takes_are_refused():
     (SamplingRequest(n=17), "n"),
     (SamplingRequest(stop=("a", "b", "c", "d", "e")), "stop"),
     (SamplingRequest(stop=("",)), "stop"),
-    (SamplingRequest(logprobs=True), "logprobs"),
+    (SamplingRequest(logprobs=-1), "logprobs"),
+    (SamplingRequest(logprobs=6), "logprobs"),
+    (SamplingRequest(logprobs=True, top_logprobs=21), "top_logprobs"),
+    (SamplingRequest(logprobs=True, top_logprobs=-1), "top_logprobs"),
+    (SamplingRequest(top_logprobs=2), "top_logprobs"),  # needs logprobs: true
+    (SamplingRequest(logprobs=False, top_logprobs=2), "top_logprobs"),
+    (SamplingRequest(presence_penalty=2.01), "presence_penalty"),
+    (SamplingRequest(presence_penalty=-2.01), "presence_penalty"),
+    (SamplingRequest(frequency_penalty=2.5), "frequency_penalty"),
+    (SamplingRequest(frequency_penalty=-2.5), "frequency_penalty"),
+    (SamplingRequest(repetition_penalty=0.0), "repetition_penalty"),
+    (SamplingRequest(repetition_penalty=2.01), "repetition_penalty"),
+    (SamplingRequest(top_k=-2), "top_k"),
+    (SamplingRequest(min_p=-0.1), "min_p"),
+    (SamplingRequest(min_p=1.01), "min_p"),
+    (SamplingRequest(logit_bias={"5": 100.5}), "logit_bias"),
+    (SamplingRequest(logit_bias={"5": -101.0}), "logit_bias"),
+    (SamplingRequest(logit_bias={str(i): 1.0 for i in range(301)}), "logit_bias"),
+    (SamplingRequest(logit_bias={"05": 1.0}), "logit_bias"),  # one spelling per id
+    (SamplingRequest(logit_bias={"-1": 1.0}), "logit_bias"),
+    (SamplingRequest(logit_bias={"x": 1.0}), "logit_bias"),
 ])
-def test_every_backend_refuses_out_of_range_options_and_logprobs(sampling, param):
+def test_every_backend_refuses_out_of_range_options(sampling, param):
     with pytest.raises(InvalidRequest) as refused:
         check_sampling(sampling)
     assert refused.value.param == param
@@ -79,18 +107,71 @@ def test_every_backend_refuses_out_of_range_options_and_logprobs(sampling, param
 
 
 @pytest.mark.parametrize("sampling,param", [
-    (SamplingRequest(presence_penalty=0.5), "presence_penalty"),
-    (SamplingRequest(frequency_penalty=-1.0), "frequency_penalty"),
     (SamplingRequest(echo=True), "echo"),
     (SamplingRequest(suffix="end"), "suffix"),
+    (SamplingRequest(response_format="json_object"), "response_format"),
+    (SamplingRequest(response_format="json_schema"), "response_format"),
+    (SamplingRequest(unknown_fields=("guided_json", "other")), "guided_json"),
 ])
 def test_what_only_the_local_sampler_lacks_is_refused_for_local_models_only(sampling, param):
     check_sampling(sampling)  # a service model's upstream may honour it
     assert refusal(sampling).param == param
 
 
-def test_zero_penalties_are_accepted():
-    validate(SamplingRequest(presence_penalty=0.0, frequency_penalty=0.0), [[1]], LIMITS)
+def test_the_refusals_say_why():
+    assert refusal(SamplingRequest(response_format="json_schema")).message.startswith(
+        "response_format json_schema is not supported by this server yet")
+    unknown = refusal(SamplingRequest(unknown_fields=("guided_json",)))
+    assert (unknown.message, unknown.code) == ("Unrecognized request argument supplied: guided_json",
+                                               "unknown_parameter")
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingRequest(presence_penalty=-2.0, frequency_penalty=2.0), SamplingRequest(repetition_penalty=2.0),
+    SamplingRequest(top_k=-1), SamplingRequest(top_k=0), SamplingRequest(min_p=0.0), SamplingRequest(min_p=1.0),
+    SamplingRequest(logprobs=0), SamplingRequest(logprobs=5), SamplingRequest(logprobs=True, top_logprobs=0),
+    SamplingRequest(logprobs=True, top_logprobs=20), SamplingRequest(logprobs=False),
+    SamplingRequest(logit_bias={"0": -100.0, "99": 100.0}), SamplingRequest(response_format="text"),
+])
+def test_the_bounds_themselves_are_accepted(sampling):
+    check_sampling(sampling)
+    validate(sampling, [[1]], LIMITS)
+
+
+def test_sampling_options_reach_the_sampler():
+    sampling = SamplingRequest(top_k=40, min_p=0.05, repetition_penalty=1.1, presence_penalty=0.5,
+                               frequency_penalty=-0.5, logit_bias={"7": -100.0, "3": 2.5}, logprobs=True,
+                               top_logprobs=4)
+    params = validate(sampling, [[1]], LIMITS).params
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.presence_penalty,
+            params.frequency_penalty) == (40, 0.05, 1.1, 0.5, -0.5)
+    assert params.logit_bias == ((3, 2.5), (7, -100.0)) and params.logprobs == 4
+    defaults = validate(SamplingRequest(top_k=-1), [[1]], LIMITS).params
+    assert (defaults.top_k, defaults.min_p, defaults.repetition_penalty, defaults.presence_penalty,
+            defaults.logit_bias, defaults.logprobs) == (0, 0.0, 1.0, 0.0, (), None)
+    assert not defaults.penalised and defaults.route == "drawn"  # at the model's temperature, 0.7
+    assert validate(SamplingRequest(temperature=0, logprobs=True), [[1]], LIMITS).params.route == "plain"
+    assert validate(SamplingRequest(temperature=0, presence_penalty=0.1), [[1]], LIMITS).params.route == "adjusted"
+    # chat's logprobs true without top_logprobs: the sampled token's alone; completions' a number of them
+    assert validate(SamplingRequest(logprobs=True), [[1]], LIMITS).params.logprobs == 0
+    assert validate(SamplingRequest(logprobs=3), [[1]], LIMITS).params.logprobs == 3
+    assert validate(SamplingRequest(logprobs=False, top_logprobs=None), [[1]], LIMITS).params.logprobs is None
+
+
+def test_logit_bias_ids_are_checked_against_the_vocabulary_as_prompts_are():
+    limits = ModelLimits(model="m", context_length=100, capacity=6, default_temperature=0.7, vocab_size=50)
+    validate(SamplingRequest(logit_bias={"49": 1.0}), [[1]], limits)
+    with pytest.raises(InvalidRequest) as refused:
+        validate(SamplingRequest(logit_bias={"50": 1.0}), [[1]], limits)
+    assert (refused.value.param, refused.value.code) == ("logit_bias", "invalid_token_ids")
+    assert "token id 50 is not in the vocabulary" in refused.value.message
+
+
+def test_an_embedding_input_the_tokenizer_takes_nothing_from_is_its_special_tokens_alone():
+    assert check_embedding_inputs([[5], []], LIMITS, truncate=False, reserved=2) == [[5], []]  # [CLS] [SEP]
+    with pytest.raises(InvalidRequest) as refused:
+        check_embedding_inputs([[5], []], LIMITS, truncate=False)  # a model without them: nothing to embed
+    assert refused.value.param == "input"
 
 
 def test_embedding_dimensions_must_be_the_models_own():
@@ -140,5 +221,29 @@ def test_the_plugins_chat_builds_the_same_sampling_request():
 
 def test_the_plugins_chat_refuses_options_it_does_not_know():
     with pytest.raises(InvalidRequest) as refused:
-        asyncio.run(registry_with(RecordingBackend()).chat([{"role": "user", "content": "hi"}], top_k=5))
-    assert refused.value.param == "top_k"
+        asyncio.run(registry_with(RecordingBackend()).chat([{"role": "user", "content": "hi"}], best_of=5))
+    assert refused.value.param == "best_of"
+
+
+def test_the_plugins_chat_takes_the_new_options_and_returns_logprobs_when_asked():
+    backend = RecordingBackend()
+    registry = registry_with(backend)
+    reply = asyncio.run(registry.chat([{"role": "user", "content": "hi"}], top_k=5, min_p=0.1, logprobs=True,
+                                      top_logprobs=2, logit_bias={"3": -100.0}))
+    assert reply["logprobs"] == []  # the recording backend reports none; the key says they were asked for
+    [request] = backend.requests
+    assert (request.sampling.top_k, request.sampling.min_p, request.sampling.logit_bias) == (5, 0.1, {"3": -100.0})
+    assert request.openai_body["top_logprobs"] == 2
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(registry.chat([{"role": "user", "content": "hi"}], unknown_fields=("x",)))
+    assert refused.value.param == "unknown_fields"
+
+
+def test_parallel_tool_calls_false_is_refused_where_a_model_cannot_be_held_to_one_call():
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert check_tool_choice(None, tools, constrained=False) is True
+    with pytest.raises(InvalidRequest) as refused:
+        check_tool_choice(None, tools, constrained=False, parallel=False)
+    assert (refused.value.param, refused.value.code) == ("parallel_tool_calls", "unsupported_parameter")
+    assert check_tool_choice(None, None, constrained=False, parallel=False) is False  # no tools: nothing to limit
+    assert check_tool_choice("auto", tools, constrained=True, parallel=False) is True  # an upstream honours it

@@ -21,28 +21,33 @@ from moltbot.api.protocol import (
     ModelCard,
     ModelList,
 )
+from moltbot.engine.validation import MAX_BIAS, MAX_LOGIT_BIAS
 
 _SCHEMAS = (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ModelCard, ErrorResponse)
 _EXTRA_PATHS: dict[str, Any] = {}  # other blueprints' paths (the plugin routes), see add_paths
 
 _NULL = {"type": "null"}
-# Fields OpenAI defines that this server refuses unless they ask for nothing (its models return no log
-# probabilities, the local sampler has no penalties, completions neither echo nor insert): declared with the only
-# values taken, so that a body the document calls valid is served.
+# Fields OpenAI defines that this server refuses unless they ask for nothing (completions neither echo nor
+# insert): declared with the only values taken, so that a body the document calls valid is served.
 _ONLY_OFF = {
-    "ChatCompletionRequest": {
-        "logprobs": {"anyOf": [{"const": False}, _NULL], "description": "Not returned by this server."},
-        "presence_penalty": {"anyOf": [{"const": 0}, _NULL], "description": "Only 0 (local models)."},
-        "frequency_penalty": {"anyOf": [{"const": 0}, _NULL], "description": "Only 0 (local models)."},
-    },
     "CompletionRequest": {
-        "logprobs": {"anyOf": [{"const": 0}, {"const": False}, _NULL], "description": "Not returned."},
-        "presence_penalty": {"anyOf": [{"const": 0}, _NULL], "description": "Only 0 (local models)."},
-        "frequency_penalty": {"anyOf": [{"const": 0}, _NULL], "description": "Only 0 (local models)."},
         "echo": {"const": False, "default": False, "description": "Not supported: false only."},
         "suffix": {"anyOf": [{"const": ""}, _NULL], "description": "Not supported: empty or null only."},
     },
 }
+# What a local chat model does not do yet, where every chat model is local: JSON output (no constrained
+# decoding), holding the model to one tool call.
+_LOCAL_CHAT_ONLY = {
+    "response_format": {"anyOf": [{"$ref": "#/components/schemas/TextFormat"}, _NULL], "default": None,
+                        "description": "text only (json_object and json_schema are refused: no constrained decoding "
+                                       "yet)"},
+}
+_PARALLEL_RULE = {  # parallel_tool_calls false is refused with tools (a local model cannot be held to one call)
+    "if": {"required": ["parallel_tool_calls"], "properties": {"parallel_tool_calls": {"const": False}}},
+    "then": {"not": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}}}
+_TOP_LOGPROBS_RULE = {  # top_logprobs needs logprobs: true
+    "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"not": _NULL}}},
+    "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}
 
 _USAGE = {"type": "object", "required": ["prompt_tokens", "total_tokens"], "properties": {
     "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
@@ -52,13 +57,33 @@ _TOOL_CALL = {"type": "object", "required": ["id", "type", "function"], "propert
     "function": {"type": "object", "required": ["name", "arguments"],
                  "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}}}}
 _FINISH = {"anyOf": [{"enum": ["stop", "length", "tool_calls", "cancelled"]}, _NULL]}
+_BYTES = {"anyOf": [{"type": "array", "items": {"type": "integer"}}, _NULL]}
+_TOP_FIELDS: dict[str, Any] = {"token": {"type": "string"}, "logprob": {"type": "number"}, "bytes": _BYTES}
+_TOP_LOGPROB = {"type": "object", "required": ["token", "logprob", "bytes"], "properties": _TOP_FIELDS}
+_TOKEN_LOGPROBS = {"type": "array", "items": {
+    "type": "object", "required": ["token", "logprob", "bytes", "top_logprobs"], "properties": {
+        **_TOP_FIELDS, "top_logprobs": {"type": "array", "items": _TOP_LOGPROB}}}}
+_CHAT_LOGPROBS = {"anyOf": [_NULL, {
+    "type": "object", "required": ["content", "refusal"],
+    "description": "With logprobs: true. Of the model's raw distribution (before logit_bias, penalties, temperature "
+                   "and top-k / top-p / min-p).",
+    "properties": {"content": {"anyOf": [_TOKEN_LOGPROBS, _NULL]}, "refusal": {"anyOf": [_TOKEN_LOGPROBS, _NULL]}}}]}
+_COMPLETION_LOGPROBS = {"anyOf": [_NULL, {
+    "type": "object", "required": ["tokens", "token_logprobs", "top_logprobs", "text_offset"],
+    "description": "With logprobs: n. Of the model's raw distribution; each position's top_logprobs has the n most "
+                   "likely tokens and the sampled one.",
+    "properties": {"tokens": {"type": "array", "items": {"type": "string"}},
+                   "token_logprobs": {"type": "array", "items": {"type": ["number", "null"]}},
+                   "top_logprobs": {"type": "array", "items": {"type": "object",
+                                                               "additionalProperties": {"type": "number"}}},
+                   "text_offset": {"type": "array", "items": {"type": "integer"}}}}]}
 _RESPONSES: dict[str, Any] = {
     "ChatCompletion": {"type": "object", "required": ["id", "object", "created", "model", "choices"], "properties": {
         "id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"},
         "model": {"type": "string"}, "usage": _USAGE,
         "choices": {"type": "array", "items": {"type": "object", "required": ["index", "message", "finish_reason"],
                                                "properties": {
-            "index": {"type": "integer"}, "finish_reason": _FINISH, "logprobs": _NULL,
+            "index": {"type": "integer"}, "finish_reason": _FINISH, "logprobs": _CHAT_LOGPROBS,
             "message": {"type": "object", "required": ["role", "content", "refusal"], "properties": {
                 "role": {"const": "assistant"}, "content": {"type": ["string", "null"]}, "refusal": _NULL,
                 "tool_calls": {"type": "array", "items": _TOOL_CALL}}}}}},
@@ -71,7 +96,7 @@ _RESPONSES: dict[str, Any] = {
             "id": {"type": "string"}, "object": {"const": "chat.completion.chunk"}, "created": {"type": "integer"},
             "model": {"type": "string"}, "usage": _USAGE,
             "choices": {"type": "array", "items": {"type": "object", "required": ["index", "delta"], "properties": {
-                "index": {"type": "integer"}, "finish_reason": _FINISH, "logprobs": _NULL,
+                "index": {"type": "integer"}, "finish_reason": _FINISH, "logprobs": _CHAT_LOGPROBS,
                 "delta": {"type": "object", "properties": {
                     "role": {"const": "assistant"}, "content": {"type": "string"},
                     "tool_calls": {"type": "array", "items": {
@@ -84,7 +109,8 @@ _RESPONSES: dict[str, Any] = {
         "model": {"type": "string"}, "usage": _USAGE,
         "choices": {"type": "array", "items": {"type": "object", "required": ["index", "text", "finish_reason"],
                                                "properties": {"index": {"type": "integer"}, "text": {"type": "string"},
-                                                              "finish_reason": _FINISH, "logprobs": _NULL}}}},
+                                                              "finish_reason": _FINISH,
+                                                              "logprobs": _COMPLETION_LOGPROBS}}}},
         "description": "Also one server-sent event `data: <completion chunk>` each when streamed (then [DONE])."},
     "EmbeddingList": {"type": "object", "required": ["object", "data", "model", "usage"], "properties": {
         "object": {"const": "list"}, "model": {"type": "string"}, "usage": _USAGE,
@@ -144,7 +170,8 @@ class Served:
     chat_vocab: int = 0  # the smallest vocabulary among the local chat models (0: not known)
     embedding_vocab: int = 0  # the same among the local embedding models
     capacity: int = 0  # the fewest sequences a chat model takes at once (prompts x n), 0: not known
-    local_chat: bool = False  # every chat model is local: tool_choice none or auto only
+    local_chat: bool = False  # every chat model is local: tool_choice none or auto only, no unknown fields
+    local_embeddings: bool = False  # every embedding model is local: no unknown fields
 
 
 def openapi_document(api_keys: bool = False, served: Served = Served()) -> dict[str, Any]:
@@ -169,13 +196,22 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
                           served.capacity if name == "CompletionRequest" else 0)
     chat = schemas["ChatCompletionRequest"]
     # tool_choice needs tools; a local model cannot be made to call one (required, a named function: refused)
-    chat.setdefault("allOf", []).append({
+    chat.setdefault("allOf", []).extend([{
         "if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"type": "null"}}}},
-        "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}})
+        "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
+        copy.deepcopy(_TOP_LOGPROBS_RULE)])
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        schemas[name]["properties"]["logit_bias"] = _logit_bias(served.chat_vocab if served.local_chat else 0)
     if served.local_chat:
         chat["properties"]["tool_choice"] = {"anyOf": [{"enum": ["none", "auto"]}, _NULL], "default": None,
                                              "description": "none or auto (required and a named function are "
                                                             "refused: a local model cannot be made to call one)"}
+        chat["properties"].update(copy.deepcopy(_LOCAL_CHAT_ONLY))
+        chat["allOf"].append(copy.deepcopy(_PARALLEL_RULE))
+    # A local model refuses the fields the API does not know; a service model's upstream never gets them.
+    for name, local in (("ChatCompletionRequest", served.local_chat), ("CompletionRequest", served.local_chat),
+                        ("EmbeddingRequest", served.local_embeddings)):
+        schemas[name]["additionalProperties"] = not local
     if served.dimensions:
         schemas["EmbeddingRequest"]["properties"]["dimensions"] = {
             "anyOf": [{"enum": sorted(set(served.dimensions))}, _NULL],
@@ -252,6 +288,29 @@ def _limit_inputs(schema: Any, vocab: int, capacity: int) -> None:
     for key in ("anyOf", "items"):
         if key in schema:
             _limit_inputs(schema[key], vocab, capacity)
+
+
+def _logit_bias(vocab: int) -> dict[str, Any]:
+    """logit_bias as the server takes it: token ids (within the vocabulary, where known) to biases."""
+    ids = _ids_below(vocab) if vocab else r"^(0|[1-9][0-9]*)$"
+    return {"anyOf": [{"type": "object", "maxProperties": MAX_LOGIT_BIAS, "propertyNames": {"pattern": ids},
+                       "additionalProperties": {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS}},
+                      _NULL], "default": None,
+            "description": "Token ids (decimal strings) to a bias from -100 to 100, added to the logits."}
+
+
+def _ids_below(vocab: int) -> str:
+    """A regular expression of the token ids 0 to vocab - 1 as decimal strings (no leading zeros)."""
+    top = str(vocab - 1)
+    options = {"0", top}
+    if len(top) > 1:
+        options.add(f"[1-9][0-9]{{0,{len(top) - 2}}}")  # the shorter numbers
+    for i, digit in enumerate(top):  # as long as the highest: its first i digits, then a lower one, then any
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            rest = len(top) - i - 1
+            options.add(f"{top[:i]}[{low}-{int(digit) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "^(" + "|".join(sorted(options)) + ")$"
 
 
 def add_paths(extra: dict[str, Any]) -> None:

@@ -14,8 +14,14 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from moltbot.engine.backend import ChatInput, CompletionInput, EmbeddingInput
+from moltbot.engine.logprobs import MAX_TOP_LOGPROBS
 from moltbot.engine.validation import (
+    MAX_BIAS,
     MAX_CHOICES,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MAX_PENALTY,
+    MAX_REPETITION_PENALTY,
     MAX_STOP_SEQUENCES,
     MAX_TEMPERATURE,
     NamedTool,
@@ -38,6 +44,18 @@ PositiveInt = Annotated[int, Field(gt=0), BeforeValidator(_integral)]
 ChoiceCount = Annotated[int, Field(ge=1, le=MAX_CHOICES), BeforeValidator(_integral)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_integral)]
 ToolRounds = Annotated[int, Field(ge=1, le=16), BeforeValidator(_integral)]
+TopK = Annotated[int, Field(ge=-1), BeforeValidator(_integral)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), BeforeValidator(_integral)]
+CompletionLogprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS), BeforeValidator(_integral)]
+Penalty = Annotated[float, Field(ge=-MAX_PENALTY, le=MAX_PENALTY)]
+# logit_bias: token ids as JSON keys (decimal, one spelling each) to a bias; the engine checks them against the
+# model's vocabulary.
+TokenIdKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]*)$")]
+LogitBias = Annotated[dict[TokenIdKey, Annotated[float, Field(ge=-MAX_BIAS, le=MAX_BIAS)]],
+                      Field(max_length=MAX_LOGIT_BIAS)]
+# OpenAI's metadata: at most 16 pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+                     Field(max_length=16)]
 
 
 class _Strict(BaseModel):
@@ -46,8 +64,12 @@ class _Strict(BaseModel):
 
 
 class _Request(_Strict):
-    # Unknown fields are accepted and ignored (as vLLM does), so that newer clients keep working.
+    # Unknown fields pass the schema and reach the engine by name (`unknown_fields`): a local model refuses them,
+    # naming the field, rather than ignoring them; a service model's upstream gets only the fields it forwards.
     model_config = ConfigDict(extra="allow", strict=True)
+
+    def unknown_fields(self) -> tuple[str, ...]:
+        return tuple(self.model_extra or ())
 
 
 class TextPart(_Strict):
@@ -137,6 +159,29 @@ class NamedFunction(_Strict):
     name: str
 
 
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchema(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 class NamedToolChoice(_Strict):
     type: Literal["function"]
     function: NamedFunction
@@ -202,11 +247,15 @@ class _SamplingRequest(_Request):
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logprobs: bool | Int | None = None
-    user: str | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    user: str | None = None  # metadata: taken, changes nothing
     ignore_eos: bool = False  # extension (as vLLM): generate max_tokens whatever the model says
+    # Extensions (as vLLM names them), forwarded to a service model's upstream like OpenAI's own fields.
+    top_k: TopK | None = None  # 0 or -1: off
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=MAX_REPETITION_PENALTY)
 
     @field_validator("stop")
     @classmethod
@@ -224,20 +273,30 @@ class _SamplingRequest(_Request):
         """The generation options for the engine; `max_tokens` as the endpoint reads it (chat, completions)."""
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         return SamplingRequest(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, n=self.n,
-                               stop=stop, seed=self.seed, ignore_eos=self.ignore_eos, logprobs=self.logprobs,
-                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty)
+                               stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
+                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                               logit_bias=self.logit_bias, top_k=self.top_k, min_p=self.min_p,
+                               repetition_penalty=self.repetition_penalty, unknown_fields=self.unknown_fields())
 
     def openai_body(self) -> dict[str, Any]:
         """What the client sent, less our model name and our extensions: what a service model's upstream gets."""
-        return self.model_dump(exclude_unset=True, exclude={"model", *EXTENSIONS})
+        return self.model_dump(exclude_unset=True, exclude={"model", *EXTENSIONS}, by_alias=True)
 
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = None  # a boolean in chat (a number of tokens in completions)
+    top_logprobs: TopLogprobs | None = None
     max_completion_tokens: PositiveInt | None = None
+    response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Metadata: taken, change nothing (a server that keeps no completions: store false only).
+    metadata: Metadata | None = None
+    store: Literal[False] | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
     max_tool_rounds: ToolRounds = 4  # extension: bound on plugin tool-call rounds
     # Extension: let the model's tool calls run plugin calls that config.json marks "admin" (they change server
     # state); off, such a call is answered with an error for the model, so that a document cannot make it happen.
@@ -248,16 +307,29 @@ class ChatCompletionRequest(_SamplingRequest):
         choice = self.tool_choice
         return NamedTool(choice.function.name) if isinstance(choice, NamedToolChoice) else choice
 
+    @field_validator("store", mode="before")
+    @classmethod
+    def _not_stored(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool):  # strict: 0 is not false
+            raise ValueError("store should be a boolean")
+        if value:
+            raise ValueError("this server keeps no completions: send false or leave it out")
+        return value
+
     def to_input(self) -> ChatInput:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in self.messages]
         # The tools as the chat template expects them (as transformers passes them).
         tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
-        return ChatInput(messages, self.to_sampling(self.max_completion_tokens or self.max_tokens), tools=tools,
-                         stream=self.stream, openai_body=self.openai_body(), tool_choice=self.choice_of_tool())
+        sampling = replace(self.to_sampling(self.max_completion_tokens or self.max_tokens), logprobs=self.logprobs,
+                           top_logprobs=self.top_logprobs,
+                           response_format=self.response_format.type if self.response_format else None)
+        return ChatInput(messages, sampling, tools=tools, stream=self.stream, openai_body=self.openai_body(),
+                         tool_choice=self.choice_of_tool(), parallel_tool_calls=self.parallel_tool_calls is not False)
 
 
 class CompletionRequest(_SamplingRequest):
     prompt: PromptInput
+    logprobs: CompletionLogprobs | None = None  # alternatives per token (chat: a boolean and top_logprobs)
     echo: bool = False
     suffix: str | None = None
 
@@ -265,7 +337,7 @@ class CompletionRequest(_SamplingRequest):
 
     def to_input(self) -> CompletionInput:
         sampling = self.to_sampling(self.max_tokens or 16)  # 16: OpenAI's default for completions
-        sampling = replace(sampling, echo=self.echo, suffix=self.suffix)
+        sampling = replace(sampling, logprobs=self.logprobs, echo=self.echo, suffix=self.suffix)
         return CompletionInput(prompts_of(self.prompt), sampling, stream=self.stream,
                                openai_body=self.openai_body())
 
@@ -281,7 +353,8 @@ class EmbeddingRequest(_Request):
 
     def to_input(self) -> EmbeddingInput:
         return EmbeddingInput(prompts_of(self.input), self.dimensions,
-                              openai_body=self.model_dump(exclude_unset=True, exclude={"model"}))
+                              openai_body=self.model_dump(exclude_unset=True, exclude={"model"}),
+                              unknown_fields=self.unknown_fields())
 
 
 # ---- responses ---------------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ async def _as_chunks(reply: dict[str, Any]) -> AsyncGenerator[dict[str, Any], No
         if choice["message"].get("tool_calls"):  # a chunk's tool calls say which of the choice's calls they are
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(choice["message"]["tool_calls"])]
         chunk = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
-                 "model": reply["model"], "choices": [{"index": choice["index"], "delta": delta, "logprobs": None,
+                 "model": reply["model"], "choices": [{"index": choice["index"], "delta": delta,
+                                                       "logprobs": choice.get("logprobs"),
                                                        "finish_reason": choice["finish_reason"]}]}
         if number == 0 and reply.get("plugin_calls"):
             chunk["plugin_calls"] = reply["plugin_calls"]
@@ -243,6 +244,7 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
     content: dict[int, str] = {}
     reasons: dict[int, str] = {}
     calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> the tool calls streamed, joined
+    logprobs: dict[int, list[dict[str, Any]]] = {}  # choice -> its tokens' log probabilities (where asked for)
     model, usage, chunk_id = req.model, None, None
     async with contextlib.aclosing(chunks):  # a client gone mid-stream frees the model's sequences
         async for chunk in chunks:
@@ -251,6 +253,8 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices", []):
                 content[choice["index"]] = content.get(choice["index"], "") + (choice["delta"].get("content") or "")
+                if choice.get("logprobs"):
+                    logprobs.setdefault(choice["index"], []).extend(choice["logprobs"]["content"] or [])
                 for piece in choice["delta"].get("tool_calls") or []:
                     call = calls.setdefault(choice["index"], {}).setdefault(piece["index"], {
                         "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
@@ -264,7 +268,8 @@ async def _ws_handle(request: Request, ws: Websocket, message: str | bytes) -> N
         reply: dict[str, Any] = {"role": "assistant", "content": content[i], "refusal": None}
         if calls.get(i):
             reply.update(content=content[i] or None, tool_calls=[calls[i][k] for k in sorted(calls[i])])
-        final["choices"].append({"index": i, "message": reply, "finish_reason": reasons.get(i)})
+        sent = {"content": logprobs.get(i, []), "refusal": None} if req.logprobs else None
+        final["choices"].append({"index": i, "message": reply, "finish_reason": reasons.get(i), "logprobs": sent})
     if usage:
         final["usage"] = usage
     await ws.send(json.dumps({"type": "done", "data": final}))

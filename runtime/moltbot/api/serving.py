@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from moltbot.api.protocol import (
     now,
 )
 from moltbot.api.tool_parser import StreamingToolCallParser, ToolCallPiece, parse_tool_calls
-from moltbot.engine.backend import Event, Generation, ModelBackend, ToolCallDelta, Usage, collect
+from moltbot.engine.backend import Event, Generation, ModelBackend, TokenLogprob, ToolCallDelta, Usage, collect
 from moltbot.engine.registry import ModelRegistry
 from moltbot.engine.validation import ModelLimits
 from moltbot.settings import Settings
@@ -106,7 +106,8 @@ class OpenAIServing:
         return Served(tuple(names["chat"]), tuple(names["embeddings"]),
                       tuple(d for d in dimensions if d is not None) if None not in dimensions else (),
                       chat_vocab=least("chat", "vocab_size"), embedding_vocab=least("embeddings", "vocab_size"),
-                      capacity=least("chat", "capacity"), local_chat=bool(least("chat", "capacity")))
+                      capacity=least("chat", "capacity"), local_chat=bool(least("chat", "capacity")),
+                      local_embeddings=bool(limits["embeddings"]) and None not in limits["embeddings"])
 
     def _backend(self, name: str, stats: RequestStats) -> ModelBackend:
         backend = self.registry.backend(name)
@@ -161,7 +162,8 @@ class OpenAIServing:
             if calls:
                 message = {"role": "assistant", "content": content or None, "refusal": None, "tool_calls": calls}
                 reason = "tool_calls" if reason == "stop" else reason
-            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
+            choices.append({"index": i, "message": message, "logprobs": _chat_logprobs(req, choice.logprobs),
+                            "finish_reason": reason})
         if stats.output is not None:
             stats.output = "\n".join(c.text for c in result.choices)
         return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": stats.model,
@@ -198,9 +200,10 @@ class OpenAIServing:
             reason = event.finish_reason
             if reason == "stop" and event.index in called:
                 reason = "tool_calls"
-            if text or pieces or reason:
+            if text or pieces or reason or event.logprobs:
                 yield {**base, "choices": [{"index": event.index, "delta": _chat_delta(text, pieces),
-                                            "logprobs": None, "finish_reason": reason}]}
+                                            "logprobs": _chat_logprobs(req, event.logprobs),
+                                            "finish_reason": reason}]}
         if req.stream_options and req.stream_options.include_usage and usage is not None:
             yield {**base, "choices": [], "usage": _usage(usage, stats)}
 
@@ -216,7 +219,7 @@ class OpenAIServing:
             stats.output = "\n".join(c.text for c in result.choices)
         return {
             "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": stats.model,
-            "choices": [{"index": i, "text": choice.text, "logprobs": None,
+            "choices": [{"index": i, "text": choice.text, "logprobs": _completion_logprobs(req, choice.logprobs),
                          "finish_reason": choice.finish_reason or "stop"} for i, choice in enumerate(result.choices)],
             "usage": _usage(result.usage, stats),
         }
@@ -233,8 +236,9 @@ class OpenAIServing:
         async for event in self._events(generation, stats):
             if isinstance(event, Usage):
                 usage = event
-            elif event.text or event.finish_reason:
-                yield {**base, "choices": [{"index": event.index, "text": event.text, "logprobs": None,
+            elif event.text or event.finish_reason or event.logprobs:
+                yield {**base, "choices": [{"index": event.index, "text": event.text,
+                                            "logprobs": _completion_logprobs(req, event.logprobs),
                                             "finish_reason": event.finish_reason}]}
         if req.stream_options and req.stream_options.include_usage and usage is not None:
             yield {**base, "choices": [], "usage": _usage(usage, stats)}
@@ -274,6 +278,31 @@ def _chat_delta(text: str, pieces: list[ToolCallPiece]) -> dict[str, Any]:
     if pieces:
         delta["tool_calls"] = [piece.as_openai() for piece in pieces]
     return delta
+
+
+def _chat_logprobs(req: ChatCompletionRequest, logprobs: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+    """A chat choice's (or chunk's) `logprobs`, where the request asked for them."""
+    return {"content": [lp.as_openai() for lp in logprobs], "refusal": None} if req.logprobs else None
+
+
+def _completion_logprobs(req: CompletionRequest, logprobs: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+    """A completion choice's (or chunk's) `logprobs`, where the request asked for them: parallel lists, each
+    position's alternatives as {token: logprob} with the sampled token among them (as OpenAI has it: up to
+    logprobs + 1 entries)."""
+    if req.logprobs is None:
+        return None
+    tops = []
+    for lp in logprobs:
+        top: dict[str, float | None] = {}
+        for alternative in (*lp.top, lp):
+            top.setdefault(alternative.token, alternative.logprob)  # tokens of the same text: the likelier one
+        tops.append(top)
+    offsets, at = [], 0
+    for lp in logprobs:  # a backend that does not place its tokens: each after the one before
+        offsets.append(at if lp.offset is None else lp.offset)
+        at = offsets[-1] + len(lp.token)
+    return {"tokens": [lp.token for lp in logprobs], "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": tops, "text_offset": offsets}
 
 
 def _usage(usage: Usage | None, stats: RequestStats) -> dict[str, int]:

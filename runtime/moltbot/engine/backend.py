@@ -61,6 +61,7 @@ class ChatInput:
     stream: bool = False  # the client reads the output as it comes
     openai_body: Mapping[str, Any] = field(default_factory=dict)
     tool_choice: ToolChoice = None  # none | auto | required | a NamedTool; None: not sent (auto with tools)
+    parallel_tool_calls: bool = True  # false: at most one tool call
 
 
 # Prompts as a client may send them: texts, or token ids of the model's own tokenizer (one list per prompt).
@@ -83,6 +84,7 @@ class EmbeddingInput:
     # An input beyond the model's context: cut to fit (True), refused (False), or as the embedding_truncate
     # setting says (None: the API's requests; plugins cut, as sentence-transformers does).
     truncate: bool | None = None
+    unknown_fields: tuple[str, ...] = ()  # request fields the API does not know (a local model refuses them)
 
 
 # ---- events -----------------------------------------------------------------------------------------------------
@@ -98,6 +100,31 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position, as OpenAI names them: its text, log probability, UTF-8 bytes."""
+
+    token: str
+    logprob: float | None  # None only where an upstream gave none (the first token of an echoed prompt)
+    bytes: tuple[int, ...] | None = None  # None where the backend does not know them
+
+    def as_openai(self) -> dict[str, Any]:
+        return {"token": self.token, "logprob": self.logprob,
+                "bytes": None if self.bytes is None else list(self.bytes)}
+
+
+@dataclass(frozen=True)
+class TokenLogprob(TopLogprob):
+    """A generated token's log probability, with the most likely tokens at its position (most likely first)."""
+
+    top: tuple[TopLogprob, ...] = ()
+    offset: int | None = None  # where its text starts in the choice's text (None where the backend does not know)
+
+    def as_openai(self) -> dict[str, Any]:
+        """As a chat completion's `logprobs.content` has it."""
+        return {**super().as_openai(), "top_logprobs": [top.as_openai() for top in self.top]}
+
+
+@dataclass(frozen=True)
 class ChoiceDelta:
     """New output of one choice; its last one has the finish reason (stop, length, tool_calls, cancelled)."""
 
@@ -106,6 +133,7 @@ class ChoiceDelta:
     tokens: int = 0  # generated tokens this delta accounts for (0 where the backend does not count them)
     tool_calls: tuple[ToolCallDelta, ...] = ()
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens whose text this delta carries (where asked for)
 
 
 @dataclass(frozen=True)
@@ -189,6 +217,7 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -198,7 +227,8 @@ class Completed:
 
 
 async def collect(events: AsyncIterator[Event]) -> Completed:
-    """A generation run to its end: each choice's text, finish reason and tool calls (pieces joined)."""
+    """A generation run to its end: each choice's text, log probabilities, finish reason and tool calls (pieces
+    joined)."""
     choices: dict[int, Choice] = {}
     calls: dict[tuple[int, int], ToolCall] = {}
     usage = None
@@ -208,6 +238,7 @@ async def collect(events: AsyncIterator[Event]) -> Completed:
             continue
         choice = choices.setdefault(event.index, Choice())
         choice.text += event.text
+        choice.logprobs += event.logprobs
         choice.finish_reason = event.finish_reason or choice.finish_reason
         for piece in event.tool_calls:
             call = calls.get((event.index, piece.index))

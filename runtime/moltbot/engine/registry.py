@@ -46,6 +46,10 @@ DEFAULTS_MANIFEST = "defaults.json"
 _SPEC_FIELDS = ("task", "max_tokens", "temperature", "description")
 
 
+# What a plugin's chat call may set: SamplingRequest's fields (unknown_fields is the HTTP API's record, not an option).
+_CHAT_OPTIONS = {f.name for f in fields(SamplingRequest)} - {"unknown_fields"}
+
+
 def default_chat_precision(requested: str, device: str) -> str:
     """`auto`: int8 on the CPU (ONNX Runtime's fastest there), fp16 on CUDA; else as requested."""
     if requested != "auto":
@@ -197,10 +201,11 @@ class ModelRegistry:
                    temperature: float = 0.0, tools: list[dict[str, Any]] | None = None,
                    **options: Any) -> dict[str, Any]:
         """One chat completion, run to its end. `options`: more of SamplingRequest's fields (top_p, stop, seed,
-        ...). InvalidRequest (a ValueError) when it cannot be served as asked, e.g. a prompt plus max_tokens
-        beyond the model's context."""
+        logprobs, top_k, ...). InvalidRequest (a ValueError) when it cannot be served as asked, e.g. a prompt plus
+        max_tokens beyond the model's context. With logprobs true, the reply's `logprobs` are its tokens', as a
+        chat completion's `logprobs.content` has them."""
         backend = self.backend(model, task="chat")
-        unknown = sorted(set(options) - {f.name for f in fields(SamplingRequest)})
+        unknown = sorted(set(options) - _CHAT_OPTIONS)
         if unknown:
             raise InvalidRequest(f"unknown chat option(s): {', '.join(unknown)}", param=unknown[0])
         stop = options.pop("stop", None)
@@ -215,10 +220,13 @@ class ModelRegistry:
             await generation.aclose()
         choice = result.choices[0]
         usage = result.usage
-        return {"content": choice.text, "finish_reason": choice.finish_reason, "model": backend.describe().name,
-                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                          "total_tokens": usage.total_tokens} if usage else {},
-                "tool_calls": [call.as_openai() for call in choice.tool_calls] or None}
+        reply = {"content": choice.text, "finish_reason": choice.finish_reason, "model": backend.describe().name,
+                 "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                           "total_tokens": usage.total_tokens} if usage else {},
+                 "tool_calls": [call.as_openai() for call in choice.tool_calls] or None}
+        if sampling.logprobs:
+            reply["logprobs"] = [logprob.as_openai() for logprob in choice.logprobs]
+        return reply
 
     async def embed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:
         backend = self.backend(model, task="embeddings")

@@ -8,16 +8,24 @@ SamplingRequest, the checks below, SamplingParams and the sampler.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from moltbot.engine.errors import InvalidRequest
+from moltbot.engine.logprobs import MAX_TOP_LOGPROBS
 from moltbot.engine.sampling import SamplingParams
 
 # Bounds of OpenAI's API; the protocol schema declares the same ones for the wire (and the OpenAPI document).
 MAX_TEMPERATURE = 2.0
 MAX_CHOICES = 16
 MAX_STOP_SEQUENCES = 4
+MAX_PENALTY = 2.0  # presence_penalty and frequency_penalty: from -2 to 2
+MAX_LOGIT_BIAS = 300  # entries of logit_bias
+MAX_BIAS = 100.0  # a bias: from -100 to 100
+MAX_LOGPROBS = 5  # completions' logprobs: alternatives per token (chat's top_logprobs: MAX_TOP_LOGPROBS)
+# Bounds of the extensions (as vLLM takes them).
+MAX_REPETITION_PENALTY = 2.0  # more than 0, at most 2
 
 
 @dataclass(frozen=True)
@@ -31,11 +39,20 @@ class SamplingRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # extension (as vLLM): generate max_tokens whatever the model says
-    logprobs: bool | int | None = None
+    logprobs: bool | int | None = None  # chat: true or false; completions: alternatives per token (0 to 5)
+    top_logprobs: int | None = None  # chat: alternatives per token, with logprobs true (0 to 20)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logit_bias: Mapping[str, float] | None = None  # token id (decimal digits, as JSON keys are) to a bias
+    top_k: int | None = None  # extension (as vLLM): 0 or -1 is off
+    min_p: float | None = None  # extension (as vLLM)
+    repetition_penalty: float | None = None  # extension (as vLLM, HF's definition)
+    response_format: str | None = None  # its type: text, json_object or json_schema
     echo: bool = False  # completions only
     suffix: str | None = None  # completions only
+    # Request fields the API does not know: a local model refuses them (naming the first), never ignores them; a
+    # service model's upstream gets only the fields it forwards.
+    unknown_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,24 +107,69 @@ def check_sampling(sampling: SamplingRequest) -> None:
         raise InvalidRequest(f"n must be from 1 to {MAX_CHOICES}", param="n")
     if len(sampling.stop) > MAX_STOP_SEQUENCES or not all(sampling.stop):
         raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences, none empty", param="stop")
-    if sampling.logprobs:  # no backend returns them: refused rather than silently left out
-        raise InvalidRequest("logprobs are not supported by this server", param="logprobs")
+    _check_logprobs(sampling)
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        value = getattr(sampling, penalty)
+        if value is not None and not -MAX_PENALTY <= value <= MAX_PENALTY:
+            raise InvalidRequest(f"{penalty} must be from {-MAX_PENALTY:g} to {MAX_PENALTY:g}", param=penalty)
+    if sampling.repetition_penalty is not None and not 0 < sampling.repetition_penalty <= MAX_REPETITION_PENALTY:
+        raise InvalidRequest(f"repetition_penalty must be more than 0 and at most {MAX_REPETITION_PENALTY:g}",
+                             param="repetition_penalty")
+    if sampling.top_k is not None and sampling.top_k < -1:
+        raise InvalidRequest("top_k must be a positive number of tokens, or 0 or -1 (off)", param="top_k")
+    if sampling.min_p is not None and not 0 <= sampling.min_p <= 1:
+        raise InvalidRequest("min_p must be from 0 to 1", param="min_p")
+    _bias_ids(sampling.logit_bias)
+
+
+def _check_logprobs(sampling: SamplingRequest) -> None:
+    """Chat's logprobs (a boolean) with top_logprobs, or completions' (a number of alternatives)."""
+    logprobs, top = sampling.logprobs, sampling.top_logprobs
+    if not isinstance(logprobs, bool) and logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        raise InvalidRequest(f"logprobs must be from 0 to {MAX_LOGPROBS}", param="logprobs")
+    if top is not None:
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"top_logprobs must be from 0 to {MAX_TOP_LOGPROBS}", param="top_logprobs")
+        if logprobs is not True:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+
+
+def _bias_ids(bias: Mapping[str, float] | None) -> dict[int, float]:
+    """logit_bias by token id, checked: at most MAX_LOGIT_BIAS entries, keys token ids as decimal digits (one
+    spelling each: no sign, no leading zeros), biases within MAX_BIAS."""
+    if not bias:
+        return {}
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens", param="logit_bias")
+    ids = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdecimal() and str(int(key)) == key):
+            raise InvalidRequest(f"logit_bias keys are token ids written as decimal integers, not {key!r}",
+                                 param="logit_bias")
+        if not -MAX_BIAS <= value <= MAX_BIAS:
+            raise InvalidRequest(f"a logit_bias value must be from {-MAX_BIAS:g} to {MAX_BIAS:g}", param="logit_bias")
+        ids[int(key)] = float(value)
+    return ids
 
 
 def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelLimits) -> ValidatedRequest:
     """A request for a local model: check_sampling, what the local sampler does not do, the prompts against the
     context (a completion that would not fit is refused, never cut short), and the defaults: the model's
     temperature, and the rest of the context as max_tokens."""
+    check_known_fields(sampling.unknown_fields)
     check_sampling(sampling)
-    for penalty in ("presence_penalty", "frequency_penalty"):
-        if getattr(sampling, penalty):
-            raise InvalidRequest(f"{penalty} is not supported by this server (send 0 or leave it out)", param=penalty)
+    if sampling.response_format not in (None, "text"):
+        raise InvalidRequest(f"response_format {sampling.response_format} is not supported by this server yet (no "
+                             "constrained decoding): send text or leave it out", param="response_format",
+                             code="unsupported_parameter")
     if sampling.echo or sampling.suffix:
         raise InvalidRequest("echo and suffix are not supported by this server",
                              param="echo" if sampling.echo else "suffix")
     if not prompts or any(not ids for ids in prompts):
         raise InvalidRequest("the prompt is empty after tokenisation", param="prompt")
     check_token_ids(prompts, limits, "prompt")
+    bias = _bias_ids(sampling.logit_bias)
+    check_token_ids([list(bias)], limits, "logit_bias")
     context = limits.context_length
     longest = max(len(ids) for ids in prompts)
     if longest >= context:
@@ -129,8 +191,28 @@ def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelL
         max_tokens=max_tokens,
         temperature=limits.default_temperature if sampling.temperature is None else sampling.temperature,
         top_p=1.0 if sampling.top_p is None else sampling.top_p,
-        stop=sampling.stop, seed=sampling.seed, ignore_eos=sampling.ignore_eos)
+        stop=sampling.stop, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
+        top_k=max(sampling.top_k or 0, 0), min_p=sampling.min_p or 0.0,
+        repetition_penalty=1.0 if sampling.repetition_penalty is None else sampling.repetition_penalty,
+        presence_penalty=sampling.presence_penalty or 0.0, frequency_penalty=sampling.frequency_penalty or 0.0,
+        logit_bias=tuple(sorted(bias.items())), logprobs=_alternatives(sampling))
     return ValidatedRequest(prompts, params, sampling.n)
+
+
+def _alternatives(sampling: SamplingRequest) -> int | None:
+    """How many of the most likely tokens to report with each token's log probability; None: no log
+    probabilities (chat: logprobs true, with top_logprobs; completions: logprobs, a number)."""
+    if isinstance(sampling.logprobs, bool):
+        return (sampling.top_logprobs or 0) if sampling.logprobs else None
+    return sampling.logprobs
+
+
+def check_known_fields(unknown: tuple[str, ...]) -> None:
+    """A local model honours every field the API knows: one it does not know is refused (in OpenAI's words),
+    naming it, rather than ignored."""
+    if unknown:
+        raise InvalidRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
+                             code="unknown_parameter")
 
 
 def check_dimensions(requested: int | None, native: int, model: str) -> None:
@@ -140,23 +222,26 @@ def check_dimensions(requested: int | None, native: int, model: str) -> None:
 
 
 def check_token_ids(prompts: list[list[int]], limits: ModelLimits, param: str) -> None:
-    """Token ids a client sent are the model's own: each within its tokenizer's vocabulary."""
+    """Token ids a client sent (prompts, inputs, logit_bias's keys) are the model's own: each within its
+    tokenizer's vocabulary."""
     if not limits.vocab_size:
         return
     for ids in prompts:
         bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
         if bad is not None:
+            otherwise = "" if param == "logit_bias" else "; send text otherwise"
             raise InvalidRequest(f"token id {bad} is not in the vocabulary of the model '{limits.model}' (ids 0 to "
-                                 f"{limits.vocab_size - 1}): token ids must come from this model's own tokenizer; "
-                                 "send text otherwise", param=param, code="invalid_token_ids")
+                                 f"{limits.vocab_size - 1}): token ids must come from this model's own tokenizer"
+                                 f"{otherwise}", param=param, code="invalid_token_ids")
 
 
 def check_embedding_inputs(inputs: list[list[int]], limits: ModelLimits, truncate: bool, reserved: int = 0
                            ) -> list[list[int]]:
     """An embedding request's tokenised inputs against the model's context, of which the model's special tokens
     take `reserved`: longer ones are refused (as OpenAI does), or cut to fit when `truncate` (the
-    embedding_truncate setting)."""
-    if not inputs or any(not ids for ids in inputs):
+    embedding_truncate setting). A text the tokenizer takes nothing from (control characters, say) is embedded
+    as the special tokens alone where the model has some (as sentence-transformers embeds it), refused otherwise."""
+    if not inputs or (not reserved and any(not ids for ids in inputs)):
         raise InvalidRequest("an input is empty after tokenisation", param="input")
     room = limits.context_length - reserved
     longest = max(len(ids) for ids in inputs)
@@ -170,11 +255,16 @@ def check_embedding_inputs(inputs: list[list[int]], limits: ModelLimits, truncat
     return inputs
 
 
-def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None, *, constrained: bool) -> bool:
+def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None, *, constrained: bool,
+                      parallel: bool = True) -> bool:
     """Whether the model's output is to be read for tool calls. `constrained`: the backend can make the model call
-    a tool (a service model's upstream can; a local model cannot, so `required` and a named function are refused
-    there rather than silently ignored)."""
+    a tool, or only one (a service model's upstream can; a local model cannot, so `required`, a named function and
+    parallel_tool_calls false with tools are refused there rather than silently ignored)."""
     names = {(tool.get("function") or {}).get("name") for tool in tools or []}
+    if not parallel and tools and not constrained:
+        raise InvalidRequest("parallel_tool_calls false is not supported by this model yet (it cannot be held to one "
+                             "tool call): send true or leave it out", param="parallel_tool_calls",
+                             code="unsupported_parameter")
     if choice is None:
         return bool(tools)
     if not tools:

@@ -18,11 +18,14 @@ from moltbot.engine.backend import (
     Generation,
     ModelInfo,
     Prompts,
+    TokenLogprob,
+    TopLogprob,
     Usage,
     wrong_task,
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import GenerationFailed, InvalidRequest
+from moltbot.engine.output import SentLogprobs
 from moltbot.engine.runner import open_runner
 from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
 from moltbot.engine.sessions import admission_limits, device_options
@@ -75,7 +78,7 @@ class DecoderBackend:
         return self.info
 
     async def chat(self, request: ChatInput) -> Generation:
-        check_tool_choice(request.tool_choice, request.tools, constrained=False)
+        check_tool_choice(request.tool_choice, request.tools, constrained=False, parallel=request.parallel_tool_calls)
 
         def prepare() -> tuple[str, ValidatedRequest]:
             try:
@@ -122,11 +125,12 @@ class DecoderBackend:
         async def release() -> None:
             handle.cancel()
 
-        return Generation(_events(handle, validated), prompt_tokens=validated.prompt_tokens, prompt=prompt,
-                          release=release)
+        return Generation(_events(handle, validated, self.tokenizer), prompt_tokens=validated.prompt_tokens,
+                          prompt=prompt, release=release)
 
 
-async def _events(handle: GenerationHandle, validated: ValidatedRequest) -> AsyncGenerator[Event, None]:
+async def _events(handle: GenerationHandle, validated: ValidatedRequest, tokenizer: TextTokenizer
+                  ) -> AsyncGenerator[Event, None]:
     finished = completion_tokens = 0
     try:
         while finished < validated.sequences:
@@ -135,10 +139,30 @@ async def _events(handle: GenerationHandle, validated: ValidatedRequest) -> Asyn
                 raise GenerationFailed(event.text)
             completion_tokens += event.tokens
             finished += bool(event.finish_reason)
-            yield ChoiceDelta(event.index, event.text, event.tokens, finish_reason=event.finish_reason)
+            yield ChoiceDelta(event.index, event.text, event.tokens, finish_reason=event.finish_reason,
+                              logprobs=tuple(_named(tokenizer, sent) for sent in event.logprobs))
         yield Usage(validated.prompt_tokens, completion_tokens)
     finally:
         handle.cancel()
+
+
+def _named(tokenizer: TextTokenizer, sent: SentLogprobs) -> TokenLogprob:
+    """The sampler's log probabilities (token ids) with the tokens' texts and bytes (here, on the request's side:
+    the scheduler thread does not spend its time on them)."""
+    logprobs = sent.logprobs
+    raw = tokenizer.token_bytes(logprobs.token)
+    top = tuple(TopLogprob(_token_text(tokenizer.token_bytes(i)), lp, tuple(tokenizer.token_bytes(i)))
+                for i, lp in zip(logprobs.top_ids, logprobs.top_logprobs, strict=True))
+    return TokenLogprob(_token_text(raw), logprobs.logprob, tuple(raw), top=top, offset=sent.offset)
+
+
+def _token_text(raw: bytes) -> str:
+    """A token's text; one that ends inside a character is written as its bytes, as OpenAI writes it
+    ("bytes:\\xe2\\x80")."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def _model_context_limit(folder: Path) -> int | None:

@@ -19,7 +19,13 @@ from moltbot.engine.config import ModelConfig
 from moltbot.engine.embedding import EmbeddingBatcher, EncoderModel
 from moltbot.engine.sessions import admission_limits, device_options
 from moltbot.engine.sources import onnx_folder
-from moltbot.engine.validation import ModelLimits, check_dimensions, check_embedding_inputs, check_token_ids
+from moltbot.engine.validation import (
+    ModelLimits,
+    check_dimensions,
+    check_embedding_inputs,
+    check_known_fields,
+    check_token_ids,
+)
 from moltbot.settings import Settings
 
 
@@ -56,6 +62,7 @@ class EncoderBackend:
         raise wrong_task(self.info, "chat")
 
     async def embed(self, request: EmbeddingInput) -> Embeddings:
+        check_known_fields(request.unknown_fields)
         check_dimensions(request.dimensions, self.dimensions, self.info.name)
         truncate = self.truncate if request.truncate is None else request.truncate
         inputs = await asyncio.to_thread(self._tokenise, request.texts, truncate)

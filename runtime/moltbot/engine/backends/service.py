@@ -27,7 +27,9 @@ from moltbot.engine.backend import (
     Event,
     Generation,
     ModelInfo,
+    TokenLogprob,
     ToolCallDelta,
+    TopLogprob,
     Usage,
     wrong_task,
 )
@@ -38,11 +40,14 @@ from moltbot.settings import Settings
 
 # The request fields forwarded upstream, per endpoint: what the reply depends on, nothing that bills, stores or
 # routes differently on the operator's account (store, service_tier, metadata, prediction, audio, best_of, ...).
+# top_k, min_p and repetition_penalty are not OpenAI's (vLLM's, llama.cpp's): a client that sends them gets them
+# honoured by such an upstream, or refused by a strict one, never dropped on the way.
 _SAMPLING = {"max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
-             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user"}
+             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "user", "top_k", "min_p",
+             "repetition_penalty"}
 FORWARDED = {
     "chat/completions": _SAMPLING | {"messages", "max_completion_tokens", "tools", "tool_choice",
-                                     "parallel_tool_calls", "response_format"},
+                                     "parallel_tool_calls", "response_format", "top_logprobs"},
     "completions": _SAMPLING | {"prompt", "echo", "suffix"},
     "embeddings": {"input", "dimensions", "encoding_format", "user"},
 }
@@ -217,11 +222,35 @@ def _chat_choice(choice: dict[str, Any]) -> ChoiceDelta:
                       arguments=(call.get("function") or {}).get("arguments") or "")
         for position, call in enumerate(message.get("tool_calls") or []))
     return ChoiceDelta(int(choice.get("index", 0)), message.get("content") or "", tool_calls=calls,
-                       finish_reason=choice.get("finish_reason"))
+                       finish_reason=choice.get("finish_reason"),
+                       logprobs=tuple(_chat_logprob(e) for e in (choice.get("logprobs") or {}).get("content") or []))
 
 
 def _completion_choice(choice: dict[str, Any]) -> ChoiceDelta:
-    return ChoiceDelta(int(choice.get("index", 0)), choice.get("text") or "", finish_reason=choice.get("finish_reason"))
+    return ChoiceDelta(int(choice.get("index", 0)), choice.get("text") or "", finish_reason=choice.get("finish_reason"),
+                       logprobs=_completion_logprobs(choice.get("logprobs") or {}))
+
+
+def _chat_logprob(entry: dict[str, Any]) -> TokenLogprob:
+    """One entry of a chat choice's `logprobs.content`."""
+    top = tuple(TopLogprob(t["token"], float(t["logprob"]), _bytes(t.get("bytes"))) for t in entry.get("top_logprobs")
+                or [])
+    return TokenLogprob(entry["token"], float(entry["logprob"]), _bytes(entry.get("bytes")), top=top)
+
+
+def _completion_logprobs(logprobs: dict[str, Any]) -> tuple[TokenLogprob, ...]:
+    """A completion choice's `logprobs` (parallel lists; top_logprobs as {token: logprob} per position)."""
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or [None] * len(tokens)
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    offsets = logprobs.get("text_offset") or [None] * len(tokens)
+    return tuple(TokenLogprob(token, None if value is None else float(value),
+                              top=tuple(TopLogprob(t, float(v)) for t, v in (top or {}).items()), offset=offset)
+                 for token, value, top, offset in zip(tokens, values, tops, offsets, strict=True))
+
+
+def _bytes(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(b) for b in value)
 
 
 def _usage(body: dict[str, Any]) -> list[Event]:

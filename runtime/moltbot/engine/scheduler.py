@@ -22,9 +22,9 @@ import numpy as np
 
 from moltbot import metrics
 from moltbot.engine.errors import EngineStopped, QueueFull
-from moltbot.engine.output import OutputProcessor
+from moltbot.engine.output import OutputProcessor, SentLogprobs
 from moltbot.engine.runner import ChunkedPrefillRunner, GraphRunner
-from moltbot.engine.sampling import SamplingParams, sample
+from moltbot.engine.sampling import SamplingParams, TokenCounts, sample_batch
 from moltbot.engine.tokenizer import TextTokenizer
 
 log = logging.getLogger("moltbot.engine")
@@ -50,6 +50,7 @@ class TokenEvent:
     tokens: int
     finish_reason: str | None = None
     index: int = 0  # which of the request's n sequences
+    logprobs: tuple[SentLogprobs, ...] = ()  # of the tokens whose text this event completes (where asked for)
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Sequence:
         # Seeded: reproducible, and different for each of a request's n choices (any int64 seed is accepted).
         seed = None if self.params.seed is None else [self.params.seed & (2**64 - 1), self.index]
         self.rng = np.random.default_rng(seed)
+        # Its tokens, counted as they come, where a penalty reads them (the sampling pipeline keeps them).
+        self.counts = TokenCounts(self.prompt_ids) if self.params.penalised else None
 
 
 class GenerationHandle:
@@ -293,29 +296,33 @@ class GenerationScheduler:
         self._advance(admitted, logits)
 
     def _advance(self, seqs: list[Sequence], logits: np.ndarray) -> None:
-        """Sample each sequence's next token from its row of logits, emit its text, finish where it ends. A row
-        that cannot be sampled (NaN scores) fails its own sequence only."""
+        """Sample the sequences' next tokens from their rows of logits (one pass of the sampling pipeline over the
+        step), emit their text, finish where they end. A row that cannot be sampled (NaN scores) fails its own
+        sequence only."""
         now = time.monotonic()
-        for seq, row in zip(seqs, logits, strict=True):
-            if seq.cancelled and not seq.finish_reason:  # went away during this step
+        rows: list[Sequence | None] = []
+        for seq in seqs:
+            gone = seq.cancelled and not seq.finish_reason  # went away during this step: not sampled
+            if gone:
                 self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
                 self._finish(seq, "cancelled")
+            rows.append(None if gone else seq)
+        for seq, sampled in zip(seqs, sample_batch(logits, rows), strict=True):
+            if sampled is None:
                 continue
-            try:
-                token = sample(row, seq.params, seq.rng)
-            except ValueError as exc:
-                self._emit(seq, TokenEvent(f"sampling failed: {exc}", 0, "error", seq.index))
+            if sampled.error is not None:
+                self._emit(seq, TokenEvent(f"sampling failed: {sampled.error}", 0, "error", seq.index))
                 self._finish(seq, "error")
                 continue
-            seq.last_token = token
+            token = seq.last_token = sampled.token
             if seq.last_token_at is None:
                 metrics.TIME_TO_FIRST_TOKEN.labels(self.name).observe(now - seq.admitted_at)
             else:
                 metrics.INTER_TOKEN_LATENCY.labels(self.name).observe(now - seq.last_token_at)
             seq.last_token_at = now
             metrics.GENERATION_TOKENS.labels(self.name).inc()
-            delta, finish = seq.output.push(token)
-            self._emit(seq, TokenEvent(delta, 1, finish, seq.index))
+            delta, finish, logprobs = seq.output.push(token, sampled.logprobs)
+            self._emit(seq, TokenEvent(delta, 1, finish, seq.index, logprobs))
             if finish:
                 self._finish(seq, finish)
 

@@ -86,6 +86,11 @@ class Settings:
     max_running: int = _doc("Per model: requests decoded together in one batch.", default=32)
     max_queued: int = _doc("Per model: requests waiting for a batch slot; beyond it 429 with Retry-After.",
                            default=128)
+    prefill_stall_ms: float = _doc(
+        "Per model: while streams run, the most a long newcomer's prompt holds up their next token (ms). Such a "
+        "prompt is prefilled a chunk per decode step, each chunk as many tokens as the measured prefill rate fits "
+        "in this time (16 to 256). Lower: smoother streams; higher: a sooner first token for long prompts.",
+        default=40.0)
     request_timeout: float = _doc("Seconds a request may take in all before it fails with a timeout error.",
                                   default=300.0)
     shutdown_timeout: float = _doc("Seconds in-flight requests get to finish after SIGTERM.", default=30.0)
@@ -160,7 +165,8 @@ class Settings:
         for name in ("request_timeout", "plugin_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be more than 0 seconds")
-        for name in ("shutdown_timeout", "shutdown_delay", "embedding_batch_wait_ms", "plugin_watch_interval"):
+        for name in ("shutdown_timeout", "shutdown_delay", "embedding_batch_wait_ms", "plugin_watch_interval",
+                     "prefill_stall_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must be 0 or more")
         if self.arena_extend_strategy not in ("kNextPowerOfTwo", "kSameAsRequested"):

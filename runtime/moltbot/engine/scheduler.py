@@ -32,10 +32,13 @@ log = logging.getLogger("moltbot.engine")
 # Most (padded) prompt tokens in one prefill call: bounds the [rows, tokens, vocab] logits a prefill makes.
 # Longer prompts are prefilled in chunks, each continuing the cache the previous one wrote.
 PREFILL_TOKEN_BUDGET = 1024
-# While sequences are running, a longer prompt is prefilled this many tokens per pass, a decode step of the
+# While sequences are running, a prompt longer than this is prefilled a chunk per pass, a decode step of the
 # running ones between its chunks (where the runner can: ChunkedPrefillRunner): a 1024-token newcomer no
-# longer stalls every stream for its whole prefill (vLLM's chunked prefill, in its simplest form).
+# longer stalls every stream for its whole prefill (vLLM's chunked prefill, in its simplest form). It is also
+# the largest chunk.
 PREFILL_CHUNK_TOKENS = 256
+# The smallest chunk: below it a call's fixed cost (binding every layer, the logits) outweighs its tokens.
+MIN_CHUNK_TOKENS = 16
 # Seconds: the most a 429's Retry-After asks a client to wait. The estimate counts each running sequence to its
 # max_tokens (often the whole context), so it is an upper bound; clients such as the openai SDK ignore values over
 # 60 and back off on their own, others would sleep for all of it.
@@ -99,7 +102,7 @@ class GenerationScheduler:
     """Owns one graph runner; admits, batches and steps sequences on its own thread."""
 
     def __init__(self, name: str, runner: GraphRunner, tokenizer: TextTokenizer, context_length: int,
-                 max_running: int, max_queued: int):
+                 max_running: int, max_queued: int, prefill_stall_seconds: float = 0.04):
         self.name = name
         self.runner = runner
         self.tokenizer = tokenizer
@@ -113,6 +116,10 @@ class GenerationScheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
+        # A chunk's size comes from a time budget, not a token count: the same count costs 10x more on a small CPU
+        # than on a GPU, and the stall is what a client sees (Sarathi-Serve sizes chunks by the same rule).
+        self.prefill_stall_seconds = prefill_stall_seconds
+        self._prefill_token_seconds: float | None = None  # running estimate of a prompt token's prefill time
         self._last_step_at: float | None = None
         # Events of one scheduler pass, handed to each event loop in one call: one wake-up of the loop per step
         # rather than one per sequence (with 32 streams, per-sequence wake-ups crowd out /health and the rest).
@@ -262,7 +269,8 @@ class GenerationScheduler:
         """The next chunk of a long prompt into its slot; after the last, the sequence joins the batch with its
         first token. A failure fails this sequence only (the runner frees its slot)."""
         assert isinstance(self.runner, ChunkedPrefillRunner)
-        chunk = seq.prompt_ids[seq.prefilled: seq.prefilled + PREFILL_CHUNK_TOKENS]
+        chunk = seq.prompt_ids[seq.prefilled: seq.prefilled + self.chunk_tokens()]
+        started = time.monotonic()
         try:
             seq.slot, logits = self.runner.prefill_chunk(seq.slot, chunk)
         except Exception as exc:
@@ -270,6 +278,7 @@ class GenerationScheduler:
             self._finish(seq, "error")
             self._fail([seq], f"prefill failed: {type(exc).__name__}: {exc}")
             return
+        self._time_prefill(len(chunk), time.monotonic() - started)
         seq.prefilled += len(chunk)
         if seq.prefilled == len(seq.prompt_ids):
             with self._cond:
@@ -277,9 +286,26 @@ class GenerationScheduler:
                 self._running.append(seq)
             self._advance([seq], logits[None])
 
+    def chunk_tokens(self) -> int:
+        """The next chunk of a long prompt: as many tokens as fit the stall budget at the measured prefill rate
+        (the smallest chunk until a prefill has been timed), within MIN_CHUNK_TOKENS..PREFILL_CHUNK_TOKENS."""
+        if self._prefill_token_seconds is None:
+            fitting = MIN_CHUNK_TOKENS
+        else:
+            fitting = int(self.prefill_stall_seconds / max(self._prefill_token_seconds, 1e-9))
+        return min(max(fitting, MIN_CHUNK_TOKENS), PREFILL_CHUNK_TOKENS)
+
+    def _time_prefill(self, tokens: int, seconds: float) -> None:
+        """Fold a prefill call's seconds per token into the running estimate (it rises with the cache's length as
+        attention grows, and with the machine's load)."""
+        rate = seconds / max(tokens, 1)
+        previous = self._prefill_token_seconds
+        self._prefill_token_seconds = rate if previous is None else 0.7 * previous + 0.3 * rate
+
     def _admit(self, admitted: list[Sequence]) -> None:
         """Prefill the newcomers into free slots and sample their first tokens. A failed prefill (e.g. out of memory
         on a long prompt) fails only the newcomers: the runner frees the slots it had given them."""
+        started = time.monotonic()
         try:
             slots, logits = self.runner.prefill([s.prompt_ids for s in admitted], PREFILL_TOKEN_BUDGET)
         except Exception as exc:
@@ -288,6 +314,7 @@ class GenerationScheduler:
                 self._admitting = []
             self._fail(admitted, f"prefill failed: {type(exc).__name__}: {exc}")
             return
+        self._time_prefill(sum(len(s.prompt_ids) for s in admitted), time.monotonic() - started)
         with self._cond:  # newcomers leave `admitting` as they join the batch: submit() never counts them twice
             for seq, slot in zip(admitted, slots, strict=True):
                 seq.slot = slot

@@ -70,7 +70,8 @@ class DecoderBackend:
         context = runner.max_length  # the graph's own limit may be lower (a builder graph's context_length)
         tokenizer.eos_token_ids.update(runner.eos_token_ids)
         scheduler = GenerationScheduler(config.name, runner, tokenizer, context_length=context,
-                                        max_running=max_running, max_queued=max_queued)
+                                        max_running=max_running, max_queued=max_queued,
+                                        prefill_stall_seconds=settings.prefill_stall_ms / 1000)
         info = ModelInfo.of(config, runner.provider, context, graph=runner.family, precision=runner.precision)
         return cls(info, scheduler, tokenizer, config.temperature)
 

@@ -51,7 +51,9 @@ BAD_BODIES = [
     ({**GOOD, "logit_bias": {"5": 101}}, "logit_bias.5"),
     ({**GOOD, "logit_bias": {"99999": 1}}, "logit_bias"),  # not in the model's vocabulary
     ({**GOOD, "logit_bias": {"five": 1}}, "logit_bias.five"),
-    ({**GOOD, "response_format": {"type": "json_object"}}, "response_format"),
+    ({**GOOD, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "frob"}}}},
+     "response_format"),  # llguidance cannot compile it
+    ({**GOOD, "structured_outputs": {"regex": "a", "grammar": "start: \"a\""}}, "structured_outputs"),
     ({**GOOD, "response_format": {"type": "xml"}}, "response_format"),
     ({**GOOD, "store": True}, "store"),
     ({**GOOD, "guided_json": {"type": "object"}}, "guided_json"),  # no field the API does not know is ignored

@@ -130,5 +130,6 @@ def test_the_sdk_reads_logprobs_and_takes_the_sampling_parameters(oai):
     assert len(completion.choices[0].logprobs.tokens) == 3
     with pytest.raises(openai.BadRequestError) as refused:
         oai.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hello"}],
-                                    response_format={"type": "json_object"})
+                                    response_format={"type": "json_schema",
+                                                     "json_schema": {"name": "x", "schema": {"type": "frob"}}})
     assert refused.value.body["param"] == "response_format"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from moltbot.engine.grammar import Constraint
 from moltbot.engine.logprobs import FLOOR, logprobs_of
 from moltbot.engine.sampling import SamplingParams, TokenCounts, sample_batch
 
@@ -24,11 +25,13 @@ class Row:
     params: SamplingParams
     rng: np.random.Generator
     counts: TokenCounts | None
+    constraint: Constraint | None = None
 
 
 def row(seed: int = 0, prompt: tuple[int, ...] = (), **params) -> Row:
     p = SamplingParams(**params)
-    return Row(p, np.random.default_rng(seed), TokenCounts(list(prompt)) if p.penalised else None)
+    return Row(p, np.random.default_rng(seed), TokenCounts(list(prompt)) if p.penalised else None,
+               p.grammar.matcher() if p.grammar else None)
 
 
 def pick(logits, sequence: Row) -> int:

@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.runtime.openai_schemas import assert_valid
@@ -144,9 +145,9 @@ def test_top_k_one_is_greedy_at_any_temperature(client):
 
 
 @pytest.mark.parametrize("extra,param,words", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}},
-     "response_format", "not supported by this server yet"),
-    ({"response_format": {"type": "json_object"}}, "response_format", "not supported by this server yet"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "frob"}}}},
+     "response_format", "cannot be compiled to a grammar: Invalid type: frob"),
+    ({"structured_outputs": {"regex": "[a-"}}, "structured_outputs", "unclosed character class"),
     ({"guided_json": {"type": "object"}}, "guided_json", "Unrecognized request argument supplied: guided_json"),
     ({"reasoning_effort": "high"}, "reasoning_effort", "Unrecognized request argument"),
     ({"parallel_tool_calls": False, "tools": [{"type": "function", "function": {"name": "f"}}]},
@@ -182,9 +183,15 @@ def test_the_document_declares_the_fields_as_the_server_takes_them(client):
     assert schemas["EmbeddingRequest"]["additionalProperties"] is False
     for name in ("top_k", "min_p", "repetition_penalty", "presence_penalty", "logit_bias", "top_logprobs"):
         assert name in chat["properties"], name
-    assert chat["properties"]["response_format"]["anyOf"][0] == {"$ref": "#/components/schemas/TextFormat"}
+    formats = chat["properties"]["response_format"]["anyOf"][0]["oneOf"]
+    assert {"$ref": "#/components/schemas/JsonSchemaFormat"} in formats  # constrained decoding: enforced
     ids = chat["properties"]["logit_bias"]["anyOf"][0]["propertyNames"]["pattern"]
     assert "741" in ids  # tiny-chat's highest token id: the vocabulary bounds the keys
+
+
+STORY = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 10},
+                                         "rating": {"type": "integer", "minimum": 1, "maximum": 5}},
+         "required": ["title", "rating"], "additionalProperties": False}
 
 
 def test_a_plugins_chat_goes_through_the_same_validator_and_gets_logprobs(tmp_path, defaults_dir):
@@ -204,11 +211,16 @@ def test_a_plugins_chat_goes_through_the_same_validator_and_gets_logprobs(tmp_pa
                     await registry.chat(messages, model="tiny-chat", max_tokens=1, **options)
                 except InvalidRequest as exc:
                     refusals.append(exc.param)
-            return reply, refusals
+            structured = await registry.chat(messages, model="tiny-chat", max_tokens=200, temperature=1.0, seed=5,
+                                             response_format={"type": "json_schema", "json_schema": {
+                                                 "name": "story", "schema": STORY, "strict": True}})
+            return reply, refusals, structured
         finally:
             await registry.close()
 
-    reply, refusals = asyncio.run(scenario())
+    reply, refusals, structured = asyncio.run(scenario())
+    assert structured["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(structured["content"]), STORY)  # the random model, held to the schema
     assert len(reply["logprobs"]) == reply["usage"]["completion_tokens"] == 4
     assert all(len(entry["top_logprobs"]) == 2 for entry in reply["logprobs"])
     assert refusals == ["top_k", "logit_bias", "response_format"]

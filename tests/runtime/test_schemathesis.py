@@ -54,7 +54,8 @@ def test_the_document_tells_what_the_server_does(server):
     assert stream["schema"]["required"] == ["data"]  # an SSE event object, its data a chunk or [DONE]
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
     assert chat["additionalProperties"] is False  # every chat model is local: unknown fields are refused
-    assert chat["properties"]["response_format"]["anyOf"][0] == {"$ref": "#/components/schemas/TextFormat"}
+    formats = chat["properties"]["response_format"]["anyOf"][0]["oneOf"]
+    assert {"$ref": "#/components/schemas/JsonSchemaFormat"} in formats  # enforced: constrained decoding
     assert "tiny-chat" in chat["properties"]["model"]["examples"]
     reload = document["paths"]["/v1/plugins/reload"]["post"]["requestBody"]["content"]["application/json"]
     assert reload["schema"]["properties"]["names"]["type"] == "array"

@@ -109,8 +109,8 @@ def test_every_backend_refuses_out_of_range_options(sampling, param):
 @pytest.mark.parametrize("sampling,param", [
     (SamplingRequest(echo=True), "echo"),
     (SamplingRequest(suffix="end"), "suffix"),
-    (SamplingRequest(response_format="json_object"), "response_format"),
-    (SamplingRequest(response_format="json_schema"), "response_format"),
+    (SamplingRequest(response_format={"type": "json_object"}), "response_format"),  # LIMITS: no grammar compiler
+    (SamplingRequest(structured_outputs={"regex": "a+"}), "structured_outputs"),
     (SamplingRequest(unknown_fields=("guided_json", "other")), "guided_json"),
 ])
 def test_what_only_the_local_sampler_lacks_is_refused_for_local_models_only(sampling, param):
@@ -119,8 +119,8 @@ def test_what_only_the_local_sampler_lacks_is_refused_for_local_models_only(samp
 
 
 def test_the_refusals_say_why():
-    assert refusal(SamplingRequest(response_format="json_schema")).message.startswith(
-        "response_format json_schema is not supported by this server yet")
+    assert refusal(SamplingRequest(response_format={"type": "json_object"})).message.endswith(
+        "cannot constrain its output")
     unknown = refusal(SamplingRequest(unknown_fields=("guided_json",)))
     assert (unknown.message, unknown.code) == ("Unrecognized request argument supplied: guided_json",
                                                "unknown_parameter")
@@ -131,7 +131,7 @@ def test_the_refusals_say_why():
     SamplingRequest(top_k=-1), SamplingRequest(top_k=0), SamplingRequest(min_p=0.0), SamplingRequest(min_p=1.0),
     SamplingRequest(logprobs=0), SamplingRequest(logprobs=5), SamplingRequest(logprobs=True, top_logprobs=0),
     SamplingRequest(logprobs=True, top_logprobs=20), SamplingRequest(logprobs=False),
-    SamplingRequest(logit_bias={"0": -100.0, "99": 100.0}), SamplingRequest(response_format="text"),
+    SamplingRequest(logit_bias={"0": -100.0, "99": 100.0}), SamplingRequest(response_format={"type": "text"}),
 ])
 def test_the_bounds_themselves_are_accepted(sampling):
     check_sampling(sampling)

@@ -35,13 +35,6 @@ _ONLY_OFF = {
         "suffix": {"anyOf": [{"const": ""}, _NULL], "description": "Not supported: empty or null only."},
     },
 }
-# What a local chat model does not do yet, where every chat model is local: JSON output (no constrained
-# decoding), holding the model to one tool call.
-_LOCAL_CHAT_ONLY = {
-    "response_format": {"anyOf": [{"$ref": "#/components/schemas/TextFormat"}, _NULL], "default": None,
-                        "description": "text only (json_object and json_schema are refused: no constrained decoding "
-                                       "yet)"},
-}
 _PARALLEL_RULE = {  # parallel_tool_calls false is refused with tools (a local model cannot be held to one call)
     "if": {"required": ["parallel_tool_calls"], "properties": {"parallel_tool_calls": {"const": False}}},
     "then": {"not": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}}}
@@ -206,7 +199,6 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
         chat["properties"]["tool_choice"] = {"anyOf": [{"enum": ["none", "auto"]}, _NULL], "default": None,
                                              "description": "none or auto (required and a named function are "
                                                             "refused: a local model cannot be made to call one)"}
-        chat["properties"].update(copy.deepcopy(_LOCAL_CHAT_ONLY))
         chat["allOf"].append(copy.deepcopy(_PARALLEL_RULE))
     # A local model refuses the fields the API does not know; a service model's upstream never gets them.
     for name, local in (("ChatCompletionRequest", served.local_chat), ("CompletionRequest", served.local_chat),

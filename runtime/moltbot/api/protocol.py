@@ -30,7 +30,7 @@ from moltbot.engine.validation import (
 )
 
 # Our extensions: never forwarded to a service model's upstream (a strict upstream refuses unknown fields).
-EXTENSIONS = {"ignore_eos", "max_tool_rounds", "allow_admin_tool_calls"}
+EXTENSIONS = {"ignore_eos", "max_tool_rounds", "allow_admin_tool_calls", "structured_outputs"}
 
 
 def _integral(value: Any) -> Any:
@@ -182,6 +182,21 @@ class JsonSchemaFormat(_Strict):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
+class StructuredOutputs(_Strict):
+    """Extension (vLLM's structured_outputs): the output follows exactly one of a JSON schema, a regex or a Lark
+    grammar (llguidance's Lark dialect)."""
+
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+    regex: Annotated[str, Field(min_length=1)] | None = None
+    grammar: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        if sum(v is not None for v in (self.json_, self.regex, self.grammar)) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex or grammar")
+        return self
+
+
 class NamedToolChoice(_Strict):
     type: Literal["function"]
     function: NamedFunction
@@ -256,6 +271,7 @@ class _SamplingRequest(_Request):
     top_k: TopK | None = None  # 0 or -1: off
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=MAX_REPETITION_PENALTY)
+    structured_outputs: StructuredOutputs | None = None  # extension (as vLLM): never forwarded upstream
 
     @field_validator("stop")
     @classmethod
@@ -276,7 +292,9 @@ class _SamplingRequest(_Request):
                                stop=stop, seed=self.seed, ignore_eos=self.ignore_eos,
                                presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                                logit_bias=self.logit_bias, top_k=self.top_k, min_p=self.min_p,
-                               repetition_penalty=self.repetition_penalty, unknown_fields=self.unknown_fields())
+                               repetition_penalty=self.repetition_penalty, unknown_fields=self.unknown_fields(),
+                               structured_outputs=self.structured_outputs.model_dump(exclude_none=True, by_alias=True)
+                               if self.structured_outputs else None)
 
     def openai_body(self) -> dict[str, Any]:
         """What the client sent, less our model name and our extensions: what a service model's upstream gets."""
@@ -322,7 +340,8 @@ class ChatCompletionRequest(_SamplingRequest):
         tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
         sampling = replace(self.to_sampling(self.max_completion_tokens or self.max_tokens), logprobs=self.logprobs,
                            top_logprobs=self.top_logprobs,
-                           response_format=self.response_format.type if self.response_format else None)
+                           response_format=self.response_format.model_dump(exclude_none=True, by_alias=True)
+                           if self.response_format else None)
         return ChatInput(messages, sampling, tools=tools, stream=self.stream, openai_body=self.openai_body(),
                          tool_choice=self.choice_of_tool(), parallel_tool_calls=self.parallel_tool_calls is not False)
 

@@ -43,9 +43,10 @@ class OutputProcessor:
         # token adds text), their log probabilities].
         self._unsent: deque[list[Any]] = deque()
 
-    def push(self, token: int, logprobs: Logprobs | None = None) -> Pushed:
+    def push(self, token: int, logprobs: Logprobs | None = None, complete: bool = False) -> Pushed:
         """The text that can be sent now, the finish reason when this token ends the sequence, and the log
-        probabilities of the tokens that text completes (where the token came with them)."""
+        probabilities of the tokens that text completes (where the token came with them). `complete`: the
+        sequence's grammar is complete with this token, which ends it ("stop") unless max_tokens does."""
         finish = None
         if token in self.eos_token_ids and not self.params.ignore_eos:
             finish = "stop"  # the end of the sequence is no text: its log probabilities are not reported
@@ -55,7 +56,9 @@ class OutputProcessor:
             self.decoder.push(token)
             if logprobs is not None:
                 self._wait_for_text(start, logprobs)
-            if len(self.generated) >= min(self.params.max_tokens, self.room):
+            if complete:
+                finish = "stop"
+            elif len(self.generated) >= min(self.params.max_tokens, self.room):
                 finish = "length"
         text = self.decoder.text
         stop_at = find_stop(text, self.params.stop, self.emitted_chars)

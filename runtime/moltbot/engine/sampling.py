@@ -1,9 +1,10 @@
 """Sampling parameters and the sampling pipeline: the next token of every sequence of a step, from the step's logits.
 
 The stages run over the rows of a step in this order, as vLLM's sampler runs them: logit_bias, penalties
-(repetition, presence, frequency), temperature, top-k / min-p / top-p, the draw, then the log probabilities
-(logprobs.py). Each stage touches only the rows that use it: a greedy row with nothing to apply is one argmax, and
-a row without bias or penalties pays nothing for them. The raw logits are never changed: the rows that are
+(repetition, presence, frequency), the grammar mask (grammar.py: tokens the row's grammar does not allow next are
+dropped), temperature, top-k / min-p / top-p, the draw, then the log probabilities (logprobs.py). Each stage
+touches only the rows that use it: a greedy row with nothing to apply is one argmax, and a row without bias,
+penalties or a grammar pays nothing for them. The raw logits are never changed: the rows that are
 adjusted are copied first, and log probabilities are of the model's raw distribution.
 """
 
@@ -17,6 +18,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from moltbot.engine.grammar import Constraint, Grammar
 from moltbot.engine.logprobs import Logprobs, logprobs_of
 
 Floats = npt.NDArray[np.float32]
@@ -45,6 +47,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), each id once
     logprobs: int | None = None  # None: none; otherwise the sampled token's and this many most likely tokens'
+    grammar: Grammar | None = None  # constrained decoding: each sequence's tokens follow it
 
     @property
     def greedy(self) -> bool:
@@ -58,10 +61,11 @@ class SamplingParams:
     @cached_property
     def route(self) -> str:
         """Which way the pipeline takes a row (worked out once per request, not per step): `plain` (greedy with
-        nothing to apply: one argmax of the raw row), `adjusted` (greedy after bias or penalties) or `drawn`."""
+        nothing to apply: one argmax of the raw row), `adjusted` (greedy after bias, penalties or a grammar mask) or
+        `drawn`."""
         if not self.greedy:
             return "drawn"
-        return "adjusted" if self.logit_bias or self.penalised else "plain"
+        return "adjusted" if self.logit_bias or self.penalised or self.grammar else "plain"
 
     @property
     def filters(self) -> bool:
@@ -155,6 +159,9 @@ class SamplingRow(Protocol):
     @property
     def counts(self) -> TokenCounts | None: ...  # where params.penalised
 
+    @property
+    def constraint(self) -> Constraint | None: ...  # where params.grammar
+
 
 class Sampled(NamedTuple):
     """One row's outcome: its token and, where asked for, log probabilities; or why it could not be sampled."""
@@ -180,16 +187,21 @@ def sample_batch(logits: npt.NDArray[np.floating], rows: Sequence[SamplingRow | 
     This runs for every step on the scheduler thread: vectorised float32 work over the vocabulary, one uniform
     draw per sampled row."""
     live = {i: row for i, row in enumerate(rows) if row is not None}
+    picked: dict[int, int | str] = {}  # a token, or why not
+    masks = _grammar_masks(logits.shape[1], live)
     routes: dict[str, list[int]] = {"plain": [], "adjusted": [], "drawn": []}
     for i, row in live.items():
-        routes[row.params.route].append(i)
+        if i in masks and not masks[i].any():
+            picked[i] = "the grammar allows no token here"
+        else:
+            routes[row.params.route].append(i)
     plain, adjusted, drawn = routes["plain"], routes["adjusted"], routes["drawn"]
-    picked: dict[int, int | str] = dict(zip(plain, _argmax(logits, plain), strict=True))  # a token, or why not
+    picked.update(zip(plain, _argmax(logits, plain), strict=True))
     if adjusted:
-        work = _adjusted(logits, adjusted, [live[i] for i in adjusted])
+        work = _adjusted(logits, adjusted, [live[i] for i in adjusted], masks)
         picked.update(zip(adjusted, (int(t) for t in np.argmax(work, axis=1)), strict=True))
     if drawn:
-        work = _adjusted(logits, drawn, [live[i] for i in drawn])
+        work = _adjusted(logits, drawn, [live[i] for i in drawn], masks)
         picked.update(zip(drawn, _draw_rows(work, [live[i] for i in drawn]), strict=True))
     return [None if row is None else _outcome(logits[i], picked[i], row) for i, row in enumerate(rows)]
 
@@ -203,6 +215,10 @@ def _outcome(raw: npt.NDArray[np.floating], picked: int | str, row: SamplingRow)
         logprobs = None if top is None else logprobs_of(raw, picked, top)
     except ValueError as exc:
         return Sampled(error=str(exc))
+    if row.constraint is not None:
+        failed = row.constraint.consume(picked)
+        if failed:
+            return Sampled(error=failed)
     if row.counts is not None:
         row.counts.add(picked)
     return Sampled(picked, logprobs)
@@ -214,17 +230,31 @@ def _argmax(logits: npt.NDArray[np.floating], which: list[int]) -> list[int]:
     return [int(np.argmax(logits[i])) for i in which]
 
 
-def _adjusted(logits: npt.NDArray[np.floating], which: list[int], rows: list[SamplingRow]) -> Floats:
-    """Copies of the rows `which` (the raw logits stay as they are, for the log probabilities), with logit_bias and
-    then the penalties applied where a row has them."""
+def _grammar_masks(width: int, live: dict[int, SamplingRow]) -> dict[int, npt.NDArray[np.bool_]]:
+    """The allowed next tokens of the constrained rows, by row: every row's mask of the step in one parallel call
+    (rows without a grammar pay nothing)."""
+    constrained = {i: row.constraint for i, row in live.items() if row.constraint is not None}
+    if not constrained:
+        return {}
+    constraints = list(constrained.values())
+    allowed = constraints[0].compiler.fill_masks(constraints, width)
+    return dict(zip(constrained, allowed, strict=True))
+
+
+def _adjusted(logits: npt.NDArray[np.floating], which: list[int], rows: list[SamplingRow],
+              masks: dict[int, npt.NDArray[np.bool_]]) -> Floats:
+    """Copies of the rows `which` (the raw logits stay as they are, for the log probabilities), with logit_bias,
+    then the penalties, then the grammar mask applied where a row has them."""
     work = np.asarray(logits[which], dtype=np.float32)  # indexing with a list copies
-    for adjusted, row in zip(work, rows, strict=True):
+    for index, adjusted, row in zip(which, work, rows, strict=True):
         if row.params.logit_bias:
             ids, values = row.params.bias
             inside = ids < len(adjusted)  # ids beyond the logits (a narrower graph) have no score to bias
             adjusted[ids[inside]] += values[inside]
         if row.counts is not None:
             row.counts.apply(adjusted, row.params)
+        if index in masks:
+            adjusted[~masks[index]] = -np.inf
     return work
 
 

@@ -77,6 +77,8 @@ class Sequence:
         self.rng = np.random.default_rng(seed)
         # Its tokens, counted as they come, where a penalty reads them (the sampling pipeline keeps them).
         self.counts = TokenCounts(self.prompt_ids) if self.params.penalised else None
+        # Its place in its grammar, where constrained: each of the n choices its own.
+        self.constraint = self.params.grammar.matcher() if self.params.grammar else None
 
 
 class GenerationHandle:
@@ -348,7 +350,9 @@ class GenerationScheduler:
                 metrics.INTER_TOKEN_LATENCY.labels(self.name).observe(now - seq.last_token_at)
             seq.last_token_at = now
             metrics.GENERATION_TOKENS.labels(self.name).inc()
-            delta, finish, logprobs = seq.output.push(token, sampled.logprobs)
+            # A grammar that is complete ends the sequence (the mask allows nothing but EOS after it).
+            complete = seq.constraint is not None and seq.constraint.done
+            delta, finish, logprobs = seq.output.push(token, sampled.logprobs, complete=complete)
             self._emit(seq, TokenEvent(delta, 1, finish, seq.index, logprobs))
             if finish:
                 self._finish(seq, finish)

@@ -9,10 +9,11 @@ SamplingRequest, the checks below, SamplingParams and the sampler.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from moltbot.engine.errors import InvalidRequest
+from moltbot.engine.grammar import GrammarCompiler, grammar_source
 from moltbot.engine.logprobs import MAX_TOP_LOGPROBS
 from moltbot.engine.sampling import SamplingParams
 
@@ -47,7 +48,10 @@ class SamplingRequest:
     top_k: int | None = None  # extension (as vLLM): 0 or -1 is off
     min_p: float | None = None  # extension (as vLLM)
     repetition_penalty: float | None = None  # extension (as vLLM, HF's definition)
-    response_format: str | None = None  # its type: text, json_object or json_schema
+    # OpenAI's shape: {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}
+    response_format: Mapping[str, Any] | None = None
+    # Extension (as vLLM names it): exactly one of {"json": a JSON schema, "regex": ..., "grammar": Lark}
+    structured_outputs: Mapping[str, Any] | None = None
     echo: bool = False  # completions only
     suffix: str | None = None  # completions only
     # Request fields the API does not know: a local model refuses them (naming the first), never ignores them; a
@@ -75,6 +79,7 @@ class ModelLimits:
     capacity: int  # sequences at once: running batch plus queue
     default_temperature: float
     vocab_size: int = 0  # token ids a client may send are below it (0: not checked)
+    grammars: GrammarCompiler | None = field(default=None, compare=False)  # constrained decoding, where it can
 
 
 @dataclass(frozen=True)
@@ -158,10 +163,7 @@ def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelL
     temperature, and the rest of the context as max_tokens."""
     check_known_fields(sampling.unknown_fields)
     check_sampling(sampling)
-    if sampling.response_format not in (None, "text"):
-        raise InvalidRequest(f"response_format {sampling.response_format} is not supported by this server yet (no "
-                             "constrained decoding): send text or leave it out", param="response_format",
-                             code="unsupported_parameter")
+    grammar = grammar_source(sampling.response_format, sampling.structured_outputs)
     if sampling.echo or sampling.suffix:
         raise InvalidRequest("echo and suffix are not supported by this server",
                              param="echo" if sampling.echo else "suffix")
@@ -187,6 +189,13 @@ def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelL
     if sequences > limits.capacity:
         raise InvalidRequest(f"This request needs {sequences} sequences (prompts x n); the model '{limits.model}' "
                              f"takes at most {limits.capacity} at once", param="n", code="too_many_sequences")
+    compiled = None
+    if grammar is not None:
+        source, param = grammar
+        if limits.grammars is None:
+            raise InvalidRequest(f"The model '{limits.model}' cannot constrain its output", param=param,
+                                 code="unsupported_parameter")
+        compiled = limits.grammars.compile(source, param)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=limits.default_temperature if sampling.temperature is None else sampling.temperature,
@@ -195,7 +204,7 @@ def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelL
         top_k=max(sampling.top_k or 0, 0), min_p=sampling.min_p or 0.0,
         repetition_penalty=1.0 if sampling.repetition_penalty is None else sampling.repetition_penalty,
         presence_penalty=sampling.presence_penalty or 0.0, frequency_penalty=sampling.frequency_penalty or 0.0,
-        logit_bias=tuple(sorted(bias.items())), logprobs=_alternatives(sampling))
+        logit_bias=tuple(sorted(bias.items())), logprobs=_alternatives(sampling), grammar=compiled)
     return ValidatedRequest(prompts, params, sampling.n)
 
 

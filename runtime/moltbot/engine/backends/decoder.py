@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 from moltbot.engine.backend import (
     ChatInput,
@@ -25,6 +26,7 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import GenerationFailed, InvalidRequest
+from moltbot.engine.grammar import GrammarCompiler
 from moltbot.engine.output import SentLogprobs
 from moltbot.engine.runner import open_runner
 from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
@@ -43,14 +45,14 @@ from moltbot.settings import Settings
 
 class DecoderBackend:
     def __init__(self, info: ModelInfo, scheduler: GenerationScheduler, tokenizer: TextTokenizer,
-                 default_temperature: float):
+                 default_temperature: float, grammars: GrammarCompiler):
         self.info = info
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.limits = ModelLimits(model=info.name, context_length=scheduler.context_length,
                                   capacity=scheduler.max_running + scheduler.max_queued,
                                   default_temperature=default_temperature,
-                                  vocab_size=tokenizer.vocab_size)
+                                  vocab_size=tokenizer.vocab_size, grammars=grammars)
 
     @classmethod
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> DecoderBackend:
@@ -58,7 +60,9 @@ class DecoderBackend:
             raise ValueError(f"{config.name}: the onnxruntime backend needs model files")
         folder = onnx_folder(folder, config, settings)
         tokenizer = TextTokenizer(folder)
-        model_limit = _model_context_limit(folder)
+        model_config = _model_config(folder)
+        limit = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+        model_limit = int(limit) if limit else None
         context = min(config.max_tokens, model_limit) if model_limit else config.max_tokens
         max_running, max_queued = admission_limits(config, settings)
         runner = open_runner(folder, device_options(config, settings), slots=max_running, context_length=context,
@@ -73,7 +77,12 @@ class DecoderBackend:
                                         max_running=max_running, max_queued=max_queued,
                                         prefill_stall_seconds=settings.prefill_stall_ms / 1000)
         info = ModelInfo.of(config, runner.provider, context, graph=runner.family, precision=runner.precision)
-        return cls(info, scheduler, tokenizer, config.temperature)
+        # Grammar masks as wide as the graph's logits (its config's vocab_size: both runner families size the
+        # logits by it), which may differ from the tokenizer's vocabulary.
+        width = int(model_config.get("vocab_size") or tokenizer.vocab_size)
+        grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), width, tokenizer.vocab_size,
+                                   tokenizer.eos_token_ids)
+        return cls(info, scheduler, tokenizer, config.temperature, grammars)
 
     def describe(self) -> ModelInfo:
         return self.info
@@ -166,10 +175,9 @@ def _token_text(raw: bytes) -> str:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
-def _model_context_limit(folder: Path) -> int | None:
+def _model_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    return int(limit) if limit else None
+        return {}
+    return config if isinstance(config, dict) else {}

@@ -35,7 +35,7 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import InvalidRequest, UpstreamError, upstream_error_body
-from moltbot.engine.validation import check_sampling, check_tool_choice
+from moltbot.engine.validation import SamplingRequest, check_sampling, check_tool_choice
 from moltbot.settings import Settings
 
 # The request fields forwarded upstream, per endpoint: what the reply depends on, nothing that bills, stores or
@@ -80,6 +80,7 @@ class ServiceBackend:
         if self.info.task != "chat":
             raise wrong_task(self.info, "chat")
         check_sampling(request.sampling)
+        _no_structured_outputs(request.sampling)
         check_tool_choice(request.tool_choice, request.tools, constrained=True)  # the upstream honours it
         return await self._generate("chat/completions", request.openai_body, request.stream, _chat_choice)
 
@@ -87,6 +88,7 @@ class ServiceBackend:
         if self.info.task != "chat":
             raise wrong_task(self.info, "chat")
         check_sampling(request.sampling)
+        _no_structured_outputs(request.sampling)
         return await self._generate("completions", request.openai_body, request.stream, _completion_choice)
 
     async def embed(self, request: EmbeddingInput) -> Embeddings:
@@ -110,6 +112,14 @@ class ServiceBackend:
             return Generation(_replay(events))
         response = await self.client.open_stream(path, {**body, "stream": True})
         return Generation(_streamed_events(response, parse), release=response.aclose)
+
+
+def _no_structured_outputs(sampling: SamplingRequest) -> None:
+    """structured_outputs is this server's extension, enforced by local models: an upstream would not honour it
+    (response_format, OpenAI's own, is forwarded)."""
+    if sampling.structured_outputs is not None:
+        raise InvalidRequest("structured_outputs is not supported by a service model: send response_format",
+                             param="structured_outputs", code="unsupported_parameter")
 
 
 class ServiceClient:

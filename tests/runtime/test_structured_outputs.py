@@ -1,0 +1,151 @@
+"""Constrained decoding in the engine (no HTTP): every completion of the random-weight test model (any token is
+possible there, so the grammar mask does all the work) under a JSON schema, a regex or a Lark grammar is one the
+grammar accepts; the validator refuses what llguidance cannot compile, naming the param."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from moltbot.engine.errors import InvalidRequest
+from moltbot.engine.grammar import GrammarCompiler
+from moltbot.engine.optimum_runner import OptimumRunner
+from moltbot.engine.sampling import SamplingParams
+from moltbot.engine.scheduler import GenerationScheduler
+from moltbot.engine.sessions import DeviceOptions
+from moltbot.engine.tokenizer import TextTokenizer
+from moltbot.engine.validation import ModelLimits, SamplingRequest, validate
+
+CORPUS = json.loads((Path(__file__).parent / "data" / "json_schemas.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def engine(defaults_dir):
+    folder = defaults_dir / "tiny-chat"
+    tokenizer = TextTokenizer(folder)
+    sched = GenerationScheduler("test-chat", OptimumRunner(folder, DeviceOptions(), slots=8, max_length=2048),
+                                tokenizer, context_length=2048, max_running=8, max_queued=64)
+    grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), tokenizer.vocab_size, tokenizer.vocab_size,
+                               tokenizer.eos_token_ids)
+    limits = ModelLimits("test-chat", 2048, 72, 1.0, tokenizer.vocab_size, grammars=grammars)
+    yield sched, limits
+    sched.stop()
+
+
+def schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+
+
+async def generate(sched: GenerationScheduler, params: SamplingParams, n: int = 1) -> list[tuple[str, str]]:
+    """Each sequence's (text, finish reason)."""
+    handle = sched.submit(sched.tokenizer.encode("Answer in JSON:"), params, n, asyncio.get_running_loop())
+    texts, reasons = [""] * n, [""] * n
+    while not all(reasons):
+        event = await handle.next_event()
+        texts[event.index] += event.text
+        if event.finish_reason:
+            reasons[event.index] = event.finish_reason
+    return list(zip(texts, reasons, strict=True))
+
+
+def constrained(limits: ModelLimits, **request) -> SamplingParams:
+    request.setdefault("max_tokens", 400)
+    request.setdefault("temperature", 1.0)
+    return validate(SamplingRequest(**request), [[1, 2, 3]], limits).params
+
+
+def test_the_corpus_holds_the_schema_kinds_asked_for():
+    text = json.dumps(CORPUS)
+    assert len(CORPUS) >= 30
+    for keyword in ("$ref", "anyOf", "minItems", "maxItems", "enum", "pattern", "minimum", "maximum", "$defs"):
+        assert keyword in text, keyword
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_every_completion_under_a_schema_validates_on_the_random_model(engine, name):
+    sched, limits = engine
+    schema = CORPUS[name]
+    params = constrained(limits, response_format=schema_format(schema), seed=7)
+    [(text, reason)] = asyncio.run(generate(sched, params))
+    assert reason == "stop", (text, reason)
+    jsonschema.validate(json.loads(text), schema)
+
+
+def test_n_choices_each_follow_the_schema_with_their_own_matcher(engine):
+    sched, limits = engine
+    schema = CORPUS["order"]
+    params = constrained(limits, response_format=schema_format(schema), seed=3, n=3)
+    results = asyncio.run(generate(sched, params, n=3))
+    for text, reason in results:
+        assert reason == "stop"
+        jsonschema.validate(json.loads(text), schema)
+    assert len({text for text, _ in results}) > 1  # each its own draw, not copies of one
+
+
+def test_the_same_seed_gives_the_same_constrained_completion(engine):
+    sched, limits = engine
+    params = constrained(limits, response_format=schema_format(CORPUS["flat_object"]), seed=11)
+    assert asyncio.run(generate(sched, params)) == asyncio.run(generate(sched, params))
+
+
+def test_a_greedy_row_is_held_to_the_grammar_too(engine):
+    sched, limits = engine
+    params = constrained(limits, structured_outputs={"regex": "(yes|no)-[0-9]{2}"}, temperature=0.0)
+    [(text, reason)] = asyncio.run(generate(sched, params))
+    assert reason == "stop"
+    assert text[:-3] in ("yes", "no") and text[-3] == "-" and text[-2:].isdigit(), text
+
+
+def test_lark_grammar_and_json_extension(engine):
+    sched, limits = engine
+    lark = 'start: "SELECT " col " FROM " table\ncol: "id" | "name"\ntable: "users" | "orders"'
+    [(text, reason)] = asyncio.run(generate(sched, constrained(limits, structured_outputs={"grammar": lark})))
+    assert reason == "stop"
+    assert text.split(" ")[0] == "SELECT" and text.split(" ")[1] in ("id", "name"), text
+    assert text.endswith((" FROM users", " FROM orders")), text
+    schema = CORPUS["enum_in_object"]
+    [(text, _)] = asyncio.run(generate(sched, constrained(limits, structured_outputs={"json": schema})))
+    jsonschema.validate(json.loads(text), schema)
+
+
+def test_max_tokens_mid_json_finishes_length(engine):
+    sched, limits = engine
+    params = constrained(limits, response_format=schema_format(CORPUS["order"]), max_tokens=3)
+    [(text, reason)] = asyncio.run(generate(sched, params))
+    assert reason == "length"
+    assert text and '{"order_id": "ORD'.startswith(text), text  # three tokens into what the schema forces
+
+
+def test_stop_strings_keep_working_under_a_grammar(engine):
+    sched, limits = engine
+    params = constrained(limits, structured_outputs={"regex": "abc,def,ghi"}, stop=(",g",))
+    [(text, reason)] = asyncio.run(generate(sched, params))
+    assert (text, reason) == ("abc,def", "stop")
+
+
+@pytest.mark.parametrize(("request_fields", "param", "fragment"), [
+    ({"response_format": schema_format({"type": "object", "properties": {"a": {"type": "frob"}}})},
+     "response_format", "frob"),
+    ({"response_format": schema_format({"$ref": "#/$defs/missing"})}, "response_format", "missing"),
+    ({"structured_outputs": {"regex": "[a-"}}, "structured_outputs", "regex"),
+    ({"structured_outputs": {"grammar": "start: undefined_rule"}}, "structured_outputs", "undefined_rule"),
+    ({"structured_outputs": {"regex": "a", "grammar": "start: \"a\""}}, "structured_outputs", "exactly one"),
+    ({"response_format": {"type": "xml"}}, "response_format", "xml"),
+])
+def test_what_cannot_be_compiled_is_refused_naming_the_param(engine, request_fields, param, fragment):
+    _, limits = engine
+    with pytest.raises(InvalidRequest) as refused:
+        constrained(limits, **request_fields)
+    assert refused.value.param == param
+    assert fragment in str(refused.value)
+
+
+def test_text_format_and_no_format_are_unconstrained(engine):
+    _, limits = engine
+    assert constrained(limits, response_format={"type": "text"}).grammar is None
+    assert constrained(limits).grammar is None
+    assert constrained(limits, response_format={"type": "json_object"}).grammar is not None

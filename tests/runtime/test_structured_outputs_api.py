@@ -1,0 +1,100 @@
+"""Constrained decoding through a live server on the random-weight test model: response_format json_schema
+(plain, streamed, n=2), the structured_outputs extension on completions, and the openai SDK's parse() with a
+pydantic model. Every reply parses and validates: the mask does all the work (any token is possible there)."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.runtime.openai_schemas import assert_valid
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "temperature", "tags"],
+          "properties": {"city": {"enum": ["Paris", "Oslo", "Lima"]},
+                         "temperature": {"type": "number", "minimum": -40, "maximum": 50},
+                         "tags": {"type": "array", "maxItems": 3,
+                                  "items": {"type": "string", "pattern": "^[a-z]{2,5}$"}}}}
+BODY = {"model": "tiny-chat", "messages": [{"role": "user", "content": "The weather, as JSON"}], "temperature": 1.0,
+        "max_tokens": 300, "seed": 4,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA,
+                                                                   "strict": True}}}
+
+
+def test_a_chat_completion_follows_its_json_schema(client):
+    reply = client.post("/v1/chat/completions", json=BODY)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert_valid("CreateChatCompletionResponse", body)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
+
+
+def test_a_streamed_completion_follows_its_json_schema(client):
+    text, finish = "", None
+    with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True, "seed": 9}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:])["choices"]:
+                text += choice["delta"].get("content") or ""
+                finish = choice["finish_reason"] or finish
+    assert finish == "stop"
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_n_choices_each_follow_the_schema(client):
+    reply = client.post("/v1/chat/completions", json={**BODY, "n": 2, "seed": 21})
+    assert reply.status_code == 200, reply.text
+    choices = reply.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    for choice in choices:
+        assert choice["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_take_the_structured_outputs_extension(client, stream):
+    body = {"model": "tiny-chat", "prompt": "Order number:", "max_tokens": 40, "temperature": 1.0, "stream": stream,
+            "structured_outputs": {"regex": "ORD-[0-9]{4}"}}
+    reply = client.post("/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    if stream:
+        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    else:
+        text = reply.json()["choices"][0]["text"]
+    assert len(text) == 8 and text.startswith("ORD-") and text[4:].isdigit(), text
+
+
+def test_an_uncompilable_schema_is_a_400_naming_response_format(client):
+    bad = {**BODY, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "bad", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}}
+    reply = client.post("/v1/chat/completions", json=bad)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "response_format" and "missing" in error["message"], error
+
+
+class Verdict(BaseModel):
+    verdict: Literal["yes", "no", "maybe"]
+    confidence: int = Field(ge=0, le=100)
+    reasons: list[Literal["cost", "time", "risk"]] = Field(max_length=2)
+
+
+def test_the_openai_sdk_parses_a_pydantic_model(shared_server):
+    with openai.OpenAI(base_url=shared_server.url + "/v1", api_key="unused", max_retries=0) as oai:
+        completion = oai.chat.completions.parse(
+            model="tiny-chat", messages=[{"role": "user", "content": "Should we ship?"}], response_format=Verdict,
+            temperature=1.0, max_tokens=200, seed=2)
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(message.parsed, Verdict), message
+    assert 0 <= message.parsed.confidence <= 100

@@ -191,3 +191,43 @@ def test_int4_on_request_is_made_once_beside_int8_and_served(tmp_path, real_defa
     # The int4 graph holds the GGUF's own Q4_1 blocks (its Q8_0 embedding as 8-bit), not a second quantisation.
     steps = json.loads((folder / f"{SMOLLM2}-int4" / "provenance.json").read_text())["conversion"]
     assert any(s.startswith("int4 weights: the file's own blocks as MatMulNBits (Q4_1 x210, Q8_0 x1") for s in steps), steps
+
+
+# A handful of the constrained-decoding corpus (test_structured_outputs.py runs all of it on the random model).
+CORPUS = json.loads((Path(__file__).parent / "data" / "json_schemas.json").read_text())
+ON_THE_DEFAULT = ["order", "anyof_objects", "ref_nested_array", "person_openai_strict", "array_bounds",
+                  "pattern_date", "enum_in_object", "nested_object"]
+
+
+@pytest.mark.parametrize("name", ON_THE_DEFAULT)
+def test_the_default_follows_a_json_schema_at_temperature_1(oai, name):
+    import jsonschema
+
+    schema = CORPUS[name]
+    reply = oai.chat.completions.create(
+        model=SMOLLM2, messages=[{"role": "user", "content": f"Give an example {name.replace('_', ' ')} as JSON."}],
+        temperature=1.0, seed=1, max_tokens=300,
+        response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}})
+    assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+
+
+def test_the_default_writes_a_json_object_and_parses_a_pydantic_model(oai):
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=40)
+        country: str = Field(max_length=40)
+        # Bounded: greedy, the 135M model repeats a digit of an unbounded number to max_tokens ("3.1111...", as a
+        # grammar allows), see docs/engine.md.
+        arrondissements: int = Field(ge=1, le=99)
+
+    reply = oai.chat.completions.create(model=SMOLLM2, messages=PARIS, temperature=0, max_tokens=200,
+                                        response_format={"type": "json_object"})
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    parsed = oai.chat.completions.parse(model=SMOLLM2, messages=[{"role": "user", "content": "Describe Paris."}],
+                                        response_format=City, temperature=0, max_tokens=200)
+    city = parsed.choices[0].message.parsed
+    print(f"\n{SMOLLM2} parsed: {city!r}")
+    assert isinstance(city, City)

@@ -98,3 +98,68 @@ def test_the_openai_sdk_parses_a_pydantic_model(shared_server):
     assert completion.choices[0].finish_reason == "stop"
     assert isinstance(message.parsed, Verdict), message
     assert 0 <= message.parsed.confidence <= 100
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["city", "unit"],
+        "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["C", "F"]}}}}},
+    {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["a", "b"],
+        "properties": {"a": {"type": "integer", "minimum": -99, "maximum": 99},
+                       "b": {"type": "integer", "minimum": -99, "maximum": 99}}}}},
+]
+PARAMETERS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+TOOL_BODY = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": TOOLS,
+             "temperature": 1.0, "max_tokens": 1500}
+
+
+def assert_valid_calls(message: dict, names: set[str]) -> list[dict]:
+    calls = message["tool_calls"]
+    assert calls, message
+    for call in calls:
+        assert call["function"]["name"] in names, call
+        jsonschema.validate(json.loads(call["function"]["arguments"]), PARAMETERS[call["function"]["name"]])
+    return calls
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tool_choice_required_forces_a_valid_call_of_an_offered_function(client, seed):
+    reply = client.post("/v1/chat/completions", json={**TOOL_BODY, "tool_choice": "required", "seed": seed})
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert_valid_calls(choice["message"], set(PARAMETERS))
+
+
+def test_a_named_tool_choice_forces_that_function_and_parallel_false_one_call(client):
+    named = {"type": "function", "function": {"name": "add"}}
+    for seed in range(4):
+        reply = client.post("/v1/chat/completions", json={**TOOL_BODY, "tool_choice": named, "seed": seed,
+                                                          "parallel_tool_calls": False})
+        assert reply.status_code == 200, reply.text
+        calls = assert_valid_calls(reply.json()["choices"][0]["message"], {"add"})
+        assert len(calls) == 1
+
+
+def test_a_forced_call_streams_as_tool_call_pieces(client):
+    arguments, names, finish = "", [], None
+    body = {**TOOL_BODY, "tool_choice": "required", "stream": True, "seed": 3, "parallel_tool_calls": False}
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:])["choices"]:
+                for piece in choice["delta"].get("tool_calls") or []:
+                    names += [piece["function"]["name"]] if piece["function"].get("name") else []
+                    arguments += piece["function"].get("arguments") or ""
+                finish = choice["finish_reason"] or finish
+    assert finish == "tool_calls" and len(names) == 1 and names[0] in PARAMETERS
+    jsonschema.validate(json.loads(arguments), PARAMETERS[names[0]])
+
+
+def test_a_forced_call_and_a_response_format_together_are_refused(client):
+    reply = client.post("/v1/chat/completions", json={**TOOL_BODY, "tool_choice": "required",
+                                                      "response_format": {"type": "json_object"}})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "response_format", reply.text

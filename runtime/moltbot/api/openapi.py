@@ -35,9 +35,14 @@ _ONLY_OFF = {
         "suffix": {"anyOf": [{"const": ""}, _NULL], "description": "Not supported: empty or null only."},
     },
 }
-_PARALLEL_RULE = {  # parallel_tool_calls false is refused with tools (a local model cannot be held to one call)
+# parallel_tool_calls false with tools is refused under auto (a local model is held to one call only where a grammar
+# forces the call: tool_choice required or a named function).
+_PARALLEL_RULE = {
     "if": {"required": ["parallel_tool_calls"], "properties": {"parallel_tool_calls": {"const": False}}},
-    "then": {"not": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}}}
+    "then": {"anyOf": [
+        {"not": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
+        {"required": ["tool_choice"],
+         "properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}}}]}}
 _TOP_LOGPROBS_RULE = {  # top_logprobs needs logprobs: true
     "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"not": _NULL}}},
     "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}
@@ -188,7 +193,7 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
             _limit_inputs(schemas[name]["properties"][field], vocab,
                           served.capacity if name == "CompletionRequest" else 0)
     chat = schemas["ChatCompletionRequest"]
-    # tool_choice needs tools; a local model cannot be made to call one (required, a named function: refused)
+    # tool_choice needs tools
     chat.setdefault("allOf", []).extend([{
         "if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"type": "null"}}}},
         "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
@@ -196,9 +201,6 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         schemas[name]["properties"]["logit_bias"] = _logit_bias(served.chat_vocab if served.local_chat else 0)
     if served.local_chat:
-        chat["properties"]["tool_choice"] = {"anyOf": [{"enum": ["none", "auto"]}, _NULL], "default": None,
-                                             "description": "none or auto (required and a named function are "
-                                                            "refused: a local model cannot be made to call one)"}
         chat["allOf"].append(copy.deepcopy(_PARALLEL_RULE))
     # A local model refuses the fields the API does not know; a service model's upstream never gets them.
     for name, local in (("ChatCompletionRequest", served.local_chat), ("CompletionRequest", served.local_chat),

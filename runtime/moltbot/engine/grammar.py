@@ -162,3 +162,23 @@ def _json_grammar(schema: dict[str, Any] | str, param: str) -> str:
     except ValueError as exc:
         raise InvalidRequest(f"{param}: the JSON schema is not valid: {exc}", param=param,
                              code="invalid_grammar") from None
+
+
+def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, parallel: bool) -> str:
+    """A forced tool call (tool_choice required, or `name`) in the Hermes format the local models write
+    (api/tool_parser.py): `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, the name one of the
+    offered functions' (or `name`), the arguments valid against that function's parameters; one call, or one or
+    more where parallel calls are allowed."""
+    calls = []
+    for tool in tools:
+        function = tool.get("function") or {}
+        if name is not None and function.get("name") != name:
+            continue
+        calls.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                      "properties": {"name": {"const": function.get("name")},
+                                     "arguments": function.get("parameters") or {"type": "object"}}})
+    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_OPTIONS}
+    repeat = ' ("\\n" call)*' if parallel else ""
+    return llguidance.LLMatcher.grammar_from_lark(
+        f'start: call{repeat}\ncall: "<tool_call>\\n" arguments "\\n</tool_call>"\narguments: %json '
+        f"{json.dumps(schema)}\n")

@@ -266,14 +266,15 @@ def check_embedding_inputs(inputs: list[list[int]], limits: ModelLimits, truncat
 
 def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None, *, constrained: bool,
                       parallel: bool = True) -> bool:
-    """Whether the model's output is to be read for tool calls. `constrained`: the backend can make the model call
-    a tool, or only one (a service model's upstream can; a local model cannot, so `required`, a named function and
-    parallel_tool_calls false with tools are refused there rather than silently ignored)."""
+    """Whether the model's output is to be read for tool calls. `constrained`: the backend can hold the model to
+    one tool call (a service model's upstream can; a local model can where a grammar forces the call, with
+    tool_choice required or a named function, so parallel_tool_calls false with tools under auto is refused there
+    rather than silently ignored)."""
     names = {(tool.get("function") or {}).get("name") for tool in tools or []}
     if not parallel and tools and not constrained:
-        raise InvalidRequest("parallel_tool_calls false is not supported by this model yet (it cannot be held to one "
-                             "tool call): send true or leave it out", param="parallel_tool_calls",
-                             code="unsupported_parameter")
+        raise InvalidRequest("parallel_tool_calls false is only supported with tool_choice required or a named "
+                             "function by this model (under auto it cannot be held to one tool call): send true or "
+                             "leave it out", param="parallel_tool_calls", code="unsupported_parameter")
     if choice is None:
         return bool(tools)
     if not tools:
@@ -284,10 +285,4 @@ def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None, *,
                                  param="tool_choice")
     elif choice not in ("none", "auto", "required"):
         raise InvalidRequest("tool_choice must be none, auto, required or a named function", param="tool_choice")
-    if choice == "none":
-        return False
-    if choice != "auto" and not constrained:
-        what = "'required'" if choice == "required" else "a named function"
-        raise InvalidRequest(f"tool_choice {what} is not supported by this model (it cannot be made to call a tool); "
-                             "send auto or none", param="tool_choice", code="unsupported_tool_choice")
-    return True
+    return choice != "none"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import GenerationFailed, InvalidRequest
-from moltbot.engine.grammar import GrammarCompiler
+from moltbot.engine.grammar import GrammarCompiler, tool_call_grammar
 from moltbot.engine.output import SentLogprobs
 from moltbot.engine.runner import open_runner
 from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
@@ -35,6 +36,7 @@ from moltbot.engine.sources import ModelSourceError, onnx_folder
 from moltbot.engine.tokenizer import TemplateError, TextTokenizer
 from moltbot.engine.validation import (
     ModelLimits,
+    NamedTool,
     SamplingRequest,
     ValidatedRequest,
     check_tool_choice,
@@ -53,6 +55,7 @@ class DecoderBackend:
                                   capacity=scheduler.max_running + scheduler.max_queued,
                                   default_temperature=default_temperature,
                                   vocab_size=tokenizer.vocab_size, grammars=grammars)
+        self.grammars = grammars
 
     @classmethod
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> DecoderBackend:
@@ -88,15 +91,27 @@ class DecoderBackend:
         return self.info
 
     async def chat(self, request: ChatInput) -> Generation:
-        check_tool_choice(request.tool_choice, request.tools, constrained=False, parallel=request.parallel_tool_calls)
+        # tool_choice required or a named function: a grammar holds the model to the call (and to one call where
+        # parallel_tool_calls is false); under auto the model is free, so parallel_tool_calls false is refused.
+        choice, tools = request.tool_choice, request.tools
+        forced = bool(tools) and (choice == "required" or isinstance(choice, NamedTool))
+        check_tool_choice(choice, tools, constrained=forced, parallel=request.parallel_tool_calls)
 
         def prepare() -> tuple[str, ValidatedRequest]:
             try:
-                prompt = self.tokenizer.render_chat(request.messages, add_generation_prompt=True,
-                                                    tools=request.tools)
+                prompt = self.tokenizer.render_chat(request.messages, add_generation_prompt=True, tools=tools)
             except TemplateError as exc:
                 raise InvalidRequest(str(exc), param="messages") from None
-            return prompt, self._validate(request.sampling, [prompt], add_special_tokens=False)
+            validated = self._validate(request.sampling, [prompt], add_special_tokens=False)
+            if forced and tools:
+                if validated.params.grammar is not None:
+                    raise InvalidRequest("a forced tool call (tool_choice) and a response format cannot both hold "
+                                         "the output: send one of them", param="response_format")
+                name = choice.name if isinstance(choice, NamedTool) else None
+                grammar = self.grammars.compile(tool_call_grammar(tools, name, request.parallel_tool_calls),
+                                                "tools")
+                validated = replace(validated, params=replace(validated.params, grammar=grammar))
+            return prompt, validated
 
         prompt, validated = await asyncio.to_thread(prepare)
         return self._start(validated, prompt)

@@ -231,3 +231,25 @@ def test_the_default_writes_a_json_object_and_parses_a_pydantic_model(oai):
     city = parsed.choices[0].message.parsed
     print(f"\n{SMOLLM2} parsed: {city!r}")
     assert isinstance(city, City)
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+                   "properties": {"city": {"type": "string", "maxLength": 40},
+                                  "unit": {"enum": ["celsius", "fahrenheit"]}}}}}
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_the_default_is_held_to_a_valid_forced_tool_call(oai, tool_choice):
+    import jsonschema
+
+    reply = oai.chat.completions.create(
+        model=SMOLLM2, messages=[{"role": "user", "content": "What is the weather in Paris?"}], tools=[WEATHER_TOOL],
+        tool_choice=tool_choice, parallel_tool_calls=False, temperature=0, max_tokens=120)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message
+    [call] = choice.message.tool_calls
+    print(f"\n{SMOLLM2} forced call: {call.function.name}({call.function.arguments})")
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])

@@ -9,10 +9,12 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.runtime.live_models import CHAT, EMBED, TOOLCALL, start_with_toolcall_model
 from tests.runtime.openai_schemas import assert_valid
@@ -109,6 +111,24 @@ def test_langchain_bind_tools_streams_the_tool_call(base_url):
     assert whole.tool_calls[0]["name"] == TOOL_NAME and whole.tool_calls[0]["args"] == TOOL_ARGUMENTS
 
 
+class Verdict(BaseModel):
+    """A yes/no verdict with a bounded confidence (bounded fields: the random model ends only what the schema ends)."""
+
+    verdict: Literal["yes", "no"]
+    confidence: int = Field(ge=0, le=100)
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_langchain_with_structured_output_returns_a_valid_object(base_url, method):
+    # json_schema: response_format with the model's schema; function_calling: a tool forced by name (tool_choice).
+    llm = ChatOpenAI(model=CHAT, base_url=base_url, api_key="none", max_tokens=200, temperature=1.0, seed=1,
+                     max_retries=0)
+    structured = llm.with_structured_output(Verdict, method=method)
+    answer = structured.invoke("Should we ship on Friday?")
+    assert isinstance(answer, Verdict), answer
+    assert answer.verdict in ("yes", "no") and 0 <= answer.confidence <= 100
+
+
 def test_langchain_embeddings_at_their_defaults(base_url, server):
     # At its defaults OpenAIEmbeddings tokenises with tiktoken (cl100k_base) and sends token ids.
     embeddings = OpenAIEmbeddings(model=EMBED, base_url=base_url, api_key="none", max_retries=0)
@@ -135,6 +155,13 @@ def test_litellm_chat_stream_and_embeddings(base_url):
     assert rebuilt.choices[0].message.content
     vectors = litellm.embedding(model=f"openai/{EMBED}", api_base=base_url, api_key="none", input=["a", "b"])
     assert [len(item["embedding"]) for item in vectors.data] == [384, 384]
+
+
+def test_litellm_response_format_with_a_pydantic_model(base_url):
+    reply = litellm.completion(model=f"openai/{CHAT}", api_base=base_url, api_key="none", messages=QUESTION,
+                               max_tokens=200, temperature=1.0, seed=1, response_format=Verdict)
+    assert reply.choices[0].finish_reason == "stop"
+    assert Verdict.model_validate_json(reply.choices[0].message.content).confidence <= 100
 
 
 def test_litellm_stream_chunk_builder_rebuilds_the_tool_call(base_url):

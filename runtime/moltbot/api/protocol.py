@@ -186,15 +186,27 @@ class StructuredOutputs(_Strict):
     """Extension (vLLM's structured_outputs): the output follows exactly one of a JSON schema, a regex or a Lark
     grammar (llguidance's Lark dialect)."""
 
+    # Exactly one field, not null (the schema says so: one property, none nullable).
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra=lambda schema: _exactly_one(schema))
+
     json_: dict[str, Any] | None = Field(default=None, alias="json")
     regex: Annotated[str, Field(min_length=1)] | None = None
     grammar: Annotated[str, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> StructuredOutputs:
-        if sum(v is not None for v in (self.json_, self.regex, self.grammar)) != 1:
+        given = self.model_fields_set
+        if len(given) != 1 or getattr(self, next(iter(given))) is None:
             raise ValueError("structured_outputs takes exactly one of json, regex or grammar")
         return self
+
+
+def _exactly_one(schema: dict[str, Any]) -> None:
+    """StructuredOutputs' schema: one property, its value not null."""
+    for prop in schema["properties"].values():
+        prop.pop("default", None)
+        prop["anyOf"] = [option for option in prop["anyOf"] if option != {"type": "null"}]
+    schema.update(minProperties=1, maxProperties=1)
 
 
 class NamedToolChoice(_Strict):

@@ -149,3 +149,49 @@ def test_text_format_and_no_format_are_unconstrained(engine):
     assert constrained(limits, response_format={"type": "text"}).grammar is None
     assert constrained(limits).grammar is None
     assert constrained(limits, response_format={"type": "json_object"}).grammar is not None
+
+
+def test_the_mask_stage_touches_only_constrained_rows_and_pads_to_the_logits_width(defaults_dir):
+    import numpy as np
+
+    from moltbot.engine.sampling import sample_batch
+    from tests.runtime.test_sampling import row
+
+    folder = defaults_dir / "tiny-chat"
+    tokenizer = TextTokenizer(folder)
+    # A graph 10 ids wider than the tokenizer: those ids are never allowed under a grammar.
+    wide = tokenizer.vocab_size + 10
+    grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), wide, tokenizer.vocab_size,
+                               tokenizer.eos_token_ids)
+    limits = ModelLimits("test-chat", 2048, 72, 1.0, tokenizer.vocab_size, grammars=grammars)
+    grammar = constrained(limits, structured_outputs={"regex": "[0-9]+"}).grammar
+    logits = np.random.default_rng(0).standard_normal((3, wide)).astype(np.float32)
+    logits[:, -10:] = 50.0  # the extra ids would win every draw unmasked
+    free, held, greedy = row(seed=1, temperature=1.0), row(seed=2, temperature=1.0, grammar=grammar), \
+        row(temperature=0.0, grammar=grammar)
+    together = sample_batch(logits, [free, held, greedy])
+    [alone] = sample_batch(logits[:1], [row(seed=1, temperature=1.0)])
+    assert together[0] == alone  # the unconstrained row: as if alone
+    assert together[0].token >= tokenizer.vocab_size  # and unmasked
+    for sampled in together[1:]:
+        assert sampled.error is None and tokenizer.decode([sampled.token]).isdigit(), sampled
+
+
+def test_a_constrained_sequence_is_cancelled_like_any_other(engine):
+    sched, limits = engine
+    params = constrained(limits, structured_outputs={"regex": "[a-z]{1500}"}, max_tokens=1500)
+
+    async def scenario():
+        handle = sched.submit(sched.tokenizer.encode("x"), params, 1, asyncio.get_running_loop())
+        for _ in range(3):
+            assert not (await handle.next_event()).finish_reason
+        handle.cancel()
+        while not (event := await handle.next_event()).finish_reason:
+            pass
+        return event.finish_reason, len(handle.sequences[0].output.generated)
+
+    reason, generated = asyncio.run(scenario())
+    assert reason == "cancelled" and generated < 1500
+    # and the scheduler goes on serving constrained requests
+    [(text, reason)] = asyncio.run(generate(sched, constrained(limits, structured_outputs={"regex": "ok"})))
+    assert (text, reason) == ("ok", "stop")

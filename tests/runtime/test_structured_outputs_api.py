@@ -163,3 +163,28 @@ def test_a_forced_call_and_a_response_format_together_are_refused(client):
     reply = client.post("/v1/chat/completions", json={**TOOL_BODY, "tool_choice": "required",
                                                       "response_format": {"type": "json_object"}})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "response_format", reply.text
+
+
+def test_a_grammar_beyond_the_compile_limits_is_a_400_and_the_server_answers_meanwhile(client):
+    import threading
+    import time
+
+    # 60,000 rules: past llguidance's grammar-size limit (200k symbols), seconds of work on this machine.
+    rules = 60_000
+    lark = "start: " + " ".join(f'"w{i}" x{i}' for i in range(rules)) + "\n" + "\n".join(
+        f'x{i}: "a" | "b"' for i in range(rules))
+    replies = []
+    sender = threading.Thread(target=lambda: replies.append(client.post("/v1/completions", json={
+        "model": "tiny-chat", "prompt": "x", "max_tokens": 4, "structured_outputs": {"grammar": lark}})))
+    sender.start()
+    slowest = 0.0
+    while sender.is_alive():
+        started = time.monotonic()
+        assert client.get("/health").status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.05)
+    [reply] = replies
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "structured_outputs" and "too big" in error["message"], error
+    assert slowest < 1.0  # the compile ran off the event loop

@@ -216,6 +216,10 @@ def test_tool_choice_is_honoured_or_refused(http):
     assert "<tool_call>" in none["choices"][0]["message"]["content"]
     auto = http.post("/v1/chat/completions", json={**TOOL_REQUEST, "tool_choice": "auto"}).json()
     assert auto["choices"][0]["message"]["tool_calls"]
+    # parallel_tool_calls false: the lazy tool grammar ends the output after one call
+    one = http.post("/v1/chat/completions", json={**TOOL_REQUEST, "parallel_tool_calls": False}).json()["choices"][0]
+    assert one["finish_reason"] == "tool_calls" and len(one["message"]["tool_calls"]) == 1
+    assert json.loads(one["message"]["tool_calls"][0]["function"]["arguments"]) == TOOL_ARGUMENTS
     other = {"type": "function", "function": {"name": "not_a_tool"}}
     assert "not among the tools" in error_of(http.post("/v1/chat/completions",
                                                        json={**TOOL_REQUEST, "tool_choice": other}))["message"]

@@ -150,8 +150,6 @@ def test_top_k_one_is_greedy_at_any_temperature(client):
     ({"structured_outputs": {"regex": "[a-"}}, "structured_outputs", "unclosed character class"),
     ({"guided_json": {"type": "object"}}, "guided_json", "Unrecognized request argument supplied: guided_json"),
     ({"reasoning_effort": "high"}, "reasoning_effort", "Unrecognized request argument"),
-    ({"parallel_tool_calls": False, "tools": [{"type": "function", "function": {"name": "f"}}]},
-     "parallel_tool_calls", "only supported with tool_choice required or a named function"),
 ])
 def test_what_a_local_model_does_not_honour_is_a_400_naming_it(client, extra, param, words):
     for stream in (False, True):

@@ -195,3 +195,35 @@ def test_a_constrained_sequence_is_cancelled_like_any_other(engine):
     # and the scheduler goes on serving constrained requests
     [(text, reason)] = asyncio.run(generate(sched, constrained(limits, structured_outputs={"regex": "ok"})))
     assert (text, reason) == ("ok", "stop")
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_under_auto_the_tool_grammar_arms_itself_when_the_model_opens_a_call(defaults_dir, parallel):
+    """Text is free until `<tool_call>`; then only a valid call of an offered function; after it, with
+    parallel_tool_calls false, nothing more (the sequence ends)."""
+    from moltbot.engine.grammar import tool_call_grammar
+
+    folder = defaults_dir / "tiny-chat"
+    tokenizer = TextTokenizer(folder)
+    grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), tokenizer.vocab_size, tokenizer.vocab_size,
+                               tokenizer.eos_token_ids)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "required": ["city"], "additionalProperties": False,
+        "properties": {"city": {"type": "string"}}}}}]
+    matcher = grammars.compile(tool_call_grammar(tools, None, forced=False, parallel=parallel), "tools").matcher()
+
+    def allowed() -> set[str]:
+        [mask] = grammars.fill_masks([matcher], tokenizer.vocab_size)
+        return {tokenizer.decode([int(t)]) for t in mask.nonzero()[0]}
+
+    def write(text: str) -> None:
+        for token in tokenizer.encode(text, add_special_tokens=False):
+            assert matcher.consume(token) is None, text
+
+    write("Let me look that up. ")
+    assert len(allowed()) > tokenizer.vocab_size // 2  # free text: (nearly) anything
+    write("<tool_call>\n")
+    assert "x" not in allowed() and all('{"'.startswith(t) or t.startswith("{") for t in allowed() if t), allowed()
+    write('{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
+    assert matcher.done is (not parallel)  # one call only: nothing may follow
+

@@ -11,6 +11,7 @@ from moltbot.engine.errors import InvalidRequest
 from moltbot.engine.registry import ModelRegistry
 from moltbot.engine.validation import (
     ModelLimits,
+    NamedTool,
     SamplingRequest,
     check_dimensions,
     check_embedding_inputs,
@@ -239,11 +240,12 @@ def test_the_plugins_chat_takes_the_new_options_and_returns_logprobs_when_asked(
     assert refused.value.param == "unknown_fields"
 
 
-def test_parallel_tool_calls_false_is_refused_where_a_model_cannot_be_held_to_one_call():
+def test_tool_choice_says_whether_the_output_is_read_for_tool_calls():
     tools = [{"type": "function", "function": {"name": "f"}}]
-    assert check_tool_choice(None, tools, constrained=False) is True
+    assert check_tool_choice(None, tools) is True
+    assert check_tool_choice(None, None) is False
+    assert check_tool_choice("none", tools) is False
+    assert check_tool_choice(NamedTool("f"), tools) is True
     with pytest.raises(InvalidRequest) as refused:
-        check_tool_choice(None, tools, constrained=False, parallel=False)
-    assert (refused.value.param, refused.value.code) == ("parallel_tool_calls", "unsupported_parameter")
-    assert check_tool_choice(None, None, constrained=False, parallel=False) is False  # no tools: nothing to limit
-    assert check_tool_choice("auto", tools, constrained=True, parallel=False) is True  # an upstream honours it
+        check_tool_choice(NamedTool("g"), tools)
+    assert refused.value.param == "tool_choice"

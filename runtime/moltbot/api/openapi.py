@@ -35,14 +35,6 @@ _ONLY_OFF = {
         "suffix": {"anyOf": [{"const": ""}, _NULL], "description": "Not supported: empty or null only."},
     },
 }
-# parallel_tool_calls false with tools is refused under auto (a local model is held to one call only where a grammar
-# forces the call: tool_choice required or a named function).
-_PARALLEL_RULE = {
-    "if": {"required": ["parallel_tool_calls"], "properties": {"parallel_tool_calls": {"const": False}}},
-    "then": {"anyOf": [
-        {"not": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
-        {"required": ["tool_choice"],
-         "properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}}}]}}
 _TOP_LOGPROBS_RULE = {  # top_logprobs needs logprobs: true
     "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"not": _NULL}}},
     "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}
@@ -200,8 +192,6 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
         copy.deepcopy(_TOP_LOGPROBS_RULE)])
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         schemas[name]["properties"]["logit_bias"] = _logit_bias(served.chat_vocab if served.local_chat else 0)
-    if served.local_chat:
-        chat["allOf"].append(copy.deepcopy(_PARALLEL_RULE))
     # A local model refuses the fields the API does not know; a service model's upstream never gets them.
     for name, local in (("ChatCompletionRequest", served.local_chat), ("CompletionRequest", served.local_chat),
                         ("EmbeddingRequest", served.local_embeddings)):

@@ -164,11 +164,13 @@ def _json_grammar(schema: dict[str, Any] | str, param: str) -> str:
                              code="invalid_grammar") from None
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, parallel: bool) -> str:
-    """A forced tool call (tool_choice required, or `name`) in the Hermes format the local models write
-    (api/tool_parser.py): `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, the name one of the
-    offered functions' (or `name`), the arguments valid against that function's parameters; one call, or one or
-    more where parallel calls are allowed."""
+def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: bool, parallel: bool) -> str:
+    """Tool calls in the Hermes format the local models write (api/tool_parser.py):
+    `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, the name one of the offered functions' (or
+    `name`), the arguments valid against that function's parameters. `forced` (tool_choice required or named): the
+    output is calls only. Otherwise (auto) a lazy grammar: the text is free until the model writes `<tool_call>`,
+    which arms the call's grammar (as llama.cpp's lazy grammars and llguidance's StructTag do). One call, or one or
+    more where parallel calls are allowed (under auto, after one call with parallel false, nothing more)."""
     calls = []
     for tool in tools:
         function = tool.get("function") or {}
@@ -178,7 +180,12 @@ def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, parallel: b
                       "properties": {"name": {"const": function.get("name")},
                                      "arguments": function.get("parameters") or {"type": "object"}}})
     schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_OPTIONS}
-    repeat = ' ("\\n" call)*' if parallel else ""
+    arguments = f"arguments: %json {json.dumps(schema)}\n"
+    if forced:
+        repeat = ' ("\\n" call)*' if parallel else ""
+        return llguidance.LLMatcher.grammar_from_lark(
+            f'start: call{repeat}\ncall: "<tool_call>\\n" arguments "\\n</tool_call>"\n{arguments}')
+    start = "call* TEXT" if parallel else "TEXT | call"
     return llguidance.LLMatcher.grammar_from_lark(
-        f'start: call{repeat}\ncall: "<tool_call>\\n" arguments "\\n</tool_call>"\narguments: %json '
-        f"{json.dumps(schema)}\n")
+        f'%llguidance {{}}\nstart: {start}\ncall: trigger "\\n" arguments "\\n</tool_call>"\n'
+        f'trigger[lazy]: TEXT "<tool_call>"\nTEXT: /(.|\\n)*/\n{arguments}')

@@ -264,17 +264,10 @@ def check_embedding_inputs(inputs: list[list[int]], limits: ModelLimits, truncat
     return inputs
 
 
-def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None, *, constrained: bool,
-                      parallel: bool = True) -> bool:
-    """Whether the model's output is to be read for tool calls. `constrained`: the backend can hold the model to
-    one tool call (a service model's upstream can; a local model can where a grammar forces the call, with
-    tool_choice required or a named function, so parallel_tool_calls false with tools under auto is refused there
-    rather than silently ignored)."""
+def check_tool_choice(choice: ToolChoice, tools: list[dict[str, Any]] | None) -> bool:
+    """Whether the model's output is to be read for tool calls (every backend honours tool_choice and
+    parallel_tool_calls: a service model's upstream, a local model with a grammar, decoder.py)."""
     names = {(tool.get("function") or {}).get("name") for tool in tools or []}
-    if not parallel and tools and not constrained:
-        raise InvalidRequest("parallel_tool_calls false is only supported with tool_choice required or a named "
-                             "function by this model (under auto it cannot be held to one tool call): send true or "
-                             "leave it out", param="parallel_tool_calls", code="unsupported_parameter")
     if choice is None:
         return bool(tools)
     if not tools:

@@ -91,11 +91,11 @@ class DecoderBackend:
         return self.info
 
     async def chat(self, request: ChatInput) -> Generation:
-        # tool_choice required or a named function: a grammar holds the model to the call (and to one call where
-        # parallel_tool_calls is false); under auto the model is free, so parallel_tool_calls false is refused.
+        # With tools, a grammar holds the model's tool calls to the offered functions' schemas: tool_choice required
+        # or a named function forces a call; under auto the grammar arms itself once the model opens one.
         choice, tools = request.tool_choice, request.tools
-        forced = bool(tools) and (choice == "required" or isinstance(choice, NamedTool))
-        check_tool_choice(choice, tools, constrained=forced, parallel=request.parallel_tool_calls)
+        reads_calls = check_tool_choice(choice, tools)
+        forced = choice == "required" or isinstance(choice, NamedTool)
 
         def prepare() -> tuple[str, ValidatedRequest]:
             try:
@@ -103,15 +103,17 @@ class DecoderBackend:
             except TemplateError as exc:
                 raise InvalidRequest(str(exc), param="messages") from None
             validated = self._validate(request.sampling, [prompt], add_special_tokens=False)
-            if forced and tools:
-                if validated.params.grammar is not None:
+            if not (reads_calls and tools):
+                return prompt, validated
+            if validated.params.grammar is not None:
+                if forced:
                     raise InvalidRequest("a forced tool call (tool_choice) and a response format cannot both hold "
                                          "the output: send one of them", param="response_format")
-                name = choice.name if isinstance(choice, NamedTool) else None
-                grammar = self.grammars.compile(tool_call_grammar(tools, name, request.parallel_tool_calls),
-                                                "tools")
-                validated = replace(validated, params=replace(validated.params, grammar=grammar))
-            return prompt, validated
+                return prompt, validated  # the response format holds the output; calls are read as written
+            name = choice.name if isinstance(choice, NamedTool) else None
+            grammar = self.grammars.compile(
+                tool_call_grammar(tools, name, forced=forced, parallel=request.parallel_tool_calls), "tools")
+            return prompt, replace(validated, params=replace(validated.params, grammar=grammar))
 
         prompt, validated = await asyncio.to_thread(prepare)
         return self._start(validated, prompt)

@@ -81,7 +81,7 @@ class ServiceBackend:
             raise wrong_task(self.info, "chat")
         check_sampling(request.sampling)
         _no_structured_outputs(request.sampling)
-        check_tool_choice(request.tool_choice, request.tools, constrained=True)  # the upstream honours it
+        check_tool_choice(request.tool_choice, request.tools)  # the upstream honours it
         return await self._generate("chat/completions", request.openai_body, request.stream, _chat_choice)
 
     async def complete(self, request: CompletionInput) -> Generation:

@@ -7,7 +7,7 @@ neither gets 8, where it would otherwise generate to the end of the context): th
 calls valid, or invalid, and a run takes a minute rather than an hour on the test machine.
 
 The other: whether a JSON schema, a regex or a Lark grammar compiles (response_format json_schema,
-structured_outputs, the tools' parameters under a forced tool_choice) is llguidance's to say, not OpenAPI's (a 400
+structured_outputs, the tools' parameters unless tool_choice is none) is llguidance's to say, not OpenAPI's (a 400
 naming the field otherwise, tested in test_structured_outputs*.py): generated ones are replaced by ones that
 compile, keeping the request's shape."""
 
@@ -44,7 +44,7 @@ def compilable(body: dict[str, Any]) -> dict[str, Any]:
         body["structured_outputs"] = {key: {"json": {"type": "object"}, "regex": "a", "grammar": 'start: "a"'}
                                       .get(key, value) if value is not None else None
                                       for key, value in structured.items()}
-    if isinstance(body.get("tools"), list) and body.get("tool_choice") not in (None, "auto", "none"):
+    if isinstance(body.get("tools"), list) and body.get("tool_choice") != "none":
         body["tools"] = [{**tool, "function": {**tool["function"], "parameters": {"type": "object"}}}
                          if isinstance(tool, dict) and isinstance(tool.get("function"), dict) else tool
                          for tool in body["tools"]]

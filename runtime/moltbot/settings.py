@@ -87,9 +87,10 @@ class Settings:
     max_queued: int = _doc("Per model: requests waiting for a batch slot; beyond it 429 with Retry-After.",
                            default=128)
     prefill_stall_ms: float = _doc(
-        "Per model: while streams run, the most a long newcomer's prompt holds up their next token (ms). Such a "
-        "prompt is prefilled a chunk per decode step, each chunk as many tokens as the measured prefill rate fits "
-        "in this time (16 to 256). Lower: smoother streams; higher: a sooner first token for long prompts.",
+        "Per model: while streams run, the most a long newcomer's prompt holds up their next token (ms), or one "
+        "decode step where that is longer. Such a prompt is prefilled a chunk per decode step, each chunk as many "
+        "tokens as the measured prefill rate fits in this time (16 to 256). Lower: smoother streams; higher: a "
+        "sooner first token for long prompts.",
         default=40.0)
     request_timeout: float = _doc("Seconds a request may take in all before it fails with a timeout error.",
                                   default=300.0)

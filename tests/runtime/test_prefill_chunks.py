@@ -113,7 +113,7 @@ def test_a_larger_budget_takes_the_largest_chunks(tokenizer):
     assert chunks == [PREFILL_CHUNK_TOKENS] * 4 + [1100 - 4 * PREFILL_CHUNK_TOKENS]
 
 
-def test_chunk_tokens_follow_the_estimate_within_bounds(tokenizer, monkeypatch):
+def test_chunk_tokens_follow_the_estimates_within_bounds(tokenizer, monkeypatch):
     scheduler = GenerationScheduler("bounds", TimedChunkRunner(slots=1), tokenizer, context_length=64,
                                     max_running=1, max_queued=1, prefill_stall_seconds=0.05)
     try:
@@ -124,6 +124,13 @@ def test_chunk_tokens_follow_the_estimate_within_bounds(tokenizer, monkeypatch):
         assert scheduler.chunk_tokens() == 71
         scheduler._time_prefill(100, 10.0)
         assert scheduler.chunk_tokens() == MIN_CHUNK_TOKENS
+        scheduler._prefill_token_seconds = None  # start again from 1 ms a token
+        scheduler._time_prefill(100, 0.1)
+        assert scheduler.chunk_tokens() == 50
+        scheduler._time_decode(0.08)  # a decode step longer than the stall budget is the budget
+        assert scheduler.chunk_tokens() == 80
+        scheduler._time_decode(0.0)  # 0.7 x 80 ms: still longer (56 ms, less a rounding)
+        assert scheduler.chunk_tokens() in (55, 56)
         monkeypatch.setattr(scheduler_module, "PREFILL_CHUNK_TOKENS", 8)
         assert scheduler.chunk_tokens() == 8  # the largest chunk bounds the smallest too
     finally:

@@ -122,6 +122,7 @@ class GenerationScheduler:
         # than on a GPU, and the stall is what a client sees (Sarathi-Serve sizes chunks by the same rule).
         self.prefill_stall_seconds = prefill_stall_seconds
         self._prefill_token_seconds: float | None = None  # running estimate of a prompt token's prefill time
+        self._decode_seconds = 0.0  # running estimate of a decode call's time (the graph alone)
         self._last_step_at: float | None = None
         # Events of one scheduler pass, handed to each event loop in one call: one wake-up of the loop per step
         # rather than one per sequence (with 32 streams, per-sequence wake-ups crowd out /health and the rest).
@@ -213,8 +214,10 @@ class GenerationScheduler:
                 running = [s for s in self._running if s.slot is not None]  # all of them: admitted with a slot
                 if running:
                     self._time_step()
+                    started = time.monotonic()
                     logits = self.runner.decode([s.slot for s in running if s.slot is not None],
                                                 [s.last_token for s in running])
+                    self._time_decode(time.monotonic() - started)
                     self._advance(running, logits)
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
@@ -290,12 +293,21 @@ class GenerationScheduler:
 
     def chunk_tokens(self) -> int:
         """The next chunk of a long prompt: as many tokens as fit the stall budget at the measured prefill rate
-        (the smallest chunk until a prefill has been timed), within MIN_CHUNK_TOKENS..PREFILL_CHUNK_TOKENS."""
+        (the smallest chunk until a prefill has been timed), within MIN_CHUNK_TOKENS..PREFILL_CHUNK_TOKENS.
+
+        The budget is the stall setting or one decode step, whichever is longer: on a graph whose steps are slow
+        (int4 with its block minimums, a busy machine) a 40 ms chunk is all fixed cost, and the long prompt's
+        first token would wait for hundreds of tiny chunks; a chunk as long as a step at most doubles the others'
+        inter-token time."""
         if self._prefill_token_seconds is None:
             fitting = MIN_CHUNK_TOKENS
         else:
-            fitting = int(self.prefill_stall_seconds / max(self._prefill_token_seconds, 1e-9))
+            budget = max(self.prefill_stall_seconds, self._decode_seconds)
+            fitting = int(budget / max(self._prefill_token_seconds, 1e-9))
         return min(max(fitting, MIN_CHUNK_TOKENS), PREFILL_CHUNK_TOKENS)
+
+    def _time_decode(self, seconds: float) -> None:
+        self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * seconds if self._decode_seconds else seconds
 
     def _time_prefill(self, tokens: int, seconds: float) -> None:
         """Fold a prefill call's seconds per token into the running estimate (it rises with the cache's length as

@@ -227,3 +227,24 @@ def test_under_auto_the_tool_grammar_arms_itself_when_the_model_opens_a_call(def
     write('{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
     assert matcher.done is (not parallel)  # one call only: nothing may follow
 
+
+
+def test_unbounded_numbers_are_written_with_bounded_digits(engine):
+    """16 digits before the point, 8 after, no exponent, where the schema sets no bounds of its own (a model that
+    repeats a digit would otherwise write to max_tokens); a schema's own bounds are kept."""
+    from moltbot.engine.grammar import bounded_numbers
+
+    sched, limits = engine
+    for schema in ({"type": "integer"}, {"type": "number"}, {"type": ["number", "null"]}):
+        for seed in range(3):
+            params = constrained(limits, structured_outputs={"json": schema}, seed=seed, max_tokens=60)
+            [(text, reason)] = asyncio.run(generate(sched, params))
+            assert reason == "stop", text
+            whole, _, fraction = text.lstrip("-").partition(".")
+            assert text == "null" or (len(whole) <= 16 and len(fraction) <= 8 and "e" not in text.lower()), text
+    own = {"type": "integer", "minimum": 0, "maximum": 10**30, "multipleOf": 7}
+    assert bounded_numbers(own) == own
+    nested = bounded_numbers({"type": "array", "items": {"anyOf": [{"type": "number"}, {"const": 1}]}})
+    assert nested["items"]["anyOf"][0] == {"type": "number", "maximum": 10**16 - 1, "minimum": -(10**16 - 1),
+                                           "multipleOf": 1e-8}
+    assert nested["items"]["anyOf"][1] == {"const": 1}

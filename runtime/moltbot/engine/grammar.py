@@ -157,11 +157,39 @@ def _structured(structured: Any) -> str:
 
 def _json_grammar(schema: dict[str, Any] | str, param: str) -> str:
     try:
-        return llguidance.LLMatcher.grammar_from_json_schema(schema if isinstance(schema, str) else json.dumps(schema),
+        parsed = json.loads(schema) if isinstance(schema, str) else schema
+        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(bounded_numbers(parsed)),
                                                              overrides=JSON_OPTIONS)  # type: ignore[arg-type]
     except ValueError as exc:
         raise InvalidRequest(f"{param}: the JSON schema is not valid: {exc}", param=param,
                              code="invalid_grammar") from None
+
+
+# A number without bounds is written with at most this many digits before the point, and at most this many after it
+# (llama.cpp's JSON grammars bound them so too): a small model repeats a digit without end where the grammar lets it
+# ("1818237340742724132262...", "1.000000000..." to max_tokens). A schema's own bounds or multipleOf are kept.
+INTEGER_DIGITS = 16
+FRACTION_DIGITS = 8  # as multipleOf 1e-8 (llguidance takes no finer one exactly)
+
+
+def bounded_numbers(schema: Any) -> Any:
+    """The schema (a copy) with those bounds on every integer and number that sets none of its own."""
+    if isinstance(schema, list):
+        return [bounded_numbers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_numbers(value) for key, value in schema.items()}
+    kinds = schema.get("type")
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds) if isinstance(kinds, list) else set()
+    if kinds & {"integer", "number"} and "enum" not in schema and "const" not in schema:
+        limit = 10**INTEGER_DIGITS - 1
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            out["maximum"] = limit
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            out["minimum"] = -limit
+        if "number" in kinds and "multipleOf" not in schema:
+            out["multipleOf"] = 10.0**-FRACTION_DIGITS
+    return out
 
 
 def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: bool, parallel: bool) -> str:
@@ -178,7 +206,7 @@ def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: 
             continue
         calls.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                       "properties": {"name": {"const": function.get("name")},
-                                     "arguments": function.get("parameters") or {"type": "object"}}})
+                                     "arguments": bounded_numbers(function.get("parameters") or {"type": "object"})}})
     schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_OPTIONS}
     arguments = f"arguments: %json {json.dumps(schema)}\n"
     if forced:

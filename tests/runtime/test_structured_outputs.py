@@ -248,3 +248,25 @@ def test_unbounded_numbers_are_written_with_bounded_digits(engine):
     assert nested["items"]["anyOf"][0] == {"type": "number", "maximum": 10**16 - 1, "minimum": -(10**16 - 1),
                                            "multipleOf": 1e-8}
     assert nested["items"]["anyOf"][1] == {"const": 1}
+
+
+def test_tools_that_llguidance_does_not_implement_strictly_get_a_lenient_grammar(defaults_dir):
+    """The built-in plugins' schemas (if / then, oneOf) compile leniently, so chats with them keep working; a tool
+    whose schema does not compile at all is a 400 naming tools where the call is forced, free text under auto."""
+    from moltbot.engine.grammar import compile_tools
+
+    folder = defaults_dir / "tiny-chat"
+    tokenizer = TextTokenizer(folder)
+    grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), tokenizer.vocab_size, tokenizer.vocab_size,
+                               tokenizer.eos_token_ids)
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    tools = [{"type": "function", "function": {"name": config["name"], "parameters": config["input_schema"]}}
+             for config in (json.loads(f.read_text()) for f in sorted(plugins.glob("*/config.json")))]
+    assert len(tools) >= 4
+    for forced in (True, False):
+        assert compile_tools(grammars, tools, None, forced=forced, parallel=True) is not None
+    broken = [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/missing"}}}]
+    with pytest.raises(InvalidRequest) as refused:
+        compile_tools(grammars, broken, None, forced=True, parallel=True)
+    assert refused.value.param == "tools" and "missing" in str(refused.value)
+    assert compile_tools(grammars, broken, None, forced=False, parallel=True) is None

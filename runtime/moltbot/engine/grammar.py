@@ -192,13 +192,15 @@ def bounded_numbers(schema: Any) -> Any:
     return out
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: bool, parallel: bool) -> str:
+def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: bool, parallel: bool,
+                      lenient: bool = False) -> str:
     """Tool calls in the Hermes format the local models write (api/tool_parser.py):
     `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, the name one of the offered functions' (or
     `name`), the arguments valid against that function's parameters. `forced` (tool_choice required or named): the
     output is calls only. Otherwise (auto) a lazy grammar: the text is free until the model writes `<tool_call>`,
     which arms the call's grammar (as llama.cpp's lazy grammars and llguidance's StructTag do). One call, or one or
-    more where parallel calls are allowed (under auto, after one call with parallel false, nothing more)."""
+    more where parallel calls are allowed (under auto, after one call with parallel false, nothing more).
+    `lenient`: keywords llguidance does not implement (if / then, ...) are left out and oneOf is taken as anyOf."""
     calls = []
     for tool in tools:
         function = tool.get("function") or {}
@@ -207,7 +209,8 @@ def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: 
         calls.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                       "properties": {"name": {"const": function.get("name")},
                                      "arguments": bounded_numbers(function.get("parameters") or {"type": "object"})}})
-    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_OPTIONS}
+    options = {**JSON_OPTIONS, "lenient": True, "coerce_one_of": True} if lenient else JSON_OPTIONS
+    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": options}
     arguments = f"arguments: %json {json.dumps(schema)}\n"
     if forced:
         repeat = ' ("\\n" call)*' if parallel else ""
@@ -217,3 +220,24 @@ def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, *, forced: 
     return llguidance.LLMatcher.grammar_from_lark(
         f'%llguidance {{}}\nstart: {start}\ncall: trigger "\\n" arguments "\\n</tool_call>"\n'
         f'trigger[lazy]: TEXT "<tool_call>"\nTEXT: /(.|\\n)*/\n{arguments}')
+
+
+def compile_tools(compiler: GrammarCompiler, tools: list[dict[str, Any]], name: str | None, *, forced: bool,
+                  parallel: bool) -> Grammar | None:
+    """The tool-call grammar, compiled: strictly where every tool's parameters compile, otherwise leniently (the
+    built-in plugins' schemas use if / then and oneOf, which llguidance does not implement: the calls are then held
+    to the rest of each schema). Where even that fails, a forced call is a 400 naming `tools`; under auto the
+    output is read as written, as without a grammar."""
+    try:
+        return compiler.compile(tool_call_grammar(tools, name, forced=forced, parallel=parallel), "tools")
+    except InvalidRequest as strict:
+        try:
+            grammar = compiler.compile(tool_call_grammar(tools, name, forced=forced, parallel=parallel,
+                                                         lenient=True), "tools")
+        except InvalidRequest:
+            if forced:
+                raise strict from None
+            log.info("tool calls not held to a grammar: %s", strict.message)
+            return None
+        log.info("tool calls held to a lenient grammar: %s", strict.message)
+        return grammar

@@ -27,7 +27,7 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import GenerationFailed, InvalidRequest
-from moltbot.engine.grammar import GrammarCompiler, tool_call_grammar
+from moltbot.engine.grammar import GrammarCompiler, compile_tools
 from moltbot.engine.output import SentLogprobs
 from moltbot.engine.runner import open_runner
 from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
@@ -111,8 +111,9 @@ class DecoderBackend:
                                          "the output: send one of them", param="response_format")
                 return prompt, validated  # the response format holds the output; calls are read as written
             name = choice.name if isinstance(choice, NamedTool) else None
-            grammar = self.grammars.compile(
-                tool_call_grammar(tools, name, forced=forced, parallel=request.parallel_tool_calls), "tools")
+            grammar = compile_tools(self.grammars, tools, name, forced=forced, parallel=request.parallel_tool_calls)
+            if grammar is None:
+                return prompt, validated
             return prompt, replace(validated, params=replace(validated.params, grammar=grammar))
 
         prompt, validated = await asyncio.to_thread(prepare)

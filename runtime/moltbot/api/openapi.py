@@ -196,6 +196,9 @@ def _document(api_keys: bool, served: Served) -> dict[str, Any]:
     for name, local in (("ChatCompletionRequest", served.local_chat), ("CompletionRequest", served.local_chat),
                         ("EmbeddingRequest", served.local_embeddings)):
         schemas[name]["additionalProperties"] = not local
+    if served.local_chat:  # a local model keeps no completions; a service model takes store and keeps it from upstream
+        chat["properties"]["store"] = {"anyOf": [{"const": False}, _NULL],
+                                       "description": "This server keeps no completions: false or absent."}
     if served.dimensions:
         schemas["EmbeddingRequest"]["properties"]["dimensions"] = {
             "anyOf": [{"enum": sorted(set(served.dimensions))}, _NULL],

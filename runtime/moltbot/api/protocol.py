@@ -322,9 +322,10 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    # Metadata: taken, change nothing (a server that keeps no completions: store false only).
+    # Metadata: taken, change nothing. store: a local model keeps no completions (true is refused there); a service
+    # model's upstream never gets it (it would store on the operator's account).
     metadata: Metadata | None = None
-    store: Literal[False] | None = None
+    store: bool | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     max_tool_rounds: ToolRounds = 4  # extension: bound on plugin tool-call rounds
@@ -337,21 +338,12 @@ class ChatCompletionRequest(_SamplingRequest):
         choice = self.tool_choice
         return NamedTool(choice.function.name) if isinstance(choice, NamedToolChoice) else choice
 
-    @field_validator("store", mode="before")
-    @classmethod
-    def _not_stored(cls, value: Any) -> Any:
-        if value is not None and not isinstance(value, bool):  # strict: 0 is not false
-            raise ValueError("store should be a boolean")
-        if value:
-            raise ValueError("this server keeps no completions: send false or leave it out")
-        return value
-
     def to_input(self) -> ChatInput:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in self.messages]
         # The tools as the chat template expects them (as transformers passes them).
         tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
         sampling = replace(self.to_sampling(self.max_completion_tokens or self.max_tokens), logprobs=self.logprobs,
-                           top_logprobs=self.top_logprobs,
+                           top_logprobs=self.top_logprobs, store=bool(self.store),
                            response_format=self.response_format.model_dump(exclude_none=True, by_alias=True)
                            if self.response_format else None)
         return ChatInput(messages, sampling, tools=tools, stream=self.stream, openai_body=self.openai_body(),

@@ -54,6 +54,7 @@ class SamplingRequest:
     structured_outputs: Mapping[str, Any] | None = None
     echo: bool = False  # completions only
     suffix: str | None = None  # completions only
+    store: bool = False  # chat: keep the completion (a local model keeps none)
     # Request fields the API does not know: a local model refuses them (naming the first), never ignores them; a
     # service model's upstream gets only the fields it forwards.
     unknown_fields: tuple[str, ...] = ()
@@ -167,6 +168,9 @@ def validate(sampling: SamplingRequest, prompts: list[list[int]], limits: ModelL
     if sampling.echo or sampling.suffix:
         raise InvalidRequest("echo and suffix are not supported by this server",
                              param="echo" if sampling.echo else "suffix")
+    if sampling.store:
+        raise InvalidRequest("store: this server keeps no completions: send false or leave it out", param="store",
+                             code="invalid_value")
     if not prompts or any(not ids for ids in prompts):
         raise InvalidRequest("the prompt is empty after tokenisation", param="prompt")
     check_token_ids(prompts, limits, "prompt")

@@ -122,7 +122,7 @@ class GenerationScheduler:
         # than on a GPU, and the stall is what a client sees (Sarathi-Serve sizes chunks by the same rule).
         self.prefill_stall_seconds = prefill_stall_seconds
         self._prefill_token_seconds: float | None = None  # running estimate of a prompt token's prefill time
-        self._decode_seconds = 0.0  # running estimate of a decode call's time (the graph alone)
+        self._decode_seconds: float | None = None  # running estimate of a decode call's time (the graph alone)
         self._last_step_at: float | None = None
         # Events of one scheduler pass, handed to each event loop in one call: one wake-up of the loop per step
         # rather than one per sequence (with 32 streams, per-sequence wake-ups crowd out /health and the rest).
@@ -302,19 +302,17 @@ class GenerationScheduler:
         if self._prefill_token_seconds is None:
             fitting = MIN_CHUNK_TOKENS
         else:
-            budget = max(self.prefill_stall_seconds, self._decode_seconds)
+            budget = max(self.prefill_stall_seconds, self._decode_seconds or 0.0)
             fitting = int(budget / max(self._prefill_token_seconds, 1e-9))
         return min(max(fitting, MIN_CHUNK_TOKENS), PREFILL_CHUNK_TOKENS)
 
     def _time_decode(self, seconds: float) -> None:
-        self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * seconds if self._decode_seconds else seconds
+        self._decode_seconds = _running(self._decode_seconds, seconds)
 
     def _time_prefill(self, tokens: int, seconds: float) -> None:
         """Fold a prefill call's seconds per token into the running estimate (it rises with the cache's length as
         attention grows, and with the machine's load)."""
-        rate = seconds / max(tokens, 1)
-        previous = self._prefill_token_seconds
-        self._prefill_token_seconds = rate if previous is None else 0.7 * previous + 0.3 * rate
+        self._prefill_token_seconds = _running(self._prefill_token_seconds, seconds / max(tokens, 1))
 
     def _admit(self, admitted: list[Sequence]) -> None:
         """Prefill the newcomers into free slots and sample their first tokens. A failed prefill (e.g. out of memory
@@ -412,6 +410,11 @@ class GenerationScheduler:
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
                 loop.call_soon_threadsafe(_deliver, items)
+
+
+def _running(previous: float | None, value: float) -> float:
+    """A running estimate that follows a measured time within a few calls (30% of each new figure)."""
+    return value if previous is None else 0.7 * previous + 0.3 * value
 
 
 def _deliver(items: list[tuple[GenerationHandle, TokenEvent]]) -> None:

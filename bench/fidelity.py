@@ -2,7 +2,7 @@
 and top-1 agreement, and greedy chat answers, for SmolLM2-135M-Instruct (Q4_1) and Gemma 3 270M (Q4_K_M).
 
 The runtime's side is the GGUF imported by `moltbot.export.gguf.import_gguf` (dequantised, then the model
-builder) at fp32, int8 and int4, run in-process through the serving graph runner (engine/shared_kv.py); llama.cpp's
+builder) at fp32, int8 and int4, run in-process through the serving graph runner (engine/builder_runner.py); llama.cpp's
 side is the original file through `llama-tokenize`, `llama-perplexity` and `llama-server` (bench/build_llama_server.sh).
 
 Perplexity is computed as `llama-perplexity` computes it, so that both sides score the same positions: the tokens
@@ -180,10 +180,10 @@ def score_graph(folder: Path, tokens: np.ndarray, bos_id: int | None, chunks: in
     and the top-1 token of every scored position. Each chunk runs from an empty cache in pieces of PIECE
     positions, each piece continuing the cache the previous one wrote, so no more than one piece's logits
     are ever held."""
+    from moltbot.engine.builder_runner import BuilderGraphRunner
     from moltbot.engine.sessions import DeviceOptions
-    from moltbot.engine.shared_kv import SharedKVRunner
 
-    runner = SharedKVRunner(folder, DeviceOptions(intra_op_threads=THREADS), slots=1, max_length=N_CTX + 1)
+    runner = BuilderGraphRunner(folder, DeviceOptions(intra_op_threads=THREADS), slots=1, max_length=N_CTX + 1)
     first = N_CTX // 2
     nll: list[float] = []
     top1 = np.zeros((chunks, N_CTX - 1 - first), dtype=np.int64)
@@ -478,7 +478,7 @@ def write_docs(path: Path, results: list[ModelFidelity], seconds: float) -> None
         "domain; typed out for this repository after the National Archives transcription, spelling of 1787 kept.",
         f"- Method: teacher-forced, as `llama-perplexity -c {N_CTX} --chunks {CHUNKS}` computes perplexity (each "
         "chunk from an empty cache, its first token BOS where the model adds one, the second half scored). The "
-        "runtime's side is the serving graph (engine/shared_kv.py) of `moltbot.export.gguf.import_gguf` at each "
+        "runtime's side is the serving graph (engine/builder_runner.py) of `moltbot.export.gguf.import_gguf` at each "
         f"precision, run in-process on the CPU ({THREADS} threads) in pieces of {PIECE} positions; llama.cpp's "
         "top-1 tokens come from its `--kl-divergence-base` file. llama.cpp computes with the file's 4/5-bit blocks "
         "and 8-bit activations, the fp32 graph with the exact dequantised values, so the two are compared "

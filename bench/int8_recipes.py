@@ -3,7 +3,7 @@ answered noise on the real SmolLM2 weights). One run, same machine, same fixed t
 
 For each recipe: teacher-forced top-1 agreement with the fp32 graph and perplexity on a fixed text (one prefill
 per window, logits at every position), and decode tokens/s at batch 1 and 8 through the runtime's own runner
-(engine/shared_kv.py), in process. Writes a Markdown table.
+(engine/builder_runner.py), in process. Writes a Markdown table.
 
     python -m bench.int8_recipes CHECKPOINT FP32_GRAPH WORK_DIR [--builder-python P] [--tokens 1024]
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moltbot.engine.builder_runner import BuilderGraphRunner
 from moltbot.engine.sessions import DeviceOptions
-from moltbot.engine.shared_kv import SharedKVRunner
 from moltbot.engine.tokenizer import TextTokenizer
 
 TEXT = Path(__file__).resolve().parent.parent / "tests" / "fidelity" / "data" / "us_constitution.txt"
@@ -61,7 +61,7 @@ def builder_int8(checkpoint: Path, python: str, accuracy: int | None) -> Callabl
     return make
 
 
-def teacher_forced(runner: SharedKVRunner, ids: list[int]) -> np.ndarray:
+def teacher_forced(runner: BuilderGraphRunner, ids: list[int]) -> np.ndarray:
     """Logits at every position of `ids` (one window), [len(ids), vocab]."""
     runner.reset()
     n = len(ids)
@@ -76,7 +76,7 @@ def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
 
 
-def decode_rate(runner: SharedKVRunner, batch: int, prompt: list[int], steps: int = 64, repeats: int = 5) -> float:
+def decode_rate(runner: BuilderGraphRunner, batch: int, prompt: list[int], steps: int = 64, repeats: int = 5) -> float:
     rates = []
     for _ in range(repeats):
         runner.reset()
@@ -89,7 +89,7 @@ def decode_rate(runner: SharedKVRunner, batch: int, prompt: list[int], steps: in
     return float(np.median(rates))
 
 
-def greedy(runner: SharedKVRunner, tokenizer: TextTokenizer, text: str, steps: int = 12) -> str:
+def greedy(runner: BuilderGraphRunner, tokenizer: TextTokenizer, text: str, steps: int = 12) -> str:
     runner.reset()
     slots, logits = runner.prefill([tokenizer.encode(text)], token_budget=4096)
     out = [int(logits[0].argmax())]
@@ -128,7 +128,7 @@ def main() -> None:
         if make is not None and not (folder / "model.onnx").exists():
             shutil.rmtree(folder, ignore_errors=True)
             make(args.fp32, folder)
-        runner = SharedKVRunner(folder, options, slots=8, max_length=args.tokens + 128)
+        runner = BuilderGraphRunner(folder, options, slots=8, max_length=args.tokens + 128)
         logits = teacher_forced(runner, ids)
         if reference is None:
             reference = logits.argmax(-1)

@@ -1,4 +1,4 @@
-"""The model builder's graphs (engine/shared_kv.py) against the reference: transformers on the same weights.
+"""The model builder's graphs (engine/builder_runner.py) against the reference: transformers on the same weights.
 
 Teacher-forced over 64 steps: the reference's greedy continuation is fed to the graph token by token, and the
 graph's own top-1 choice is compared at every step (fp32: identical; int8 >= 0.97; int4 >= 0.9). Also the
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from moltbot.engine.backends.decoder import DecoderBackend
+from moltbot.engine.builder_runner import BuilderGraphRunner, builder_precision, is_builder_graph
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.export_marker import read_marker
 from moltbot.engine.sampling import SamplingParams
 from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.sessions import DeviceOptions
-from moltbot.engine.shared_kv import SharedKVRunner, genai_precision, is_shared_kv_graph
 from moltbot.engine.sources import ModelSourceError
 from moltbot.engine.tokenizer import TextTokenizer
 from moltbot.settings import Settings
@@ -50,8 +50,8 @@ def reference():
     return prompts, continuations
 
 
-def runner_of(precision: str, slots: int = 4) -> SharedKVRunner:
-    return SharedKVRunner(ensure_graph(precision), DeviceOptions(intra_op_threads=2), slots=slots, max_length=256)
+def runner_of(precision: str, slots: int = 4) -> BuilderGraphRunner:
+    return BuilderGraphRunner(ensure_graph(precision), DeviceOptions(intra_op_threads=2), slots=slots, max_length=256)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
@@ -74,12 +74,12 @@ def test_teacher_forced_top1_agreement_with_transformers(reference, precision):
 
 
 def test_graph_family_and_precision_are_read_from_the_folder():
-    assert all(is_shared_kv_graph(ensure_graph(p)) for p in ("fp32", "int8", "int4"))
-    assert [genai_precision(ensure_graph(p), np.float32) for p in ("fp32", "int8", "int4")] == [
+    assert all(is_builder_graph(ensure_graph(p)) for p in ("fp32", "int8", "int4"))
+    assert [builder_precision(ensure_graph(p), np.float32) for p in ("fp32", "int8", "int4")] == [
         "fp32", "int8", "int4"]
     assert (read_marker(ensure_graph("int4"))["graph"], read_marker(ensure_graph("int4"))["precision"]) == (
         "genai", "int4")
-    assert not is_shared_kv_graph(ensure_checkpoint())
+    assert not is_builder_graph(ensure_checkpoint())
 
 
 def test_precision_is_read_from_the_graph_when_no_marker_says_it(tmp_path):
@@ -88,13 +88,13 @@ def test_precision_is_read_from_the_graph_when_no_marker_says_it(tmp_path):
         bare = tmp_path / precision
         bare.mkdir()
         (bare / "model.onnx").write_bytes((ensure_graph(precision) / "model.onnx").read_bytes())
-        assert genai_precision(bare, np.float32) == precision
+        assert builder_precision(bare, np.float32) == precision
     (tmp_path / "fp" / "model.onnx").parent.mkdir()
     (tmp_path / "fp" / "model.onnx").write_bytes((ensure_graph("fp32") / "model.onnx").read_bytes())
-    assert genai_precision(tmp_path / "fp", np.float16) == "fp16"
+    assert builder_precision(tmp_path / "fp", np.float16) == "fp16"
 
 
-def _greedy(runner: SharedKVRunner, prompt: list[int], steps: int, budget: int = 1024) -> list[int]:
+def _greedy(runner: BuilderGraphRunner, prompt: list[int], steps: int, budget: int = 1024) -> list[int]:
     (slot,), first = runner.prefill([prompt], budget)
     tokens = [int(first[0].argmax())]
     for _ in range(steps - 1):
@@ -267,7 +267,7 @@ def test_models_export_makes_a_builder_graph_or_says_why_not(tmp_path):
                            "--precision", "int8", "--builder-python", str(BUILDER_PYTHON)],
                           capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
-    assert is_shared_kv_graph(out) and read_marker(out)["precision"] == "int8"
+    assert is_builder_graph(out) and read_marker(out)["precision"] == "int8"
     refused = subprocess.run([sys.executable, "-m", "moltbot", "models", "export", str(ensure_checkpoint()),
                               str(tmp_path / "no"), "--precision", "int4", "--graph", "optimum"],
                              capture_output=True, text=True)
@@ -280,7 +280,7 @@ def test_a_builder_graph_with_external_weights_loads_again_from_the_same_cache_d
     that are not beside it, and the next load would fail)."""
     assert (ensure_graph("int4") / "model.onnx.data").exists()
     for _ in range(2):
-        runner = SharedKVRunner(ensure_graph("int4"), DeviceOptions(intra_op_threads=2), slots=1, max_length=64,
+        runner = BuilderGraphRunner(ensure_graph("int4"), DeviceOptions(intra_op_threads=2), slots=1, max_length=64,
                                 cache_dir=tmp_path)
         (slot,), logits = runner.prefill([[5, 6, 7]], token_budget=64)
         assert slot == 0 and np.isfinite(logits).all()
@@ -297,10 +297,10 @@ def test_the_cpu_int8_graph_is_the_builders_8bit_matmulnbits(tmp_path):
     marker = int8 / "moltbot-export.json"
     marker.rename(tmp_path / "marker")
     try:
-        assert genai_precision(int8, np.float32) == "int8"
+        assert builder_precision(int8, np.float32) == "int8"
     finally:
         (tmp_path / "marker").rename(marker)
-    runner = SharedKVRunner(int8, DeviceOptions(intra_op_threads=2), slots=1, max_length=64, cache_dir=tmp_path)
+    runner = BuilderGraphRunner(int8, DeviceOptions(intra_op_threads=2), slots=1, max_length=64, cache_dir=tmp_path)
     (slot,), logits = runner.prefill([[5, 6, 7]], token_budget=64)
     assert np.isfinite(logits).all()
 
@@ -329,9 +329,9 @@ def test_a_prefill_that_fails_half_way_gives_its_slots_back(monkeypatch):
 def test_a_cuda_kv_cache_over_gpu_mem_limit_is_refused_with_its_size(monkeypatch):
     """On CUDA the KV buffers are allocated whole at load: a cache over gpu_mem_limit is refused with the sizes
     (the provider is stood in for: no GPU here; the check runs before any device allocation)."""
-    import moltbot.engine.shared_kv as shared_kv
+    import moltbot.engine.builder_runner as builder_runner
 
-    monkeypatch.setattr(shared_kv, "active_provider", lambda session: "CUDAExecutionProvider")
+    monkeypatch.setattr(builder_runner, "active_provider", lambda session: "CUDAExecutionProvider")
     with pytest.raises(ValueError, match=r"needs .* GiB, over gpu_mem_limit"):
-        SharedKVRunner(ensure_graph("fp32"), DeviceOptions(device="cuda", gpu_mem_limit=1024), slots=4,
+        BuilderGraphRunner(ensure_graph("fp32"), DeviceOptions(device="cuda", gpu_mem_limit=1024), slots=4,
                        max_length=256)

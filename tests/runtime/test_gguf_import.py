@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moltbot.engine.builder_runner import BuilderGraphRunner
 from moltbot.engine.config import ModelConfig, ModelConfigError
 from moltbot.engine.sessions import DeviceOptions
-from moltbot.engine.shared_kv import SharedKVRunner
 from moltbot.engine.sources import ModelSourceError, fetch_remote, gguf_file_in, gguf_name, onnx_folder
 from moltbot.engine.tokenizer import TextTokenizer
 from moltbot.export.defaults import smollm2_gguf
@@ -130,7 +130,7 @@ def test_gemma_import_writes_config_provenance_and_licence(gemma_import: tuple[P
 def test_gemma_answers_and_keeps_only_last_logits(gemma_import: tuple[Path, Path]) -> None:
     _, folder = gemma_import
     tokenizer = TextTokenizer(folder)
-    runner = SharedKVRunner(folder, DeviceOptions(intra_op_threads=2), slots=2, max_length=512)
+    runner = BuilderGraphRunner(folder, DeviceOptions(intra_op_threads=2), slots=2, max_length=512)
     assert runner.precision == "int8" and runner.last_position_only  # [batch, 1, 262144] logits per call
     prompt = tokenizer.encode("Question: What is the capital of France?\nAnswer:")
     slots, logits = runner.prefill([prompt], token_budget=4096)

@@ -16,8 +16,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from bench.int8_recipes import TEXT, greedy, perplexity, teacher_forced
+from moltbot.engine.builder_runner import BuilderGraphRunner
 from moltbot.engine.sessions import DeviceOptions
-from moltbot.engine.shared_kv import SharedKVRunner
 from moltbot.engine.tokenizer import TextTokenizer
 from moltbot.export.defaults import minilm_source, smollm2_gguf
 from moltbot.export.genai_builder import build_graph, graph_recipe
@@ -53,7 +53,7 @@ def test_int8_chat_graph_answers_like_fp32_on_real_weights(smollm2_graphs: dict[
     options = DeviceOptions(intra_op_threads=2)
     runs = {}
     for precision, folder in smollm2_graphs.items():
-        runner = SharedKVRunner(folder, options, slots=1, max_length=TOKENS + 64)
+        runner = BuilderGraphRunner(folder, options, slots=1, max_length=TOKENS + 64)
         assert runner.precision == precision
         runs[precision] = (teacher_forced(runner, ids), greedy(runner, tokenizer, "The capital of France is"))
     (fp32, fp32_answer), (int8, int8_answer) = runs["fp32"], runs["int8"]

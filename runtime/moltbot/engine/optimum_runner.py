@@ -1,7 +1,7 @@
 """Graph runner for Optimum's decoder exports: past key/values in, a grown present out, every step.
 
 The graph concatenates the whole KV cache at each step, so a step costs more as the context grows; the model
-builder's graphs (shared_kv.py) do not, and are preferred where the builder covers the architecture. This family
+builder's graphs (builder_runner.py) do not, and are preferred where the builder covers the architecture. This family
 stays for the rest. Rows are left-padded to one length; a finished row stays until the next rebuild (a cheap
 wasted row beats a copy of the whole cache per finished sequence), and `rebuild` drops those rows and adds newly
 prefilled ones in one copy into the idle buffers. The scheduler sees stable slot numbers; the runner maps them

@@ -3,7 +3,7 @@
 A runner owns one decoder session and its KV cache, laid out its graph family's way, and hands out numbered
 slots: `prefill` puts prompts into free slots, `decode` steps every slot in use by one token, `release` frees a
 slot. It knows nothing of requests, sampling or text (scheduler.py, sampling.py, output.py).
-- shared_kv.py, family `genai`: ONNX Runtime GenAI's builder graphs (one KV buffer for past and present,
+- builder_runner.py, family `genai`: ONNX Runtime GenAI's builder graphs (one KV buffer for past and present,
   GroupQueryAttention, MatMulNBits int4/int8), preferred;
 - optimum_runner.py, family `optimum`: Optimum's exports (KV cache concatenated each step), for the
   architectures the builder does not cover.
@@ -16,9 +16,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from moltbot.engine.builder_runner import BuilderGraphRunner, is_builder_graph
 from moltbot.engine.optimum_runner import OptimumRunner
 from moltbot.engine.sessions import DeviceOptions
-from moltbot.engine.shared_kv import SharedKVRunner, is_shared_kv_graph
 
 
 class GraphRunner(Protocol):
@@ -47,7 +47,7 @@ class GraphRunner(Protocol):
 
 @runtime_checkable
 class ChunkedPrefillRunner(Protocol):
-    """A runner that can prefill a prompt in chunks with decode steps of the others between them (shared_kv.py)."""
+    """A runner that can prefill a prompt in chunks with decode steps of the others between them (builder_runner.py)."""
 
     def prefill_chunk(self, slot: int | None, tokens: list[int]) -> tuple[int, np.ndarray]:
         """Append `tokens` to the slot's cache (a new slot when None); the slot, and the last token's logits.
@@ -57,6 +57,6 @@ class ChunkedPrefillRunner(Protocol):
 
 def open_runner(folder: Path, options: DeviceOptions, slots: int, context_length: int,
                 cache_dir: Path | None = None) -> GraphRunner:
-    if is_shared_kv_graph(folder):
-        return SharedKVRunner(folder, options, slots=slots, max_length=context_length, cache_dir=cache_dir)
+    if is_builder_graph(folder):
+        return BuilderGraphRunner(folder, options, slots=slots, max_length=context_length, cache_dir=cache_dir)
     return OptimumRunner(folder, options, slots=slots, max_length=context_length, cache_dir=cache_dir)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from moltbot.engine.builder_runner import is_builder_graph
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.export_marker import read_marker
-from moltbot.engine.shared_kv import is_shared_kv_graph
 from moltbot.export.genai_builder import graph_recipe
 from moltbot.logs import redact_url, redact_urls
 from moltbot.settings import Settings
@@ -92,7 +92,7 @@ def onnx_folder(folder: Path, config: ModelConfig, settings: Settings) -> Path:
         return imported_gguf(gguf, settings.cache_dir, precision, device, settings.builder_python)
     export_precision = precision if config.task == "chat" else "fp32"
     folder = resolve_local(folder, config.task, settings.cache_dir, export_precision, device, settings.builder_python)
-    if is_shared_kv_graph(folder):
+    if is_builder_graph(folder):
         return folder
     if precision == "int8" and read_marker(folder).get("precision") != "int8":
         return quantized(folder, settings.cache_dir)

@@ -2,7 +2,7 @@
 
 The builder's graphs use GroupQueryAttention over one KV buffer that past and present share (nothing is
 concatenated per step), fused norms and rotary embeddings, and MatMulNBits block-quantised weights for int4 and
-int8 (engine/shared_kv.py serves them). It covers the common decoder families (Llama, Qwen, Mistral, Phi,
+int8 (engine/builder_runner.py serves them). It covers the common decoder families (Llama, Qwen, Mistral, Phi,
 Gemma, ...); Optimum's export (optimum_export.py) stays the fallback for the rest and for encoders.
 
 The builder needs transformers 5, Optimum's exporter pins 4.57: the builder runs in its own environment

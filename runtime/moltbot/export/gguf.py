@@ -121,10 +121,10 @@ def gguf_to_checkpoint(gguf_file: str | Path, out_dir: str | Path, python: str |
 
 def build_options(architecture: str, all_logits: bool = False) -> dict[str, str]:
     """Model builder options per architecture. Gemma 3: one full-length KV buffer per layer (the builder's
-    default windowed cache for its sliding layers does not fit the shared-KV runner, which gives every layer
+    default windowed cache for its sliding layers does not fit the builder-graph runner, which gives every layer
     the same [slots, heads, max_length, head_dim] buffer; the attention still keeps to its 512-token window),
     and logits of the last position only (prune_lm_head: its 262,144-entry vocabulary makes a 1,000-token
-    prefill's logits 1 GiB otherwise; engine/shared_kv.py serves such graphs). `all_logits` keeps every
+    prefill's logits 1 GiB otherwise; engine/builder_runner.py serves such graphs). `all_logits` keeps every
     position's logits (teacher-forced fidelity checks)."""
     if architecture != "gemma3":
         return {}

@@ -29,7 +29,7 @@ GENAI_CONFIG = "genai_config.json"
 _DTYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def is_shared_kv_graph(folder: Path) -> bool:
+def is_builder_graph(folder: Path) -> bool:
     """A model builder folder whose decoder shares the past and present KV buffer."""
     try:
         config = json.loads((Path(folder) / GENAI_CONFIG).read_text())
@@ -38,7 +38,7 @@ def is_shared_kv_graph(folder: Path) -> bool:
     return bool(config.get("search", {}).get("past_present_share_buffer")) and "decoder" in config.get("model", {})
 
 
-def genai_precision(folder: Path, kv_dtype: Any) -> str:
+def builder_precision(folder: Path, kv_dtype: Any) -> str:
     """The graph's weight precision: from moltbot's export marker, else from the graph itself. (The serving path
     has no onnx package: MatMulNBits' `bits` attribute is found in the small graph file's bytes.)"""
     folder = Path(folder)
@@ -55,10 +55,10 @@ def genai_precision(folder: Path, kv_dtype: Any) -> str:
     return "fp16" if kv_dtype == np.float16 else "fp32"
 
 
-class SharedKVRunner:
+class BuilderGraphRunner:
     """One decoder session with its slot buffers; used by one scheduler thread only."""
 
-    family = "genai"
+    family = "genai"  # the name users see for builder graphs (/v1/models `graph`, the export marker)
 
     def __init__(self, folder: Path, options: DeviceOptions, slots: int, max_length: int,
                  cache_dir: Path | None = None):
@@ -116,7 +116,7 @@ class SharedKVRunner:
         # Decode steps over the same rows bind the same KV buffers and logits: their bindings are made once per
         # row count and only the step's ids and mask are bound again (60 layers' bindings cost ~0.5 ms a step).
         self._decode_bindings: dict[int, tuple[ort.IOBinding, np.ndarray]] = {}
-        self.precision = genai_precision(folder, self.kv_dtype)
+        self.precision = builder_precision(folder, self.kv_dtype)
 
     # ---- slots ----------------------------------------------------------------------------------------
     def free_slots(self) -> int:

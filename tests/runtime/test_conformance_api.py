@@ -326,6 +326,9 @@ def test_retry_after_is_the_expected_wait_and_the_openai_sdk_gets_through(server
     # Every slot taken by one request's 16 choices for seconds (a batch of 16 steps slower than one sequence).
     srv = server_factory(env={"MOLTBOT_MAX_RUNNING": "16", "MOLTBOT_MAX_QUEUED": "0"})
     body = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "ignore_eos": True, "n": 16}
+    # A first request pays the server's one-time costs (graph warm-up, first batch of 16): out of the rate below,
+    # or a fast machine's per-token figure is mostly warm-up and the expected wait comes out several times short.
+    assert httpx.post(srv.url + "/v1/chat/completions", json={**body, "max_tokens": 8}, timeout=60).is_success
     started = time.monotonic()
     assert httpx.post(srv.url + "/v1/chat/completions", json={**body, "max_tokens": 200}, timeout=60).is_success
     per_token = (time.monotonic() - started) / 200

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Moltbot container image from the root Dockerfile (`make image` calls this).
 #   VARIANT=cpu|gpu        (default cpu)
-#   IMAGE_TAG              (default moltbot:latest for cpu, moltbot:gpu for gpu)
+#   IMAGE_TAG              the moving tag (default moltbot:latest for cpu, moltbot:gpu for gpu). The image also gets
+#                          a version tag in the same repository, <repository>:<IMAGE_VERSION> (gpu: ...-gpu), which
+#                          stays on it when a later build moves the moving tag: hosts roll back to it by digest.
+#   IMAGE_VERSION          (default <pyproject version>-<git short revision>, -dirty for uncommitted changes)
 #   BASE_IMAGE             (default debian:bookworm-slim). When a debian:<suite>-slim is neither here nor pullable
 #                          (machines that reach no container registry), an equivalent base is built locally with
 #                          debootstrap (scripts/build-base-image.sh, cached as local/debian:<suite>-slim) and used.
@@ -71,6 +74,14 @@ mkdir -p build/image-ca
 find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} build/image-ca/ \; 2>/dev/null || true
 
 version="$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- 2>/dev/null || revision="$revision-dirty"
+image_version="${IMAGE_VERSION:-$version-$revision}"
+# The version tag lives in the moving tag's repository (a registry host's port is not a tag).
+repository="$tag"
+[[ "${tag##*/}" == *:* ]] && repository="${tag%:*}"
+version_tag="$repository:$image_version"
+[ "$variant" = gpu ] && version_tag="$version_tag-gpu"
 # The deployment contract (deploy/contract.json): service uid, ports, paths and the gpu variant's CUDA major.
 mapfile -t contract_args < <(python3 - <<'PY'
 import json
@@ -86,9 +97,7 @@ PY
 cuda_major="$(python3 -c 'import json; print(json.load(open("deploy/contract.json"))["gpu"]["cuda_major"])')"
 variant_labels=(--label io.moltbot.variant="$variant")
 [ "$variant" = gpu ] && variant_labels+=(--label io.moltbot.cuda-major="$cuda_major")
-revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-previous_id="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
-echo "image-build: building $tag (VARIANT=$variant, BASE_IMAGE=$base)"
+echo "image-build: building $tag and $version_tag (VARIANT=$variant, BASE_IMAGE=$base)"
 started=$SECONDS
 # The classic builder: CI's docker.io 20.10 client has no buildx, and the Dockerfile needs no BuildKit feature.
 if ! DOCKER_BUILDKIT=0 docker build --network host \
@@ -97,18 +106,16 @@ if ! DOCKER_BUILDKIT=0 docker build --network host \
     --label org.opencontainers.image.version="$version" \
     --label org.opencontainers.image.revision="$revision" \
     --label org.opencontainers.image.base.name="$base" \
+    --label io.moltbot.version="$image_version" \
+    --label io.moltbot.revision="$revision" \
     "${variant_labels[@]}" \
-    ${IMAGE_BUILD_FLAGS:-} -t "$tag" . 2>&1 |
+    ${IMAGE_BUILD_FLAGS:-} -t "$tag" -t "$version_tag" . 2>&1 |
     sed -u -e '/^DEPRECATED: The legacy builder/d' -e '/BuildKit is currently disabled/d' \
         -e '/Install the buildx component/d' -e '/^ *environment-variable\.$/d' -e '/docs.docker.com\/go\/buildx/d' -e '/^ *$/d'; then
   echo "image-build: docker build of $tag failed" >&2
   exit 1
 fi
-# The image this build replaced is now untagged: remove it (only its own layers go) unless a container uses it.
-current_id="$(docker image inspect -f '{{.Id}}' "$tag")"
-if [ -n "$previous_id" ] && [ "$previous_id" != "$current_id" ] &&
-   [ "$(docker image inspect -f '{{len .RepoTags}}' "$previous_id" 2>/dev/null)" = 0 ]; then
-  docker rmi "$previous_id" >/dev/null 2>&1 || true
-fi
+# The image this build replaced keeps its own version tag: it is the release to roll back to, so nothing here
+# removes it (`docker image prune` leaves tagged images; removing old versions is the operator's call).
 size_mb="$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f", $1/1e6}')"
-echo "image-build: built $tag in $((SECONDS - started)) s, $size_mb MB"
+echo "image-build: built $tag = $version_tag in $((SECONDS - started)) s, $size_mb MB"

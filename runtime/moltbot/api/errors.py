@@ -103,11 +103,31 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 def error_response(exc: BaseException, request: Request | None = None) -> ErrorResponse:
     """(status, body, headers) for any exception; an unexpected one is logged and answered with a 500 that names
-    the request id. `request` gives the words for routing errors and the request id."""
+    the request id. `request` gives the words for routing errors and the request id, and the shape: Anthropic's
+    on its Messages routes, where its SDK reads the error's type."""
+    status, body, headers = _openai_error(exc, request)
+    if request is not None and request.path.startswith(ANTHROPIC_ROUTES):
+        return status, anthropic_error_body(status, body["error"]["message"]), headers
+    return status, body, headers
+
+
+ANTHROPIC_ROUTES = "/v1/messages"
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); 503 is its "overloaded".
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         503: "overloaded_error", 504: "timeout_error"}
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    error_type = ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _openai_error(exc: BaseException, request: Request | None) -> ErrorResponse:
     if isinstance(exc, APIError):
         return exc.status, error_body(exc.message, exc.type, exc.param, exc.code), exc.headers
     if isinstance(exc, ValidationError):
-        return error_response(from_validation_error(exc))
+        return _openai_error(from_validation_error(exc), request)
     if isinstance(exc, InvalidRequest):
         # A model of another task is not found on this route, as OpenAI has it ("This is not a chat model").
         status = 404 if exc.code == "wrong_model_task" else 400

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from moltbot import metrics
 from moltbot.api.access import observe
+from moltbot.api.anthropic import MessagesRequest, message_events, message_from_chat, to_chat_request
 from moltbot.api.errors import APIError, error_response, load_json
 from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -25,6 +26,7 @@ from moltbot.api.tool_calls import chat_with_plugin_tools, names_plugins
 from moltbot.logs import redact_urls
 
 Schema = TypeVar("Schema", bound=BaseModel)
+Item = TypeVar("Item")
 
 bp = Blueprint("openai")
 
@@ -151,26 +153,59 @@ async def embeddings(request: Request) -> HTTPResponse:
 async def stream_sse(request: Request, chunks: Chunks) -> None:
     """Server-sent events: one `data:` line per chunk, then `data: [DONE]`. An error after the first byte is
     sent as a last `data: {"error": ...}` event, since the status line is already out."""
+    await _stream(request, chunks, chunks, lambda chunk: "data: " + _compact(chunk) + "\n\n",
+                  error=lambda body: "data: " + json.dumps(body) + "\n\n", done="data: [DONE]\n\n")
+
+
+async def stream_named_events(request: Request, events: AsyncIterator[tuple[str, dict[str, Any]]],
+                              closing: Chunks) -> None:
+    """Server-sent events with names (`event:` then `data:`), as Anthropic's stream has them; an error after the
+    first byte is a last `error` event. Closing `closing` frees the model's sequences."""
+    await _stream(request, events, closing, lambda item: f"event: {item[0]}\ndata: {_compact(item[1])}\n\n",
+                  error=lambda body: f"event: error\ndata: {json.dumps(body)}\n\n", done="")
+
+
+async def _stream(request: Request, items: AsyncIterator[Item], closing: Chunks, frame: Callable[[Item], str], *,
+                  error: Callable[[dict[str, Any]], str], done: str) -> None:
     status = 499  # unless the stream ends: the client went away
     try:
-        async with contextlib.aclosing(chunks):  # closing the stream frees the model's sequences
+        async with contextlib.aclosing(closing):  # closing the stream frees the model's sequences
             response = await request.respond(content_type="text/event-stream",
                                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
             while True:
                 try:
-                    chunk = await anext(chunks)
+                    item = await anext(items)
                 except StopAsyncIteration:
                     status = 200
                     break
                 except Exception as exc:  # the model's side failed; failures to send are not caught here
                     status, body, _ = error_response(exc, request)
-                    await response.send("data: " + json.dumps(body) + "\n\n")
+                    await response.send(error(body))
                     break
-                await response.send("data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n")
-            await response.send("data: [DONE]\n\n")
+                await response.send(frame(item))
+            if done:
+                await response.send(done)
             await response.eof()
     finally:
         observe(request, status)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# ---- Anthropic Messages -------------------------------------------------------------------------------
+@bp.post("/v1/messages")
+async def anthropic_messages(request: Request) -> HTTPResponse | None:
+    req = parse(request, MessagesRequest)
+    chat = to_chat_request(req)
+    srv, request_stats = serving(request), stats(request)
+    if req.stream:
+        chunks = await srv.chat_stream(chat, request_stats)
+        await stream_named_events(request, message_events(chunks, request_stats.model or req.model,
+                                                          request_stats.prompt_tokens), chunks)
+        return None
+    return json_response(message_from_chat(await srv.chat(chat, request_stats)))
 
 
 # ---- WebSocket ---------------------------------------------------------------------------------------

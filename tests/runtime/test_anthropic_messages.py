@@ -157,6 +157,16 @@ def test_a_tool_round_trip_through_the_sdk(tool_server):
     assert second.usage.input_tokens > first.usage.input_tokens  # the call and its result were in the prompt
 
 
+def test_count_tokens_is_what_the_message_reports_as_its_input(tool_server):
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    with _client(tool_server) as client:
+        counted = client.messages.count_tokens(model=TOOLCALL, messages=question, tools=[WEATHER], system="Be brief.")
+        message = client.messages.create(model=TOOLCALL, max_tokens=1, messages=question, tools=[WEATHER],
+                                         system="Be brief.")
+        bare = client.messages.count_tokens(model=TOOLCALL, messages=question)
+    assert counted.input_tokens == message.usage.input_tokens > bare.input_tokens > 0
+
+
 def test_errors_come_in_anthropics_shape_and_the_sdk_raises_its_own_types(tool_server):
     with _client(tool_server) as client:
         with pytest.raises(anthropic.BadRequestError) as bad:

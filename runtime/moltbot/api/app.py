@@ -154,7 +154,7 @@ def _needs_key(request: Request) -> bool:
     if not request.app.ctx.api_keys:
         return False
     path = request.path
-    if path.startswith("/v1/") or path == "/v1":
+    if path.startswith("/v1/") or path == "/v1" or _route_context(request, "needs_key"):
         return True
     return _route_context(request, "metrics") and request.app.ctx.settings.metrics_require_key
 

@@ -17,11 +17,18 @@ from websockets.exceptions import ConnectionClosed
 
 from moltbot import metrics
 from moltbot.api.access import observe
-from moltbot.api.anthropic import MessagesRequest, message_events, message_from_chat, to_chat_request
+from moltbot.api.anthropic import (
+    CountTokensRequest,
+    MessagesRequest,
+    message_events,
+    message_from_chat,
+    to_chat_request,
+)
 from moltbot.api.errors import APIError, error_response, load_json
 from moltbot.api.openapi import openapi_document
 from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from moltbot.api.serving import Chunks, OpenAIServing, RequestStats
+from moltbot.api.tokenization import DetokenizeRequest, TokenizeRequest, count_chat_tokens, detokenize, tokenize
 from moltbot.api.tool_calls import chat_with_plugin_tools, names_plugins
 from moltbot.logs import redact_urls
 
@@ -206,6 +213,26 @@ async def anthropic_messages(request: Request) -> HTTPResponse | None:
                                                           request_stats.prompt_tokens), chunks)
         return None
     return json_response(message_from_chat(await srv.chat(chat, request_stats)))
+
+
+@bp.post("/v1/messages/count_tokens")
+async def anthropic_count_tokens(request: Request) -> HTTPResponse:
+    req = parse(request, CountTokensRequest)
+    backend = serving(request).registry.backend(req.model)
+    return json_response({"input_tokens": await count_chat_tokens(backend, to_chat_request(req))})
+
+
+# ---- tokenizers (as vLLM serves them; outside /v1, so they say they need a key) -------------------------------
+@bp.post("/tokenize", ctx_needs_key=True)
+async def tokenize_route(request: Request) -> HTTPResponse:
+    req = parse(request, TokenizeRequest)
+    return json_response(await tokenize(serving(request).registry.backend(req.model), req))
+
+
+@bp.post("/detokenize", ctx_needs_key=True)
+async def detokenize_route(request: Request) -> HTTPResponse:
+    req = parse(request, DetokenizeRequest)
+    return json_response(await detokenize(serving(request).registry.backend(req.model), req))
 
 
 # ---- WebSocket ---------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def score_graph(folder: Path, tokens: np.ndarray, bos_id: int | None, chunks: in
         for start in range(0, N_CTX, PIECE):
             piece = chunk[start: start + PIECE]
             # _run: the runner's one graph call over a slot, asked for the logits of every position of the piece
-            # (the public prefill methods keep only the last position's, which is all serving needs).
+            # (the public prefill method keeps only the last position's, which is all serving needs).
             logits = runner._run(0, 1, piece[None, :], np.array([start + len(piece)]), np.array([start]),
                                  last=np.arange(len(piece)))
             positions = np.arange(start, start + len(piece))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from moltbot.engine.builder_runner import BuilderGraphRunner
+from moltbot.engine.prefill import PrefillChunk
 from moltbot.engine.sessions import DeviceOptions
 from moltbot.engine.tokenizer import TextTokenizer
 
@@ -80,7 +81,8 @@ def decode_rate(runner: BuilderGraphRunner, batch: int, prompt: list[int], steps
     rates = []
     for _ in range(repeats):
         runner.reset()
-        slots, logits = runner.prefill([prompt] * batch, token_budget=4096)
+        slots = list(range(batch))
+        logits = runner.prefill([PrefillChunk(slot, prompt) for slot in slots])
         tokens = [int(t) for t in logits.argmax(-1)]
         start = time.perf_counter()
         for _ in range(steps):
@@ -91,7 +93,8 @@ def decode_rate(runner: BuilderGraphRunner, batch: int, prompt: list[int], steps
 
 def greedy(runner: BuilderGraphRunner, tokenizer: TextTokenizer, text: str, steps: int = 12) -> str:
     runner.reset()
-    slots, logits = runner.prefill([tokenizer.encode(text)], token_budget=4096)
+    slots = [0]
+    logits = runner.prefill([PrefillChunk(0, tokenizer.encode(text))])
     out = [int(logits[0].argmax())]
     for _ in range(steps - 1):
         out.append(int(runner.decode(slots, [out[-1]])[0].argmax()))

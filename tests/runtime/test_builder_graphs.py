@@ -18,6 +18,7 @@ from moltbot.engine.backends.decoder import DecoderBackend
 from moltbot.engine.builder_runner import BuilderGraphRunner, builder_precision, is_builder_graph
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.export_marker import read_marker
+from moltbot.engine.prefill import PrefillChunk
 from moltbot.engine.sampling import SamplingParams
 from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.sessions import DeviceOptions
@@ -58,7 +59,8 @@ def runner_of(precision: str, slots: int = 4) -> BuilderGraphRunner:
 def test_teacher_forced_top1_agreement_with_transformers(reference, precision):
     prompts, continuations = reference
     runner = runner_of(precision)
-    slots, first = runner.prefill(prompts, token_budget=1024)
+    slots = list(range(len(prompts)))
+    first = runner.prefill([PrefillChunk(slot, p) for slot, p in zip(slots, prompts, strict=True)])
     choices = [[int(row.argmax())] for row in first]
     for step in range(STEPS - 1):
         logits = runner.decode(slots, [c[step] for c in continuations])
@@ -94,12 +96,19 @@ def test_precision_is_read_from_the_graph_when_no_marker_says_it(tmp_path):
     assert builder_precision(tmp_path / "fp", np.float16) == "fp16"
 
 
-def _greedy(runner: BuilderGraphRunner, prompt: list[int], steps: int, budget: int = 1024) -> list[int]:
-    (slot,), first = runner.prefill([prompt], budget)
+def _greedy(runner: BuilderGraphRunner, prompt: list[int], steps: int) -> list[int]:
+    first = runner.prefill([PrefillChunk(0, prompt)])
     tokens = [int(first[0].argmax())]
     for _ in range(steps - 1):
-        tokens.append(int(runner.decode([slot], [tokens[-1]])[0].argmax()))
+        tokens.append(int(runner.decode([0], [tokens[-1]])[0].argmax()))
     return tokens
+
+
+def _in_pieces(runner: BuilderGraphRunner, slot: int, prompt: list[int], size: int) -> np.ndarray:
+    """The prompt into `slot` a piece of `size` tokens a call; the last piece's logits."""
+    for start in range(0, len(prompt), size):
+        logits = runner.prefill([PrefillChunk(slot, prompt[start: start + size], start)])
+    return logits
 
 
 def test_rows_of_different_lengths_chunked_prefill_and_holes_give_each_sequence_its_own_tokens(reference):
@@ -107,9 +116,8 @@ def test_rows_of_different_lengths_chunked_prefill_and_holes_give_each_sequence_
     alone = [_greedy(runner_of("fp32", slots=1), prompt, 12) for prompt in prompts]
     runner = runner_of("fp32", slots=4)
     # Two prompts in one prefill call (slots 0 and 1, one right-padded batch), the third in chunks of 3 tokens.
-    slots, first = runner.prefill([prompts[0], prompts[2]], token_budget=1024)
-    (chunked_slot,), chunked = runner.prefill([prompts[1]], token_budget=3)
-    assert slots == [0, 1] and chunked_slot == 2
+    first = runner.prefill([PrefillChunk(0, prompts[0]), PrefillChunk(1, prompts[2])])
+    chunked = _in_pieces(runner, 2, prompts[1], 3)
     assert list(runner.lengths[:3]) == [len(prompts[0]), len(prompts[2]), len(prompts[1])]
     tokens = {0: [int(first[0].argmax())], 1: [int(first[1].argmax())], 2: [int(chunked[0].argmax())]}
     for _ in range(5):
@@ -125,8 +133,8 @@ def test_rows_of_different_lengths_chunked_prefill_and_holes_give_each_sequence_
         tokens[0].append(int(logits[1].argmax()))
     assert tokens[0] == alone[0] and tokens[2] == alone[1] and tokens[1] == alone[2][:6]
     # A newcomer takes the hole and is prefilled in place; the neighbours' caches are untouched.
-    (slot,), newcomer = runner.prefill([prompts[2]], token_budget=1024)
-    assert slot == 1 and int(newcomer[0].argmax()) == alone[2][0]
+    newcomer = runner.prefill([PrefillChunk(1, prompts[2])])
+    assert int(newcomer[0].argmax()) == alone[2][0]
     assert list(runner.lengths[:3]) == [len(prompts[0]) + 11, len(prompts[2]), len(prompts[1]) + 11]
     with pytest.raises(ValueError, match="distinct slots in use"):
         runner.decode([0, 3], [1, 1])  # slot 3 is free
@@ -141,37 +149,39 @@ def test_a_prompt_prefilled_in_chunks_between_decode_steps_of_others_gets_its_ow
     prompts, _ = reference
     alone = [_greedy(runner_of("fp32", slots=1), prompt, 10) for prompt in prompts]
     runner = runner_of("fp32", slots=4)
-    slots, first = runner.prefill([prompts[0], prompts[2]], token_budget=1024)
-    runner.release(0)  # slot 0 free: the chunked prompt takes it, below the running slot 1
-    (slot,), again = runner.prefill([prompts[0]], token_budget=1024)
+    first = runner.prefill([PrefillChunk(0, prompts[0]), PrefillChunk(1, prompts[2])])
+    runner.release(0)  # slot 0 free: taken again, and the chunked prompt goes into slot 2, above the running 1
+    again = runner.prefill([PrefillChunk(0, prompts[0])])
     tokens = {0: [int(again[0].argmax())], 1: [int(first[1].argmax())]}
-    chunks = [prompts[1][i: i + 2] for i in range(0, len(prompts[1]), 2)]
-    chunked_slot = None
-    for chunk in chunks:
-        chunked_slot, logits = runner.prefill_chunk(chunked_slot, chunk)
-        assert chunked_slot == 2
+    for start in range(0, len(prompts[1]), 2):
+        logits = runner.prefill([PrefillChunk(2, prompts[1][start: start + 2], start)])
         step = runner.decode([0, 1], [tokens[0][-1], tokens[1][-1]])  # the chunked slot left out
         tokens[0].append(int(step[0].argmax()))
         tokens[1].append(int(step[1].argmax()))
-        assert runner.lengths[2] == sum(len(c) for c in chunks[: chunks.index(chunk) + 1])
-    tokens[2] = [int(logits.argmax())]
+        assert runner.lengths[2] == min(start + 2, len(prompts[1]))
+    tokens[2] = [int(logits[0].argmax())]
     while len(tokens[2]) < 10:
         step = runner.decode([2, 0, 1], [tokens[2][-1], tokens[0][-1], tokens[1][-1]])
         for row, s in enumerate((2, 0, 1)):
             tokens[s].append(int(step[row].argmax()))
     assert tokens[2][:10] == alone[1] and tokens[0][:10] == alone[0] and tokens[1][:10] == alone[2]
     with pytest.raises(ValueError, match="does not fit"):
-        runner.prefill_chunk(None, list(range(5, 5 + runner.max_length)))
+        runner.prefill([PrefillChunk(3, list(range(5, 5 + runner.max_length)))])
     assert runner.free_slots() == 1  # the refused prompt took no slot
 
 
 def test_prompts_that_do_not_fit_and_busy_slots_are_refused():
     runner = runner_of("fp32", slots=2)
     with pytest.raises(ValueError, match="does not fit"):
-        runner.prefill([[5] * 256], token_budget=1024)
-    runner.prefill([[5, 6, 7], [8]], token_budget=1024)
-    with pytest.raises(ValueError, match="free slots"):
-        runner.prefill([[5]], token_budget=1024)
+        runner.prefill([PrefillChunk(0, [5] * 256)])
+    runner.prefill([PrefillChunk(0, [5, 6, 7]), PrefillChunk(1, [8])])
+    with pytest.raises(ValueError, match="holds 3 tokens, not 0"):
+        runner.prefill([PrefillChunk(0, [5])])  # a slot in use
+    with pytest.raises(ValueError, match="holds 1 tokens, not 4"):
+        runner.prefill([PrefillChunk(1, [5], start=4)])  # a continuation must follow what the slot holds
+    with pytest.raises(ValueError, match="distinct slots"):
+        runner.prefill([PrefillChunk(2, [5])])  # no such slot
+    assert list(runner.lengths) == [3, 1]  # refused calls leave the slots as they were
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
@@ -207,9 +217,9 @@ def test_a_long_newcomer_is_prefilled_in_chunks_while_the_running_stream_goes_on
     """While a sequence runs, a prompt longer than PREFILL_CHUNK_TOKENS goes in a chunk a pass with a decode step
     of the running one between chunks (its stream does not stall for the whole prefill), and both get exactly
     the tokens they get alone."""
-    import moltbot.engine.scheduler as scheduler_module
+    import moltbot.engine.planner as planner_module
 
-    monkeypatch.setattr(scheduler_module, "PREFILL_CHUNK_TOKENS", 1)  # the test prompts are a few tokens long
+    monkeypatch.setattr(planner_module, "PREFILL_CHUNK_TOKENS", 1)  # the test prompts are a few tokens long
     prompts, continuations = reference
     long_prompt = prompts[1]
     chunks = len(long_prompt)
@@ -282,8 +292,8 @@ def test_a_builder_graph_with_external_weights_loads_again_from_the_same_cache_d
     for _ in range(2):
         runner = BuilderGraphRunner(ensure_graph("int4"), DeviceOptions(intra_op_threads=2), slots=1, max_length=64,
                                 cache_dir=tmp_path)
-        (slot,), logits = runner.prefill([[5, 6, 7]], token_budget=64)
-        assert slot == 0 and np.isfinite(logits).all()
+        logits = runner.prefill([PrefillChunk(0, [5, 6, 7])])
+        assert logits.shape[0] == 1 and np.isfinite(logits).all()
     assert not list(tmp_path.rglob("*.onnx"))
 
 
@@ -301,7 +311,7 @@ def test_the_cpu_int8_graph_is_the_builders_8bit_matmulnbits(tmp_path):
     finally:
         (tmp_path / "marker").rename(marker)
     runner = BuilderGraphRunner(int8, DeviceOptions(intra_op_threads=2), slots=1, max_length=64, cache_dir=tmp_path)
-    (slot,), logits = runner.prefill([[5, 6, 7]], token_budget=64)
+    logits = runner.prefill([PrefillChunk(0, [5, 6, 7])])
     assert np.isfinite(logits).all()
 
 
@@ -310,20 +320,22 @@ def test_a_prefill_that_fails_half_way_gives_its_slots_back(monkeypatch):
     run = runner._run
     calls = 0
 
-    def failing_second_chunk(*args, **kwargs):
+    def failing_third_graph_call(*args, **kwargs):
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls == 3:
             raise RuntimeError("out of memory")
         return run(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_run", failing_second_chunk)
+    monkeypatch.setattr(runner, "_run", failing_third_graph_call)
+    runner.prefill([PrefillChunk(1, [5, 6, 7, 8])])  # the first piece of a prompt in slot 1
     with pytest.raises(RuntimeError, match="out of memory"):
-        runner.prefill([list(range(5, 15))], token_budget=4)  # chunks of 4: the second one fails
-    assert runner.free_slots() == 2
+        # one call, two graph calls: slot 0's new prompt, then slot 1's second piece, which fails
+        runner.prefill([PrefillChunk(0, [9, 10]), PrefillChunk(1, [11, 12], start=4)])
+    assert runner.free_slots() == 2 and list(runner.lengths) == [0, 0]
     monkeypatch.setattr(runner, "_run", run)
-    slots, _ = runner.prefill([[5, 6], [7, 8, 9]], token_budget=64)
-    assert slots == [0, 1] and list(runner.lengths) == [2, 3]
+    runner.prefill([PrefillChunk(0, [5, 6]), PrefillChunk(1, [7, 8, 9])])
+    assert list(runner.lengths) == [2, 3]
 
 
 def test_a_cuda_kv_cache_over_gpu_mem_limit_is_refused_with_its_size(monkeypatch):

@@ -18,6 +18,7 @@ import pytest
 
 from moltbot.engine.builder_runner import BuilderGraphRunner
 from moltbot.engine.config import ModelConfig, ModelConfigError
+from moltbot.engine.prefill import PrefillChunk
 from moltbot.engine.sessions import DeviceOptions
 from moltbot.engine.sources import ModelSourceError, fetch_remote, gguf_file_in, gguf_name, onnx_folder
 from moltbot.engine.tokenizer import TextTokenizer
@@ -133,7 +134,8 @@ def test_gemma_answers_and_keeps_only_last_logits(gemma_import: tuple[Path, Path
     runner = BuilderGraphRunner(folder, DeviceOptions(intra_op_threads=2), slots=2, max_length=512)
     assert runner.precision == "int8" and runner.last_position_only  # [batch, 1, 262144] logits per call
     prompt = tokenizer.encode("Question: What is the capital of France?\nAnswer:")
-    slots, logits = runner.prefill([prompt], token_budget=4096)
+    slots = [0]
+    logits = runner.prefill([PrefillChunk(0, prompt)])
     out = [int(logits[0].argmax())]
     for _ in range(5):
         out.append(int(runner.decode(slots, [out[-1]])[0].argmax()))
@@ -141,8 +143,8 @@ def test_gemma_answers_and_keeps_only_last_logits(gemma_import: tuple[Path, Path
     # prompts of different lengths prefilled together get each its own last position's logits
     other = tokenizer.encode("Paris is the capital of")
     runner.reset()
-    _, together = runner.prefill([prompt, other], token_budget=4096)
+    together = runner.prefill([PrefillChunk(0, prompt), PrefillChunk(1, other)])
     runner.reset()
-    _, alone = runner.prefill([other], token_budget=4096)
+    alone = runner.prefill([PrefillChunk(0, other)])
     assert int(together[0].argmax()) == out[0]
     np.testing.assert_allclose(together[1], alone[0], atol=1e-3)

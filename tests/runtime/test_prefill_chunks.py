@@ -4,64 +4,17 @@ measured prefill rate, against a scripted runner whose prefill costs a known tim
 from __future__ import annotations
 
 import asyncio
-import time
 
-import numpy as np
 import pytest
 
-import moltbot.engine.scheduler as scheduler_module
+import moltbot.engine.planner as planner_module
+from moltbot.engine.planner import MIN_CHUNK_TOKENS, PREFILL_CHUNK_TOKENS
 from moltbot.engine.sampling import SamplingParams
-from moltbot.engine.scheduler import MIN_CHUNK_TOKENS, PREFILL_CHUNK_TOKENS, GenerationScheduler
+from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.tokenizer import TextTokenizer
+from tests.runtime.scripted_runner import ScriptedRunner
 
-VOCAB = 64
 SECONDS_PER_TOKEN = 0.001
-
-
-class TimedChunkRunner:
-    """Slots with lengths only; prefill sleeps SECONDS_PER_TOKEN a token; every step's logits favour token 7.
-    It records the size of each chunk it is given."""
-
-    family, precision, provider, max_length, eos_token_ids = "scripted", "fp32", "CPUExecutionProvider", 4096, ()
-
-    def __init__(self, slots: int):
-        self.lengths = [0] * slots
-        self.chunks: list[int] = []
-
-    def free_slots(self) -> int:
-        return self.lengths.count(0)
-
-    def _logits(self, rows: int) -> np.ndarray:
-        logits = np.zeros((rows, VOCAB), dtype=np.float32)
-        logits[:, 7] = 10.0
-        return logits
-
-    def prefill(self, prompts: list[list[int]], token_budget: int) -> tuple[list[int], np.ndarray]:
-        slots = []
-        for prompt in prompts:
-            slot = self.lengths.index(0)
-            self.lengths[slot] = len(prompt)
-            slots.append(slot)
-        time.sleep(SECONDS_PER_TOKEN * sum(len(p) for p in prompts))
-        return slots, self._logits(len(prompts))
-
-    def prefill_chunk(self, slot: int | None, tokens: list[int]) -> tuple[int, np.ndarray]:
-        slot = self.lengths.index(0) if slot is None else slot
-        self.lengths[slot] += len(tokens)
-        self.chunks.append(len(tokens))
-        time.sleep(SECONDS_PER_TOKEN * len(tokens))
-        return slot, self._logits(1)[0]
-
-    def decode(self, slots: list[int], tokens: list[int]) -> np.ndarray:
-        for slot in slots:
-            self.lengths[slot] += 1
-        return self._logits(len(slots))
-
-    def release(self, slot: int) -> None:
-        self.lengths[slot] = 0
-
-    def reset(self) -> None:
-        self.lengths = [0] * len(self.lengths)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +25,7 @@ def tokenizer(defaults_dir):
 def chunks_while_streaming(tokenizer, stall_seconds: float, prompt_tokens: int) -> tuple[list[int], int]:
     """A stream runs; a long prompt arrives. The chunk sizes it was prefilled in, and how many tokens the
     stream made meanwhile."""
-    runner = TimedChunkRunner(slots=2)
+    runner = ScriptedRunner(slots=2, seconds_per_token=SECONDS_PER_TOKEN)
     scheduler = GenerationScheduler("chunks", runner, tokenizer, context_length=4096, max_running=2, max_queued=2,
                                     prefill_stall_seconds=stall_seconds)
 
@@ -93,7 +46,7 @@ def chunks_while_streaming(tokenizer, stall_seconds: float, prompt_tokens: int) 
         during = asyncio.run(scenario())
     finally:
         scheduler.stop()
-    return runner.chunks, during
+    return [len(c.tokens) for call in runner.prefills[1:] for c in call], during  # after the stream's prompt
 
 
 def test_a_long_prompt_goes_in_chunks_that_fit_the_stall_budget(tokenizer):
@@ -114,7 +67,7 @@ def test_a_larger_budget_takes_the_largest_chunks(tokenizer):
 
 
 def test_chunk_tokens_follow_the_estimates_within_bounds(tokenizer, monkeypatch):
-    scheduler = GenerationScheduler("bounds", TimedChunkRunner(slots=1), tokenizer, context_length=64,
+    scheduler = GenerationScheduler("bounds", ScriptedRunner(slots=1), tokenizer, context_length=64,
                                     max_running=1, max_queued=1, prefill_stall_seconds=0.05)
     try:
         assert scheduler.chunk_tokens() == MIN_CHUNK_TOKENS  # nothing timed yet: the smallest chunk
@@ -131,7 +84,7 @@ def test_chunk_tokens_follow_the_estimates_within_bounds(tokenizer, monkeypatch)
         assert scheduler.chunk_tokens() == 80
         scheduler._time_decode(0.0)  # 0.7 x 80 ms: still longer (56 ms, less a rounding)
         assert scheduler.chunk_tokens() in (55, 56)
-        monkeypatch.setattr(scheduler_module, "PREFILL_CHUNK_TOKENS", 8)
+        monkeypatch.setattr(planner_module, "PREFILL_CHUNK_TOKENS", 8)
         assert scheduler.chunk_tokens() == 8  # the largest chunk bounds the smallest too
     finally:
         scheduler.stop()

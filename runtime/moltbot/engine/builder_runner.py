@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from moltbot.engine.export_marker import read_marker
+from moltbot.engine.prefill import PrefillChunk
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
 
 GENAI_CONFIG = "genai_config.json"
@@ -112,6 +113,7 @@ class BuilderGraphRunner:
             else [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, *self.device)
                   for _ in self.past_names])
         self._pointers = [b.ctypes.data if isinstance(b, np.ndarray) else b.data_ptr() for b in self._buffers]
+        self.slots = slots
         self.lengths = np.zeros(slots, dtype=np.int64)  # tokens cached per slot; 0 for a free slot
         # Decode steps over the same rows bind the same KV buffers and logits: their bindings are made once per
         # row count and only the step's ids and mask are bound again (60 layers' bindings cost ~0.5 ms a step).
@@ -130,91 +132,52 @@ class BuilderGraphRunner:
         self.lengths[:] = 0
 
     # ---- running the graph ----------------------------------------------------------------------------
-    def prefill(self, prompts: list[list[int]], token_budget: int) -> tuple[list[int], np.ndarray]:
-        """Give each prompt the lowest free slot and write its KV cache there; returns the slots and each prompt's
-        last-position logits.
+    def prefill(self, chunks: list[PrefillChunk]) -> np.ndarray:
+        """Write each chunk into its slot's rows from its start; returns each chunk's last-token logits.
 
-        Consecutive slots whose padded prompts fit the token budget run as one right-padded batch; a longer
-        prompt runs alone in chunks, each chunk continuing the cache the previous one wrote."""
-        free = np.flatnonzero(self.lengths == 0)
-        if len(prompts) > len(free):
-            raise ValueError(f"{len(prompts)} prompts for {len(free)} free slots")
-        for prompt in prompts:
-            if not 0 < len(prompt) < self.max_length:
-                raise ValueError(f"a prompt of {len(prompt)} tokens does not fit a context of {self.max_length}")
-        slots = [int(slot) for slot in free[: len(prompts)]]
+        Chunks that start a prompt in consecutive slots run as one right-padded batch (on a graph that computes the
+        last position only, of one length); a chunk that continues a prompt runs alone, its past bound in place."""
+        self._check(chunks)
+        out: list[np.ndarray] = []
+        group: list[PrefillChunk] = []
         try:
-            return slots, self._prefill_into(slots, prompts, token_budget)
+            for chunk in chunks:
+                if group and not self._joins(group, chunk):
+                    out.extend(self._prefill_group(group))
+                    group = []
+                group.append(chunk)
+            out.extend(self._prefill_group(group))
         except BaseException:
-            self.lengths[slots] = 0  # a half-written prefill must not keep its slots
+            self.lengths[[c.slot for c in chunks]] = 0  # a half-written prompt must not keep its slot
             raise
-
-    def _prefill_into(self, slots: list[int], prompts: list[list[int]], token_budget: int) -> np.ndarray:
-        out: list[np.ndarray] = [np.empty(0)] * len(slots)
-        group: list[int] = []
-
-        def flush() -> None:
-            if group:
-                rows = self._prefill_group([slots[i] for i in group], [prompts[i] for i in group])
-                for i, row in zip(group, rows, strict=True):
-                    out[i] = row
-                group.clear()
-
-        for i, prompt in enumerate(prompts):
-            width = max([len(prompts[j]) for j in group] + [len(prompt)])
-            contiguous = not group or slots[i] == slots[group[-1]] + 1
-            uneven = self.last_position_only and bool(group) and len(prompt) != len(prompts[group[0]])
-            if group and (not contiguous or uneven or width * (len(group) + 1) > token_budget):
-                flush()
-            if len(prompt) > token_budget:
-                out[i] = self._prefill_chunked(slots[i], prompt, token_budget)
-            else:
-                group.append(i)
-        flush()
         return np.stack(out)
 
-    def _prefill_group(self, slots: list[int], prompts: list[list[int]]) -> np.ndarray:
-        width = max(len(p) for p in prompts)
-        ids = np.zeros((len(prompts), width), dtype=np.int64)
-        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, : len(prompt)] = prompt
-        logits = self._run(slots[0], len(slots), ids, lengths, past_lengths=np.zeros_like(lengths), last=lengths - 1)
-        self.lengths[slots[0]: slots[0] + len(slots)] = lengths
-        return logits
+    def _check(self, chunks: list[PrefillChunk]) -> None:
+        slots = [c.slot for c in chunks]
+        if not chunks or len(set(slots)) != len(slots) or not all(0 <= s < self.slots for s in slots):
+            raise ValueError("prefill writes distinct slots")
+        for chunk in chunks:
+            if not chunk.tokens or chunk.end >= self.max_length:
+                raise ValueError(f"a prompt of {chunk.end} tokens does not fit a context of {self.max_length}")
+            if self.lengths[chunk.slot] != chunk.start:
+                raise ValueError(f"slot {chunk.slot} holds {self.lengths[chunk.slot]} tokens, not {chunk.start}")
 
-    def _prefill_chunked(self, slot: int, prompt: list[int], chunk: int) -> np.ndarray:
-        done = 0
-        logits = np.empty(0)
-        while done < len(prompt):
-            piece = np.asarray([prompt[done: done + chunk]], dtype=np.int64)
-            total = np.array([done + piece.shape[1]], dtype=np.int64)
-            logits = self._run(slot, 1, piece, total, past_lengths=np.array([done], dtype=np.int64),
-                               last=np.array([piece.shape[1] - 1]))[0]
-            done += piece.shape[1]
-            self.lengths[slot] = done
-        return logits
+    def _joins(self, group: list[PrefillChunk], chunk: PrefillChunk) -> bool:
+        """Whether `chunk` can share the group's graph call: both start prompts, in the next slot up (a call binds
+        rows [first, first + rows)), of the group's length where the graph keeps only the last position."""
+        return (group[0].start == 0 and chunk.start == 0 and chunk.slot == group[-1].slot + 1
+                and not (self.last_position_only and len(chunk.tokens) != len(group[0].tokens)))
 
-    def prefill_chunk(self, slot: int | None, tokens: list[int]) -> tuple[int, np.ndarray]:
-        """Append `tokens` to the cache of `slot` (the lowest free slot when None); returns the slot and the last
-        token's logits. Decode steps between chunks leave the slot out (see decode)."""
-        if slot is None:
-            free = np.flatnonzero(self.lengths == 0)
-            if not len(free):
-                raise ValueError("no free slot")
-            slot = int(free[0])
-        done = int(self.lengths[slot])
-        if not tokens or done + len(tokens) >= self.max_length:
-            raise ValueError(f"a prompt of {done + len(tokens)} tokens does not fit a context of {self.max_length}")
-        try:
-            logits = self._run(slot, 1, np.asarray([tokens], dtype=np.int64),
-                               np.array([done + len(tokens)], dtype=np.int64),
-                               past_lengths=np.array([done], dtype=np.int64), last=np.array([len(tokens) - 1]))
-        except BaseException:
-            self.lengths[slot] = 0  # a half-written prompt must not keep its slot
-            raise
-        self.lengths[slot] = done + len(tokens)
-        return slot, logits[0]
+    def _prefill_group(self, group: list[PrefillChunk]) -> np.ndarray:
+        width = max(len(c.tokens) for c in group)
+        ids = np.zeros((len(group), width), dtype=np.int64)
+        for row, chunk in enumerate(group):
+            ids[row, : len(chunk.tokens)] = chunk.tokens
+        past = np.array([c.start for c in group], dtype=np.int64)
+        added = np.array([len(c.tokens) for c in group], dtype=np.int64)
+        logits = self._run(group[0].slot, len(group), ids, past + added, past_lengths=past, last=added - 1)
+        self.lengths[group[0].slot: group[0].slot + len(group)] = past + added
+        return logits
 
     def decode(self, slots: list[int], tokens: list[int]) -> np.ndarray:
         """One step for the slots in use named in `slots` (each with its last token); returns their logits in that
@@ -275,7 +238,7 @@ class BuilderGraphRunner:
         binding.bind_output(self.logits_name, "cpu")
         self.session.run_with_iobinding(binding)
         logits: np.ndarray = binding.get_outputs()[-1].numpy()
-        if self.last_position_only:  # every row's last position is the call's last (see _prefill_into)
+        if self.last_position_only:  # every row's last position is the call's last (see _joins)
             last = np.full(rows, logits.shape[1] - 1)
         picked: np.ndarray = logits[np.arange(rows), last]  # before converting: a prefill's logits span every position
         return picked.astype(np.float32, copy=False)  # fp16 graphs: sampling works in float32

@@ -4,8 +4,9 @@ The graph concatenates the whole KV cache at each step, so a step costs more as 
 builder's graphs (builder_runner.py) do not, and are preferred where the builder covers the architecture. This family
 stays for the rest. Rows are left-padded to one length; a finished row stays until the next rebuild (a cheap
 wasted row beats a copy of the whole cache per finished sequence), and `rebuild` drops those rows and adds newly
-prefilled ones in one copy into the idle buffers. The scheduler sees stable slot numbers; the runner maps them
-to the rows of the moment.
+prefilled ones in one copy into the idle buffers. A prompt's cache is built outside the batch, chunk by chunk where
+the scheduler sends it so, and joins the batch at its first decode step. The scheduler sees stable slot numbers;
+the runner maps them to the rows of the moment.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from moltbot.engine.export_marker import read_marker
+from moltbot.engine.prefill import PrefillChunk
 from moltbot.engine.sessions import DeviceOptions, active_provider, create_session
 
 # One tensor per past key/value input: numpy arrays on the host, OrtValues where the cache stays on a device.
@@ -210,39 +212,78 @@ class OptimumRunner:
         self.precision = str(read_marker(folder).get("precision") or
                              ("fp16" if self.model.kv_dtype == np.float16 else "fp32"))
         self.max_length = max_length  # the graph has no buffer of its own to bound it
-        self._slots = slots
+        self.slots = slots
         self.reset()
 
     def reset(self) -> None:
         """Every slot free, the cache empty (after a failure that may have left the batch half-built)."""
         self.batch = Batch(self.model)
-        self._free = list(range(self._slots))
+        self._free = list(range(self.slots))
+        # Prompts prefilled but not yet stepped: each slot's own KV cache [1, heads, tokens, head_dim] per layer.
+        # They join the batch at their first decode step, together: one rebuild, however many chunks they took.
+        self._pending: dict[int, list[np.ndarray]] = {}
 
     def free_slots(self) -> int:
         return len(self._free)
 
-    def prefill(self, prompts: list[list[int]], token_budget: int) -> tuple[list[int], np.ndarray]:
-        """Run the prompts (left-padded, together, in chunks of the budget) and join them to the batch."""
-        if len(prompts) > len(self._free):
-            raise ValueError(f"{len(prompts)} prompts for {len(self._free)} free slots")
-        length = max(len(p) for p in prompts)
-        ids = np.zeros((len(prompts), length), dtype=np.int64)
-        mask = np.zeros((len(prompts), length), dtype=np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, length - len(prompt):] = prompt
-            mask[row, length - len(prompt):] = 1
+    def prefill(self, chunks: list[PrefillChunk]) -> np.ndarray:
+        """Chunks that start prompts run together, left-padded; a chunk that continues a prompt runs alone on its
+        pending cache. Each slot's cache waits outside the batch until its first decode step."""
+        self._check(chunks)
+        starting = [i for i, c in enumerate(chunks) if c.start == 0]
+        out: list[np.ndarray] = [np.empty(0)] * len(chunks)
+        try:
+            if starting:
+                for i, row in zip(starting, self._prefill_new([chunks[i] for i in starting]), strict=True):
+                    out[i] = row
+            for i, chunk in enumerate(chunks):
+                if chunk.start:
+                    out[i] = self._prefill_more(chunk)
+        except BaseException:
+            for chunk in chunks:
+                self._drop(chunk.slot)  # a half-written prompt must not keep its slot
+            raise
+        return np.stack(out)
+
+    def _check(self, chunks: list[PrefillChunk]) -> None:
+        slots = [c.slot for c in chunks]
+        if not chunks or len(set(slots)) != len(slots):
+            raise ValueError("prefill writes distinct slots")
+        for chunk in chunks:
+            if chunk.start == 0:
+                fits = chunk.slot in self._free
+            else:
+                fits = chunk.slot in self._pending and self._pending[chunk.slot][0].shape[2] == chunk.start
+            if not chunk.tokens or not fits:
+                raise ValueError(f"slot {chunk.slot} does not hold the prompt's first {chunk.start} tokens")
+
+    def _prefill_new(self, chunks: list[PrefillChunk]) -> np.ndarray:
+        length = max(len(c.tokens) for c in chunks)
+        ids = np.zeros((len(chunks), length), dtype=np.int64)
+        mask = np.zeros((len(chunks), length), dtype=np.int64)
+        for row, chunk in enumerate(chunks):
+            ids[row, length - len(chunk.tokens):] = chunk.tokens
+            mask[row, length - len(chunk.tokens):] = 1
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        chunk = max(1, token_budget // len(prompts))
-        present = self.model.empty_past(len(prompts))
-        logits = np.empty(0)
-        for start in range(0, length, chunk):
-            end = min(start + chunk, length)
-            logits, present = self.model.run(ids[:, start:end], mask[:, :end], positions[:, start:end], present)
-        slots = [self._free.pop(0) for _ in prompts]
-        self._rebuild(Prefilled(slots, present, mask))
-        return slots, logits[:, -1, :]
+        logits, present = self.model.run(ids, mask, positions, self.model.empty_past(len(chunks)))
+        for row, chunk in enumerate(chunks):  # each row without its left padding
+            self._free.remove(chunk.slot)
+            self._pending[chunk.slot] = [p[row: row + 1, :, length - len(chunk.tokens):] for p in present]
+        rows: np.ndarray = logits[:, -1, :]
+        return rows
+
+    def _prefill_more(self, chunk: PrefillChunk) -> np.ndarray:
+        ids = np.asarray([chunk.tokens], dtype=np.int64)
+        mask = np.ones((1, chunk.end), dtype=np.int64)
+        positions = np.arange(chunk.start, chunk.end, dtype=np.int64)[None, :]
+        logits, self._pending[chunk.slot] = self.model.run(ids, mask, positions, self._pending[chunk.slot])
+        row: np.ndarray = logits[0, -1, :]
+        return row
 
     def decode(self, slots: list[int], tokens: list[int]) -> np.ndarray:
+        joining = [slot for slot in slots if slot in self._pending]
+        if joining:
+            self._rebuild(self._joined(joining))
         rows = {slot: row for row, slot in enumerate(self.batch.slots) if slot is not None}
         step_tokens = np.zeros(len(self.batch.slots), dtype=np.int64)
         for slot, token in zip(slots, tokens, strict=True):
@@ -250,14 +291,38 @@ class OptimumRunner:
         logits = self.batch.step(step_tokens)
         return logits[[rows[slot] for slot in slots]]
 
+    def _joined(self, slots: list[int]) -> Prefilled:
+        """The pending caches of `slots` as one left-padded block of rows (and out of the pending ones)."""
+        caches = [self._pending.pop(slot) for slot in slots]
+        length = max(cache[0].shape[2] for cache in caches)
+        mask = np.zeros((len(slots), length), dtype=np.int64)
+        past = [np.zeros((len(slots), self.model.kv_heads, length, self.model.head_dim), self.model.kv_dtype)
+                for _ in self.model.past_names]
+        for row, cache in enumerate(caches):
+            held = cache[0].shape[2]
+            mask[row, length - held:] = 1
+            for dst, src in zip(past, cache, strict=True):
+                dst[row, :, length - held:] = src[0]
+        return Prefilled(slots, past, mask)
+
     def release(self, slot: int) -> None:
         """The slot's row stops counting now and leaves the batch at the next rebuild (at once when a quarter
         of the rows are finished, so that stepping them does not cost more than the copy)."""
+        if self._drop(slot):
+            return
         self.batch.slots = [None if s == slot else s for s in self.batch.slots]
-        self._free.append(slot)
+        if slot not in self._free:
+            self._free.append(slot)
         finished = len(self.batch.slots) - self.batch.live()
         if finished * 4 >= len(self.batch.slots):
             self._rebuild(None)
+
+    def _drop(self, slot: int) -> bool:
+        """Free a slot whose prompt has not joined the batch; whether it had one."""
+        if self._pending.pop(slot, None) is None:
+            return False
+        self._free.append(slot)
+        return True
 
     def _rebuild(self, new: Prefilled | None) -> None:
         self.batch.rebuild([row for row, slot in enumerate(self.batch.slots) if slot is not None], new)

@@ -2,8 +2,9 @@
 
 Sequences wait in a bounded queue (admission beyond it is refused with QueueFull, a 429), join the running batch
 between decode steps (prefilled into free slots, a bounded number of prompt tokens at a time) and leave it as
-soon as they finish or their client goes away: a cancelled sequence leaves at the next step. The runner
-(runner.py) runs the graph; sampling.py picks tokens; output.py turns them into text.
+soon as they finish or their client goes away: a cancelled sequence leaves at the next step. Each pass is
+planned by planner.py (a pure function of the sequences and the time estimates) and carried out here: the plan's
+prefill calls and decode step on the runner (runner.py), sampling.py picks tokens, output.py turns them into text.
 """
 
 from __future__ import annotations
@@ -23,22 +24,14 @@ import numpy as np
 from moltbot import metrics
 from moltbot.engine.errors import EngineStopped, QueueFull
 from moltbot.engine.output import OutputProcessor, SentLogprobs
-from moltbot.engine.runner import ChunkedPrefillRunner, GraphRunner
+from moltbot.engine.planner import Estimates, PlanState, PrefillStep, StepPlan, chunk_tokens, plan_step
+from moltbot.engine.prefill import PrefillChunk
+from moltbot.engine.runner import GraphRunner
 from moltbot.engine.sampling import SamplingParams, TokenCounts, sample_batch
 from moltbot.engine.tokenizer import TextTokenizer
 
 log = logging.getLogger("moltbot.engine")
 
-# Most (padded) prompt tokens in one prefill call: bounds the [rows, tokens, vocab] logits a prefill makes.
-# Longer prompts are prefilled in chunks, each continuing the cache the previous one wrote.
-PREFILL_TOKEN_BUDGET = 1024
-# While sequences are running, a prompt longer than this is prefilled a chunk per pass, a decode step of the
-# running ones between its chunks (where the runner can: ChunkedPrefillRunner): a 1024-token newcomer no
-# longer stalls every stream for its whole prefill (vLLM's chunked prefill, in its simplest form). It is also
-# the largest chunk.
-PREFILL_CHUNK_TOKENS = 256
-# The smallest chunk: below it a call's fixed cost (binding every layer, the logits) outweighs its tokens.
-MIN_CHUNK_TOKENS = 16
 # Seconds: the most a 429's Retry-After asks a client to wait. The estimate counts each running sequence to its
 # max_tokens (often the whole context), so it is an upper bound; clients such as the openai SDK ignore values over
 # 60 and back off on their own, others would sleep for all of it.
@@ -113,8 +106,8 @@ class GenerationScheduler:
         self.max_queued = max_queued
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []  # in a slot; changed under the lock, read by submit()
-        self._admitting: list[Sequence] = []  # taken from the queue, being prefilled
-        self._chunking: list[Sequence] = []  # at most one: its prompt prefilled a chunk a pass, between steps
+        self._admitting: list[Sequence] = []  # taken from the queue, being prefilled whole this pass
+        self._chunking: Sequence | None = None  # its prompt prefilled a chunk a pass, between steps
         self._cond = threading.Condition()
         self._stopping = False
         self._step_seconds = 0.05  # running estimate, for Retry-After
@@ -142,7 +135,7 @@ class GenerationScheduler:
         with self._cond:
             if self._stopping:
                 raise EngineStopped(self.name)
-            in_system = len(self._waiting) + len(self._admitting) + len(self._chunking) + len(self._running)
+            in_system = len(self._waiting) + len(self._admitting) + len(self._held())
             if in_system + n > self.max_running + self.max_queued:
                 metrics.REJECTED.labels(self.name).inc()
                 raise QueueFull(self.name, retry_after=self._retry_after(in_system + n - self.max_running
@@ -163,7 +156,7 @@ class GenerationScheduler:
         least 1): the work ahead, in steps, at the measured step rate. A running sequence leaves when it has
         generated the rest of its max_tokens (an upper bound: EOS may come sooner); queued ones take the slots
         as they free, in order, and leave as long after."""
-        slots = [self._remaining_steps(s) for s in [*self._running, *self._admitting, *self._chunking]]
+        slots = [self._remaining_steps(s) for s in [*self._admitting, *self._held()]]
         leaving = list(slots)
         slots += [0] * max(0, self.max_running - len(slots))
         heapq.heapify(slots)
@@ -187,46 +180,109 @@ class GenerationScheduler:
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            for seq in [*self._waiting, *self._admitting, *self._chunking, *self._running]:
+            for seq in [*self._waiting, *self._admitting, *self._held()]:
                 seq.cancelled = True
             self._cond.notify()
         self._thread.join(timeout=10)
 
+    def _held(self) -> list[Sequence]:
+        """The sequences that hold a slot: running, and the one whose prompt goes in chunks."""
+        return [*self._running, *([self._chunking] if self._chunking else [])]
+
     # ---- scheduler thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            admitted: list[Sequence] = []
             try:
                 with self._cond:
-                    while not self._waiting and not self._running and not self._chunking and not self._stopping:
+                    while not self._waiting and not self._held() and not self._stopping:
                         self._last_step_at = None  # the idle time is no step
                         self._cond.wait()
-                    if self._stopping and not self._waiting and not self._running and not self._chunking:
+                    if self._stopping and not self._waiting and not self._held():
                         return
-                    self._drop_cancelled_waiting()
-                    admitted = self._admitting = self._take_admissible()
-                self._release_cancelled()
-                if admitted:
-                    self._admit(admitted)
-                    self._flush()  # first tokens out now, not after the next decode step
-                if self._chunking:
-                    self._prefill_chunk(self._chunking[0])
-                running = [s for s in self._running if s.slot is not None]  # all of them: admitted with a slot
-                if running:
-                    self._time_step()
-                    started = time.monotonic()
-                    logits = self.runner.decode([s.slot for s in running if s.slot is not None],
-                                                [s.last_token for s in running])
-                    self._time_decode(time.monotonic() - started)
-                    self._advance(running, logits)
+                    plan = plan_step(PlanState(self._waiting, self._running, self._chunking, self.runner.slots,
+                                               self.max_running), self.estimates())
+                    self._take(plan)
+                self._execute(plan)
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
-                self._fail_all(admitted, f"generation failed: {type(exc).__name__}: {exc}")
+                self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
             self._flush()
             with self._cond:
                 self._admitting = []
                 metrics.QUEUED.labels(self.name).set(len(self._waiting))
                 metrics.RUNNING.labels(self.name).set(len(self._running))
+
+    def _take(self, plan: StepPlan[Sequence]) -> None:
+        """Under the lock: the plan's cancelled and admitted sequences leave the queue, each admitted one with its
+        slot, into `admitting` or (the long one) `chunking`; submit() counts every sequence once throughout."""
+        gone = {id(s) for s in plan.cancelled} | {id(s) for s, _ in plan.admitted}
+        self._waiting = deque(s for s in self._waiting if id(s) not in gone)
+        for seq, slot in plan.admitted:
+            seq.slot = slot
+            if seq is plan.chunking:
+                self._chunking = seq
+            else:
+                self._admitting.append(seq)
+
+    def _execute(self, plan: StepPlan[Sequence]) -> None:
+        """Carry the plan out: the cancelled leave, the prefill calls run in order (a sequence whose prompt is whole
+        samples its first token, out at once), then one decode step of those still running."""
+        for seq in plan.cancelled:
+            self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
+            if seq.slot is not None:
+                self._finish(seq, "cancelled")
+            else:
+                seq.finish_reason = "cancelled"
+        for call in plan.calls:
+            self._prefill(call)
+        running = [s for s in plan.decode if not s.finish_reason and s.slot is not None]
+        if running:
+            self._time_step()
+            started = time.monotonic()
+            logits = self.runner.decode([s.slot for s in running if s.slot is not None],
+                                        [s.last_token for s in running])
+            self._time_decode(time.monotonic() - started)
+            self._advance(running, logits)
+
+    def _prefill(self, call: list[PrefillStep[Sequence]]) -> None:
+        """One prefill call; the sequences whose prompt it completes join the batch with their first token. A
+        failure fails this call's sequences only (the runner frees their slots)."""
+        steps = [step for step in call if not step.seq.finish_reason]  # an earlier piece of it may have failed
+        if not steps:
+            return
+        started = time.monotonic()
+        try:
+            logits = self.runner.prefill([_chunk(step) for step in steps])
+        except Exception as exc:
+            log.exception("prefill failed for model %s", self.name)
+            seqs = [s.seq for s in steps]
+            with self._cond:
+                for seq in seqs:
+                    seq.slot = None
+                    self._leave(seq)
+            self._fail(seqs, f"prefill failed: {type(exc).__name__}: {exc}")
+            return
+        self._time_prefill(sum(s.end - s.start for s in steps), time.monotonic() - started)
+        whole: list[int] = []
+        with self._cond:  # sequences leave admitting or chunking as they join the batch: never counted twice
+            for row, step in enumerate(steps):
+                step.seq.prefilled = step.end
+                if step.end == len(step.seq.prompt_ids):
+                    self._leave(step.seq)
+                    self._running.append(step.seq)
+                    whole.append(row)
+        if whole:
+            self._advance([steps[row].seq for row in whole], logits[whole])
+            self._flush()  # first tokens out now, not after the decode step
+
+    def _leave(self, seq: Sequence) -> None:
+        """(Under the lock.) The sequence is no longer being admitted, chunked or run."""
+        if seq in self._admitting:
+            self._admitting.remove(seq)
+        if seq is self._chunking:
+            self._chunking = None
+        if seq in self._running:
+            self._running.remove(seq)
 
     def _time_step(self) -> None:
         """The time from one decode step to the next while the batch runs (decode, sampling, output, admissions:
@@ -236,75 +292,12 @@ class GenerationScheduler:
             self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - self._last_step_at)
         self._last_step_at = now
 
-    def _drop_cancelled_waiting(self) -> None:
-        kept = deque(s for s in self._waiting if not s.cancelled)
-        for seq in self._waiting:
-            if seq.cancelled:
-                self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
-        self._waiting = kept
-
-    def _take_admissible(self) -> list[Sequence]:
-        """Newcomers for the next prefill: as many as there are free slots, up to the prefill token budget
-        (a prompt longer than the budget goes alone, in chunks)."""
-        room = min(self.max_running - len(self._running) - len(self._chunking), self.runner.free_slots())
-        taken: list[Sequence] = []
-        longest = 0
-        while self._waiting and len(taken) < room:
-            nxt = self._waiting[0]
-            if self._running and len(nxt.prompt_ids) > PREFILL_CHUNK_TOKENS and isinstance(
-                    self.runner, ChunkedPrefillRunner):
-                if not self._chunking:  # one long prompt at a time; those behind it wait their turn
-                    self._chunking.append(self._waiting.popleft())
-                break
-            padded = (len(taken) + 1) * max(longest, len(nxt.prompt_ids))
-            if taken and padded > PREFILL_TOKEN_BUDGET:
-                break  # the next prefill takes it
-            longest = max(longest, len(nxt.prompt_ids))
-            taken.append(self._waiting.popleft())
-        return taken
-
-    def _release_cancelled(self) -> None:
-        """A client that went away frees its slot now: it is not stepped again."""
-        for seq in [*self._running, *self._chunking]:
-            if seq.cancelled and not seq.finish_reason:
-                self._emit(seq, TokenEvent("", 0, "cancelled", seq.index))
-                self._finish(seq, "cancelled")
-
-    def _prefill_chunk(self, seq: Sequence) -> None:
-        """The next chunk of a long prompt into its slot; after the last, the sequence joins the batch with its
-        first token. A failure fails this sequence only (the runner frees its slot)."""
-        assert isinstance(self.runner, ChunkedPrefillRunner)
-        chunk = seq.prompt_ids[seq.prefilled: seq.prefilled + self.chunk_tokens()]
-        started = time.monotonic()
-        try:
-            seq.slot, logits = self.runner.prefill_chunk(seq.slot, chunk)
-        except Exception as exc:
-            log.exception("prefill failed for model %s", self.name)
-            self._finish(seq, "error")
-            self._fail([seq], f"prefill failed: {type(exc).__name__}: {exc}")
-            return
-        self._time_prefill(len(chunk), time.monotonic() - started)
-        seq.prefilled += len(chunk)
-        if seq.prefilled == len(seq.prompt_ids):
-            with self._cond:
-                self._chunking.remove(seq)
-                self._running.append(seq)
-            self._advance([seq], logits[None])
+    def estimates(self) -> Estimates:
+        return Estimates(self.prefill_stall_seconds, self._prefill_token_seconds, self._decode_seconds)
 
     def chunk_tokens(self) -> int:
-        """The next chunk of a long prompt: as many tokens as fit the stall budget at the measured prefill rate
-        (the smallest chunk until a prefill has been timed), within MIN_CHUNK_TOKENS..PREFILL_CHUNK_TOKENS.
-
-        The budget is the stall setting or one decode step, whichever is longer: on a graph whose steps are slow
-        (int4 with its block minimums, a busy machine) a 40 ms chunk is all fixed cost, and the long prompt's
-        first token would wait for hundreds of tiny chunks; a chunk as long as a step at most doubles the others'
-        inter-token time."""
-        if self._prefill_token_seconds is None:
-            fitting = MIN_CHUNK_TOKENS
-        else:
-            budget = max(self.prefill_stall_seconds, self._decode_seconds or 0.0)
-            fitting = int(budget / max(self._prefill_token_seconds, 1e-9))
-        return min(max(fitting, MIN_CHUNK_TOKENS), PREFILL_CHUNK_TOKENS)
+        """The size of the next chunk of a long prompt (planner.chunk_tokens) at the current estimates."""
+        return chunk_tokens(self.estimates())
 
     def _time_decode(self, seconds: float) -> None:
         self._decode_seconds = _running(self._decode_seconds, seconds)
@@ -313,26 +306,6 @@ class GenerationScheduler:
         """Fold a prefill call's seconds per token into the running estimate (it rises with the cache's length as
         attention grows, and with the machine's load)."""
         self._prefill_token_seconds = _running(self._prefill_token_seconds, seconds / max(tokens, 1))
-
-    def _admit(self, admitted: list[Sequence]) -> None:
-        """Prefill the newcomers into free slots and sample their first tokens. A failed prefill (e.g. out of memory
-        on a long prompt) fails only the newcomers: the runner frees the slots it had given them."""
-        started = time.monotonic()
-        try:
-            slots, logits = self.runner.prefill([s.prompt_ids for s in admitted], PREFILL_TOKEN_BUDGET)
-        except Exception as exc:
-            log.exception("prefill failed for model %s", self.name)
-            with self._cond:
-                self._admitting = []
-            self._fail(admitted, f"prefill failed: {type(exc).__name__}: {exc}")
-            return
-        self._time_prefill(sum(len(s.prompt_ids) for s in admitted), time.monotonic() - started)
-        with self._cond:  # newcomers leave `admitting` as they join the batch: submit() never counts them twice
-            for seq, slot in zip(admitted, slots, strict=True):
-                seq.slot = slot
-            self._running.extend(admitted)
-            self._admitting = []
-        self._advance(admitted, logits)
 
     def _advance(self, seqs: list[Sequence], logits: np.ndarray) -> None:
         """Sample the sequences' next tokens from their rows of logits (one pass of the sampling pipeline over the
@@ -371,22 +344,19 @@ class GenerationScheduler:
         """The sequence leaves the batch (its final event is already emitted) and its slot is freed."""
         seq.finish_reason = reason
         with self._cond:
-            if seq in self._running:
-                self._running.remove(seq)
-            if seq in self._chunking:
-                self._chunking.remove(seq)
+            self._leave(seq)
         if seq.slot is not None:
             slot, seq.slot = seq.slot, None
             self.runner.release(slot)
 
-    def _fail_all(self, admitted: list[Sequence], message: str) -> None:
+    def _fail_all(self, message: str) -> None:
         """After a failure of the runner or of this thread: every unfinished sequence in the batch or being admitted
         gets an error, and the runner starts again empty."""
         with self._cond:
-            victims = [s for s in [*self._running, *self._chunking, *admitted] if not s.finish_reason]
+            victims = [s for s in [*self._admitting, *self._held()] if not s.finish_reason]
             self._running = []
             self._admitting = []
-            self._chunking = []
+            self._chunking = None
         for seq in victims:
             seq.slot = None
         with contextlib.suppress(Exception):  # the runner that failed may fail again: its state is dropped anyway
@@ -410,6 +380,12 @@ class GenerationScheduler:
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
                 loop.call_soon_threadsafe(_deliver, items)
+
+
+def _chunk(step: PrefillStep[Sequence]) -> PrefillChunk:
+    """A planned step as the runner takes it (a planned sequence has its slot: _take gave it)."""
+    assert step.seq.slot is not None
+    return PrefillChunk(step.seq.slot, step.seq.prompt_ids[step.start: step.end], step.start)
 
 
 def _running(previous: float | None, value: float) -> float:

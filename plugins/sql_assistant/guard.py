@@ -177,6 +177,18 @@ def sqlite_schema(path: Path, max_chars: int) -> str:
     return "\n".join(row[0].strip() + ";" for row in rows)[:max_chars]
 
 
+def sqlite_tables(path: Path) -> tuple[tuple[None, str, tuple[str, ...]], ...]:
+    """Each table's and view's name and columns, in order, for the model's grammar."""
+    db = sqlite_connect(path, 5)
+    try:
+        names = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                                              "AND name NOT LIKE 'sqlite_%' ORDER BY type, name")]
+        return tuple((None, name, tuple(row[1] for row in db.execute("SELECT * FROM pragma_table_info(?)", (name,))))
+                     for name in names)
+    finally:
+        db.close()
+
+
 def sqlite_run(path: Path, statement: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,
                max_result_bytes: int = 4_000_000, max_columns: int = 100) -> QueryResult:
     statement = statement.strip()
@@ -443,16 +455,29 @@ def check_postgres_role(conn: Any) -> None:
                           "only SELECT the tables it should see", code="role_refused")
 
 
-def postgres_schema(url: str, max_chars: int) -> str:
+def _postgres_columns(url: str) -> list[tuple[str, str, str, str]]:
+    """(schema, table, column, data type) of every column the role sees outside the system schemas, in order."""
     with _pg_connect(url, 10) as conn, conn.cursor() as cur:
         cur.execute("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
                     "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
                     "ORDER BY table_schema, table_name, ordinal_position")
-        tables: dict[str, list[str]] = {}
-        for schema, table, column, data_type in cur.fetchall():
-            name = table if schema == "public" else f"{schema}.{table}"
-            tables.setdefault(name, []).append(f"{column} {data_type}")
+        return list(cur.fetchall())
+
+
+def postgres_schema(url: str, max_chars: int) -> str:
+    tables: dict[str, list[str]] = {}
+    for schema, table, column, data_type in _postgres_columns(url):
+        name = table if schema == "public" else f"{schema}.{table}"
+        tables.setdefault(name, []).append(f"{column} {data_type}")
     return "\n".join(f"CREATE TABLE {t} ({', '.join(cols)});" for t, cols in tables.items())[:max_chars]
+
+
+def postgres_tables(url: str) -> tuple[tuple[str | None, str, tuple[str, ...]], ...]:
+    """Each table's schema (None for public), name and columns, for the model's grammar."""
+    tables: dict[tuple[str | None, str], list[str]] = {}
+    for schema, table, column, _ in _postgres_columns(url):
+        tables.setdefault((None if schema == "public" else schema, table), []).append(column)
+    return tuple((schema, table, tuple(columns)) for (schema, table), columns in tables.items())
 
 
 def postgres_run(url: str, sql: str, max_rows: int, timeout: float, max_value_bytes: int = 1_000_000,

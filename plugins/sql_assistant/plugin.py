@@ -9,7 +9,8 @@ from typing import Any
 
 from moltbot.plugins import BasePlugin, PluginError
 
-from .guard import extract_sql, postgres_run, postgres_schema, sqlite_run, sqlite_schema
+from .grammar import sql_grammar
+from .guard import extract_sql, postgres_run, postgres_schema, postgres_tables, sqlite_run, sqlite_schema, sqlite_tables
 
 SYSTEM_PROMPT = """You translate questions into SQL for a {dialect} database.
 Write exactly one read-only SELECT statement (a WITH ... SELECT is fine). Never modify data.
@@ -34,6 +35,10 @@ class SqlAssistantPlugin(BasePlugin):
         self.max_columns = int(config.get("max_columns", 100))
         self.work_mem = str(config.get("work_mem", "16MB"))
         self.temp_file_limit = str(config.get("temp_file_limit", "256MB"))
+        # The model writes under a grammar of SELECTs over the database's own tables (grammar.py); off: free text.
+        self.constrained = config.get("constrained", True)
+        if not isinstance(self.constrained, bool):
+            raise ValueError("constrained must be true or false")
         if self.max_rows < 1 or self.timeout <= 0:
             raise ValueError("max_rows must be at least 1 and timeout_seconds above 0")
         if self.max_value_bytes < 1000 or self.max_result_bytes < 1000:
@@ -62,6 +67,18 @@ class SqlAssistantPlugin(BasePlugin):
             postgres_schema(target, self.schema_max_chars)
         return ("SQLite" if dialect == "sqlite" else "PostgreSQL"), text
 
+    def grammar_options(self, context) -> dict[str, Any]:
+        """The chat options that hold the model to the database's grammar, or none when unconstrained."""
+        if not self.constrained:
+            return {}
+        dialect, target = self._target(context)
+        tables = sqlite_tables(target) if dialect == "sqlite" else postgres_tables(target)
+        try:
+            grammar = sql_grammar(tables)
+        except ValueError as exc:
+            raise PluginError(f"cannot ask for SQL: {exc}", code="database_empty") from None
+        return {"structured_outputs": {"grammar": grammar}}
+
     def execute(self, context):
         request = context.input
         max_rows = min(int(request.get("max_rows") or self.max_rows), self.max_rows)
@@ -71,7 +88,7 @@ class SqlAssistantPlugin(BasePlugin):
             messages = [{"role": "system", "content": SYSTEM_PROMPT.format(dialect=dialect, schema=schema)},
                         {"role": "user", "content": request["question"]}]
             reply = context.models.chat(messages, model=self.chat_model, max_tokens=self.max_tokens,
-                                        temperature=0.0)
+                                        temperature=0.0, **self.grammar_options(context))
             text = reply.get("content") or ""
             sql = extract_sql(text)
             if sql is None:

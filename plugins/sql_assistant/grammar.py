@@ -1,0 +1,131 @@
+"""A Lark grammar (llguidance's dialect) of the read-only SELECTs a model may write over one database's own tables.
+
+The chat model generates under it, so what it writes is a SELECT naming only tables and columns that exist and
+calling only listed aggregates: every admitted query parses. The guard still checks and runs it as any query.
+The subset: one table, or two joined on a column each; rows (the columns or *, DISTINCT, ORDER BY, LIMIT), totals
+(COUNT/SUM/AVG/MIN/MAX), or totals per value of one column (GROUP BY, HAVING, ORDER BY, LIMIT); WHERE conditions
+joined by AND/OR; in the ```sql fenced block the prompt asks for. Aggregates stand only where both SQLite and
+PostgreSQL accept them (a selected column beside them is the one grouped by). Lengths are bounded, so a query
+always ends within a few hundred tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache, lru_cache
+
+# Tables are (qualifier or None, name, (columns, ...)); the qualifier is a PostgreSQL schema other than public.
+Table = tuple[str | None, str, tuple[str, ...]]
+
+# SQLite's keywords that PostgreSQL's parser takes as names (its own keywords come from pglast).
+SQLITE_KEYWORDS = frozenset({
+    "abort", "action", "after", "analyze", "attach", "autoincrement", "before", "begin", "by", "cascade", "cast",
+    "conflict", "database", "deferred", "detach", "each", "exclusive", "explain", "fail", "filter", "glob",
+    "ignore", "immediate", "indexed", "instead", "isnull", "key", "match", "no", "notnull", "of", "offset", "plan",
+    "pragma", "query", "raise", "recursive", "regexp", "reindex", "release", "rename", "replace", "restrict",
+    "row", "rows", "savepoint", "temp", "temporary", "trigger", "vacuum", "view", "virtual", "without"})
+# Joins are offered between every two tables of a database of at most this many (the grammar grows as its square).
+MAX_JOIN_TABLES = 12
+
+# Strings hold no quote, backslash or control character (PostgreSQL's parser ends the text at a NUL).
+COMMON = r"""
+value: NUMBER | STRING
+NUMBER: /-?[0-9]{1,9}(\.[0-9]{1,4})?/
+STRING: /'[^'\\\x00-\x1f\x7f]{0,40}'/
+LIMIT: /[1-9][0-9]{0,3}/
+CMP: " = " | " <> " | " < " | " <= " | " > " | " >= "
+AGG: "SUM(" | "AVG(" | "MIN(" | "MAX(" | "COUNT(" | "COUNT(DISTINCT "
+DIR: " ASC" | " DESC"
+"""
+
+
+@cache
+def _keywords() -> frozenset[str] | None:
+    """Words written quoted as names: PostgreSQL's reserved, type/function and column-name keywords and SQLite's;
+    None without pglast (then every name is quoted, which both databases read alike)."""
+    try:
+        from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
+    except ImportError:
+        return None
+    return frozenset(RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS) | SQLITE_KEYWORDS
+
+
+def quote_name(name: str) -> str:
+    """The name as SQL writes it: bare when it is a plain lower-case word that is no keyword, else double-quoted."""
+    keywords = _keywords()
+    if keywords is not None and re.fullmatch(r"[a-z_][a-z0-9_]*", name) and name not in keywords:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _alternatives(texts: list[str]) -> str:
+    return " | ".join(_literal(text) for text in texts)
+
+
+def _queries(key: str, source: str, columns: list[str]) -> list[str]:
+    """The queries over one FROM (`source`, a rule) and its columns (literals), named by key: rows (optionally
+    DISTINCT, or ordered), totals (aggregates only), or totals grouped by one column that is also selected, so
+    that SQLite and PostgreSQL both accept every aggregate where it stands."""
+    c = f"c_{key}"
+    agg = f'(AGG {c} ")" | "COUNT(*)")'
+    where = f'(" WHERE " cond_{key} ((" AND " | " OR ") cond_{key}){{0,2}})?'
+    grouped = " | ".join(
+        f'"SELECT " {x} ", " {agg} (", " {agg}){{0,2}} {source} {where} " GROUP BY " {x} '
+        f'(" HAVING " {agg} CMP value)? (" ORDER BY " ({x} | {agg}) DIR?)? (" LIMIT " LIMIT)?'
+        for x in columns)
+    return [
+        f"{c}: {' | '.join(columns)}",
+        f'cond_{key}: {c} CMP (value | {c}) | {c} " IS NULL" | {c} " IS NOT NULL" | {c} " LIKE " STRING '
+        f'| {c} " BETWEEN " value " AND " value | {c} " IN (" value (", " value){{0,3}} ")"',
+        f'rows_{key}: "SELECT " ("*" | {c} (", " {c}){{0,4}}) {source} {where} '
+        f'(" ORDER BY " {c} DIR? (", " {c} DIR?){{0,1}})? (" LIMIT " LIMIT)? '
+        f'| "SELECT DISTINCT " {c} (", " {c}){{0,2}} {source} {where}',
+        f'totals_{key}: "SELECT " {agg} (", " {agg}){{0,2}} {source} {where}',
+        f"grouped_{key}: {grouped}",
+        f"query_{key}: rows_{key} | totals_{key} | grouped_{key}",
+    ]
+
+
+def _written(table: Table) -> str:
+    qualifier, name, _ = table
+    return (quote_name(qualifier) + "." if qualifier else "") + quote_name(name)
+
+
+def _table_rules(i: int, table: Table) -> list[str]:
+    """A query over one table alone, its columns written bare."""
+    return [f'from_{i}: " FROM " {_literal(_written(table))}',
+            *_queries(str(i), f"from_{i}", [_literal(quote_name(c)) for c in table[2]])]
+
+
+def _join_rules(i: int, a: Table, j: int, b: Table) -> list[str]:
+    """A query over table a joined to table b on one column of each, its columns written qualified."""
+    key = f"{i}_{j}"
+    qualified = {t: [_literal(f"{_written(t)}.{quote_name(c)}") for c in t[2]] for t in (a, b)}
+    return [f'from_{key}: " FROM " {_literal(_written(a))} " JOIN " {_literal(_written(b))} '
+            f'" ON " ({" | ".join(qualified[a])}) " = " ({" | ".join(qualified[b])})',
+            *_queries(key, f"from_{key}", qualified[a] + qualified[b])]
+
+
+@lru_cache(maxsize=32)
+def sql_grammar(tables: tuple[Table, ...]) -> str:
+    """The grammar for a database with these tables (cached: the plugin builds it once per schema)."""
+    tables = tuple(t for t in tables if t[2])
+    if not tables:
+        raise ValueError("the database has no tables with columns")
+    rules = []
+    queries = []
+    for i, table in enumerate(tables):
+        rules += _table_rules(i, table)
+        queries.append(f"query_{i}")
+    if len(tables) <= MAX_JOIN_TABLES:
+        for i in range(len(tables)):
+            for j in range(i + 1, len(tables)):
+                rules += _join_rules(i, tables[i], j, tables[j])
+                queries.append(f"query_{i}_{j}")
+    start = ['start: "```sql\\n" query ";"? "\\n```"', "query: " + " | ".join(queries)]
+    return "\n".join(start + rules) + COMMON

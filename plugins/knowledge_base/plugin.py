@@ -22,6 +22,13 @@ ANSWER_SYSTEM_PROMPT = (
 )
 
 
+def citation_grammar(count: int) -> str:
+    """A Lark grammar (llguidance's) of an answer whose only bracketed text is a citation [1]..[count]: the model
+    can cite no passage it was not given."""
+    ids = " | ".join(f'"{n}"' for n in range(1, count + 1))
+    return f'start: (TEXT | "[" ID "]")+\nID: {ids}\nTEXT: /[^\\[\\]]+/\n'
+
+
 class _OutOfTime(Exception):
     """The ingest call's time is up in the middle of a file."""
 
@@ -46,6 +53,10 @@ class KnowledgeBasePlugin(BasePlugin):
         self.embedding_model = config.get("embedding_model") or None
         self.chat_model = config.get("chat_model") or None
         self.max_answer_tokens = int(config.get("max_answer_tokens", 256))
+        # answer's citations held to the passages sent (citation_grammar); off: the model writes freely.
+        self.constrained = config.get("constrained", True)
+        if not isinstance(self.constrained, bool):
+            raise ValueError("constrained must be true or false")
         # Bounds on one file: its bytes, a PDF's pages, and the seconds spent reading it (checked per page).
         self.max_file_bytes = int(config.get("max_file_bytes", 50_000_000))
         self.max_pages = int(config.get("max_pages", 1000))
@@ -260,7 +271,10 @@ class KnowledgeBasePlugin(BasePlugin):
             ]
             try:
                 max_tokens = min(context.input.get("max_tokens", self.max_answer_tokens), self.max_answer_tokens)
-                reply = context.models.chat(messages, model=self.chat_model, max_tokens=max_tokens, temperature=0.0)
+                grammar = {"structured_outputs": {"grammar": citation_grammar(len(passages))}} \
+                    if self.constrained else {}
+                reply = context.models.chat(messages, model=self.chat_model, max_tokens=max_tokens, temperature=0.0,
+                                            **grammar)
                 break
             except PluginError as exc:
                 # A prompt too long for the model's context: fewer passages, down to one.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +19,7 @@ from moltbot.engine.sampling import SamplingParams
 from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.sessions import DeviceOptions
 from moltbot.engine.tokenizer import TextTokenizer
+from moltbot.engine.tool_calls import FORMATS, compile_tools
 from moltbot.engine.validation import ModelLimits, SamplingRequest, validate
 
 CORPUS = json.loads((Path(__file__).parent / "data" / "json_schemas.json").read_text())
@@ -201,8 +203,6 @@ def test_a_constrained_sequence_is_cancelled_like_any_other(engine):
 def test_under_auto_the_tool_grammar_arms_itself_when_the_model_opens_a_call(defaults_dir, parallel):
     """Text is free until `<tool_call>`; then only a valid call of an offered function; after it, with
     parallel_tool_calls false, nothing more (the sequence ends)."""
-    from moltbot.engine.grammar import tool_call_grammar
-
     folder = defaults_dir / "tiny-chat"
     tokenizer = TextTokenizer(folder)
     grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), tokenizer.vocab_size, tokenizer.vocab_size,
@@ -210,7 +210,8 @@ def test_under_auto_the_tool_grammar_arms_itself_when_the_model_opens_a_call(def
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "required": ["city"], "additionalProperties": False,
         "properties": {"city": {"type": "string"}}}}}]
-    matcher = grammars.compile(tool_call_grammar(tools, None, forced=False, parallel=parallel), "tools").matcher()
+    grammar = FORMATS["hermes"].grammar(tools, None, forced=False, parallel=parallel)
+    matcher = grammars.compile(grammar, "tools").matcher()
 
     def allowed() -> set[str]:
         [mask] = grammars.fill_masks([matcher], tokenizer.vocab_size)
@@ -253,8 +254,6 @@ def test_unbounded_numbers_are_written_with_bounded_digits(engine):
 def test_tools_that_llguidance_does_not_implement_strictly_get_a_lenient_grammar(defaults_dir):
     """The built-in plugins' schemas (if / then, oneOf) compile leniently, so chats with them keep working; a tool
     whose schema does not compile at all is a 400 naming tools where the call is forced, free text under auto."""
-    from moltbot.engine.grammar import compile_tools
-
     folder = defaults_dir / "tiny-chat"
     tokenizer = TextTokenizer(folder)
     grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), tokenizer.vocab_size, tokenizer.vocab_size,
@@ -264,9 +263,39 @@ def test_tools_that_llguidance_does_not_implement_strictly_get_a_lenient_grammar
              for config in (json.loads(f.read_text()) for f in sorted(plugins.glob("*/config.json")))]
     assert len(tools) >= 4
     for forced in (True, False):
-        assert compile_tools(grammars, tools, None, forced=forced, parallel=True) is not None
+        assert compile_tools(grammars, FORMATS["hermes"], tools, None, forced=forced, parallel=True) is not None
     broken = [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/missing"}}}]
     with pytest.raises(InvalidRequest) as refused:
-        compile_tools(grammars, broken, None, forced=True, parallel=True)
+        compile_tools(grammars, FORMATS["hermes"], broken, None, forced=True, parallel=True)
     assert refused.value.param == "tools" and "missing" in str(refused.value)
-    assert compile_tools(grammars, broken, None, forced=False, parallel=True) is None
+    assert compile_tools(grammars, FORMATS["hermes"], broken, None, forced=False, parallel=True) is None
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "required": ["city"], "additionalProperties": False,
+        "properties": {"city": {"type": "string", "maxLength": 20},
+                       "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}},
+    {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "required": ["a", "b"], "additionalProperties": False,
+        "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}, "b": {"type": "number"}}}}},
+]
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+@pytest.mark.parametrize("parallel", [True, False])
+def test_forced_calls_under_each_formats_grammar_parse_and_validate(engine, format_name, parallel):
+    """On the random model the grammar does all the work: what it writes is that format's calls, which the
+    format's own parser reads back, each naming an offered function with arguments valid against its schema."""
+    sched, limits = engine
+    fmt = FORMATS[format_name]
+    schemas = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+    grammar = compile_tools(limits.grammars, fmt, TOOLS, None, forced=True, parallel=parallel)
+    for seed in range(4):
+        params = replace(constrained(limits, seed=seed), grammar=grammar)
+        [(text, reason)] = asyncio.run(generate(sched, params))
+        content, calls = fmt.parse(text)
+        assert reason == "stop" and calls and not content.strip(), (text, reason)
+        assert parallel or len(calls) == 1
+        for call in calls:
+            jsonschema.validate(json.loads(call.arguments), schemas[call.name])

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import openai
 
-from moltbot.api.tool_parser import parse_tool_calls
+from moltbot.engine.tool_calls import FORMATS
 
 ECHO_PLUGIN = {
     "config.json": json.dumps({"name": "echo", "version": "1.0.0", "description": "Echoes a word back.",
@@ -69,11 +69,11 @@ class ScriptedUpstream:
 
 def test_parse_tool_calls_from_model_text():
     text = 'Let me check. <tool_call>{"name": "echo", "arguments": {"word": "hi"}}</tool_call>'
-    content, calls = parse_tool_calls(text)
+    content, calls = FORMATS["hermes"].parse(text)
     assert content == "Let me check."
-    assert calls[0]["function"] == {"name": "echo", "arguments": '{"word": "hi"}'}
+    assert calls[0].as_openai()["function"] == {"name": "echo", "arguments": '{"word": "hi"}'}
     malformed = '<tool_call>{"name": }</tool_call> plain'
-    assert parse_tool_calls(malformed) == (malformed, [])
+    assert FORMATS["hermes"].parse(malformed) == (malformed, [])
 
 
 def test_plugin_tools_are_run_and_their_results_fed_back(server_factory, tmp_path):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from moltbot.api.tool_parser import StreamingToolCallParser
 from moltbot.engine import scheduler as scheduler_module
+from moltbot.engine.tool_calls import FORMATS
 
 
 def _stream(text: str, size: int) -> tuple[str, list]:
-    parser = StreamingToolCallParser()
+    parser = FORMATS["hermes"].stream()
     content, pieces = "", []
     for start in range(0, len(text), size):
         more, got = parser.push(text[start: start + size])

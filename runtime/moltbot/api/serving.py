@@ -24,9 +24,9 @@ from moltbot.api.protocol import (
     new_id,
     now,
 )
-from moltbot.api.tool_parser import StreamingToolCallParser, ToolCallPiece, parse_tool_calls
-from moltbot.engine.backend import Event, Generation, ModelBackend, TokenLogprob, ToolCallDelta, Usage, collect
+from moltbot.engine.backend import Event, Generation, ModelBackend, TokenLogprob, Usage, collect
 from moltbot.engine.registry import ModelRegistry
+from moltbot.engine.tool_calls import ToolCallDelta
 from moltbot.engine.validation import ModelLimits
 from moltbot.settings import Settings
 
@@ -154,12 +154,9 @@ class OpenAIServing:
         choices = []
         for i, choice in enumerate(result.choices):
             content, calls = choice.text, [call.as_openai() for call in choice.tool_calls]
-            if reads_tool_calls(req) and not calls:  # a local model writes its tool calls into its text
-                rest, calls = parse_tool_calls(choice.text)
-                content = rest if calls else content
             reason = choice.finish_reason or "stop"
             message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-            if calls:
+            if calls:  # a local model's reader said tool_calls already; an upstream may say stop
                 message = {"role": "assistant", "content": content or None, "refusal": None, "tool_calls": calls}
                 reason = "tool_calls" if reason == "stop" else reason
             choices.append({"index": i, "message": message, "logprobs": _chat_logprobs(req, choice.logprobs),
@@ -182,20 +179,12 @@ class OpenAIServing:
             yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
         usage = None
-        # A local model writes its tool calls into its text: read them as they come, per choice.
-        parsers = {i: StreamingToolCallParser() for i in range(req.n)} if reads_tool_calls(req) else {}
         called: set[int] = set()
         async for event in self._events(generation, stats):
             if isinstance(event, Usage):
                 usage = event
                 continue
-            text, pieces = event.text, [_piece(call) for call in event.tool_calls]
-            parser = parsers.get(event.index)
-            if parser is not None and not event.tool_calls:
-                text, pieces = parser.push(event.text)
-                if event.finish_reason:
-                    rest, more = parser.finish()
-                    text, pieces = text + rest, pieces + more
+            text, pieces = event.text, event.tool_calls
             called |= {event.index} if pieces else set()
             reason = event.finish_reason
             if reason == "stop" and event.index in called:
@@ -263,17 +252,7 @@ class OpenAIServing:
                 "usage": {"prompt_tokens": stats.prompt_tokens, "total_tokens": stats.prompt_tokens}}
 
 
-def reads_tool_calls(req: ChatCompletionRequest) -> bool:
-    """Whether the model's text is read for tool calls: tools were given and tool_choice is not none (the backend
-    has refused what it cannot honour)."""
-    return bool(req.tools) and req.tool_choice != "none"
-
-
-def _piece(call: ToolCallDelta) -> ToolCallPiece:
-    return ToolCallPiece(call.index, call.id, call.name, call.arguments)
-
-
-def _chat_delta(text: str, pieces: list[ToolCallPiece]) -> dict[str, Any]:
+def _chat_delta(text: str, pieces: Sequence[ToolCallDelta]) -> dict[str, Any]:
     delta: dict[str, Any] = {"content": text} if text else {}
     if pieces:
         delta["tool_calls"] = [piece.as_openai() for piece in pieces]

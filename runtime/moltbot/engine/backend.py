@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import InvalidRequest
+from moltbot.engine.tool_calls import ToolCall, ToolCallDelta
 from moltbot.engine.validation import SamplingRequest, ToolChoice
 
 
@@ -88,16 +89,6 @@ class EmbeddingInput:
 
 
 # ---- events -----------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ToolCallDelta:
-    """A piece of a tool call the model makes: its first piece has the id and name, the arguments come in parts."""
-
-    index: int  # which of the choice's tool calls
-    id: str | None = None
-    name: str | None = None
-    arguments: str = ""
-
 
 @dataclass(frozen=True)
 class TopLogprob:
@@ -199,16 +190,6 @@ def wrong_task(info: ModelInfo, task: str) -> InvalidRequest:
 
 
 # ---- collecting a whole generation ------------------------------------------------------------------------------
-
-@dataclass
-class ToolCall:
-    id: str
-    name: str
-    arguments: str
-
-    def as_openai(self) -> dict[str, Any]:
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
 
 @dataclass
 class Choice:

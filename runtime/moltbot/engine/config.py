@@ -18,6 +18,8 @@ Optional for onnxruntime: device (cpu | cuda), max_running, max_queued (override
 quantize (the chat graph's precision, default fp32: `int8` or `int4` quantised weights, `fp16` on CUDA; a
 checkpoint is built at that precision once, by the model builder where it covers the architecture, else exported
 with Optimum (int8 there by dynamic quantisation; int4 needs the builder)).
+Optional for chat models: tool_call_format (how the model writes tool calls in its text: engine/tool_calls.py's
+FORMATS; default: what its chat template teaches; for service, calls an upstream returns as text).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from moltbot.engine.tool_calls import FORMATS
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 TASKS = ("chat", "embeddings")
@@ -61,6 +65,7 @@ class ModelConfig:
     max_running: int | None = None
     max_queued: int | None = None
     quantize: str | None = None
+    tool_call_format: str | None = None  # None: the chat template's (engine/tool_calls.py format_for)
     # remote: the largest archive downloaded (bytes), and whether a plain http:// URL (or a redirect to one) is taken
     max_download_bytes: int = 16 * 1024**3
     allow_http: bool = False
@@ -124,6 +129,11 @@ class ModelConfig:
             raise ModelConfigError(f"{where}: a .gguf file is imported as a chat model (task chat), not {task}")
         if data.get("quantize") and data["backend"] == "service":
             raise ModelConfigError(f"{where}: a service model cannot be quantised here")
+        tool_format = data.get("tool_call_format")
+        if tool_format is not None and tool_format not in FORMATS:
+            raise ModelConfigError(f"{where}: tool_call_format {tool_format!r} is not one of {', '.join(FORMATS)}")
+        if tool_format is not None and task != "chat":
+            raise ModelConfigError(f"{where}: tool_call_format is for chat models")
         if data.get("device") not in (None, "cpu", "cuda"):
             raise ModelConfigError(f"{where}: device must be cpu or cuda")
         return cls(**{**data, "temperature": float(temperature), "task": task}, file=file)

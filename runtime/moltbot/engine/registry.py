@@ -20,7 +20,7 @@ from moltbot.engine.backends import load_backend
 from moltbot.engine.config import ModelConfig, read_model_configs
 from moltbot.engine.errors import InvalidRequest, ModelNotFound
 from moltbot.engine.sources import ModelSourceError, fetch_remote
-from moltbot.engine.validation import SamplingRequest
+from moltbot.engine.validation import NamedTool, SamplingRequest, ToolChoice
 from moltbot.export.gguf import gguf_recipe
 from moltbot.settings import Settings
 
@@ -198,22 +198,31 @@ class ModelRegistry:
 
     # ---- for plugins and tools (`context.models`): the same backends and validator as the HTTP API ------------
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None, max_tokens: int = 256,
-                   temperature: float = 0.0, tools: list[dict[str, Any]] | None = None,
-                   **options: Any) -> dict[str, Any]:
+                   temperature: float = 0.0, tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
+                   parallel_tool_calls: bool = True, **options: Any) -> dict[str, Any]:
         """One chat completion, run to its end. `options`: more of SamplingRequest's fields (top_p, stop, seed,
-        logprobs, top_k, ...). InvalidRequest (a ValueError) when it cannot be served as asked, e.g. a prompt plus
-        max_tokens beyond the model's context. With logprobs true, the reply's `logprobs` are its tokens', as a
-        chat completion's `logprobs.content` has them."""
+        logprobs, top_k, response_format, ...). `tools`, `tool_choice` (none, auto, required or
+        {"type": "function", "function": {"name": ...}}) and `parallel_tool_calls` as the API takes them: the
+        reply's `tool_calls` are the model's calls, parsed (OpenAI's shape), and its content the text without
+        them. InvalidRequest (a ValueError) when it cannot be served as asked, e.g. a prompt plus max_tokens
+        beyond the model's context. With logprobs true, the reply's `logprobs` are its tokens', as a chat
+        completion's `logprobs.content` has them."""
         backend = self.backend(model, task="chat")
         unknown = sorted(set(options) - _CHAT_OPTIONS)
         if unknown:
             raise InvalidRequest(f"unknown chat option(s): {', '.join(unknown)}", param=unknown[0])
+        if not isinstance(parallel_tool_calls, bool):
+            raise InvalidRequest("parallel_tool_calls must be true or false", param="parallel_tool_calls")
         stop = options.pop("stop", None)
         sampling = SamplingRequest(max_tokens=max_tokens, temperature=temperature,
                                    stop=(stop,) if isinstance(stop, str) else tuple(stop or ()), **options)
-        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                **({"tools": tools} if tools else {}), **({"stop": stop} if stop else {}), **options}
-        generation = await backend.chat(ChatInput(messages, sampling, tools=tools, openai_body=body))
+        calling = {**({"tools": tools} if tools else {}), **({"tool_choice": tool_choice} if tool_choice else {}),
+                   **({} if parallel_tool_calls else {"parallel_tool_calls": False})}
+        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, **calling,
+                **({"stop": stop} if stop else {}), **options}
+        generation = await backend.chat(ChatInput(messages, sampling, tools=tools, openai_body=body,
+                                                  tool_choice=_tool_choice(tool_choice),
+                                                  parallel_tool_calls=parallel_tool_calls))
         try:
             result = await collect(generation)
         finally:
@@ -235,3 +244,15 @@ class ModelRegistry:
                                                         truncate=True))
         vectors: list[list[float]] = embeddings.vectors.tolist()
         return vectors
+
+
+def _tool_choice(choice: Any) -> ToolChoice:
+    """A plugin's tool_choice as the engine reads it: OpenAI's named-function object becomes a NamedTool; a string
+    is checked with the tools (validation.check_tool_choice); anything else is refused here."""
+    if choice is None or isinstance(choice, str):
+        return choice
+    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequest('tool_choice must be none, auto, required or {"type": "function", "function": '
+                             '{"name": ...}}', param="tool_choice")
+    return NamedTool(function["name"])

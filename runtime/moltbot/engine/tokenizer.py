@@ -65,6 +65,7 @@ class TextTokenizer:
             template = _read_json(folder / "chat_template.json").get("chat_template")
         if isinstance(template, list):  # named templates: take the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.chat_template = template if isinstance(template, str) else None  # its text (which tool-call format)
         self._template = None
         if template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,

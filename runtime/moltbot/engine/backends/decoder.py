@@ -27,13 +27,14 @@ from moltbot.engine.backend import (
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import GenerationFailed, InvalidRequest
-from moltbot.engine.grammar import GrammarCompiler, compile_tools
+from moltbot.engine.grammar import GrammarCompiler
 from moltbot.engine.output import SentLogprobs
 from moltbot.engine.runner import open_runner
 from moltbot.engine.scheduler import GenerationHandle, GenerationScheduler
 from moltbot.engine.sessions import admission_limits, device_options
 from moltbot.engine.sources import ModelSourceError, onnx_folder
 from moltbot.engine.tokenizer import TemplateError, TextTokenizer
+from moltbot.engine.tool_calls import ToolCallFormat, ToolCallReader, compile_tools, format_for
 from moltbot.engine.validation import (
     ModelLimits,
     NamedTool,
@@ -47,7 +48,7 @@ from moltbot.settings import Settings
 
 class DecoderBackend:
     def __init__(self, info: ModelInfo, scheduler: GenerationScheduler, tokenizer: TextTokenizer,
-                 default_temperature: float, grammars: GrammarCompiler):
+                 default_temperature: float, grammars: GrammarCompiler, tool_format: ToolCallFormat):
         self.info = info
         self.scheduler = scheduler
         self.tokenizer = tokenizer
@@ -56,6 +57,7 @@ class DecoderBackend:
                                   default_temperature=default_temperature,
                                   vocab_size=tokenizer.vocab_size, grammars=grammars)
         self.grammars = grammars
+        self.tool_format = tool_format  # how this model writes tool calls: read from its text, held by grammars
 
     @classmethod
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> DecoderBackend:
@@ -85,7 +87,8 @@ class DecoderBackend:
         width = int(model_config.get("vocab_size") or tokenizer.vocab_size)
         grammars = GrammarCompiler((folder / "tokenizer.json").read_text(), width, tokenizer.vocab_size,
                                    tokenizer.eos_token_ids)
-        return cls(info, scheduler, tokenizer, config.temperature, grammars)
+        return cls(info, scheduler, tokenizer, config.temperature, grammars,
+                   format_for(config.tool_call_format, tokenizer.chat_template))
 
     def describe(self) -> ModelInfo:
         return self.info
@@ -111,13 +114,15 @@ class DecoderBackend:
                                          "the output: send one of them", param="response_format")
                 return prompt, validated  # the response format holds the output; calls are read as written
             name = choice.name if isinstance(choice, NamedTool) else None
-            grammar = compile_tools(self.grammars, tools, name, forced=forced, parallel=request.parallel_tool_calls)
+            grammar = compile_tools(self.grammars, self.tool_format, tools, name, forced=forced,
+                                    parallel=request.parallel_tool_calls)
             if grammar is None:
                 return prompt, validated
             return prompt, replace(validated, params=replace(validated.params, grammar=grammar))
 
         prompt, validated = await asyncio.to_thread(prepare)
-        return self._start(validated, prompt)
+        reader = ToolCallReader(self.tool_format, stream=request.stream) if reads_calls and tools else None
+        return self._start(validated, prompt, reader)
 
     async def complete(self, request: CompletionInput) -> Generation:
         validated = await asyncio.to_thread(self._validate, request.sampling, request.prompts,
@@ -138,8 +143,9 @@ class DecoderBackend:
                for p in prompts]
         return validate(sampling, ids, self.limits)
 
-    def _start(self, validated: ValidatedRequest, prompt: str) -> Generation:
-        """Queue every sequence (all or none: a refusal cancels those already queued)."""
+    def _start(self, validated: ValidatedRequest, prompt: str, reader: ToolCallReader | None = None) -> Generation:
+        """Queue every sequence (all or none: a refusal cancels those already queued). `reader`: the output is
+        read for tool calls."""
         loop = asyncio.get_running_loop()
         first, *others = validated.prompts
         handle = self.scheduler.submit(first, validated.params, validated.n, loop)
@@ -153,12 +159,12 @@ class DecoderBackend:
         async def release() -> None:
             handle.cancel()
 
-        return Generation(_events(handle, validated, self.tokenizer), prompt_tokens=validated.prompt_tokens,
+        return Generation(_events(handle, validated, self.tokenizer, reader), prompt_tokens=validated.prompt_tokens,
                           prompt=prompt, release=release)
 
 
-async def _events(handle: GenerationHandle, validated: ValidatedRequest, tokenizer: TextTokenizer
-                  ) -> AsyncGenerator[Event, None]:
+async def _events(handle: GenerationHandle, validated: ValidatedRequest, tokenizer: TextTokenizer,
+                  reader: ToolCallReader | None) -> AsyncGenerator[Event, None]:
     finished = completion_tokens = 0
     try:
         while finished < validated.sequences:
@@ -167,7 +173,9 @@ async def _events(handle: GenerationHandle, validated: ValidatedRequest, tokeniz
                 raise GenerationFailed(event.text)
             completion_tokens += event.tokens
             finished += bool(event.finish_reason)
-            yield ChoiceDelta(event.index, event.text, event.tokens, finish_reason=event.finish_reason,
+            text, calls, reason = ((event.text, (), event.finish_reason) if reader is None
+                                   else reader.read(event.index, event.text, event.finish_reason))
+            yield ChoiceDelta(event.index, text, event.tokens, tool_calls=calls, finish_reason=reason,
                               logprobs=tuple(_named(tokenizer, sent) for sent in event.logprobs))
         yield Usage(validated.prompt_tokens, completion_tokens)
     finally:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,13 @@ from moltbot.engine.backend import (
     Generation,
     ModelInfo,
     TokenLogprob,
-    ToolCallDelta,
     TopLogprob,
     Usage,
     wrong_task,
 )
 from moltbot.engine.config import ModelConfig
 from moltbot.engine.errors import InvalidRequest, UpstreamError, upstream_error_body
+from moltbot.engine.tool_calls import ToolCallDelta, ToolCallFormat, ToolCallReader, format_for
 from moltbot.engine.validation import SamplingRequest, check_sampling, check_tool_choice
 from moltbot.settings import Settings
 
@@ -65,13 +66,15 @@ ChoiceParser = Callable[[dict[str, Any]], ChoiceDelta]
 
 
 class ServiceBackend:
-    def __init__(self, info: ModelInfo, client: ServiceClient):
+    def __init__(self, info: ModelInfo, client: ServiceClient, tool_format: ToolCallFormat):
         self.info = info
         self.client = client
+        self.tool_format = tool_format  # how the upstream writes calls it returns as text (it has no parser)
 
     @classmethod
     def load(cls, config: ModelConfig, folder: Path | None, settings: Settings) -> ServiceBackend:
-        return cls(ModelInfo.of(config, "remote-api"), ServiceClient(config, timeout=settings.request_timeout))
+        return cls(ModelInfo.of(config, "remote-api"), ServiceClient(config, timeout=settings.request_timeout),
+                   format_for(config.tool_call_format, None))
 
     def describe(self) -> ModelInfo:
         return self.info
@@ -81,8 +84,12 @@ class ServiceBackend:
             raise wrong_task(self.info, "chat")
         check_sampling(request.sampling)
         _no_structured_outputs(request.sampling)
-        check_tool_choice(request.tool_choice, request.tools)  # the upstream honours it
-        return await self._generate("chat/completions", request.openai_body, request.stream, _chat_choice)
+        reads_calls = check_tool_choice(request.tool_choice, request.tools)  # the upstream honours it
+        generation = await self._generate("chat/completions", request.openai_body, request.stream, _chat_choice)
+        if not (reads_calls and request.tools):
+            return generation
+        reader = ToolCallReader(self.tool_format, stream=request.stream)
+        return Generation(_text_calls(generation, reader), release=generation.aclose)
 
     async def complete(self, request: CompletionInput) -> Generation:
         if self.info.task != "chat":
@@ -221,6 +228,16 @@ async def _streamed_events(response: httpx.Response, parse: ChoiceParser) -> Asy
         raise UpstreamError(502, upstream_error_body(f"upstream stream broke: {type(exc).__name__}")) from exc
     finally:
         await response.aclose()
+
+
+async def _text_calls(events: Generation, reader: ToolCallReader) -> AsyncGenerator[Event, None]:
+    """An upstream without a tool-call parser of its own (a raw vLLM, llama.cpp without --jinja) writes its calls
+    into the text: they are read as a local model's are; calls the upstream parsed pass as they came."""
+    async for event in events:
+        if isinstance(event, ChoiceDelta) and not event.tool_calls:
+            text, calls, reason = reader.read(event.index, event.text, event.finish_reason)
+            event = replace(event, text=text, tool_calls=calls, finish_reason=reason)
+        yield event
 
 
 def _chat_choice(choice: dict[str, Any]) -> ChoiceDelta:

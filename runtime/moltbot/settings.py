@@ -46,6 +46,12 @@ class Settings:
     )
     cache_dir: Path = _doc("ONNX exports of Hugging Face checkpoints, made once and cached.",
                            default=Path("./data/cache"))
+    data_dir: Path | None = _doc(
+        "State the server keeps: stored Responses-API responses (responses.sqlite3). Empty: stateless (no response "
+        "is stored; previous_response_id is refused).", default=Path("./data/state"))
+    responses_max_stored: int = _doc("Stored responses kept at most (the oldest go first).", default=10000)
+    responses_max_age_hours: float = _doc("Hours a stored response is kept (OpenAI keeps them 30 days).",
+                                          default=720.0)
     default_models: str = _doc(
         "`auto`: serve the embedded defaults when no model config is found; `on`: always; `off`: never.",
         default="auto",
@@ -158,12 +164,13 @@ class Settings:
         if self.default_chat_precision not in ("auto", "int8", "int4", "fp32", "fp16"):
             raise SettingsError(f"default_chat_precision: {self.default_chat_precision!r} is not auto, int8, int4, "
                                 "fp32 or fp16")
-        for name in ("max_running", "max_body_bytes", "embedding_batch_size", "plugin_workers"):
+        for name in ("max_running", "max_body_bytes", "embedding_batch_size", "plugin_workers",
+                     "responses_max_stored"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name}: must be at least 1")
         if self.max_queued < 0:
             raise SettingsError("max_queued: must be 0 or more")
-        for name in ("request_timeout", "plugin_timeout"):
+        for name in ("request_timeout", "plugin_timeout", "responses_max_age_hours"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be more than 0 seconds")
         for name in ("shutdown_timeout", "shutdown_delay", "embedding_batch_wait_ms", "plugin_watch_interval",
@@ -255,8 +262,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
             return [str(v) for v in value]
-        if "Path" in text_hint:
-            return Path(value)
+        if "Path" in text_hint:  # an empty optional path is none (Path("") would be the working directory)
+            return None if value == "" and "None" in text_hint else Path(value)
         if hint is bool or text_hint == "bool":
             if isinstance(value, bool):
                 return value

@@ -11,7 +11,7 @@ from typing import Any
 
 ROOTS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse", "CreateCompletionResponse",
          "CreateEmbeddingResponse", "ListModelsResponse", "Model", "ErrorResponse", "CreateChatCompletionRequest",
-         "CreateCompletionRequest", "CreateEmbeddingRequest"]
+         "CreateCompletionRequest", "CreateEmbeddingRequest", "Response", "CreateResponse", "ResponseStreamEvent"]
 PREFIX = "#/components/schemas/"
 
 

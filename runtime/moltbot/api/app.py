@@ -27,6 +27,7 @@ from moltbot import READY_LINE, metrics
 from moltbot.api import plugin_routes, routes
 from moltbot.api.access import observe
 from moltbot.api.errors import APIError, error_json
+from moltbot.api.responses import ResponseStore
 from moltbot.api.serving import OpenAIServing, RequestStats
 from moltbot.engine.registry import ModelRegistry
 from moltbot.plugins.manager import PluginManager
@@ -70,6 +71,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.ctx.registry = registry
     app.ctx.serving = OpenAIServing(registry, settings)
     app.ctx.plugins = PluginManager(settings, models=registry)
+    app.ctx.responses = ResponseStore(settings.data_dir / "responses.sqlite3", settings.responses_max_stored,
+                                      settings.responses_max_age_hours * 3600) if settings.data_dir else None
     app.ctx.state = ServiceState(process_started=process_started or time.monotonic())
     # Admin keys work on every route; ordinary keys on all but the admin ones (ctx_admin routes, admin plugin calls).
     app.ctx.admin_keys = [k.encode() for k in settings.all_admin_api_keys()]
@@ -115,6 +118,7 @@ async def _start_request(request: Request) -> HTTPResponse | None:
         raise APIError(403, "A WebSocket from this page's origin is refused: only this server's own pages and the "
                        "origins in cors_origins may open one", code="origin_not_allowed")
     request.ctx.authorised = bool(request.app.ctx.api_keys) and _authorised(request)  # a valid key was offered
+    request.ctx.api_key = offered_key(request) if request.ctx.authorised else ""  # whose stored responses
     # Admin: when no admin key is configured, everyone who is let in; otherwise the holders of an admin key.
     request.ctx.admin = not request.app.ctx.admin_keys or (
         request.ctx.authorised and _authorised(request, request.app.ctx.admin_keys))
@@ -159,10 +163,15 @@ def _needs_key(request: Request) -> bool:
     return _route_context(request, "metrics") and request.app.ctx.settings.metrics_require_key
 
 
-def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
+def offered_key(request: Request) -> str:
+    """The API key the request offers (Bearer, x-api-key or the WebSocket's), "" for none."""
     header = request.headers.get("authorization", "")
     offered = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-    offered = offered or _websocket_key(request)
+    return offered or _websocket_key(request)
+
+
+def _authorised(request: Request, keys: list[bytes] | None = None) -> bool:
+    offered = offered_key(request)
     if not offered:
         return False
     candidate = offered.encode()

@@ -26,7 +26,19 @@ from moltbot.api.anthropic import (
 )
 from moltbot.api.errors import APIError, error_response, load_json
 from moltbot.api.openapi import openapi_document
-from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from moltbot.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, now
+from moltbot.api.responses import (
+    ResponseEvents,
+    ResponsesRequest,
+    ResponseStore,
+    input_items,
+    output_items,
+    owner_of,
+    response_object,
+)
+from moltbot.api.responses import (
+    to_chat_request as responses_chat_request,
+)
 from moltbot.api.serving import Chunks, OpenAIServing, RequestStats
 from moltbot.api.tokenization import DetokenizeRequest, TokenizeRequest, count_chat_tokens, detokenize, tokenize
 from moltbot.api.tool_calls import chat_with_plugin_tools, names_plugins
@@ -220,6 +232,68 @@ async def anthropic_count_tokens(request: Request) -> HTTPResponse:
     req = parse(request, CountTokensRequest)
     backend = serving(request).registry.backend(req.model)
     return json_response({"input_tokens": await count_chat_tokens(backend, to_chat_request(req))})
+
+
+# ---- OpenAI Responses ------------------------------------------------------------------------------------
+@bp.post("/v1/responses")
+async def create_response(request: Request) -> HTTPResponse | None:
+    req = parse(request, ResponsesRequest)
+    store: ResponseStore | None = request.app.ctx.responses
+    owner = owner_of(request.ctx.api_key)
+    conversation: list[dict[str, Any]] = []
+    if req.previous_response_id is not None:
+        if store is None:
+            raise APIError(400, "previous_response_id: this server stores no responses (its data_dir is empty)",
+                           param="previous_response_id")
+        _, conversation = await store.get(owner, req.previous_response_id, param="previous_response_id")
+    conversation += input_items(req)
+    chat = responses_chat_request(req, conversation)
+    stored = store if req.store else None
+    response_id = f"resp_{uuid.uuid4().hex}"
+    srv, plugins = serving(request), request.app.ctx.plugins
+    if names_plugins(chat, plugins):  # the server's plugins as tools: run to the answer, as on chat completions
+        reply = await chat_with_plugin_tools(srv, plugins, chat.model_copy(update={"stream": False}),
+                                             stats(request), request.ctx.request_id, admin=request.ctx.admin)
+        chunks: Chunks = _as_chunks(reply)
+    elif req.stream:
+        chunks = await srv.chat_stream(chat, stats(request))
+    else:
+        reply = await srv.chat(chat, stats(request))
+    if not req.stream:
+        output, status = output_items(reply)
+        response = response_object(req, response_id, now(), output, status, reply["usage"], stored is not None)
+        if stored is not None:
+            await stored.put(owner, response, conversation + output)
+        return json_response(response)
+    events = ResponseEvents(req, response_id, stored is not None)
+
+    async def streamed_then_stored() -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        async for event in events.events(chunks):
+            yield event
+        if stored is not None and events.response is not None:
+            await stored.put(owner, events.response, conversation + events.response["output"])
+
+    await stream_named_events(request, streamed_then_stored(), chunks)
+    return None
+
+
+@bp.get("/v1/responses/<response_id>")
+async def get_response(request: Request, response_id: str) -> HTTPResponse:
+    response, _ = await _store(request).get(owner_of(request.ctx.api_key), response_id)
+    return json_response(response)
+
+
+@bp.delete("/v1/responses/<response_id>")
+async def delete_response(request: Request, response_id: str) -> HTTPResponse:
+    await _store(request).delete(owner_of(request.ctx.api_key), response_id)
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+def _store(request: Request) -> ResponseStore:
+    store: ResponseStore | None = request.app.ctx.responses
+    if store is None:
+        raise APIError(404, "This server stores no responses (its data_dir is empty)", code="response_not_found")
+    return store
 
 
 # ---- tokenizers (as vLLM serves them; outside /v1, so they say they need a key) -------------------------------

@@ -107,9 +107,10 @@ RUN groupadd --gid "$MOLTBOT_GID" moltbot \
       --shell /usr/sbin/nologin moltbot \
  && mkdir -p "$MODELS_DIR" "$PLUGINS_DIR" "$LOGS_DIR" \
  && chown moltbot:moltbot /app "$MODELS_DIR" "$PLUGINS_DIR" "$LOGS_DIR"
-# The folders are the three volumes. The cache folder (plugin data among others) lives in the models volume, so
-# that it survives the container and works with --read-only. Draining after SIGTERM is kept
-# under `docker stop`'s default 10 s grace; raise both (--stop-timeout, MOLTBOT_SHUTDOWN_TIMEOUT) for long requests.
+# The folders are the three volumes. The cache folder (plugin data among others) and the state folder (stored
+# responses) live in the models volume, so that they survive the container and work with --read-only. Draining
+# after SIGTERM is kept under `docker stop`'s default 10 s grace; raise both (--stop-timeout,
+# MOLTBOT_SHUTDOWN_TIMEOUT) for long requests.
 # ORT_DISABLE_TELEMETRY: PyPI's ONNX Runtime wheels (1.31 on) otherwise keep a device ID under ~/.cache and send
 # usage events to Microsoft's collector; a self-hosted service sends nothing anywhere.
 ENV PATH=/opt/moltbot/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -125,6 +126,7 @@ ENV PATH=/opt/moltbot/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     MOLTBOT_LOGS_DIR=${LOGS_DIR} \
     MOLTBOT_DEFAULTS_DIR=${DEFAULTS_DIR} \
     MOLTBOT_CACHE_DIR=${MODELS_DIR}/.cache \
+    MOLTBOT_DATA_DIR=${MODELS_DIR}/.state \
     MOLTBOT_SHUTDOWN_TIMEOUT=8
 COPY build/image-defaults/ ${DEFAULTS_DIR}/
 COPY --from=deps /opt/moltbot/venv /opt/moltbot/venv

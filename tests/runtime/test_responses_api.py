@@ -264,3 +264,12 @@ def test_an_openai_agents_agent_with_a_function_tool_runs_to_completion(tool_ser
 
     assert asyncio.run(run()) == "21 degrees and sunny"
     assert asked == [TOOL_ARGUMENTS]
+
+
+def test_a_data_dir_that_cannot_be_made_leaves_the_server_serving_stateless(server_factory, tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    srv = server_factory(env={"MOLTBOT_DATA_DIR": str(blocker / "state")})
+    with _client(srv) as client:
+        assert client.responses.create(model="tiny-chat", input="x", max_output_tokens=2).store is False
+    assert any("responses are not stored" in line for line in srv.lines)

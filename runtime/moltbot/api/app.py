@@ -10,6 +10,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import sqlite3
 import time
 import uuid
 import weakref
@@ -71,8 +72,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, name: 
     app.ctx.registry = registry
     app.ctx.serving = OpenAIServing(registry, settings)
     app.ctx.plugins = PluginManager(settings, models=registry)
-    app.ctx.responses = ResponseStore(settings.data_dir / "responses.sqlite3", settings.responses_max_stored,
-                                      settings.responses_max_age_hours * 3600) if settings.data_dir else None
+    app.ctx.responses = _response_store(settings)
     app.ctx.state = ServiceState(process_started=process_started or time.monotonic())
     # Admin keys work on every route; ordinary keys on all but the admin ones (ctx_admin routes, admin plugin calls).
     app.ctx.admin_keys = [k.encode() for k in settings.all_admin_api_keys()]
@@ -152,6 +152,19 @@ def _route_context(request: Request, name: str) -> bool:
 def _route_flag(request: Request, name: str) -> bool:
     """A flag Sanic sets on the matched route (`websocket` for a WebSocket route)."""
     return request.route is not None and bool(getattr(request.route.extra, name, False))
+
+
+def _response_store(settings: Settings) -> ResponseStore | None:
+    """The store of Responses-API responses; none (stateless, said in the log) without a data dir or where its
+    file cannot be opened: a read-only disk must not keep the models from being served."""
+    if settings.data_dir is None:
+        return None
+    try:
+        return ResponseStore(settings.data_dir / "responses.sqlite3", settings.responses_max_stored,
+                             settings.responses_max_age_hours * 3600)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("responses are not stored: %s: %s", settings.data_dir, exc)
+        return None
 
 
 def _needs_key(request: Request) -> bool:

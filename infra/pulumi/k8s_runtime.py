@@ -4,6 +4,7 @@ NetworkPolicy, in a namespace that enforces Pod Security "restricted"."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import pulumi
@@ -30,6 +31,10 @@ from stack_config import (
 )
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
+# The ReplicaSets `kubectl rollout undo` can go back to, and how long a rollout may go without a new ready pod
+# (the models load before /ready) before the Deployment reports it failed and `pulumi up` with it.
+REVISION_HISTORY_LIMIT = 5
+PROGRESS_DEADLINE_SECONDS = 600
 APP_LABELS = {"app.kubernetes.io/name": "moltbot"}
 # The namespace admits only pods that meet the Pod Security Standards' "restricted" profile.
 POD_SECURITY_LABELS = {"pod-security.kubernetes.io/enforce": "restricted",
@@ -39,6 +44,13 @@ POD_SECURITY_LABELS = {"pod-security.kubernetes.io/enforce": "restricted",
 def configmap_key(relative: str) -> str:
     """ConfigMap keys cannot hold '/': plugin files are flattened and mapped back to paths by `items`."""
     return relative.replace("/", "__")
+
+
+def content_name(prefix: str, data: dict[str, str]) -> str:
+    """A ConfigMap name from its content: new content is a new ConfigMap in a new pod template, so the
+    Deployment rolls, and the old one stays for the old ReplicaSet (`kubectl rollout undo` mounts it again)."""
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return f"{prefix}-{digest[:10]}"
 
 
 class MoltbotKubernetes(pulumi.ComponentResource):
@@ -64,12 +76,17 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         model_configs = text_files(settings.model_configs_dir, "*.json", "moltbot:modelConfigsDir",
                                    max_bytes=CONFIGMAP_LIMIT_BYTES)
         plugin_files = text_files(settings.plugins_dir, "*", "moltbot:pluginsDir", max_bytes=CONFIGMAP_LIMIT_BYTES)
+        # Named by content and kept when replaced (retain_on_delete): the old ReplicaSets, which
+        # revisionHistoryLimit keeps, still name theirs. Removing old ones is left to the operator.
+        kept = pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(retain_on_delete=True))
+        model_configs_data = {configmap_key(k): v for k, v in model_configs.items()}
+        plugins_data = {configmap_key(k): v for k, v in plugin_files.items()}
         self.model_configs = k8s.core.v1.ConfigMap(
-            f"{name}-model-configs", metadata=meta(f"{name}-model-configs"),
-            data={configmap_key(k): v for k, v in model_configs.items()}, opts=in_namespace)
+            f"{name}-model-configs", metadata=meta(content_name(f"{name}-model-configs", model_configs_data)),
+            data=model_configs_data, opts=kept)
         self.plugins = k8s.core.v1.ConfigMap(
-            f"{name}-plugins", metadata=meta(f"{name}-plugins"),
-            data={configmap_key(k): v for k, v in plugin_files.items()}, opts=in_namespace)
+            f"{name}-plugins", metadata=meta(content_name(f"{name}-plugins", plugins_data)),
+            data=plugins_data, opts=kept)
 
         self.models_pvc = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-models", metadata=meta(f"{name}-models"),
@@ -187,8 +204,11 @@ class MoltbotKubernetes(pulumi.ComponentResource):
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment", metadata=meta(name),
+            # No replicas: the HorizontalPodAutoscaler below owns the count (a declared one would reset it on
+            # every `pulumi up`).
             spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=settings.replicas,
+                revision_history_limit=REVISION_HISTORY_LIMIT,
+                progress_deadline_seconds=PROGRESS_DEADLINE_SECONDS,
                 selector=LabelSelectorArgs(match_labels=labels),
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(
                     type="RollingUpdate",

@@ -59,7 +59,11 @@ def test_k8s_declares_exactly_the_scale_out_resources(k8s_stack: StackRun):
 def test_deployment(k8s_stack: StackRun):
     deployment = k8s_stack.one("kubernetes:apps/v1:Deployment", "moltbot-deployment").inputs
     assert deployment["metadata"]["name"] == "moltbot"
-    assert deployment["spec"]["replicas"] == 3
+    # The HPA owns the replica count (minReplicas 3): a declared one would reset it on every `pulumi up`.
+    assert "replicas" not in deployment["spec"]
+    # Old ReplicaSets for `kubectl rollout undo`; a rollout with no new ready pod (/ready) for 10 min fails.
+    assert deployment["spec"]["revisionHistoryLimit"] == 5
+    assert deployment["spec"]["progressDeadlineSeconds"] == 600
     assert deployment["spec"]["selector"]["matchLabels"] == LABELS
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     spec = pod_spec(k8s_stack)
@@ -94,7 +98,7 @@ def test_deployment(k8s_stack: StackRun):
     assert spec["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "moltbot-models"}
-    assert volumes["plugins"]["configMap"]["name"] == "moltbot-plugins"
+    assert volumes["plugins"]["configMap"]["name"].startswith("moltbot-plugins-")  # named by content
     assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "512Mi"}
     assert volumes["api-keys"]["secret"] == {"secretName": autoname("moltbot-api-keys"), "defaultMode": 0o440,
                                              "items": [{"key": "api-keys", "path": "api-keys"}]}
@@ -179,6 +183,24 @@ def test_model_configs_become_files_in_the_models_folder(tmp_path):
     mounts = pod_spec(run)["containers"][0]["volumeMounts"]
     assert {(m["mountPath"], m["subPath"]) for m in mounts if m["name"] == "model-configs"} == {
         ("/app/models/chat.json", "chat.json"), ("/app/models/embed.json", "embed.json")}
+
+
+def test_model_configs_configmap_is_named_by_its_content_so_rollout_undo_restores_the_old_one(tmp_path):
+    # A new name for new content: the pod template changes (the Deployment rolls) and the old ConfigMap, kept
+    # (retain_on_delete), is still the one the previous ReplicaSet mounts.
+    (tmp_path / "chat.json").write_text('{"name": "chat", "task": "chat"}')
+
+    def configmap_name(run: StackRun) -> str:
+        name = run.one("kubernetes:core/v1:ConfigMap", "moltbot-model-configs").inputs["metadata"]["name"]
+        volume = next(v for v in pod_spec(run)["volumes"] if v["name"] == "model-configs")
+        assert volume["configMap"]["name"] == name
+        return name
+
+    first = configmap_name(run_stack("k8s", overrides={"moltbot:modelConfigsDir": str(tmp_path)}))
+    again = configmap_name(run_stack("k8s", overrides={"moltbot:modelConfigsDir": str(tmp_path)}))
+    (tmp_path / "chat.json").write_text('{"name": "chat", "task": "chat", "max_batch_size": 4}')
+    changed = configmap_name(run_stack("k8s", overrides={"moltbot:modelConfigsDir": str(tmp_path)}))
+    assert first.startswith("moltbot-model-configs-") and first == again and changed != first
 
 
 def test_operator_resources_from_the_monitoring_rules(k8s_stack: StackRun):

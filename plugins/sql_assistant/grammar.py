@@ -28,7 +28,9 @@ SQLITE_KEYWORDS = frozenset({
 # Joins are offered between every two tables of a database of at most this many (the grammar grows as its square).
 MAX_JOIN_TABLES = 12
 
-# Strings hold no quote, backslash or control character (PostgreSQL's parser ends the text at a NUL).
+# Strings hold no quote, backslash or control character (PostgreSQL's parser ends the text at a NUL). A clause
+# starts on a new line or after a space, as the model likes. An alias (of an aggregate) has an underscore: no
+# keyword SQLite refuses there has one, and PostgreSQL takes any word after AS.
 COMMON = r"""
 value: NUMBER | STRING
 NUMBER: /-?[0-9]{1,9}(\.[0-9]{1,4})?/
@@ -37,6 +39,8 @@ LIMIT: /[1-9][0-9]{0,3}/
 CMP: " = " | " <> " | " < " | " <= " | " > " | " >= "
 AGG: "SUM(" | "AVG(" | "MIN(" | "MAX(" | "COUNT(" | "COUNT(DISTINCT "
 DIR: " ASC" | " DESC"
+SEP: " " | "\n"
+ALIAS: /[a-z][a-z0-9]{0,15}(_[a-z0-9]{1,15}){1,3}/
 """
 
 
@@ -73,19 +77,20 @@ def _queries(key: str, source: str, columns: list[str]) -> list[str]:
     that SQLite and PostgreSQL both accept every aggregate where it stands."""
     c = f"c_{key}"
     agg = f'(AGG {c} ")" | "COUNT(*)")'
-    where = f'(" WHERE " cond_{key} ((" AND " | " OR ") cond_{key}){{0,2}})?'
+    named = f'{agg} (" AS " ALIAS)?'
+    where = f'(SEP "WHERE " cond_{key} ((" AND " | " OR ") cond_{key}){{0,2}})?'
     grouped = " | ".join(
-        f'"SELECT " {x} ", " {agg} (", " {agg}){{0,2}} {source} {where} " GROUP BY " {x} '
-        f'(" HAVING " {agg} CMP value)? (" ORDER BY " ({x} | {agg}) DIR?)? (" LIMIT " LIMIT)?'
+        f'"SELECT " {x} ", " {named} (", " {named}){{0,2}} {source} {where} SEP "GROUP BY " {x} '
+        f'(SEP "HAVING " {agg} CMP value)? (SEP "ORDER BY " ({x} | {agg}) DIR?)? (SEP "LIMIT " LIMIT)?'
         for x in columns)
     return [
         f"{c}: {' | '.join(columns)}",
         f'cond_{key}: {c} CMP (value | {c}) | {c} " IS NULL" | {c} " IS NOT NULL" | {c} " LIKE " STRING '
         f'| {c} " BETWEEN " value " AND " value | {c} " IN (" value (", " value){{0,3}} ")"',
         f'rows_{key}: "SELECT " ("*" | {c} (", " {c}){{0,4}}) {source} {where} '
-        f'(" ORDER BY " {c} DIR? (", " {c} DIR?){{0,1}})? (" LIMIT " LIMIT)? '
+        f'(SEP "ORDER BY " {c} DIR? (", " {c} DIR?){{0,1}})? (SEP "LIMIT " LIMIT)? '
         f'| "SELECT DISTINCT " {c} (", " {c}){{0,2}} {source} {where}',
-        f'totals_{key}: "SELECT " {agg} (", " {agg}){{0,2}} {source} {where}',
+        f'totals_{key}: "SELECT " {named} (", " {named}){{0,2}} {source} {where}',
         f"grouped_{key}: {grouped}",
         f"query_{key}: rows_{key} | totals_{key} | grouped_{key}",
     ]
@@ -98,7 +103,7 @@ def _written(table: Table) -> str:
 
 def _table_rules(i: int, table: Table) -> list[str]:
     """A query over one table alone, its columns written bare."""
-    return [f'from_{i}: " FROM " {_literal(_written(table))}',
+    return [f'from_{i}: SEP "FROM " {_literal(_written(table))}',
             *_queries(str(i), f"from_{i}", [_literal(quote_name(c)) for c in table[2]])]
 
 
@@ -106,7 +111,7 @@ def _join_rules(i: int, a: Table, j: int, b: Table) -> list[str]:
     """A query over table a joined to table b on one column of each, its columns written qualified."""
     key = f"{i}_{j}"
     qualified = {t: [_literal(f"{_written(t)}.{quote_name(c)}") for c in t[2]] for t in (a, b)}
-    return [f'from_{key}: " FROM " {_literal(_written(a))} " JOIN " {_literal(_written(b))} '
+    return [f'from_{key}: SEP "FROM " {_literal(_written(a))} SEP "JOIN " {_literal(_written(b))} '
             f'" ON " ({" | ".join(qualified[a])}) " = " ({" | ".join(qualified[b])})',
             *_queries(key, f"from_{key}", qualified[a] + qualified[b])]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -71,7 +72,8 @@ async def test_every_sampled_query_parses_and_passes_the_guard(tmp_path, models,
             assert result.columns, sql
             queries.append(sql)
         assert len(set(queries)) > SAMPLES // 2  # the sampler explored the grammar, not one query
-        assert any(" JOIN " in q for q in queries) and any('"order"' in q for q in queries)
+        assert any(re.search(r"\sJOIN ", q) for q in queries) and any('"order"' in q for q in queries)
+        assert any("\n" in q for q in queries) and any(" AS " in q for q in queries)
     finally:
         await manager.close()
 

@@ -159,7 +159,7 @@ async def test_postgres_time_limit_schema_and_model_wiring(pg_sql, models):
     assert guard.postgres_tables(os.environ["SQL_ASSISTANT_DATABASE"]) == (
         (None, "customers", ("id", "name", "city")), (None, "orders", ("id", "customer_id", "total")))
     grammar = call["structured_outputs"]["grammar"]
-    assert '" FROM " "customers" " JOIN " "orders"' in grammar and '"orders.customer_id"' in grammar
+    assert 'SEP "FROM " "customers" SEP "JOIN " "orders"' in grammar and '"orders.customer_id"' in grammar
 
 
 # ---- issue #16, item 3: roles with powers beyond reading, and functions off the list

@@ -11,10 +11,12 @@ import contract
 from docker_storage import DockerStorage
 from stack_config import ADMIN_API_KEYS_FILE, API_KEYS_FILE, TMP_SIZE_MIB, Settings, container_env, text_files
 
-# The image's Python answers the healthcheck, so it needs no curl.
+# The image's Python answers the healthcheck, so it needs no curl. It asks /ready (every model loaded), not /health
+# (the server answers): `pulumi up` waits for healthy (wait=True), so an upgrade whose container never loads its
+# models fails the update instead of passing once the HTTP server is up.
 HEALTHCHECK_COMMAND = [
     "CMD", "python", "-c",
-    f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{contract.HTTP_PORT}/health', timeout=4)",
+    f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{contract.HTTP_PORT}/ready', timeout=4)",
 ]
 RUNTIME_USER = f"{contract.RUNTIME_UID}:{contract.RUNTIME_GID}"
 # The data sets the runtime writes (the model cache lives in the models volume); the init step gives them to
@@ -177,7 +179,7 @@ class MoltbotContainer(pulumi.ComponentResource):
             labels=[docker.ContainerLabelArgs(label="com.moltbot.component", value="runtime"),
                     # New uploads make a new init container, and so a new runtime container.
                     docker.ContainerLabelArgs(label="com.moltbot.init", value=self.init.id)],
-            # `pulumi up` returns once /health answers, or fails after the timeout (model load included).
+            # `pulumi up` returns once /ready answers (the healthcheck), or fails after the timeout.
             wait=True,
             wait_timeout=300,
             # The old container holds the name and the host ports until it is gone.

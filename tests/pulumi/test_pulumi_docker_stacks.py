@@ -82,7 +82,8 @@ def test_dev_runtime_container(dev_stack: StackRun):
     assert runtime["logDriver"] == "json-file"
     assert runtime["logOpts"] == {"max-size": "10m", "max-file": "3"}
     assert runtime["healthcheck"]["tests"][:2] == ["CMD", "python"]
-    assert "http://127.0.0.1:8080/health" in runtime["healthcheck"]["tests"][-1]
+    # Healthy once every model loaded: `pulumi up` (wait) fails for a container that never gets there (#25).
+    assert "http://127.0.0.1:8080/ready" in runtime["healthcheck"]["tests"][-1]
     assert runtime["wait"] is True
     assert runtime["networksAdvanced"] == [{"name": "moltbot-net", "aliases": ["moltbot"]}]
     assert env_of(dev_stack.one(CONTAINER, "moltbot-container")) == {

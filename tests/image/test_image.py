@@ -172,6 +172,11 @@ def test_read_only_root_filesystem_with_a_tmpfs_for_tmp(run_container):
         executed = client.post("/v1/plugins/shout/execute", json={"text": "ro"})
         assert executed.status_code == 200, executed.text
         assert executed.json()["result"] == {"shouted": "RO!"}
+        # A stored response goes to the models volume's state folder, writable under --read-only.
+        stored = client.post("/v1/responses", json={"model": "my-chat", "input": "hi", "max_output_tokens": 2})
+        assert stored.status_code == 200 and stored.json()["store"] is True, stored.text
+        assert client.get(f"/v1/responses/{stored.json()['id']}").status_code == 200
+    assert (container.data / "models" / ".state" / "responses.sqlite3").stat().st_size > 0
     assert (container.logs_dir / "moltbot.log").stat().st_size > 0
     # The image's HEALTHCHECK (run every 2 s here instead of 10 s) passes on the read-only root filesystem.
     deadline = time.monotonic() + 30
@@ -196,6 +201,10 @@ def test_cpu_and_memory_limits(run_container):
         assert embeddings.status_code == 200, embeddings.text
     state = container.state()
     assert state["Running"] and not state["OOMKilled"] and container.inspect("{{.RestartCount}}") == "0"
+    # ONNX Runtime's pools follow the quota, not the host's cores (the runtime reads it as the container sees it).
+    budget = docker("exec", container.name, "python", "-c",
+                    "from moltbot.engine.sessions import cpu_budget; print(cpu_budget())")
+    assert budget.stdout.strip() == "1"
 
 
 def test_serves_with_no_network_at_all(run_container):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,12 @@ def _session_options(options: DeviceOptions, optimise: bool) -> ort.SessionOptio
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if options.intra_op_threads:
-        so.intra_op_num_threads = options.intra_op_threads
+    # Unlimited, ONNX Runtime's own choice stands (one thread per physical core, which on SMT hosts beats one per
+    # logical CPU); limited below the host's CPUs, the limit.
+    budget = cpu_budget()
+    threads = options.intra_op_threads or (budget if budget < (os.cpu_count() or budget) else 0)
+    if threads:
+        so.intra_op_num_threads = threads
     so.log_severity_level = 3
     return so
 
@@ -134,3 +139,30 @@ def _optimised_path(model_path: Path, cache_dir: Path | None) -> Path | None:
 
 def active_provider(session: ort.InferenceSession) -> str:
     return str(session.get_providers()[0])
+
+
+def cpu_budget(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: the ones it may run on (a cpuset, `--cpuset-cpus`), capped by its cgroup's
+    CPU quota (`docker run --cpus`, a Kubernetes CPU limit), rounded up. ONNX Runtime sizes its pools to the
+    host's cores, so under `--cpus=2` on a 16-core host its 16 threads would share two CPUs' time and stall each
+    other at every barrier."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup_root)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs' worth of time the cgroup allows per period (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`); None for
+    no limit or where the files are not there."""
+    try:
+        v2 = root / "cpu.max"
+        if v2.exists():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu" / "cpu.cfs_quota_us"
+        if v1.exists():
+            quota_us = int(v1.read_text())
+            return None if quota_us <= 0 else quota_us / int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None

@@ -57,6 +57,11 @@ MODEL_LOAD_FAILURES = Counter("moltbot_model_load_failures", "Model configs that
 MODEL_INFO = Gauge("moltbot_model_info", "1 for each served model, with where and how it runs.",
                    ["model", "task", "type", "provider", "source", "backend", "graph", "precision"],
                    registry=REGISTRY)
+STALLED_SECONDS = Gauge("moltbot_decode_stalled_seconds", "How long the model's scheduler pass under way has run "
+                        "(0 between passes); a pass that does not end is a wedged model.", ["model"],
+                        registry=REGISTRY)
+WATCHDOG_EXITS = Gauge("moltbot_watchdog_exits", "Times this server exited because a model's decode stalled "
+                       "(recorded in the data dir, so the restarted process reports them).", registry=REGISTRY)
 STARTUP_SECONDS = Gauge("moltbot_startup_seconds", "Seconds from process start to ready.", registry=REGISTRY)
 
 # Plugins.

@@ -98,6 +98,12 @@ class Settings:
         "tokens as the measured prefill rate fits in this time (16 to 256). Lower: smoother streams; higher: a "
         "sooner first token for long prompts.",
         default=40.0)
+    stall_timeout: float = _doc(
+        "Seconds a model's scheduler pass (its graph calls of one step) may run before /health answers 503 naming "
+        "the model: the decode is wedged.", default=60.0)
+    stall_exit_after: float = _doc(
+        "Seconds of such a stall after which the process exits (code 70) so that its supervisor (Docker's restart "
+        "policy, Kubernetes) starts it again; 0: never exit.", default=180.0)
     request_timeout: float = _doc("Seconds a request may take in all before it fails with a timeout error.",
                                   default=300.0)
     shutdown_timeout: float = _doc("Seconds in-flight requests get to finish after SIGTERM.", default=30.0)
@@ -112,7 +118,8 @@ class Settings:
     gpu_mem_limit: int = _doc("CUDA arena limit in bytes (0: no limit).", default=0)
     arena_extend_strategy: str = _doc("CUDA arena growth: `kNextPowerOfTwo` or `kSameAsRequested`.",
                                       default="kNextPowerOfTwo")
-    intra_op_threads: int = _doc("ONNX Runtime threads per session (0: one per core).", default=0)
+    intra_op_threads: int = _doc("ONNX Runtime threads per session (0: one per CPU the process may use: its "
+                                 "cpuset, capped by its cgroup's CPU quota, e.g. docker run --cpus).", default=0)
     builder_python: str | None = _doc(
         "Python of the ONNX Runtime GenAI model builder's venv (`make builder-venv`: build/builder-venv/bin/python), "
         "used to make builder graphs (int4, int8, fp32, fp16) of Hugging Face checkpoints.", default=None)
@@ -170,11 +177,13 @@ class Settings:
                 raise SettingsError(f"{name}: must be at least 1")
         if self.max_queued < 0:
             raise SettingsError("max_queued: must be 0 or more")
-        for name in ("request_timeout", "plugin_timeout", "responses_max_age_hours"):
+        if self.stall_exit_after and self.stall_exit_after < self.stall_timeout:
+            raise SettingsError("stall_exit_after: must be 0 or at least stall_timeout (/health fails first)")
+        for name in ("request_timeout", "plugin_timeout", "responses_max_age_hours", "stall_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be more than 0 seconds")
         for name in ("shutdown_timeout", "shutdown_delay", "embedding_batch_wait_ms", "plugin_watch_interval",
-                     "prefill_stall_ms"):
+                     "prefill_stall_ms", "stall_exit_after"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: must be 0 or more")
         if self.arena_extend_strategy not in ("kNextPowerOfTwo", "kSameAsRequested"):

@@ -33,6 +33,7 @@ from moltbot.api.serving import OpenAIServing, RequestStats
 from moltbot.engine.registry import ModelRegistry
 from moltbot.plugins.manager import PluginManager
 from moltbot.settings import Settings
+from moltbot.watchdog import Watchdog
 
 log = logging.getLogger("moltbot.api")
 
@@ -333,6 +334,8 @@ async def _handle_error(request: Request, exc: Exception) -> HTTPResponse:
 # ---- lifecycle -------------------------------------------------------------------------------------
 async def _start_loading(app: App) -> None:
     app.ctx.loading = asyncio.get_running_loop().create_task(_load_models(app), name="load-models")
+    app.ctx.watchdog = Watchdog(app.ctx.registry, app.ctx.settings)
+    app.ctx.watchdog.start()
 
 
 async def _load_models(app: App) -> None:
@@ -364,6 +367,8 @@ async def _load_models(app: App) -> None:
 async def _stop_models(app: App) -> None:
     registry: ModelRegistry = app.ctx.registry
     registry.stopping.set()
+    if getattr(app.ctx, "watchdog", None) is not None:
+        app.ctx.watchdog.stop()  # a slow drain at shutdown is no stall
     loading = getattr(app.ctx, "loading", None)
     if loading is not None and not loading.done():
         # A model still loading (a download, an export) is left to its thread; the process exits anyway.

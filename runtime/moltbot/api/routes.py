@@ -76,6 +76,11 @@ def stats(request: Request) -> RequestStats:
 # ---- probes and metrics ----------------------------------------------------------------------------
 @bp.get("/health", ctx_probe=True)
 async def health(request: Request) -> HTTPResponse:
+    """Liveness: 200 while every model makes progress; 503 naming those whose decode has stalled (a wedged graph
+    call), so that probes see what a process that merely answers HTTP would hide."""
+    stalled = request.app.ctx.registry.stalled(request.app.ctx.settings.stall_timeout)
+    if stalled:
+        return json_response({"status": "stalled", "stalled": stalled}, status=503)
     return json_response({"status": "ok"})
 
 

@@ -19,6 +19,7 @@ from moltbot.engine.backend import ChatInput, EmbeddingInput, ModelBackend, coll
 from moltbot.engine.backends import load_backend
 from moltbot.engine.config import ModelConfig, read_model_configs
 from moltbot.engine.errors import InvalidRequest, ModelNotFound
+from moltbot.engine.scheduler import GenerationScheduler
 from moltbot.engine.sources import ModelSourceError, fetch_remote
 from moltbot.engine.validation import NamedTool, SamplingRequest, ToolChoice
 from moltbot.export.gguf import gguf_recipe
@@ -195,6 +196,19 @@ class ModelRegistry:
 
     def model_names(self, task: str | None = None) -> list[str]:
         return [n for n, m in self.models.items() if task is None or m.describe().task == task]
+
+    def stalled(self, threshold: float) -> dict[str, float]:
+        """The local decoders whose scheduler pass has run `threshold` seconds or more, with how long; the gauge
+        follows every decoder's figure."""
+        stalled = {}
+        for name, backend in list(self.models.items()):
+            scheduler = getattr(backend, "scheduler", None)
+            if isinstance(scheduler, GenerationScheduler):
+                seconds = scheduler.stalled_seconds()
+                metrics.STALLED_SECONDS.labels(name).set(seconds)
+                if seconds >= threshold:
+                    stalled[name] = round(seconds, 1)
+        return stalled
 
     # ---- for plugins and tools (`context.models`): the same backends and validator as the HTTP API ------------
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None, max_tokens: int = 256,

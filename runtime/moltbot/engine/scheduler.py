@@ -117,6 +117,7 @@ class GenerationScheduler:
         self._prefill_token_seconds: float | None = None  # running estimate of a prompt token's prefill time
         self._decode_seconds: float | None = None  # running estimate of a decode call's time (the graph alone)
         self._last_step_at: float | None = None
+        self._pass_started: float | None = None  # when the pass under way began; None between passes
         # Events of one scheduler pass, handed to each event loop in one call: one wake-up of the loop per step
         # rather than one per sequence (with 32 streams, per-sequence wake-ups crowd out /health and the rest).
         self._outbox: list[tuple[GenerationHandle, TokenEvent]] = []
@@ -177,6 +178,13 @@ class GenerationScheduler:
         with self._cond:
             return len(self._running), len(self._waiting)
 
+    def stalled_seconds(self) -> float:
+        """How long the pass under way has run (0 between passes). A pass is one plan and its graph calls: at most
+        seconds, even for a large prompt on a CPU; one that never ends is a wedged graph call, or a thread that
+        died in it (the start is never cleared), and only a new process recovers from either."""
+        started = self._pass_started
+        return 0.0 if started is None else time.monotonic() - started
+
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
@@ -202,6 +210,7 @@ class GenerationScheduler:
                     plan = plan_step(PlanState(self._waiting, self._running, self._chunking, self.runner.slots,
                                                self.max_running), self.estimates())
                     self._take(plan)
+                    self._pass_started = time.monotonic()
                 self._execute(plan)
             except Exception as exc:  # a failing model must not leave clients waiting forever
                 log.exception("generation failed for model %s", self.name)
@@ -209,6 +218,7 @@ class GenerationScheduler:
             self._flush()
             with self._cond:
                 self._admitting = []
+                self._pass_started = None
                 metrics.QUEUED.labels(self.name).set(len(self._waiting))
                 metrics.RUNNING.labels(self.name).set(len(self._running))
 

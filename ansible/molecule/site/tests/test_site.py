@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import time
 
 import yaml
 
@@ -117,3 +119,88 @@ def test_prometheus_targets_are_written(host):
     assert [t for g in moltbot for t in g["targets"]] == ["moltbot-molecule-site:8080"], (name, moltbot)
     assert [t for g in node for t in g["targets"]] == ["moltbot-molecule-site:9100"]
     assert dcgm == []  # a CPU host: no DCGM exporter to scrape
+
+
+# Rollback (issue #25): deploy v1 (converge), deploy v2, roll back to v1 with playbooks/rollback.yml while a client
+# on the host keeps calling the API.
+HOST_CONTAINER = "moltbot-molecule-site"
+V2 = "moltbot:molecule-v2"
+CLIENT_LIMIT_S = 240  # the client stops by itself after this, whatever happens to the test
+
+
+def running_image(host) -> str:
+    return host.check_output("docker inspect -f '{{.Image}}' moltbot")
+
+
+def release_ids(host) -> list[str]:
+    record = json.loads(host.file("/etc/moltbot/releases.json").content_string)
+    return [release["id"] for release in record["releases"]]
+
+
+def start_client(key: str) -> subprocess.Popen:
+    """A client on the host through the switch: every 50 ms a GET /v1/models (with the API key) and GET /ready,
+    each line `<unix time> <image the container runs> <models status> <ready status>`, until
+    /tmp/molecule-client-stop exists (or CLIENT_LIMIT_S passed)."""
+    loop = (
+        f"end=$((SECONDS + {CLIENT_LIMIT_S})); rm -f /tmp/molecule-client-stop; "
+        "while [ ! -e /tmp/molecule-client-stop ] && [ $SECONDS -lt $end ]; do "
+        "image=$(docker inspect -f '{{.Image}}' moltbot 2>/dev/null || echo none); "
+        f"models=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H 'Authorization: Bearer {key}' "
+        "http://127.0.0.1:8080/v1/models); "
+        "ready=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:8080/ready); "
+        'echo "$(date +%s.%N) $image $models $ready"; sleep 0.05; done')
+    return subprocess.Popen(["docker", "exec", HOST_CONTAINER, "bash", "-c", loop],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def stop_client(host, client: subprocess.Popen) -> list[list[str]]:
+    host.run("touch /tmp/molecule-client-stop")
+    out, _ = client.communicate(timeout=60)
+    return [line.split() for line in out.splitlines() if len(line.split()) == 4]
+
+
+def test_deploy_v2_then_roll_back_to_v1(host, ansible_playbook):
+    v1 = running_image(host)
+    host.run_expect([0], f"printf 'FROM moltbot:latest\\n' | docker build -q --label io.moltbot.version=molecule-v2 "
+                         f"-t {V2} -")
+    v2 = host.check_output(f"docker image inspect -f '{{{{.Id}}}}' {V2}")
+    assert v2 != v1
+    started = time.time()
+    deployed = ansible_playbook("converge.yml", "-e", f"moltbot_image={V2}")
+    deploy_took = time.time() - started
+    assert deployed.returncode == 0, deployed.stdout[-3000:]
+    assert running_image(host) == v2 and release_ids(host)[:2] == [v2, v1]
+
+    client = start_client(SECRETS[1])
+    time.sleep(1)  # the client's first lines are from v2
+    started = time.time()
+    rolled = ansible_playbook("../../playbooks/rollback.yml")
+    took = time.time() - started
+    lines = stop_client(host, client)
+    assert rolled.returncode == 0, rolled.stdout[-3000:]
+    assert running_image(host) == v1 and release_ids(host)[:2] == [v1, v2]
+    # Both images stay on the host, tagged by the release record.
+    tags = host.check_output("docker images --format '{{.Repository}}:{{.Tag}}' moltbot-release").split()
+    assert {f"moltbot-release:{v1[7:19]}", f"moltbot-release:{v2[7:19]}"} <= set(tags)
+
+    during = [line for line in lines if float(line[0]) >= started]
+    ready_v1 = [float(line[0]) - started for line in during if line[1] == v1 and line[3] == "200"]
+    failed = [line for line in during if line[2] != "200"]
+    assert lines[0][1] == v2 and ready_v1, lines[:3] + lines[-3:]
+    print(f"\nrollback: deploy of v2 {deploy_took:.1f} s; rollback playbook {took:.1f} s, ready on v1 "
+          f"{ready_v1[0]:.1f} s after the command; "
+          f"{len(failed)} of {len(during)} client requests failed ({sorted({line[2] for line in failed})})")
+    # The issue's target is 10 s from the command to ready; how long it takes here depends on what else loads the
+    # machine (ansible/README.md, measured), so the bound is the deploy's own time under the same load: the
+    # rollback ships, pulls and copies nothing.
+    assert took < deploy_took
+    assert "Copy the image archive" not in rolled.stdout and "Create the data directories" not in rolled.stdout
+
+
+def test_rollback_to_a_release_not_recorded_stops_and_names_the_record(host, ansible_playbook):
+    before = running_image(host)
+    result = ansible_playbook("../../playbooks/rollback.yml", "-e", "moltbot_release=sha256:0123456789ab")
+    assert result.returncode != 0
+    assert "names no release of this host's record (/etc/moltbot/releases.json), which holds: 0: " + before[7:19] \
+        in " ".join((result.stdout + result.stderr).split())
+    assert running_image(host) == before

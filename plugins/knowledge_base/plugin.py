@@ -261,6 +261,7 @@ class KnowledgeBasePlugin(BasePlugin):
         passages = self._search(context)
         if not passages:
             raise PluginError("the knowledge base is empty: run the ingest action first", code="empty_index")
+        constrained = self.constrained
         while True:
             sources = "\n\n".join(
                 f"[{n}] (source: {p['source']}{', ' + p['location'] if p['location'] else ''})\n{p['text']}"
@@ -272,11 +273,17 @@ class KnowledgeBasePlugin(BasePlugin):
             try:
                 max_tokens = min(context.input.get("max_tokens", self.max_answer_tokens), self.max_answer_tokens)
                 grammar = {"structured_outputs": {"grammar": citation_grammar(len(passages))}} \
-                    if self.constrained else {}
+                    if constrained else {}
                 reply = context.models.chat(messages, model=self.chat_model, max_tokens=max_tokens, temperature=0.0,
                                             **grammar)
                 break
             except PluginError as exc:
+                # A service model takes no grammar (its upstream would not honour one; the error names the
+                # field only in its text): asked again without.
+                if constrained and exc.code == "model_error" and "structured_outputs is not supported" in str(exc):
+                    context.logger.info("the chat model takes no grammar; asking it without one")
+                    constrained = False
+                    continue
                 # A prompt too long for the model's context: fewer passages, down to one.
                 if exc.code != "model_error" or len(passages) == 1:
                     raise

@@ -21,6 +21,12 @@ Use only these tables and columns:
 Reply with the SQL only, in a ```sql fenced block."""
 
 
+def grammar_refused(exc: PluginError) -> bool:
+    """Whether the model refused structured_outputs (a service model); the error names the field only in its
+    text (context.models keeps no param)."""
+    return exc.code == "model_error" and "structured_outputs is not supported" in str(exc)
+
+
 class SqlAssistantPlugin(BasePlugin):
     def __init__(self, config):
         super().__init__(config)
@@ -79,6 +85,20 @@ class SqlAssistantPlugin(BasePlugin):
             raise PluginError(f"cannot ask for SQL: {exc}", code="database_empty") from None
         return {"structured_outputs": {"grammar": grammar}}
 
+    def _ask(self, context, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """The model's reply, under the grammar where the model takes one; a service model refuses
+        structured_outputs (its upstream would not honour it), so it is asked again without."""
+        options = self.grammar_options(context)
+        try:
+            return context.models.chat(messages, model=self.chat_model, max_tokens=self.max_tokens,
+                                       temperature=0.0, **options)
+        except PluginError as exc:
+            if not options or not grammar_refused(exc):
+                raise
+            context.logger.info("the chat model takes no grammar; asking it without one")
+            return context.models.chat(messages, model=self.chat_model, max_tokens=self.max_tokens,
+                                       temperature=0.0)
+
     def execute(self, context):
         request = context.input
         max_rows = min(int(request.get("max_rows") or self.max_rows), self.max_rows)
@@ -87,8 +107,7 @@ class SqlAssistantPlugin(BasePlugin):
             dialect, schema = self.schema(context)
             messages = [{"role": "system", "content": SYSTEM_PROMPT.format(dialect=dialect, schema=schema)},
                         {"role": "user", "content": request["question"]}]
-            reply = context.models.chat(messages, model=self.chat_model, max_tokens=self.max_tokens,
-                                        temperature=0.0, **self.grammar_options(context))
+            reply = self._ask(context, messages)
             text = reply.get("content") or ""
             sql = extract_sql(text)
             if sql is None:

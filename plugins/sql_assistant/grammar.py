@@ -25,8 +25,11 @@ SQLITE_KEYWORDS = frozenset({
     "ignore", "immediate", "indexed", "instead", "isnull", "key", "match", "no", "notnull", "of", "offset", "plan",
     "pragma", "query", "raise", "recursive", "regexp", "reindex", "release", "rename", "replace", "restrict",
     "row", "rows", "savepoint", "temp", "temporary", "trigger", "vacuum", "view", "virtual", "without"})
-# Joins are offered between every two tables of a database of at most this many (the grammar grows as its square).
+# Joins are offered between every two tables of a database of at most this many (the grammar grows as its square),
+# and only while the grammar stays under MAX_GRAMMAR_CHARS; a schema too large for it even without joins gets
+# none. llguidance compiles such a grammar in about 0.3 s (it refuses one past 65,000 symbols).
 MAX_JOIN_TABLES = 12
+MAX_GRAMMAR_CHARS = 200_000
 
 # Strings hold no quote, backslash or control character (PostgreSQL's parser ends the text at a NUL). A clause
 # starts on a new line or after a space, as the model likes. An alias (of an aggregate) has an underscore: no
@@ -72,27 +75,26 @@ def _alternatives(texts: list[str]) -> str:
 
 
 def _queries(key: str, source: str, columns: list[str]) -> list[str]:
-    """The queries over one FROM (`source`, a rule) and its columns (literals), named by key: rows (optionally
-    DISTINCT, or ordered), totals (aggregates only), or totals grouped by one column that is also selected, so
-    that SQLite and PostgreSQL both accept every aggregate where it stands."""
-    c = f"c_{key}"
-    agg = f'(AGG {c} ")" | "COUNT(*)")'
-    named = f'{agg} (" AS " ALIAS)?'
-    where = f'(SEP "WHERE " cond_{key} ((" AND " | " OR ") cond_{key}){{0,2}})?'
-    grouped = " | ".join(
-        f'"SELECT " {x} ", " {named} (", " {named}){{0,2}} {source} {where} SEP "GROUP BY " {x} '
-        f'(SEP "HAVING " {agg} CMP value)? (SEP "ORDER BY " ({x} | {agg}) DIR?)? (SEP "LIMIT " LIMIT)?'
-        for x in columns)
+    """The queries over one FROM (`source`, a rule) and its columns (`columns`: literals or rules), named by key:
+    rows (optionally DISTINCT, or ordered), totals (aggregates only), or totals grouped by one column that is also
+    selected, so that SQLite and PostgreSQL both accept every aggregate where it stands."""
+    c, agg, named, where = f"c_{key}", f"agg_{key}", f"named_{key}", f"where_{key}"
+    grouped = " | ".join(f'"SELECT " {x} ", " totals_{key} SEP "GROUP BY " {x} group_{key}' for x in columns)
     return [
         f"{c}: {' | '.join(columns)}",
+        f'{agg}: AGG {c} ")" | "COUNT(*)"',
+        f'{named}: {agg} (" AS " ALIAS)?',
+        f'{where}: (SEP "WHERE " cond_{key} ((" AND " | " OR ") cond_{key}){{0,2}})?',
         f'cond_{key}: {c} CMP (value | {c}) | {c} " IS NULL" | {c} " IS NOT NULL" | {c} " LIKE " STRING '
         f'| {c} " BETWEEN " value " AND " value | {c} " IN (" value (", " value){{0,3}} ")"',
         f'rows_{key}: "SELECT " ("*" | {c} (", " {c}){{0,4}}) {source} {where} '
         f'(SEP "ORDER BY " {c} DIR? (", " {c} DIR?){{0,1}})? (SEP "LIMIT " LIMIT)? '
         f'| "SELECT DISTINCT " {c} (", " {c}){{0,2}} {source} {where}',
-        f'totals_{key}: "SELECT " {named} (", " {named}){{0,2}} {source} {where}',
+        # What follows "SELECT " in a query of totals, up to its WHERE: the grouped queries share it.
+        f'totals_{key}: {named} (", " {named}){{0,2}} {source} {where}',
         f"grouped_{key}: {grouped}",
-        f"query_{key}: rows_{key} | totals_{key} | grouped_{key}",
+        f'group_{key}: (SEP "HAVING " {agg} CMP value)? (SEP "ORDER BY " {agg} DIR?)? (SEP "LIMIT " LIMIT)?',
+        f'query_{key}: rows_{key} | "SELECT " totals_{key} | grouped_{key}',
     ]
 
 
@@ -102,35 +104,39 @@ def _written(table: Table) -> str:
 
 
 def _table_rules(i: int, table: Table) -> list[str]:
-    """A query over one table alone, its columns written bare."""
+    """A query over one table alone, its columns written bare; and each column written qualified (q{i}_{n}),
+    for the joins."""
     return [f'from_{i}: SEP "FROM " {_literal(_written(table))}',
+            *(f"q{i}_{n}: {_literal(f'{_written(table)}.{quote_name(c)}')}" for n, c in enumerate(table[2])),
             *_queries(str(i), f"from_{i}", [_literal(quote_name(c)) for c in table[2]])]
 
 
 def _join_rules(i: int, a: Table, j: int, b: Table) -> list[str]:
     """A query over table a joined to table b on one column of each, its columns written qualified."""
     key = f"{i}_{j}"
-    qualified = {t: [_literal(f"{_written(t)}.{quote_name(c)}") for c in t[2]] for t in (a, b)}
+    left, right = [f"q{i}_{n}" for n in range(len(a[2]))], [f"q{j}_{n}" for n in range(len(b[2]))]
     return [f'from_{key}: SEP "FROM " {_literal(_written(a))} SEP "JOIN " {_literal(_written(b))} '
-            f'" ON " ({" | ".join(qualified[a])}) " = " ({" | ".join(qualified[b])})',
-            *_queries(key, f"from_{key}", qualified[a] + qualified[b])]
+            f'" ON " ({" | ".join(left)}) " = " ({" | ".join(right)})',
+            *_queries(key, f"from_{key}", left + right)]
 
 
 @lru_cache(maxsize=32)
-def sql_grammar(tables: tuple[Table, ...]) -> str:
-    """The grammar for a database with these tables (cached: the plugin builds it once per schema)."""
+def sql_grammar(tables: tuple[Table, ...]) -> str | None:
+    """The grammar for a database with these tables, or None where it would pass MAX_GRAMMAR_CHARS (cached: the
+    plugin builds it once per schema)."""
     tables = tuple(t for t in tables if t[2])
     if not tables:
         raise ValueError("the database has no tables with columns")
-    rules = []
-    queries = []
-    for i, table in enumerate(tables):
-        rules += _table_rules(i, table)
-        queries.append(f"query_{i}")
+    singles = [rule for i, table in enumerate(tables) for rule in _table_rules(i, table)]
+    joins: list[str] = []
     if len(tables) <= MAX_JOIN_TABLES:
-        for i in range(len(tables)):
-            for j in range(i + 1, len(tables)):
-                rules += _join_rules(i, tables[i], j, tables[j])
-                queries.append(f"query_{i}_{j}")
-    start = ['start: "```sql\\n" query ";"? "\\n```"', "query: " + " | ".join(queries)]
-    return "\n".join(start + rules) + COMMON
+        joins = [rule for i in range(len(tables)) for j in range(i + 1, len(tables))
+                 for rule in _join_rules(i, tables[i], j, tables[j])]
+    for extra in (joins, []):
+        queries = [f"query_{i}" for i in range(len(tables))] + [r.split(":", 1)[0] for r in extra
+                                                                 if r.startswith("query_")]
+        start = ['start: "```sql\\n" query ";"? "\\n```"', "query: " + " | ".join(queries)]
+        grammar = "\n".join(start + singles + extra) + COMMON
+        if len(grammar) <= MAX_GRAMMAR_CHARS:
+            return grammar
+    return None

@@ -83,6 +83,9 @@ class SqlAssistantPlugin(BasePlugin):
             grammar = sql_grammar(tables)
         except ValueError as exc:
             raise PluginError(f"cannot ask for SQL: {exc}", code="database_empty") from None
+        if grammar is None:
+            context.logger.info("the schema is too large for a grammar; asking the model without one")
+            return {}
         return {"structured_outputs": {"grammar": grammar}}
 
     def _ask(self, context, messages: list[dict[str, str]]) -> dict[str, Any]:

@@ -96,3 +96,23 @@ async def test_the_plugin_asks_under_the_grammar_unless_turned_off(tmp_path, mod
     finally:
         await manager.close()
 
+
+
+async def test_a_large_schema_gets_a_bounded_grammar_or_none(tmp_path, models, registry, monkeypatch):
+    """Joins go first, then the grammar itself, rather than pass the size llguidance compiles quickly."""
+    manager, _ = await load(tmp_path, models, monkeypatch)
+    try:
+        grammar = plugin_module(manager, "sql_assistant", "grammar")
+
+        def schema(tables: int, columns: int) -> tuple:
+            return tuple((None, f"t{i}", tuple(f"c{i}_{j}" for j in range(columns))) for i in range(tables))
+
+        assert "JOIN" in grammar.sql_grammar(schema(8, 10))
+        wide = grammar.sql_grammar(schema(12, 20))
+        assert "JOIN" not in wide and len(wide) <= grammar.MAX_GRAMMAR_CHARS
+        assert grammar.sql_grammar(schema(200, 30)) is None
+        reply = await registry.chat([{"role": "user", "content": "q"}], max_tokens=400, temperature=1.0, seed=1,
+                                    structured_outputs={"grammar": wide})  # it compiles and admits queries
+        assert reply["finish_reason"] == "stop" and re.search(r"\sFROM t\d", reply["content"])
+    finally:
+        await manager.close()

@@ -204,3 +204,15 @@ def test_rollback_to_a_release_not_recorded_stops_and_names_the_record(host, ans
     assert "names no release of this host's record (/etc/moltbot/releases.json), which holds: 0: " + before[7:19] \
         in " ".join((result.stdout + result.stderr).split())
     assert running_image(host) == before
+
+
+def test_a_release_falling_off_the_record_loses_its_tag_not_a_tagged_image(host, ansible_playbook):
+    before = running_image(host)  # v1, after the rollback above
+    result = ansible_playbook("../../playbooks/rollback.yml", "-e", "moltbot_releases_kept=1")
+    assert result.returncode == 0, result.stdout[-3000:]
+    after = running_image(host)
+    assert after != before and release_ids(host) == [after]
+    tags = host.check_output("docker images --format '{{.Repository}}:{{.Tag}}' moltbot-release").split()
+    assert f"moltbot-release:{after[7:19]}" in tags and f"moltbot-release:{before[7:19]}" not in tags
+    # v1 itself stays: moltbot:latest still names it.
+    assert host.check_output("docker image inspect -f '{{.Id}}' moltbot:latest") == before
